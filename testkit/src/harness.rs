@@ -1,0 +1,175 @@
+//! The test harness of bramble's integration tests.
+//!
+//! Integration test binaries set `harness = false` and call [`main`] from their `main`. Before
+//! any thread exists, the harness moves the whole process into a fresh network namespace (when
+//! running as root), so that every bridge, veth, iptables rule, registry and containerd a test
+//! creates lives there and vanishes with the process. Under `cargo nextest` every test is its own
+//! process and therefore gets its own namespace.
+//!
+//! Requirements (root, containerd, runc, CNI plugins, ...) are checked once. When one is missing
+//! the tests are reported as *ignored* with the reason on a developer machine, and as *failed* in
+//! CI (`CI=true`): a CI run must never go green because something was skipped.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
+
+pub use libtest_mimic::{Failed, Trial};
+
+/// Something a group of tests needs from the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Running as uid 0.
+    Root,
+    /// An executable on `PATH` (or at an absolute path).
+    Binary(&'static str),
+    /// The standard CNI plugins bramble uses (`bridge`, `host-local`, `loopback`, `firewall`).
+    CniPlugins,
+}
+
+/// Where Debian and upstream install CNI plugins.
+pub const CNI_PLUGIN_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin"];
+
+/// The CNI plugins bramble's network chain executes.
+pub const CNI_PLUGINS: &[&str] = &["bridge", "host-local", "loopback", "firewall"];
+
+impl Need {
+    /// `Ok` when the machine satisfies the need, otherwise what is missing and how to get it.
+    pub fn check(self) -> Result<(), String> {
+        match self {
+            Need::Root => {
+                if nix::unistd::Uid::effective().is_root() {
+                    Ok(())
+                } else {
+                    Err("must run as root (containerd, CNI and network namespaces need it)".into())
+                }
+            }
+            Need::Binary(name) => {
+                if find_executable(name).is_some() {
+                    Ok(())
+                } else {
+                    Err(format!("`{name}` not found on PATH (install it: see .ci/run)"))
+                }
+            }
+            Need::CniPlugins => {
+                let missing: Vec<&str> = CNI_PLUGINS
+                    .iter()
+                    .copied()
+                    .filter(|p| !CNI_PLUGIN_DIRS.iter().any(|d| is_executable(&Path::new(d).join(p))))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "CNI plugins {missing:?} not found in {CNI_PLUGIN_DIRS:?} (apt install containernetworking-plugins)"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// The full path of an executable named `name`, searched on `PATH` (and `/usr/sbin`, `/sbin`,
+/// which a non-login root shell may lack).
+pub fn find_executable(name: &str) -> Option<std::path::PathBuf> {
+    let candidate = Path::new(name);
+    if candidate.is_absolute() {
+        return is_executable(candidate).then(|| candidate.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].iter().map(Into::into))
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// True when running in CI (`CI` set to anything but `false`/`0`/empty).
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != OsStr::new("false") && v != OsStr::new("0"))
+}
+
+/// Runs the integration tests of one test binary and exits the process.
+///
+/// `needs` lists what every trial of this binary requires. The process enters a private network
+/// namespace first when it runs as root.
+pub fn main(needs: &[Need], trials: Vec<Trial>) -> ! {
+    let args = libtest_mimic::Arguments::from_args();
+    // Listing tests (nextest does this) must neither fail nor touch the machine.
+    if args.list {
+        libtest_mimic::run(&args, trials).exit();
+    }
+    let unmet: Vec<String> = needs.iter().filter_map(|n| n.check().err()).collect();
+    let trials = if unmet.is_empty() {
+        if let Err(e) = enter_private_network_namespace() {
+            let reason = format!("could not enter a private network namespace: {e}");
+            trials.into_iter().map(|t| unrunnable(t, &reason)).collect()
+        } else {
+            trials
+        }
+    } else {
+        let reason = unmet.join("; ");
+        trials.into_iter().map(|t| unrunnable(t, &reason)).collect()
+    };
+    libtest_mimic::run(&args, trials).exit()
+}
+
+/// A trial that cannot run here: a failure in CI, an ignored test (with the reason) elsewhere.
+fn unrunnable(trial: Trial, reason: &str) -> Trial {
+    let name = trial.name().to_owned();
+    if in_ci() {
+        let message = format!("requirement not met in CI: {reason}");
+        Trial::test(name, move || Err(Failed::from(message)))
+    } else {
+        eprintln!("note: {name} cannot run here: {reason}");
+        Trial::test(name, || Ok(())).with_ignored_flag(true)
+    }
+}
+
+/// Moves this process into a new network namespace with `lo` up.
+///
+/// Must be called while the process has a single thread: `unshare(CLONE_NEWNET)` affects only
+/// the calling thread, and threads created later inherit it.
+fn enter_private_network_namespace() -> Result<(), String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(());
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+    let ip = find_executable("ip").ok_or("`ip` (iproute2) not found")?;
+    let status = Command::new(ip)
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .map_err(|e| format!("ip link set lo up: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("ip link set lo up: {status}")) }
+}
+
+/// Runs an async test body on a fresh multi-threaded tokio runtime and turns its result into a
+/// libtest outcome.
+pub fn block_on<F, E>(body: F) -> Result<(), Failed>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: Into<Box<dyn std::error::Error>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
+    runtime.block_on(body).map_err(|e| Failed::from(error_chain(&*e.into())))
+}
+
+/// An error and all its sources on one line: `outer: inner: innermost`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
