@@ -48,14 +48,20 @@ impl Need {
                 if find_executable(name).is_some() {
                     Ok(())
                 } else {
-                    Err(format!("`{name}` not found on PATH (install it: see .ci/run)"))
+                    Err(format!(
+                        "`{name}` not found on PATH (install it: see .ci/run)"
+                    ))
                 }
             }
             Need::CniPlugins => {
                 let missing: Vec<&str> = CNI_PLUGINS
                     .iter()
                     .copied()
-                    .filter(|p| !CNI_PLUGIN_DIRS.iter().any(|d| is_executable(&Path::new(d).join(p))))
+                    .filter(|p| {
+                        !CNI_PLUGIN_DIRS
+                            .iter()
+                            .any(|d| is_executable(&Path::new(d).join(p)))
+                    })
                     .collect();
                 if missing.is_empty() {
                     Ok(())
@@ -78,19 +84,26 @@ pub fn find_executable(name: &str) -> Option<std::path::PathBuf> {
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].iter().map(Into::into))
+        .chain(
+            ["/usr/local/sbin", "/usr/sbin", "/sbin"]
+                .iter()
+                .map(Into::into),
+        )
         .map(|dir| dir.join(name))
         .find(|p| is_executable(p))
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// True when running in CI (`CI` set to anything but `false`/`0`/empty).
 pub fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != OsStr::new("false") && v != OsStr::new("0"))
+    std::env::var_os("CI")
+        .is_some_and(|v| !v.is_empty() && v != OsStr::new("false") && v != OsStr::new("0"))
 }
 
 /// Runs the integration tests of one test binary and exits the process.
@@ -107,19 +120,25 @@ pub fn main(needs: &[Need], trials: Vec<Trial>) -> ! {
     let trials = if unmet.is_empty() {
         if let Err(e) = enter_private_network_namespace() {
             let reason = format!("could not enter a private network namespace: {e}");
-            trials.into_iter().map(|t| unrunnable(t, &reason)).collect()
+            trials
+                .into_iter()
+                .map(|t| unrunnable(&t, &reason))
+                .collect()
         } else {
             trials
         }
     } else {
         let reason = unmet.join("; ");
-        trials.into_iter().map(|t| unrunnable(t, &reason)).collect()
+        trials
+            .into_iter()
+            .map(|t| unrunnable(&t, &reason))
+            .collect()
     };
     libtest_mimic::run(&args, trials).exit()
 }
 
 /// A trial that cannot run here: a failure in CI, an ignored test (with the reason) elsewhere.
-fn unrunnable(trial: Trial, reason: &str) -> Trial {
+fn unrunnable(trial: &Trial, reason: &str) -> Trial {
     let name = trial.name().to_owned();
     if in_ci() {
         let message = format!("requirement not met in CI: {reason}");
@@ -138,13 +157,18 @@ fn enter_private_network_namespace() -> Result<(), String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Ok(());
     }
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
     let ip = find_executable("ip").ok_or("`ip` (iproute2) not found")?;
     let status = Command::new(ip)
         .args(["link", "set", "lo", "up"])
         .status()
         .map_err(|e| format!("ip link set lo up: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("ip link set lo up: {status}")) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip link set lo up: {status}"))
+    }
 }
 
 /// Runs an async test body on a fresh multi-threaded tokio runtime and turns its result into a
@@ -159,7 +183,9 @@ where
         .enable_all()
         .build()
         .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
-    runtime.block_on(body).map_err(|e| Failed::from(error_chain(&*e.into())))
+    runtime
+        .block_on(body)
+        .map_err(|e| Failed::from(error_chain(&*e.into())))
 }
 
 /// An error and all its sources on one line: `outer: inner: innermost`.

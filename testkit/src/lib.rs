@@ -1,5 +1,21 @@
 //! Shared test infrastructure for bramble's integration tests (not published).
 //!
 //! - [`harness`]: the test-binary entry point (private network namespace, requirement checks).
+//! - [`containerd`]: a private containerd per test ([`Containerd`]): own root, state and
+//!   sockets under `/tmp`, crash/restart, full cleanup on drop (shims, containers, mounts).
+//! - [`registry`]: a private OCI registry on `127.0.0.1` ([`Registry`], Debian
+//!   `docker-registry`), optionally with basic auth; push OCI archives with skopeo, count the
+//!   requests it served; [`write_docker_config`] for credentials.
+//! - [`fixture`]: the statically linked fixture function binary ([`fixture_binary`]), built with
+//!   plain `rustc` and cached under `target/fixture`.
 
+pub mod containerd;
+pub mod fixture;
 pub mod harness;
+pub mod registry;
+
+mod procfs;
+
+pub use containerd::Containerd;
+pub use fixture::{fixture_binary, is_static_elf};
+pub use registry::{Registry, write_docker_config};
