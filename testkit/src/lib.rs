@@ -7,15 +7,24 @@
 //!   `docker-registry`), optionally with basic auth; push OCI archives with skopeo, count the
 //!   requests it served; [`write_docker_config`] for credentials.
 //! - [`fixture`]: the statically linked fixture function binary ([`fixture_binary`]), built with
-//!   plain `rustc` and cached under `target/fixture`.
+//!   plain `rustc` and cached under `target/fixture`; [`images`] packages it as an OCI image
+//!   with bramble's own builder.
+//! - [`http`]: a minimal async HTTP client and the readiness wait on `/_/health`.
+//! - [`env`]: [`TestEnv`], a private containerd with a runtime configuration (namespace,
+//!   bridge, subnet, state directory) unique to one test.
 
 pub mod containerd;
+pub mod env;
 pub mod fixture;
 pub mod harness;
+pub mod http;
+pub mod images;
 pub mod registry;
 
 mod procfs;
 
 pub use containerd::Containerd;
+pub use env::TestEnv;
 pub use fixture::{fixture_binary, is_static_elf};
+pub use images::{fixture_image, foreign_image};
 pub use registry::{Registry, write_docker_config};

@@ -1,0 +1,366 @@
+//! The gRPC connection to containerd.
+//!
+//! One lazily connected tonic channel over the Unix socket serves every call. tonic reconnects
+//! by itself when containerd comes back after a restart; until then each call fails at once
+//! with [`Error::Unavailable`]. Unary calls are bounded by a timeout so a stopped (frozen)
+//! containerd cannot hang the daemon either; HTTP/2 keep-alive pings detect a dead peer on
+//! long-lived streams (events, waits).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::diff_client::DiffClient;
+use containerd_client::services::v1::events_client::EventsClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::version_client::VersionClient;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::error::{Error, Result};
+
+/// Header that selects the containerd namespace of a call.
+const NAMESPACE_HEADER: &str = "containerd-namespace";
+/// Header that attaches a call's resources to a lease (protection from GC while importing).
+const LEASE_HEADER: &str = "containerd-lease";
+
+/// A connection to one containerd namespace.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    channel: Channel,
+    socket: PathBuf,
+    namespace: String,
+    namespace_header: MetadataValue<tonic::metadata::Ascii>,
+    call_timeout: Duration,
+}
+
+impl Connection {
+    /// Prepares a connection to the containerd socket at `socket`, scoped to `namespace`.
+    ///
+    /// Nothing is dialled yet: the first call connects. This lets the daemon start (and report
+    /// "containerd unavailable") while containerd is still starting.
+    pub fn new(socket: &Path, namespace: &str, call_timeout: Duration) -> Result<Self> {
+        validate_namespace(namespace)?;
+        let namespace_header = MetadataValue::try_from(namespace).map_err(|_| {
+            Error::Invalid(format!(
+                "containerd namespace {namespace:?} is not valid ASCII"
+            ))
+        })?;
+        // The URI is a placeholder: the connector below dials the Unix socket.
+        let endpoint = Endpoint::from_static("http://[::]:50051")
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        let path = socket.to_path_buf();
+        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(&path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }));
+        Ok(Self {
+            channel,
+            socket: socket.to_path_buf(),
+            namespace: namespace.to_owned(),
+            namespace_header,
+            call_timeout,
+        })
+    }
+
+    /// The containerd namespace of this connection.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The socket this connection dials.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A request carrying the namespace header.
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert(NAMESPACE_HEADER, self.namespace_header.clone());
+        request
+    }
+
+    /// A request carrying the namespace header and a lease.
+    pub(crate) fn leased_request<T>(&self, message: T, lease: &Lease) -> Request<T> {
+        let mut request = self.request(message);
+        request
+            .metadata_mut()
+            .insert(LEASE_HEADER, lease.header.clone());
+        request
+    }
+
+    pub(crate) fn containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.channel.clone())
+    }
+    pub(crate) fn content(&self) -> ContentClient<Channel> {
+        // Layers can be large; the default 4 MiB decode limit only matters for reads, which
+        // ask for bounded chunks anyway.
+        ContentClient::new(self.channel.clone())
+    }
+    pub(crate) fn diff(&self) -> DiffClient<Channel> {
+        DiffClient::new(self.channel.clone())
+    }
+    pub(crate) fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(self.channel.clone())
+    }
+    pub(crate) fn images(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel.clone())
+    }
+    pub(crate) fn leases(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel.clone())
+    }
+    pub(crate) fn snapshots(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel.clone())
+    }
+    pub(crate) fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+    pub(crate) fn version_client(&self) -> VersionClient<Channel> {
+        VersionClient::new(self.channel.clone())
+    }
+
+    /// Runs one unary call with the call timeout and maps its error.
+    pub(crate) async fn call<T, F>(&self, name: &'static str, call: F) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        self.call_within(name, self.call_timeout, call).await
+    }
+
+    /// Like [`Connection::call`] with an explicit timeout, for calls that legitimately take long
+    /// (applying a large layer, waiting for a task to exit).
+    pub(crate) async fn call_within<T, F>(
+        &self,
+        name: &'static str,
+        timeout: Duration,
+        call: F,
+    ) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.status_error(name, &status)),
+            Err(_) => Err(Error::Unavailable {
+                socket: self.socket.clone(),
+                reason: format!("{name} got no answer within {timeout:?}"),
+            }),
+        }
+    }
+
+    /// Maps a gRPC status to the runtime's error.
+    pub(crate) fn status_error(&self, call: &'static str, status: &Status) -> Error {
+        if is_connection_failure(status) {
+            Error::Unavailable {
+                socket: self.socket.clone(),
+                reason: connection_reason(status),
+            }
+        } else {
+            Error::Containerd {
+                call,
+                code: status.code(),
+                message: status.message().to_owned(),
+            }
+        }
+    }
+
+    /// containerd's version string (for example `1.6.20~ds1`). Cheap; used as a health probe.
+    pub async fn version(&self) -> Result<String> {
+        let mut client = self.version_client();
+        let reply = self
+            .call("Version", client.version(Request::new(())))
+            .await?;
+        Ok(reply.version)
+    }
+
+    /// Creates a lease that protects everything written under it from garbage collection
+    /// until it is deleted or expires.
+    pub(crate) async fn create_lease(&self, purpose: &str, expire: Duration) -> Result<Lease> {
+        use containerd_client::services::v1::CreateRequest;
+        let id = format!("bramble-{purpose}-{}", random_suffix());
+        let expiry = std::time::SystemTime::now() + expire;
+        let expiry = humantime_rfc3339(expiry);
+        let labels = [("containerd.io/gc.expire".to_owned(), expiry)]
+            .into_iter()
+            .collect();
+        let mut client = self.leases();
+        self.call(
+            "Leases.Create",
+            client.create(self.request(CreateRequest {
+                id: id.clone(),
+                labels,
+            })),
+        )
+        .await?;
+        let header = MetadataValue::try_from(id.as_str())
+            .map_err(|_| Error::Invalid(format!("lease id {id:?} is not ASCII")))?;
+        Ok(Lease { id, header })
+    }
+
+    /// Deletes a lease; its resources become collectable unless something else references them.
+    pub(crate) async fn delete_lease(&self, lease: Lease) -> Result<()> {
+        use containerd_client::services::v1::DeleteRequest;
+        let mut client = self.leases();
+        let request = self.request(DeleteRequest {
+            id: lease.id.clone(),
+            sync: false,
+        });
+        match self.call("Leases.Delete", client.delete(request)).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+/// A containerd lease held while content is written.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    id: String,
+    header: MetadataValue<tonic::metadata::Ascii>,
+}
+
+/// containerd namespaces follow its identifier rules: `[a-zA-Z0-9]` at both ends, `._-` inside.
+fn validate_namespace(namespace: &str) -> Result<()> {
+    crate::validate_id(namespace)
+        .map_err(|reason| Error::Invalid(format!("containerd namespace {reason}")))
+}
+
+/// True when the status means the daemon could not be reached, not that it refused the call.
+fn is_connection_failure(status: &Status) -> bool {
+    match status.code() {
+        // bramble never cancels a call itself (timeouts drop the future), so Cancelled means
+        // the connection died under the call.
+        Code::Unavailable | Code::Cancelled => true,
+        // A call cut off by a dying connection surfaces as Unknown with a transport error.
+        Code::Unknown => {
+            let message = status.message().to_ascii_lowercase();
+            [
+                "transport error",
+                "connection",
+                "broken pipe",
+                "h2 protocol error",
+                "service was not ready",
+            ]
+            .iter()
+            .any(|needle| message.contains(needle))
+        }
+        _ => false,
+    }
+}
+
+fn connection_reason(status: &Status) -> String {
+    // tonic nests the io error (for example "No such file or directory") as the source.
+    let mut reason = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !reason.contains(&text) {
+            reason.push_str(": ");
+            reason.push_str(&text);
+        }
+        source = cause.source();
+    }
+    if reason.is_empty() {
+        "connection failed".to_owned()
+    } else {
+        reason
+    }
+}
+
+/// A short random hex string for unique, collision-free resource names.
+pub(crate) fn random_suffix() -> String {
+    let value: u64 = rand::random();
+    format!("{value:016x}")
+}
+
+/// RFC 3339 UTC timestamp with second precision, as containerd's `gc.expire` label wants.
+pub(crate) fn humantime_rfc3339(time: std::time::SystemTime) -> String {
+    let secs = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let (year, month, day) = civil_from_days(days);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(humantime_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            humantime_rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            humantime_rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_608_000)),
+            "2026-11-25T12:00:00Z"
+        );
+    }
+
+    #[test]
+    fn connection_failures_are_recognised() {
+        assert!(is_connection_failure(&Status::unavailable("dial")));
+        assert!(is_connection_failure(&Status::unknown("transport error")));
+        assert!(is_connection_failure(&Status::cancelled(
+            "operation was canceled"
+        )));
+        assert!(!is_connection_failure(&Status::not_found("container x")));
+        assert!(!is_connection_failure(&Status::unknown("something else")));
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_fails_fast_with_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("none.sock");
+        let conn = Connection::new(&socket, "bramble-test", Duration::from_secs(5)).unwrap();
+        let started = std::time::Instant::now();
+        let err = conn.version().await.unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        assert!(err.to_string().contains("containerd unavailable"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn namespaces_are_validated() {
+        assert!(Connection::new(Path::new("/x"), "bad ns", Duration::from_secs(1)).is_err());
+        assert!(Connection::new(Path::new("/x"), "", Duration::from_secs(1)).is_err());
+    }
+}

@@ -1,0 +1,699 @@
+//! Images: pull from registries, import tarballs, unpack into snapshots, build, and resolve
+//! what a container needs from its image (entrypoint, env, user, top snapshot).
+//!
+//! An image lives in containerd as an image record (name → index or manifest descriptor), its
+//! blobs in the content store linked by `containerd.io/gc.ref.*` labels, and its unpacked
+//! layers as committed snapshots named by chain id. Everything is written under a lease, so a
+//! crash half-way leaves nothing that garbage collection would not remove.
+
+pub mod auth;
+pub mod build;
+pub mod oci;
+pub mod platform;
+pub mod reference;
+
+mod archive;
+mod registry;
+mod unpack;
+mod user;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use containerd_client::services::v1::{CreateImageRequest, UpdateImageRequest};
+use containerd_client::services::v1::{
+    DeleteImageRequest, GetImageRequest, Image as CtrImage, ListImagesRequest,
+};
+use containerd_client::types::Descriptor as CtrDescriptor;
+use prost_types::FieldMask;
+use serde::Serialize;
+
+use crate::client::Connection;
+use crate::content;
+use crate::error::{Error, Result};
+use crate::keyed::KeyedLocks;
+use oci::{ConfigFile, Descriptor, Manifest, ManifestDocument};
+use platform::Platform;
+use reference::ImageRef;
+
+pub(crate) use unpack::remove_quietly as remove_snapshot_quietly;
+pub use user::ResolvedUser;
+
+/// How long a lease protects content written by one pull or import.
+const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// When to fetch an image from its registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum PullPolicy {
+    /// Always ask the registry (cheap when nothing changed: one manifest request).
+    Always,
+    /// Use the local image when present; no network access at all then.
+    #[default]
+    IfNotPresent,
+    /// Never use the network; fail when the image is absent.
+    Never,
+}
+
+impl FromStr for PullPolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "always" => Ok(PullPolicy::Always),
+            "ifnotpresent" | "if-not-present" => Ok(PullPolicy::IfNotPresent),
+            "never" => Ok(PullPolicy::Never),
+            _ => Err(Error::Invalid(format!(
+                "unknown pull policy {s:?}; use Always, IfNotPresent or Never"
+            ))),
+        }
+    }
+}
+
+/// Progress of a long image operation, for logs and CLIs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The manifest for this machine's platform was chosen.
+    Resolved {
+        image: String,
+        platform: Platform,
+        layers: usize,
+        bytes: u64,
+    },
+    /// A layer (or other blob) is in the content store, fetched or already present.
+    Fetched {
+        digest: String,
+        bytes: u64,
+        cached: bool,
+    },
+    /// `layer` of `of` layers is unpacked.
+    Unpacked { layer: usize, of: usize },
+}
+
+/// A progress callback.
+pub type ProgressFn<'a> = dyn Fn(Progress) + Send + Sync + 'a;
+
+/// A progress callback that ignores everything.
+pub fn no_progress(_: Progress) {}
+
+/// How to reach registries.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryConfig {
+    /// Registries (`host` or `host:port`) spoken to over plain HTTP. Loopback registries always
+    /// are.
+    pub insecure: Vec<String>,
+    /// A Docker `config.json` with credentials (missing file = anonymous everywhere).
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// An image as a container needs it, resolved for this machine's platform.
+#[derive(Clone, Debug, Serialize)]
+pub struct Image {
+    /// The normalised name (`docker.io/library/alpine:3.20`).
+    pub name: String,
+    /// Digest of what the name points at (an index for multi-platform images).
+    pub target_digest: String,
+    /// Digest of the manifest chosen for this platform.
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub platform: Platform,
+    pub config: ImageConfig,
+    /// The chain id of the top layer: the parent snapshot of every container of this image.
+    pub top_chain_id: String,
+    /// Sum of the (compressed) layer sizes.
+    pub size: u64,
+    pub layers: usize,
+    /// Whether the layers are unpacked into snapshots.
+    pub unpacked: bool,
+}
+
+/// What an image says about running it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub exposed_ports: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub stop_signal: Option<String>,
+}
+
+impl ImageConfig {
+    fn from_config_file(config: &ConfigFile) -> Self {
+        let c = config.config.clone().unwrap_or_default();
+        ImageConfig {
+            entrypoint: c.entrypoint.unwrap_or_default(),
+            cmd: c.cmd.unwrap_or_default(),
+            env: c.env.unwrap_or_default(),
+            working_dir: c.working_dir.filter(|w| !w.is_empty()),
+            user: c.user.filter(|u| !u.is_empty()),
+            exposed_ports: c
+                .exposed_ports
+                .map(|p| p.into_keys().collect())
+                .unwrap_or_default(),
+            labels: c.labels.unwrap_or_default(),
+            stop_signal: c.stop_signal.filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// One entry of [`ImageService::list`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageSummary {
+    pub name: String,
+    pub target_digest: String,
+    pub media_type: String,
+    pub size: i64,
+}
+
+/// The image operations of the runtime.
+#[derive(Debug)]
+pub struct ImageService {
+    conn: Connection,
+    snapshotter: String,
+    platform: Platform,
+    registries: RegistryConfig,
+    /// Resolved images by target digest: content is immutable, so entries never go stale
+    /// (only their `unpacked` flag, which is re-checked).
+    cache: Mutex<HashMap<String, Arc<Image>>>,
+    /// One pull or import per image name at a time.
+    locks: KeyedLocks,
+    users: user::UserCache,
+}
+
+impl ImageService {
+    pub(crate) fn new(
+        conn: Connection,
+        snapshotter: String,
+        platform: Platform,
+        registries: RegistryConfig,
+    ) -> Self {
+        Self {
+            conn,
+            snapshotter,
+            platform,
+            registries,
+            cache: Mutex::new(HashMap::new()),
+            locks: KeyedLocks::default(),
+            users: user::UserCache::default(),
+        }
+    }
+
+    /// Where image views are mounted briefly to read their account files.
+    pub(crate) fn set_scratch_dir(&self, dir: PathBuf) {
+        self.users.set_scratch_dir(dir);
+    }
+
+    /// The platform images are resolved for.
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    /// Makes an image present and unpacked according to the pull policy, and returns it.
+    ///
+    /// With `IfNotPresent` and `Never` an image that is present costs no network access.
+    pub async fn ensure(
+        &self,
+        reference: &ImageRef,
+        policy: PullPolicy,
+        progress: &ProgressFn<'_>,
+    ) -> Result<Arc<Image>> {
+        let name = reference.to_string();
+        let _guard = self.locks.lock(&name).await;
+        if policy != PullPolicy::Always {
+            if let Some(image) = self.get(&name).await? {
+                if image.unpacked {
+                    return Ok(image);
+                }
+                match self.unpack_present(&name, progress).await {
+                    Ok(image) => return Ok(image),
+                    Err(e) if policy == PullPolicy::Never => return Err(e),
+                    Err(e) => {
+                        tracing::info!(image = %name, error = %e.chain(), "local copy unusable, pulling");
+                    }
+                }
+            } else if policy == PullPolicy::Never {
+                return Err(Error::ImageNotPresent { image: name });
+            }
+        }
+        registry::pull(self, reference, progress).await?;
+        self.get(&name).await?.ok_or(Error::NotFound {
+            kind: "image",
+            id: name,
+        })
+    }
+
+    /// Imports every image of an OCI image-layout or `docker save` tarball (optionally
+    /// gzip-compressed). `name` renames the image when the archive holds exactly one.
+    ///
+    /// The archive's metadata is read and checked (platform included) before anything is
+    /// written to containerd.
+    pub async fn import(
+        &self,
+        path: &Path,
+        name: Option<&ImageRef>,
+        progress: &ProgressFn<'_>,
+    ) -> Result<Vec<Arc<Image>>> {
+        let names = archive::import(self, path, name, progress).await?;
+        let mut images = Vec::with_capacity(names.len());
+        for name in names {
+            let image = self.get(&name).await?.ok_or(Error::NotFound {
+                kind: "image",
+                id: name,
+            })?;
+            images.push(image);
+        }
+        Ok(images)
+    }
+
+    /// The image named `name` (normalised), resolved for this platform, if present.
+    pub async fn get(&self, name: &str) -> Result<Option<Arc<Image>>> {
+        let mut client = self.conn.images();
+        let request = self.conn.request(GetImageRequest {
+            name: name.to_owned(),
+        });
+        let record = match self.conn.call("Images.Get", client.get(request)).await {
+            Ok(reply) => reply.image,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(target) = record.and_then(|r| r.target) else {
+            return Ok(None);
+        };
+        // The cache is by content; several names can share it, so the name comes from here.
+        let cached = self.cache_get(&target.digest).map(|image| {
+            if image.name == name {
+                image
+            } else {
+                Arc::new(Image {
+                    name: name.to_owned(),
+                    ..(*image).clone()
+                })
+            }
+        });
+        let image = match cached {
+            Some(image) => image,
+            None => {
+                let image = Arc::new(self.resolve(name, &target).await?);
+                self.cache_put(&target.digest, Arc::clone(&image));
+                image
+            }
+        };
+        if image.unpacked {
+            // Snapshots can be removed behind our back (GC, an operator with ctr): re-check.
+            if unpack::snapshot_exists(&self.conn, &self.snapshotter, &image.top_chain_id).await? {
+                return Ok(Some(image));
+            }
+        } else if !unpack::snapshot_exists(&self.conn, &self.snapshotter, &image.top_chain_id)
+            .await?
+        {
+            return Ok(Some(image));
+        }
+        let mut refreshed = (*image).clone();
+        refreshed.unpacked = !image.unpacked;
+        let refreshed = Arc::new(refreshed);
+        self.cache_put(&target.digest, Arc::clone(&refreshed));
+        Ok(Some(refreshed))
+    }
+
+    /// All image records in the namespace.
+    pub async fn list(&self) -> Result<Vec<ImageSummary>> {
+        let mut client = self.conn.images();
+        let reply = self
+            .conn
+            .call(
+                "Images.List",
+                client.list(self.conn.request(ListImagesRequest { filters: vec![] })),
+            )
+            .await?;
+        Ok(reply
+            .images
+            .into_iter()
+            .filter_map(|i| {
+                let target = i.target?;
+                Some(ImageSummary {
+                    name: i.name,
+                    target_digest: target.digest,
+                    media_type: target.media_type,
+                    size: target.size,
+                })
+            })
+            .collect())
+    }
+
+    /// Removes an image record. Its content and snapshots are garbage-collected by containerd
+    /// once no container uses them.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        let mut client = self.conn.images();
+        let request = self.conn.request(DeleteImageRequest {
+            name: name.to_owned(),
+            sync: false,
+            target: None,
+        });
+        match self
+            .conn
+            .call("Images.Delete", client.delete(request))
+            .await
+        {
+            Err(e) if e.is_not_found() => Err(Error::NotFound {
+                kind: "image",
+                id: name.to_owned(),
+            }),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// The numeric user and groups a container of `image` runs as, given the image's `User`
+    /// (or an override): names are looked up in the image's `/etc/passwd` and `/etc/group`.
+    pub async fn resolve_user(&self, image: &Image, user: Option<&str>) -> Result<ResolvedUser> {
+        self.users
+            .resolve(&self.conn, &self.snapshotter, image, user)
+            .await
+    }
+
+    fn cache_get(&self, digest: &str) -> Option<Arc<Image>> {
+        self.cache.lock().ok().and_then(|c| c.get(digest).cloned())
+    }
+
+    fn cache_put(&self, digest: &str, image: Arc<Image>) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(digest.to_owned(), image);
+        }
+    }
+
+    /// Reads index → manifest → config from the content store.
+    async fn resolve(&self, name: &str, target: &CtrDescriptor) -> Result<Image> {
+        let bytes = content::read_blob(&self.conn, &target.digest).await?;
+        let (manifest_digest, manifest) =
+            match oci::parse_manifest_document(name, Some(&target.media_type), &bytes)? {
+                ManifestDocument::Manifest(m) => (target.digest.clone(), m),
+                ManifestDocument::Index(index) => {
+                    let chosen = self.choose_manifest(name, &index.manifests)?;
+                    let bytes = content::read_blob(&self.conn, &chosen.digest).await?;
+                    match oci::parse_manifest_document(name, Some(&chosen.media_type), &bytes)? {
+                        ManifestDocument::Manifest(m) => (chosen.digest.clone(), m),
+                        ManifestDocument::Index(_) => {
+                            return Err(Error::InvalidImage {
+                                image: name.to_owned(),
+                                reason: "nested image indexes are not supported".into(),
+                            });
+                        }
+                    }
+                }
+            };
+        let config_bytes = content::read_blob(&self.conn, &manifest.config.digest).await?;
+        let config = oci::parse_config(name, &config_bytes, &manifest)?;
+        self.check_platform(name, &config.platform())?;
+        let top_chain_id = oci::chain_ids(&config.rootfs.diff_ids)
+            .pop()
+            .ok_or_else(|| Error::InvalidImage {
+                image: name.to_owned(),
+                reason: "the image has no layers".into(),
+            })?;
+        let unpacked =
+            unpack::snapshot_exists(&self.conn, &self.snapshotter, &top_chain_id).await?;
+        Ok(Image {
+            name: name.to_owned(),
+            target_digest: target.digest.clone(),
+            manifest_digest,
+            config_digest: manifest.config.digest.clone(),
+            platform: config.platform(),
+            config: ImageConfig::from_config_file(&config),
+            top_chain_id,
+            size: manifest
+                .layers
+                .iter()
+                .map(|l| u64::try_from(l.size).unwrap_or(0))
+                .sum(),
+            layers: manifest.layers.len(),
+            unpacked,
+        })
+    }
+
+    /// The index entry this machine should run: the best-ranked compatible platform.
+    pub(crate) fn choose_manifest<'d>(
+        &self,
+        image: &str,
+        manifests: &'d [Descriptor],
+    ) -> Result<&'d Descriptor> {
+        manifests
+            .iter()
+            .filter(|m| oci::is_manifest_media_type(&m.media_type) || m.media_type.is_empty())
+            .filter_map(|m| {
+                let platform = m.platform.as_ref()?.to_platform();
+                self.platform.run_rank(&platform).map(|rank| (rank, m))
+            })
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, m)| m)
+            .ok_or_else(|| Error::PlatformMismatch {
+                image: image.to_owned(),
+                available: manifests
+                    .iter()
+                    .filter_map(|m| {
+                        m.platform
+                            .as_ref()
+                            .map(oci::DescriptorPlatform::to_platform)
+                    })
+                    .collect(),
+                host: self.platform.clone(),
+            })
+    }
+
+    /// Refuses an image this machine cannot run.
+    pub(crate) fn check_platform(&self, image: &str, platform: &Platform) -> Result<()> {
+        if self.platform.run_rank(platform).is_some() {
+            Ok(())
+        } else {
+            Err(Error::PlatformMismatch {
+                image: image.to_owned(),
+                available: vec![platform.clone()],
+                host: self.platform.clone(),
+            })
+        }
+    }
+
+    /// Unpacks an image whose content is complete in the store, without the network.
+    async fn unpack_present(&self, name: &str, progress: &ProgressFn<'_>) -> Result<Arc<Image>> {
+        let image = self
+            .get(name)
+            .await?
+            .ok_or_else(|| Error::ImageNotPresent {
+                image: name.to_owned(),
+            })?;
+        let manifest_bytes = content::read_blob(&self.conn, &image.manifest_digest).await?;
+        let ManifestDocument::Manifest(manifest) =
+            oci::parse_manifest_document(name, None, &manifest_bytes)?
+        else {
+            return Err(Error::InvalidImage {
+                image: name.to_owned(),
+                reason: "manifest is an index".into(),
+            });
+        };
+        for layer in &manifest.layers {
+            if content::info(&self.conn, &layer.digest).await?.is_none() {
+                return Err(Error::ImageNotPresent {
+                    image: format!("{name} (layer {} is missing)", layer.digest),
+                });
+            }
+        }
+        let config_bytes = content::read_blob(&self.conn, &image.config_digest).await?;
+        let config = oci::parse_config(name, &config_bytes, &manifest)?;
+        let lease = self.conn.create_lease("unpack", LEASE_EXPIRY).await?;
+        let result = unpack::unpack(
+            &self.conn,
+            &lease,
+            &self.snapshotter,
+            name,
+            &manifest,
+            &config,
+            &image.config_digest,
+            progress,
+        )
+        .await;
+        self.conn.delete_lease(lease).await?;
+        result?;
+        self.get(name).await?.ok_or_else(|| Error::ImageNotPresent {
+            image: name.to_owned(),
+        })
+    }
+
+    /// Creates or updates the image record `name` → `target`.
+    pub(crate) async fn put_record(
+        &self,
+        lease: &crate::client::Lease,
+        name: &str,
+        target: &Descriptor,
+    ) -> Result<()> {
+        let image = CtrImage {
+            name: name.to_owned(),
+            labels: HashMap::new(),
+            target: Some(CtrDescriptor {
+                media_type: target.media_type.clone(),
+                digest: target.digest.clone(),
+                size: target.size,
+                annotations: HashMap::new(),
+            }),
+            created_at: None,
+            updated_at: None,
+        };
+        let mut client = self.conn.images();
+        let create = CreateImageRequest {
+            image: Some(image.clone()),
+            source_date_epoch: None,
+        };
+        match self
+            .conn
+            .call(
+                "Images.Create",
+                client.create(self.conn.leased_request(create, lease)),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_already_exists() => {
+                let update = UpdateImageRequest {
+                    image: Some(image),
+                    update_mask: Some(FieldMask {
+                        paths: vec!["target".into()],
+                    }),
+                    source_date_epoch: None,
+                };
+                self.conn
+                    .call(
+                        "Images.Update",
+                        client.update(self.conn.leased_request(update, lease)),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes manifest (and config) metadata with their GC labels, the record, and unpacks:
+    /// the common tail of pull and import. Layers must already be in the store.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn commit_image(
+        &self,
+        lease: &crate::client::Lease,
+        name: &str,
+        index: Option<(&Descriptor, &[u8], &Descriptor)>,
+        manifest_descriptor: &Descriptor,
+        manifest_bytes: &[u8],
+        manifest: &Manifest,
+        config_bytes: &[u8],
+        config: &ConfigFile,
+        progress: &ProgressFn<'_>,
+    ) -> Result<()> {
+        content::write_bytes(
+            &self.conn,
+            lease,
+            bytes::Bytes::copy_from_slice(config_bytes),
+            HashMap::new(),
+        )
+        .await?;
+        let mut manifest_labels: HashMap<String, String> = [(
+            "containerd.io/gc.ref.content.config".to_owned(),
+            manifest.config.digest.clone(),
+        )]
+        .into_iter()
+        .collect();
+        for (i, layer) in manifest.layers.iter().enumerate() {
+            manifest_labels.insert(
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                layer.digest.clone(),
+            );
+        }
+        let written = content::write_bytes(
+            &self.conn,
+            lease,
+            bytes::Bytes::copy_from_slice(manifest_bytes),
+            manifest_labels,
+        )
+        .await?;
+        if written != manifest_descriptor.digest {
+            return Err(Error::InvalidImage {
+                image: name.to_owned(),
+                reason: format!(
+                    "manifest bytes hash to {written}, not {}",
+                    manifest_descriptor.digest
+                ),
+            });
+        }
+        let target = match index {
+            Some((index_descriptor, index_bytes, chosen)) => {
+                let labels = [(
+                    "containerd.io/gc.ref.content.m.0".to_owned(),
+                    chosen.digest.clone(),
+                )]
+                .into_iter()
+                .collect();
+                let written = content::write_bytes(
+                    &self.conn,
+                    lease,
+                    bytes::Bytes::copy_from_slice(index_bytes),
+                    labels,
+                )
+                .await?;
+                if written != index_descriptor.digest {
+                    return Err(Error::InvalidImage {
+                        image: name.to_owned(),
+                        reason: format!(
+                            "index bytes hash to {written}, not {}",
+                            index_descriptor.digest
+                        ),
+                    });
+                }
+                index_descriptor
+            }
+            None => manifest_descriptor,
+        };
+        unpack::unpack(
+            &self.conn,
+            lease,
+            &self.snapshotter,
+            name,
+            manifest,
+            config,
+            &manifest.config.digest,
+            progress,
+        )
+        .await?;
+        self.put_record(lease, name, target).await
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn registries(&self) -> &RegistryConfig {
+        &self.registries
+    }
+}
+
+/// The layer labels containerd expects: `containerd.io/uncompressed=<diff id>`.
+pub(crate) fn layer_labels(diff_id: &str) -> HashMap<String, String> {
+    [("containerd.io/uncompressed".to_owned(), diff_id.to_owned())]
+        .into_iter()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_policies_parse_like_kubernetes_and_faas_cli() {
+        assert_eq!("Always".parse::<PullPolicy>().unwrap(), PullPolicy::Always);
+        assert_eq!(
+            "IfNotPresent".parse::<PullPolicy>().unwrap(),
+            PullPolicy::IfNotPresent
+        );
+        assert_eq!("never".parse::<PullPolicy>().unwrap(), PullPolicy::Never);
+        let e = "sometimes".parse::<PullPolicy>().unwrap_err().to_string();
+        assert!(e.contains("sometimes") && e.contains("IfNotPresent"), "{e}");
+    }
+}
