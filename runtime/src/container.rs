@@ -80,6 +80,14 @@ pub struct Container {
     pub task: Option<TaskState>,
 }
 
+/// A task that was started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Started {
+    pub pid: u32,
+    /// The function's address on the bridge.
+    pub ip: Ipv4Addr,
+}
+
 /// A container's task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct TaskState {
@@ -198,8 +206,9 @@ impl Runtime {
             .images()
             .resolve_user(&image, spec.user.as_deref())
             .await?;
-        let attachment = self.network().attach(&spec.id).await?;
-        let result = self.create_attached(spec, &image, &user, &attachment).await;
+        // Only the namespace now; the CNI chain runs in `start`, alongside the task's creation.
+        let netns = self.network().prepare(&spec.id).await?;
+        let result = self.create_prepared(spec, &image, &user, &netns).await;
         if result.is_err() {
             // Roll back: nothing of a failed create may stay.
             if let Err(e) = self.network().detach(&spec.id).await {
@@ -210,12 +219,12 @@ impl Runtime {
         result
     }
 
-    async fn create_attached(
+    async fn create_prepared(
         &self,
         spec: &ContainerSpec,
         image: &crate::Image,
         user: &crate::image::ResolvedUser,
-        attachment: &crate::Attachment,
+        netns: &Path,
     ) -> Result<Container> {
         let config = &self.inner.config;
         let dir = self.container_dir(&spec.id);
@@ -224,12 +233,10 @@ impl Runtime {
             .mode(0o755)
             .create(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        write_file(&dir.join("hostname"), spec.hostname.as_bytes(), 0o644)?;
         let hosts = dir.join("hosts");
-        write_file(
-            &hosts,
-            hosts_file(attachment.ip, &spec.hostname).as_bytes(),
-            0o644,
-        )?;
+        // Completed with the function's address once it is attached (see `start`).
+        write_file(&hosts, hosts_file(None, &spec.hostname).as_bytes(), 0o644)?;
         let resolv = dir.join("resolv.conf");
         write_file(&resolv, self.resolv_conf().as_bytes(), 0o644)?;
         let secrets_dir = if spec.secrets.is_empty() {
@@ -264,7 +271,7 @@ impl Runtime {
             user,
             capabilities: &capabilities,
             read_only_rootfs: spec.read_only_rootfs,
-            netns: &attachment.netns,
+            netns,
             cgroups_path: self.cgroup_path(&spec.id),
             limits: &spec.limits,
             hosts_file: &hosts,
@@ -346,33 +353,48 @@ impl Runtime {
             id: spec.id.clone(),
             image: image.name.clone(),
             labels: labels.into_iter().collect(),
-            ip: Some(attachment.ip),
+            ip: None,
             task: None,
         })
     }
 
-    /// Starts the container's task and returns its pid. Starting a running task returns its
-    /// pid; a stopped task is replaced by a new one (same network, same IP).
-    pub async fn start(&self, id: &str) -> Result<u32> {
+    /// Starts the container's task. Starting a running task returns it as it is; a stopped
+    /// task is replaced by a new one (same network namespace, same address).
+    ///
+    /// The function's network is attached here if it is not yet (first start, or after a
+    /// reboot), concurrently with the creation of the task: the two dominate a cold start and
+    /// do not depend on each other.
+    pub async fn start(&self, id: &str) -> Result<Started> {
         validate_id(id).map_err(Error::Invalid)?;
         let _guard = self.inner.locks.lock(id).await;
+        let dir = self.container_dir(id);
         if let Some(task) = self.task(id).await? {
             if task.status == TaskStatus::Running {
                 self.attach_logs(id, false).await?;
-                return Ok(task.pid);
+                let ip = self.network().attach(id).await?.ip;
+                return Ok(Started { pid: task.pid, ip });
             }
             self.delete_task(id).await?;
         }
+        if !dir.join("hostname").exists() {
+            // The container's files live on tmpfs; a record that survived a reboot points at
+            // bind-mount sources that are gone.
+            return Err(match self.get(id).await? {
+                Some(_) => Error::Stale { id: id.to_owned() },
+                None => Error::NotFound {
+                    kind: "container",
+                    id: id.to_owned(),
+                },
+            });
+        }
         let conn = &self.inner.conn;
         let mut snapshots = conn.snapshots();
+        let request = MountsRequest {
+            snapshotter: self.inner.config.snapshotter.clone(),
+            key: id.to_owned(),
+        };
         let mounts = match conn
-            .call(
-                "Snapshots.Mounts",
-                snapshots.mounts(conn.request(MountsRequest {
-                    snapshotter: self.inner.config.snapshotter.clone(),
-                    key: id.to_owned(),
-                })),
-            )
+            .call("Snapshots.Mounts", snapshots.mounts(conn.request(request)))
             .await
         {
             Ok(reply) => reply.mounts,
@@ -384,6 +406,7 @@ impl Runtime {
             }
             Err(e) => return Err(e),
         };
+        self.network().prepare(id).await?;
         let (stdout, stderr) = self.attach_logs(id, true).await?;
         let create = CreateTaskRequest {
             container_id: id.to_owned(),
@@ -394,22 +417,31 @@ impl Runtime {
         };
         let mut tasks = conn.tasks();
         let result = async {
-            conn.call_within(
+            let create_task = conn.call_within(
                 "Tasks.Create",
                 TASK_CREATE_TIMEOUT,
                 tasks.create(conn.request(create)),
-            )
-            .await?;
+            );
+            let (attached, created) = tokio::join!(self.network().attach(id), create_task);
+            let (attachment, _) = (attached?, created?);
+            let hostname = std::fs::read_to_string(dir.join("hostname"))
+                .map_err(|e| Error::io(format!("reading {}", dir.join("hostname").display()), e))?;
+            write_file(
+                &dir.join("hosts"),
+                hosts_file(Some(attachment.ip), &hostname).as_bytes(),
+                0o644,
+            )?;
+            let start = StartRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+            };
             let started = conn
-                .call(
-                    "Tasks.Start",
-                    tasks.start(conn.request(StartRequest {
-                        container_id: id.to_owned(),
-                        exec_id: String::new(),
-                    })),
-                )
+                .call("Tasks.Start", tasks.start(conn.request(start)))
                 .await?;
-            Ok(started.pid)
+            Ok(Started {
+                pid: started.pid,
+                ip: attachment.ip,
+            })
         }
         .await;
         if result.is_err() {
@@ -425,12 +457,13 @@ impl Runtime {
     pub async fn run(&self, spec: &ContainerSpec) -> Result<Container> {
         let mut container = self.create(spec).await?;
         match self.start(&spec.id).await {
-            Ok(pid) => {
+            Ok(started) => {
                 container.task = Some(TaskState {
-                    pid,
+                    pid: started.pid,
                     status: TaskStatus::Running,
                     exit_status: None,
                 });
+                container.ip = Some(started.ip);
                 Ok(container)
             }
             Err(e) => {
@@ -826,8 +859,15 @@ fn merge_env(image_env: &[String], ours: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
-fn hosts_file(ip: Ipv4Addr, hostname: &str) -> String {
-    format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n")
+/// `/etc/hosts` of a function. It is bind-mounted, so it is rewritten in place (same inode)
+/// once the function's address is known.
+fn hosts_file(ip: Option<Ipv4Addr>, hostname: &str) -> String {
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if let Some(ip) = ip {
+        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    hosts
 }
 
 /// Drops nameservers on loopback (unreachable from the function's network namespace). When

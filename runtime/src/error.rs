@@ -32,6 +32,13 @@ pub enum Error {
     #[error("{kind} {id} not found")]
     NotFound { kind: &'static str, id: String },
 
+    /// A container whose runtime files (on tmpfs) are gone, typically after a reboot: it
+    /// cannot start and must be deleted and created again.
+    #[error(
+        "container {id} was created before its runtime files were lost (a reboot?); delete and create it again"
+    )]
+    Stale { id: String },
+
     /// Something that should be new already exists.
     #[error("{kind} {id} already exists")]
     AlreadyExists { kind: &'static str, id: String },

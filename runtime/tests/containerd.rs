@@ -73,6 +73,10 @@ fn main() {
             "docker_save_archives_import_and_run",
             docker_save_archives_import_and_run,
         ),
+        trial(
+            "container_from_before_a_reboot_is_reported_stale",
+            container_from_before_a_reboot_is_stale,
+        ),
         trial("bad_input_changes_nothing", bad_input_changes_nothing),
     ];
     harness::main(&needs, trials);
@@ -730,6 +734,27 @@ async fn docker_save_archives_import_and_run() -> TestResult {
     let addr = run_healthy(&s.runtime, &spec("legacy", &images[0])).await?;
     assert_eq!(http::get(addr, "/").await?.status, 200);
     s.runtime.delete("legacy", Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+async fn container_from_before_a_reboot_is_stale() -> TestResult {
+    let s = setup("stale").await?;
+    run_healthy(&s.runtime, &spec("old", &s.image)).await?;
+    // What a reboot does to it: the task is gone and so are the runtime's tmpfs files, while
+    // containerd keeps the record. (The full reboot is covered by the daemon's tests.)
+    s.runtime.stop("old", Duration::from_secs(5)).await?;
+    std::fs::remove_dir_all(s.env.config.run_dir.join("containers/old"))?;
+    let err = s.runtime.start("old").await.unwrap_err();
+    assert!(matches!(err, Error::Stale { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("delete and create it again"),
+        "{err}"
+    );
+    // The prescribed way out works and reuses nothing stale.
+    s.runtime.delete("old", Duration::from_secs(5)).await?;
+    let addr = run_healthy(&s.runtime, &spec("old", &s.image)).await?;
+    assert_eq!(http::get(addr, "/").await?.status, 200);
+    s.runtime.delete("old", Duration::from_secs(5)).await?;
     Ok(())
 }
 

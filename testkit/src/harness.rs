@@ -149,11 +149,12 @@ fn unrunnable(trial: &Trial, reason: &str) -> Trial {
     }
 }
 
-/// Moves this process into a new network namespace with `lo` up.
+/// Moves this process into a new network namespace with `lo` up (benchmarks call it from
+/// `main`; [`main`] does it for tests). Does nothing when not root.
 ///
 /// Must be called while the process has a single thread: `unshare(CLONE_NEWNET)` affects only
 /// the calling thread, and threads created later inherit it.
-fn enter_private_network_namespace() -> Result<(), String> {
+pub fn enter_private_network_namespace() -> Result<(), String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Ok(());
     }

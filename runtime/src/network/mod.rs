@@ -146,6 +146,24 @@ impl Network {
             .map_err(|e| NetworkError::Internal(format!("attach task failed: {e}")))?
     }
 
+    /// Creates `id`'s (empty) network namespace without attaching it, and returns its path;
+    /// returns the existing one when it is already there. Cheap (no plugin runs), so a
+    /// container can be created against the namespace while [`Network::attach`] runs the CNI
+    /// chain concurrently with the task's creation.
+    pub async fn prepare(&self, id: &str) -> Result<PathBuf, NetworkError> {
+        validate_id(id)?;
+        let inner = Arc::clone(&self.inner);
+        let id = id.to_owned();
+        tokio::spawn(async move { inner.prepare(&id).await })
+            .await
+            .map_err(|e| NetworkError::Internal(format!("prepare task failed: {e}")))?
+    }
+
+    /// Where `id`'s network namespace is (or will be) pinned.
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        self.inner.netns_path(id)
+    }
+
     /// Removes `id`'s attachment: CNI DEL, then the namespace, then the cache entry.
     ///
     /// Idempotent: an unknown id is `Ok`. Works when the namespace is already gone. Leftover
@@ -261,35 +279,55 @@ impl Inner {
         .await?
     }
 
+    async fn prepare(&self, id: &str) -> Result<PathBuf, NetworkError> {
+        let _guard = self.locks.lock(id).await;
+        let netns = self.netns_path(id);
+        let live_path = netns.clone();
+        if blocking(move || netns::is_live(&live_path)).await? {
+            return Ok(netns);
+        }
+        let cached = self.read_cache(id).await?;
+        self.teardown(id, cached, false).await?;
+        self.ensure_netns_dir().await?;
+        netns::create(&netns).await?;
+        tracing::debug!(id, netns = %netns.display(), "network namespace prepared");
+        Ok(netns)
+    }
+
     async fn attach(&self, id: &str) -> Result<Attachment, NetworkError> {
         let _guard = self.locks.lock(id).await;
         let netns = self.netns_path(id);
         let cached = self.read_cache(id).await?;
-        if let Some(entry) = &cached {
-            let live_path = netns.clone();
-            if blocking(move || netns::is_live(&live_path)).await?
-                && entry.attachment.netns == netns
-            {
-                if !self.subnet.contains(entry.attachment.ip) {
-                    tracing::warn!(
-                        id,
-                        ip = %entry.attachment.ip,
-                        subnet = %self.subnet,
-                        "keeping an existing attachment outside the configured subnet (config changed?)"
-                    );
-                }
-                return Ok(entry.attachment.clone());
+        let live_path = netns.clone();
+        let live = blocking(move || netns::is_live(&live_path)).await?;
+        if let Some(entry) = &cached
+            && live
+            && entry.attachment.netns == netns
+        {
+            if !self.subnet.contains(entry.attachment.ip) {
+                tracing::warn!(
+                    id,
+                    ip = %entry.attachment.ip,
+                    subnet = %self.subnet,
+                    "keeping an existing attachment outside the configured subnet (config changed?)"
+                );
             }
+            return Ok(entry.attachment.clone());
         }
-        // Anything left from an earlier attachment (daemon crash, namespace unmounted by
-        // someone else) would hold the id's lease: clean it up, best effort.
-        self.teardown(id, cached, false).await?;
-
         let version = self.cni_version().await?;
         let conflist = self.conflist(version)?;
-        self.ensure_netns_dir().await?;
-        netns::create(&netns).await?;
-        tracing::debug!(id, netns = %netns.display(), "network namespace created");
+        if live && cached.is_none() {
+            // Prepared by `prepare` (a container may already use it): keep the namespace, but
+            // free what a crashed earlier attach may have left on it.
+            self.release_stale_leases(id, version, &netns).await?;
+        } else {
+            // Anything left from an earlier attachment (daemon crash, namespace unmounted by
+            // someone else) would hold the id's lease: clean it up, best effort.
+            self.teardown(id, cached, false).await?;
+            self.ensure_netns_dir().await?;
+            netns::create(&netns).await?;
+            tracing::debug!(id, netns = %netns.display(), "network namespace created");
+        }
 
         let mut progress = Progress::default();
         match self
@@ -453,6 +491,43 @@ impl Inner {
             None => {}
         }
         self.remove_local_state(id).await
+    }
+
+    /// DEL (best effort) and lease release for leases `id` holds without a cache entry.
+    async fn release_stale_leases(
+        &self,
+        id: &str,
+        version: &str,
+        netns: &Path,
+    ) -> Result<(), NetworkError> {
+        let lease_dir = self.lease_dir();
+        let owner = id.to_owned();
+        let leases = blocking(move || {
+            store::leases_of(&lease_dir, &owner)
+                .map_err(|e| NetworkError::io(format!("read leases in {}", lease_dir.display()), e))
+        })
+        .await??;
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let conflist = self.conflist(version)?;
+        let prev = self.result_from_leases(version, netns, &leases);
+        if let Err(e) = self
+            .del_chain(id, netns, &conflist, prev.as_ref(), false)
+            .await
+        {
+            tracing::warn!(id, "CNI DEL of a stale lease failed: {e}");
+        }
+        let lease_dir = self.lease_dir();
+        let owner = id.to_owned();
+        blocking(move || {
+            store::release_leases(&lease_dir, &owner)
+                .map(|_| ())
+                .map_err(|e| {
+                    NetworkError::io(format!("release leases in {}", lease_dir.display()), e)
+                })
+        })
+        .await?
     }
 
     /// A CNI result listing the addresses host-local leased to a container.

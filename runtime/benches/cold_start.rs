@@ -1,0 +1,203 @@
+//! Cold start of a function container: from "run" to its first successful HTTP answer, next
+//! to a bare containerd create+start of the same image (`ctr run -d`), in one run.
+//!
+//! `cargo bench -p bramble-runtime --bench cold_start [-- RUNS]` as root. Runs in a private
+//! network namespace with a private containerd, like the integration tests. The fixture image
+//! is present (imported once before measuring).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bramble_runtime::image::no_progress;
+use bramble_runtime::{ContainerSpec, Runtime};
+use bramble_testkit::{TestEnv, fixture_image, harness, http};
+
+fn main() {
+    let runs: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20);
+    if let Err(e) = harness::enter_private_network_namespace() {
+        eprintln!("cold_start: {e}");
+        std::process::exit(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    if let Err(e) = rt.block_on(bench(runs)) {
+        eprintln!("cold_start failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    create: Vec<Duration>,
+    start: Vec<Duration>,
+    ready: Vec<Duration>,
+    total: Vec<Duration>,
+    ctr: Vec<Duration>,
+    restart: Vec<Duration>,
+    delete: Vec<Duration>,
+}
+
+async fn bench(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let env = TestEnv::new("bench")?;
+    let runtime = Runtime::new(env.config.clone())?;
+    let (archive, _) = fixture_image(env.scratch(), "fixture:bench")?;
+    let image = runtime
+        .images()
+        .import(&archive, None, &no_progress)
+        .await?
+        .remove(0);
+    let mut samples = Samples::default();
+
+    for i in 0..=runs {
+        // bramble: network + spec + container + task, then wait for the first HTTP 200.
+        let id = format!("cold{i}");
+        let spec = ContainerSpec {
+            id: id.clone(),
+            image: image.name.clone(),
+            hostname: id.clone(),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        runtime.create(&spec).await?;
+        let t1 = Instant::now();
+        let started = runtime.start(&id).await?;
+        let t2 = Instant::now();
+        let addr = SocketAddr::from((started.ip, 8080));
+        first_answer(addr).await?;
+        let t3 = Instant::now();
+        // Scale from zero: the container and its network stay, only the task is new.
+        runtime.stop(&id, Duration::from_secs(5)).await?;
+        let w0 = Instant::now();
+        runtime.start(&id).await?;
+        first_answer(addr).await?;
+        let w1 = Instant::now();
+        let t4 = Instant::now();
+        runtime.delete(&id, Duration::from_secs(5)).await?;
+        let t5 = Instant::now();
+
+        // Bare containerd: the Go client's create + start of the same image, no network setup,
+        // no readiness (the whole `ctr` process, as an operator would run it).
+        let ctr_id = format!("ctr{i}");
+        let c0 = Instant::now();
+        ctr(&env, &["run", "-d", "--null-io", &image.name, &ctr_id])?;
+        let c1 = Instant::now();
+        ctr(&env, &["task", "kill", "-s", "SIGKILL", &ctr_id])?;
+        wait_ctr_stopped(&env, &ctr_id)?;
+        ctr(&env, &["task", "rm", &ctr_id])?;
+        ctr(&env, &["container", "rm", &ctr_id])?;
+
+        if i == 0 {
+            continue; // warm-up
+        }
+        samples.create.push(t1 - t0);
+        samples.start.push(t2 - t1);
+        samples.ready.push(t3 - t2);
+        samples.total.push(t3 - t0);
+        samples.restart.push(w1 - w0);
+        samples.delete.push(t5 - t4);
+        samples.ctr.push(c1 - c0);
+    }
+
+    println!(
+        "cold start, {runs} runs (median / min / max), fixture image present, {}",
+        std::env::consts::ARCH
+    );
+    println!("| step | median | min | max |");
+    println!("|---|---|---|---|");
+    for (name, values) in [
+        (
+            "bramble create (netns, files, container, snapshot)",
+            &samples.create,
+        ),
+        (
+            "bramble start (CNI attach ∥ shim + runc create, then start)",
+            &samples.start,
+        ),
+        ("first HTTP 200 after start", &samples.ready),
+        ("**bramble run → first HTTP 200**", &samples.total),
+        (
+            "**bare containerd create+start (`ctr run -d`)**",
+            &samples.ctr,
+        ),
+        (
+            "**start of a stopped container → first HTTP 200** (scale from zero)",
+            &samples.restart,
+        ),
+        (
+            "bramble delete (grace stop, snapshot, container, CNI detach)",
+            &samples.delete,
+        ),
+    ] {
+        let (median, min, max) = stats(values);
+        println!("| {name} | {median:.1} ms | {min:.1} ms | {max:.1} ms |");
+    }
+    Ok(())
+}
+
+/// Polls `/` until the function answers 200 (its first successful answer).
+async fn first_answer(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http::request(addr, "GET", "/", &[], b"", Duration::from_secs(2)).await
+            && r.status == 200
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{addr} never answered").into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn ctr(env: &TestEnv, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let fifo_dir = env.containerd.dir().join("ctr-fifo");
+    let out = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(env.containerd.socket())
+        .args(["-n", &env.config.namespace])
+        .args(args.iter().take(1))
+        .args(if args.first() == Some(&"run") {
+            vec!["--fifo-dir".to_owned(), fifo_dir.display().to_string()]
+        } else {
+            vec![]
+        })
+        .args(args.iter().skip(1))
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_ctr_stopped(env: &TestEnv, id: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ctr(env, &["task", "ls"])?
+        .lines()
+        .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+    {
+        if Instant::now() > deadline {
+            return Err(format!("ctr task {id} did not stop").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+fn stats(values: &[Duration]) -> (f64, f64, f64) {
+    let mut ms: Vec<f64> = values.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let median = if ms.is_empty() { 0.0 } else { ms[ms.len() / 2] };
+    (
+        median,
+        ms.first().copied().unwrap_or(0.0),
+        ms.last().copied().unwrap_or(0.0),
+    )
+}
