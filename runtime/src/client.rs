@@ -193,7 +193,7 @@ impl Connection {
         use containerd_client::services::v1::CreateRequest;
         let id = format!("bramble-{purpose}-{}", random_suffix());
         let expiry = std::time::SystemTime::now() + expire;
-        let expiry = humantime_rfc3339(expiry);
+        let expiry = humantime::format_rfc3339_seconds(expiry).to_string();
         let labels = [("containerd.io/gc.expire".to_owned(), expiry)]
             .into_iter()
             .collect();
@@ -287,49 +287,10 @@ pub(crate) fn random_suffix() -> String {
     format!("{value:016x}")
 }
 
-/// RFC 3339 UTC timestamp with second precision, as containerd's `gc.expire` label wants.
-pub(crate) fn humantime_rfc3339(time: std::time::SystemTime) -> String {
-    let secs = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let (year, month, day) = civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(humantime_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            humantime_rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            humantime_rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_608_000)),
-            "2026-11-25T12:00:00Z"
-        );
-    }
+    use std::time::Duration;
 
     #[test]
     fn connection_failures_are_recognised() {

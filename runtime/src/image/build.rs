@@ -1103,24 +1103,8 @@ fn to_json<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, Build
 
 /// `1970-01-01T00:00:00Z` for 0. `seconds` is at most [`MAX_EPOCH`].
 fn rfc3339(seconds: u64) -> String {
-    let days = i64::try_from(seconds / 86_400).unwrap_or(0);
-    let rest = seconds % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3_600,
-        rest % 3_600 / 60,
-        rest % 60
-    )
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds.min(MAX_EPOCH));
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 #[derive(Serialize)]
