@@ -1,0 +1,157 @@
+//! The seam between the HTTP face and whatever runs functions.
+//!
+//! The gateway never talks to containerd; it asks a [`Provider`]. bramble's agent implements
+//! it with the local runtime today; a cluster provider can implement it later.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+
+use crate::types::{
+    FunctionDeployment, FunctionNamespace, FunctionStatus, LogMessage, LogRequest, ProviderInfo, Secret,
+};
+
+/// Why a provider refused or failed a request. Each kind maps to one HTTP status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// 400: the request is malformed; `field` names the offending JSON field when there is one.
+    #[error("{}{message}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    Invalid { field: Option<String>, message: String },
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: conflicts with existing state (a name taken, a hardware line owned by another
+    /// function).
+    #[error("{0}")]
+    Conflict(String),
+    /// 503: the function or its runtime cannot serve right now (containerd down, function
+    /// failing its health check, replica budget exhausted).
+    #[error("{0}")]
+    Unavailable(String),
+    /// 504: waiting for a function to become ready took longer than allowed.
+    #[error("{0}")]
+    Timeout(String),
+    /// 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ProviderError {
+    /// A 400 about one field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ProviderError::Invalid { field: Some(field.into()), message: message.into() }
+    }
+
+    /// The HTTP status code of this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            ProviderError::Invalid { .. } => 400,
+            ProviderError::NotFound(_) => 404,
+            ProviderError::Conflict(_) => 409,
+            ProviderError::Unavailable(_) => 503,
+            ProviderError::Timeout(_) => 504,
+            ProviderError::Internal(_) => 500,
+        }
+    }
+}
+
+/// Result of provider calls.
+pub type ProviderResult<T> = Result<T, ProviderError>;
+
+/// Keeps an invocation counted as in flight (idle scale-down must not stop a function that is
+/// streaming a long response) until dropped.
+pub type InFlight = Box<dyn Send + Sync>;
+
+/// Where to send one request to a function.
+pub struct Endpoint {
+    /// A ready replica's address (`IP:8080` on the function bridge).
+    pub addr: SocketAddr,
+    /// The function's upstream timeout (default 60 s, per-function annotation).
+    pub timeout: Duration,
+    /// Held for the duration of the request.
+    pub in_flight: Option<InFlight>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("addr", &self.addr).field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+/// Resource use of one function (all its replicas), for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct UsageSample {
+    /// CPU time used so far, in seconds (a counter).
+    pub cpu_seconds_total: f64,
+    /// Memory in use now, in bytes.
+    pub memory_bytes: f64,
+    /// Replicas running now.
+    pub replicas: u64,
+}
+
+/// A stream of log lines.
+pub type LogStream = Pin<Box<dyn Stream<Item = LogMessage> + Send>>;
+
+/// What runs functions. Every method is called from the gateway's request handlers; a rejected
+/// request must change no state.
+pub trait Provider: Send + Sync + 'static {
+    /// Functions of a namespace (`replicas`, `availableReplicas`, `createdAt` filled in).
+    fn list_functions(&self, namespace: &str) -> impl Future<Output = ProviderResult<Vec<FunctionStatus>>> + Send;
+    /// One function; `usage` filled in when asked.
+    fn get_function(
+        &self,
+        name: &str,
+        namespace: &str,
+        usage: bool,
+    ) -> impl Future<Output = ProviderResult<Option<FunctionStatus>>> + Send;
+    /// Deploys a new function (409 if it exists).
+    fn deploy(&self, request: FunctionDeployment) -> impl Future<Output = ProviderResult<()>> + Send;
+    /// Updates an existing function (404 if it does not exist).
+    fn update(&self, request: FunctionDeployment) -> impl Future<Output = ProviderResult<()>> + Send;
+    /// Deletes a function (404 if it does not exist).
+    fn delete(&self, name: &str, namespace: &str) -> impl Future<Output = ProviderResult<()>> + Send;
+    /// Sets the desired replicas; 0 stops the function but keeps it.
+    fn scale(&self, name: &str, namespace: &str, replicas: u64) -> impl Future<Output = ProviderResult<()>> + Send;
+
+    fn list_namespaces(&self) -> impl Future<Output = ProviderResult<Vec<String>>> + Send;
+    fn get_namespace(&self, name: &str) -> impl Future<Output = ProviderResult<Option<FunctionNamespace>>> + Send;
+    /// 409 if it exists.
+    fn create_namespace(&self, namespace: FunctionNamespace) -> impl Future<Output = ProviderResult<()>> + Send;
+    /// 404 if it does not exist.
+    fn update_namespace(&self, namespace: FunctionNamespace) -> impl Future<Output = ProviderResult<()>> + Send;
+    /// 404 if it does not exist; refused while functions live in it.
+    fn delete_namespace(&self, name: &str) -> impl Future<Output = ProviderResult<()>> + Send;
+
+    /// Secret names (never values) of a namespace.
+    fn list_secrets(&self, namespace: &str) -> impl Future<Output = ProviderResult<Vec<Secret>>> + Send;
+    /// Creates or replaces a secret.
+    fn put_secret(&self, secret: Secret) -> impl Future<Output = ProviderResult<()>> + Send;
+    /// 404 if it does not exist.
+    fn delete_secret(&self, name: &str, namespace: &str) -> impl Future<Output = ProviderResult<()>> + Send;
+
+    /// Log lines of a function; the stream ends after the backlog unless `follow`.
+    fn logs(&self, request: LogRequest) -> impl Future<Output = ProviderResult<LogStream>> + Send;
+
+    /// Name, version and orchestration of the provider.
+    fn info(&self) -> ProviderInfo;
+    /// `Ok` when functions can be run (containerd reachable); otherwise why not.
+    fn health(&self) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// A ready replica of the function to send one request to. When none is ready (scaled to
+    /// zero, starting, restarting) this starts one if needed and waits at most `wait` for it
+    /// to pass its health check. Must be an in-memory lookup when a replica is ready: it runs
+    /// for every request.
+    fn endpoint(
+        &self,
+        name: &str,
+        namespace: &str,
+        wait: Duration,
+    ) -> impl Future<Output = ProviderResult<Endpoint>> + Send;
+
+    /// Resource use per function (`(name, namespace)`), for `/metrics`.
+    fn usage(&self) -> impl Future<Output = HashMap<(String, String), UsageSample>> + Send;
+}
