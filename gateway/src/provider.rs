@@ -12,7 +12,8 @@ use std::time::Duration;
 use futures::Stream;
 
 use crate::types::{
-    FunctionDeployment, FunctionNamespace, FunctionStatus, LogMessage, LogRequest, ProviderInfo, Secret,
+    FunctionDeployment, FunctionNamespace, FunctionStatus, LogMessage, LogRequest, ProviderInfo,
+    Secret,
 };
 
 /// Why a provider refused or failed a request. Each kind maps to one HTTP status.
@@ -20,7 +21,10 @@ use crate::types::{
 pub enum ProviderError {
     /// 400: the request is malformed; `field` names the offending JSON field when there is one.
     #[error("{}{message}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
-    Invalid { field: Option<String>, message: String },
+    Invalid {
+        field: Option<String>,
+        message: String,
+    },
     /// 404.
     #[error("{0}")]
     NotFound(String),
@@ -43,7 +47,10 @@ pub enum ProviderError {
 impl ProviderError {
     /// A 400 about one field.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ProviderError::Invalid { field: Some(field.into()), message: message.into() }
+        ProviderError::Invalid {
+            field: Some(field.into()),
+            message: message.into(),
+        }
     }
 
     /// The HTTP status code of this error.
@@ -78,7 +85,10 @@ pub struct Endpoint {
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint").field("addr", &self.addr).field("timeout", &self.timeout).finish_non_exhaustive()
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,7 +110,10 @@ pub type LogStream = Pin<Box<dyn Stream<Item = LogMessage> + Send>>;
 /// request must change no state.
 pub trait Provider: Send + Sync + 'static {
     /// Functions of a namespace (`replicas`, `availableReplicas`, `createdAt` filled in).
-    fn list_functions(&self, namespace: &str) -> impl Future<Output = ProviderResult<Vec<FunctionStatus>>> + Send;
+    fn list_functions(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = ProviderResult<Vec<FunctionStatus>>> + Send;
     /// One function; `usage` filled in when asked.
     fn get_function(
         &self,
@@ -109,29 +122,60 @@ pub trait Provider: Send + Sync + 'static {
         usage: bool,
     ) -> impl Future<Output = ProviderResult<Option<FunctionStatus>>> + Send;
     /// Deploys a new function (409 if it exists).
-    fn deploy(&self, request: FunctionDeployment) -> impl Future<Output = ProviderResult<()>> + Send;
+    fn deploy(
+        &self,
+        request: FunctionDeployment,
+    ) -> impl Future<Output = ProviderResult<()>> + Send;
     /// Updates an existing function (404 if it does not exist).
-    fn update(&self, request: FunctionDeployment) -> impl Future<Output = ProviderResult<()>> + Send;
+    fn update(
+        &self,
+        request: FunctionDeployment,
+    ) -> impl Future<Output = ProviderResult<()>> + Send;
     /// Deletes a function (404 if it does not exist).
-    fn delete(&self, name: &str, namespace: &str) -> impl Future<Output = ProviderResult<()>> + Send;
+    fn delete(
+        &self,
+        name: &str,
+        namespace: &str,
+    ) -> impl Future<Output = ProviderResult<()>> + Send;
     /// Sets the desired replicas; 0 stops the function but keeps it.
-    fn scale(&self, name: &str, namespace: &str, replicas: u64) -> impl Future<Output = ProviderResult<()>> + Send;
+    fn scale(
+        &self,
+        name: &str,
+        namespace: &str,
+        replicas: u64,
+    ) -> impl Future<Output = ProviderResult<()>> + Send;
 
     fn list_namespaces(&self) -> impl Future<Output = ProviderResult<Vec<String>>> + Send;
-    fn get_namespace(&self, name: &str) -> impl Future<Output = ProviderResult<Option<FunctionNamespace>>> + Send;
+    fn get_namespace(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = ProviderResult<Option<FunctionNamespace>>> + Send;
     /// 409 if it exists.
-    fn create_namespace(&self, namespace: FunctionNamespace) -> impl Future<Output = ProviderResult<()>> + Send;
+    fn create_namespace(
+        &self,
+        namespace: FunctionNamespace,
+    ) -> impl Future<Output = ProviderResult<()>> + Send;
     /// 404 if it does not exist.
-    fn update_namespace(&self, namespace: FunctionNamespace) -> impl Future<Output = ProviderResult<()>> + Send;
+    fn update_namespace(
+        &self,
+        namespace: FunctionNamespace,
+    ) -> impl Future<Output = ProviderResult<()>> + Send;
     /// 404 if it does not exist; refused while functions live in it.
     fn delete_namespace(&self, name: &str) -> impl Future<Output = ProviderResult<()>> + Send;
 
     /// Secret names (never values) of a namespace.
-    fn list_secrets(&self, namespace: &str) -> impl Future<Output = ProviderResult<Vec<Secret>>> + Send;
+    fn list_secrets(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = ProviderResult<Vec<Secret>>> + Send;
     /// Creates or replaces a secret.
     fn put_secret(&self, secret: Secret) -> impl Future<Output = ProviderResult<()>> + Send;
     /// 404 if it does not exist.
-    fn delete_secret(&self, name: &str, namespace: &str) -> impl Future<Output = ProviderResult<()>> + Send;
+    fn delete_secret(
+        &self,
+        name: &str,
+        namespace: &str,
+    ) -> impl Future<Output = ProviderResult<()>> + Send;
 
     /// Log lines of a function; the stream ends after the backlog unless `follow`.
     fn logs(&self, request: LogRequest) -> impl Future<Output = ProviderResult<LogStream>> + Send;

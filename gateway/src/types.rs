@@ -49,15 +49,35 @@ pub struct FunctionDeployment {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_process: Option<String>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub env_vars: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub constraints: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub secrets: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub labels: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub annotations: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<FunctionResources>,
@@ -102,15 +122,35 @@ pub struct FunctionStatus {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_process: Option<String>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub env_vars: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub constraints: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub secrets: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub labels: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub annotations: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<FunctionResources>,
@@ -138,6 +178,8 @@ pub struct FunctionStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleServiceRequest {
+    /// Missing reads as empty (Go's zero value); the path name is used then.
+    #[serde(default)]
     pub service_name: String,
     pub replicas: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,14 +204,21 @@ pub struct Secret {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
-    #[serde(default, with = "base64_bytes", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "base64_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub raw_value: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A secret's value never reaches a log line.
-        f.debug_struct("Secret").field("name", &self.name).field("namespace", &self.namespace).finish_non_exhaustive()
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
     }
 }
 
@@ -178,14 +227,21 @@ mod base64_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     #[allow(clippy::ref_option)] // serde's `with` passes `&Option<T>`
-    pub(super) fn serialize<S: Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match value {
-            Some(bytes) => s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes)),
+            Some(bytes) => {
+                s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
             None => s.serialize_none(),
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
         match Option::<String>::deserialize(d)? {
             Some(text) => base64::engine::general_purpose::STANDARD
                 .decode(text.as_bytes())
@@ -200,9 +256,17 @@ mod base64_bytes {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionNamespace {
     pub name: String,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub labels: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -259,9 +323,20 @@ mod tests {
 
     #[test]
     fn status_omits_zero_values_like_go() {
-        let s = FunctionStatus { name: "f".into(), image: "x".into(), ..Default::default() };
-        assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"name":"f","image":"x"}"#);
-        let s = FunctionStatus { replicas: 1, available_replicas: 1, ..s };
+        let s = FunctionStatus {
+            name: "f".into(),
+            image: "x".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"name":"f","image":"x"}"#
+        );
+        let s = FunctionStatus {
+            replicas: 1,
+            available_replicas: 1,
+            ..s
+        };
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["availableReplicas"], 1);
     }
@@ -270,8 +345,15 @@ mod tests {
     fn secrets_take_value_or_base64_raw_value_and_never_debug_print_them() {
         let s: Secret = serde_json::from_str(r#"{"name":"k","rawValue":"AAEC"}"#).unwrap();
         assert_eq!(s.raw_value, Some(vec![0, 1, 2]));
-        assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"name":"k","rawValue":"AAEC"}"#);
-        let s = Secret { name: "k".into(), value: Some("hunter2".into()), ..Default::default() };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"name":"k","rawValue":"AAEC"}"#
+        );
+        let s = Secret {
+            name: "k".into(),
+            value: Some("hunter2".into()),
+            ..Default::default()
+        };
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(serde_json::from_str::<Secret>(r#"{"name":"k","rawValue":"%%"}"#).is_err());
     }

@@ -8,19 +8,19 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 /// A map of per-key locks.
 #[derive(Debug, Default)]
-pub(crate) struct KeyedLocks {
+pub struct KeyedLocks {
     locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
 }
 
 /// Holds a key's lock until dropped.
 #[derive(Debug)]
-pub(crate) struct KeyedGuard {
+pub struct KeyedGuard {
     _guard: OwnedMutexGuard<()>,
 }
 
 impl KeyedLocks {
     /// Waits for and takes the lock of `key`.
-    pub(crate) async fn lock(&self, key: &str) -> KeyedGuard {
+    pub async fn lock(&self, key: &str) -> KeyedGuard {
         let lock = {
             // A poisoned map only means another thread panicked mid-insert; the map itself is
             // still consistent, so keep using it.

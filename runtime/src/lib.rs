@@ -16,7 +16,7 @@ mod content;
 pub mod error;
 pub mod events;
 pub mod image;
-mod keyed;
+pub mod keyed;
 pub mod logs;
 pub mod metrics;
 mod mount;

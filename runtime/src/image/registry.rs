@@ -134,7 +134,15 @@ pub(super) async fn pull(
     let conn = service.conn();
     let lease = conn.create_lease("pull", LEASE_EXPIRY).await?;
     let result = async {
-        futures::stream::iter(manifest.layers.iter().zip(&config.rootfs.diff_ids))
+        // Owned items: a closure over borrowed pairs defeats the compiler's `Send` proof for
+        // callers that need this future to be `Send`.
+        let layers: Vec<(Descriptor, String)> = manifest
+            .layers
+            .iter()
+            .cloned()
+            .zip(config.rootfs.diff_ids.iter().cloned())
+            .collect();
+        futures::stream::iter(layers)
             .map(|(layer, diff_id)| {
                 let client = Arc::clone(&client);
                 let oci_ref = oci_ref.clone();
@@ -143,7 +151,7 @@ pub(super) async fn pull(
                 let registry = &registry;
                 async move {
                     if content::info(conn, &layer.digest).await?.is_some() {
-                        content::add_labels(conn, &layer.digest, &layer_labels(diff_id)).await?;
+                        content::add_labels(conn, &layer.digest, &layer_labels(&diff_id)).await?;
                         progress(Progress::Fetched {
                             digest: layer.digest.clone(),
                             bytes: layer.size as u64,
@@ -152,7 +160,7 @@ pub(super) async fn pull(
                         return Ok(());
                     }
                     let stream = client
-                        .pull_blob_stream(&oci_ref, &to_oci_descriptor(layer))
+                        .pull_blob_stream(&oci_ref, &to_oci_descriptor(&layer))
                         .await
                         .map_err(|e| registry_error(name, registry, service, e))?;
                     let chunks = stream.stream.map_err(|e| e.to_string());
@@ -161,7 +169,7 @@ pub(super) async fn pull(
                         lease,
                         &layer.digest,
                         layer.size,
-                        layer_labels(diff_id),
+                        layer_labels(&diff_id),
                         chunks,
                     )
                     .await?;

@@ -1,0 +1,356 @@
+//! Configuration of a node: one TOML file (`/etc/bramble/config.toml`), every key of which
+//! can also be set by an environment variable (`BRAMBLE_<KEY>`) and a flag of `bramble up`.
+//! Precedence: flag > environment > file > built-in default. Unknown keys are errors that name
+//! the key, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Where the configuration file is looked for when none is given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/bramble/config.toml";
+
+/// Errors reading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The whole configuration. Every field has a default; see the README for each key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the gateway listens on.
+    pub listen: SocketAddr,
+    /// Persistent state: desired state, secrets, credentials, async queue.
+    pub state_dir: PathBuf,
+    /// Volatile runtime files (tmpfs): FIFOs, network namespaces, staged secrets.
+    pub run_dir: PathBuf,
+    /// containerd's gRPC socket.
+    pub containerd_socket: PathBuf,
+    /// The containerd namespace functions live in.
+    pub containerd_namespace: String,
+    /// The OpenFaaS namespace used when a request names none.
+    pub default_namespace: String,
+    /// `Always`, `IfNotPresent` or `Never`.
+    pub pull_policy: String,
+    /// Default upstream timeout of a function (per function: annotation `bramble.timeout`).
+    #[serde(with = "duration")]
+    pub function_timeout: Duration,
+    /// How long a request waits for a starting function before 503/504.
+    #[serde(with = "duration")]
+    pub ready_timeout: Duration,
+    /// Grace period between SIGTERM and SIGKILL when a function is stopped.
+    #[serde(with = "duration")]
+    pub stop_grace: Duration,
+    /// Output kept in memory per function, as a quantity (`256Ki`).
+    pub log_buffer: String,
+    /// Limits applied to functions that ask for none.
+    pub defaults: Defaults,
+    pub network: NetworkSection,
+    pub registry: RegistrySection,
+    #[serde(rename = "async")]
+    pub async_queue: AsyncSection,
+    /// Largest JSON body accepted by the API, as a quantity.
+    pub max_api_body: String,
+}
+
+/// Limits applied when a function's deployment asks none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    /// Memory limit (`128Mi`); empty = unlimited.
+    pub memory: String,
+    /// CPU limit (`500m`, `1`); empty = unlimited.
+    pub cpu: String,
+    /// Processes/threads per function.
+    pub pids: u64,
+}
+
+/// The function network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    pub bridge: String,
+    pub subnet: String,
+    pub cni_plugin_dirs: Vec<PathBuf>,
+}
+
+/// Registry access.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// Registries reached over plain HTTP (loopback ones always are).
+    pub insecure: Vec<String>,
+    /// Docker `config.json` with credentials; default `<state_dir>/docker/config.json`.
+    pub credentials: Option<PathBuf>,
+}
+
+/// The durable queue behind `/async-function`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsyncSection {
+    /// Calls executed at the same time.
+    pub workers: usize,
+    /// Largest body accepted, as a quantity.
+    pub max_body: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            state_dir: PathBuf::from("/var/lib/bramble"),
+            run_dir: PathBuf::from("/run/bramble"),
+            containerd_socket: PathBuf::from("/run/containerd/containerd.sock"),
+            containerd_namespace: "openfaas-fn".into(),
+            default_namespace: "openfaas-fn".into(),
+            pull_policy: "IfNotPresent".into(),
+            function_timeout: Duration::from_secs(60),
+            ready_timeout: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(10),
+            log_buffer: "256Ki".into(),
+            defaults: Defaults::default(),
+            network: NetworkSection::default(),
+            registry: RegistrySection::default(),
+            async_queue: AsyncSection::default(),
+            max_api_body: "1Mi".into(),
+        }
+    }
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            memory: "128Mi".into(),
+            cpu: String::new(),
+            pids: 512,
+        }
+    }
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        Self {
+            bridge: "bramble0".into(),
+            subnet: "10.72.0.0/16".into(),
+            cni_plugin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+        }
+    }
+}
+
+impl Default for AsyncSection {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            max_body: "8Mi".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a configuration file. With `required`, a missing file is an error; otherwise it
+    /// means "all defaults".
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks values that parse but make no sense; returns the first problem, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        for (key, path) in [
+            ("state_dir", &self.state_dir),
+            ("run_dir", &self.run_dir),
+            ("containerd_socket", &self.containerd_socket),
+        ] {
+            if !path.is_absolute() {
+                return invalid(key, format!("{} must be an absolute path", path.display()));
+            }
+        }
+        if let Err(e) = self.pull_policy.parse::<bramble_runtime::PullPolicy>() {
+            return invalid("pull_policy", e.to_string());
+        }
+        if bramble_gateway::validate::namespace_name(&self.default_namespace).is_err() {
+            return invalid(
+                "default_namespace",
+                format!("{:?} is not a valid namespace name", self.default_namespace),
+            );
+        }
+        if bramble_runtime::validate_id(&self.containerd_namespace).is_err() {
+            return invalid(
+                "containerd_namespace",
+                format!(
+                    "{:?} is not a valid containerd namespace",
+                    self.containerd_namespace
+                ),
+            );
+        }
+        for (key, value) in [
+            ("log_buffer", &self.log_buffer),
+            ("max_api_body", &self.max_api_body),
+            ("async.max_body", &self.async_queue.max_body),
+        ] {
+            if let Err(e) = bramble_gateway::validate::parse_memory(value) {
+                return invalid(key, e);
+            }
+        }
+        if !self.defaults.memory.is_empty()
+            && let Err(e) = bramble_gateway::validate::parse_memory(&self.defaults.memory)
+        {
+            return invalid("defaults.memory", e);
+        }
+        if !self.defaults.cpu.is_empty()
+            && let Err(e) = bramble_gateway::validate::parse_cpu_millis(&self.defaults.cpu)
+        {
+            return invalid("defaults.cpu", e);
+        }
+        if self.defaults.pids == 0 {
+            return invalid("defaults.pids", "must be at least 1".into());
+        }
+        if self.async_queue.workers == 0 {
+            return invalid("async.workers", "must be at least 1".into());
+        }
+        if self.ready_timeout.is_zero() || self.function_timeout.is_zero() {
+            return invalid("ready_timeout", "timeouts must be longer than zero".into());
+        }
+        Ok(())
+    }
+
+    /// The registry credentials file in effect.
+    pub fn registry_credentials(&self) -> PathBuf {
+        self.registry
+            .credentials
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("docker/config.json"))
+    }
+
+    /// A quantity key as bytes (validated by [`Config::validate`]).
+    pub fn bytes(value: &str) -> usize {
+        bramble_gateway::validate::parse_memory(value)
+            .map_or(0, |v| usize::try_from(v).unwrap_or(usize::MAX))
+    }
+}
+
+/// Durations as humane strings in TOML: `"60s"`, `"5m"`, `"1h 30m"`.
+mod duration {
+    use super::{Deserialize, Deserializer, Duration, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}); write e.g. \"60s\" or \"2m\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_valid() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(
+            c.containerd_socket,
+            Path::new("/run/containerd/containerd.sock")
+        );
+        assert_eq!(c.state_dir, Path::new("/var/lib/bramble"));
+        assert_eq!(c.default_namespace, "openfaas-fn");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_file_overrides_only_what_it_says() {
+        let c = Config::parse("listen = \"127.0.0.1:9090\"\nready_timeout = \"5s\"\n[network]\nsubnet = \"10.9.0.0/24\"\n").unwrap();
+        assert_eq!(c.listen.port(), 9090);
+        assert_eq!(c.ready_timeout, Duration::from_secs(5));
+        assert_eq!(c.network.subnet, "10.9.0.0/24");
+        assert_eq!(c.network.bridge, "bramble0");
+        assert_eq!(c.function_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = Config::parse("lisen = \"x\"").unwrap_err();
+        assert!(e.contains("lisen"), "{e}");
+        let e = Config::parse("[network]\nbrige = \"b\"").unwrap_err();
+        assert!(e.contains("brige"), "{e}");
+        let e = Config::parse("ready_timeout = \"soon\"").unwrap_err();
+        assert!(e.contains("soon") && e.contains("duration"), "{e}");
+        let c = Config {
+            pull_policy: "Sometimes".into(),
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("pull_policy")
+        );
+        let c = Config {
+            defaults: Defaults {
+                memory: "128Qi".into(),
+                ..Defaults::default()
+            },
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("defaults.memory")
+        );
+        let c = Config {
+            state_dir: "relative".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("state_dir"));
+    }
+
+    #[test]
+    fn a_missing_optional_file_means_defaults_and_a_required_one_is_an_error() {
+        assert_eq!(
+            Config::load(Path::new("/nonexistent/bramble.toml"), false).unwrap(),
+            Config::default()
+        );
+        assert!(Config::load(Path::new("/nonexistent/bramble.toml"), true).is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! `bramble up`: the node in one process — store, runtime, provider, gateway.
+
+use std::sync::Arc;
+
+use bramble_gateway::Gateway;
+use bramble_gateway::types::VersionInfo;
+use bramble_gateway::{Credentials, GatewayConfig};
+use bramble_runtime::{NetworkConfig, RegistryConfig, Runtime, RuntimeConfig};
+
+use crate::config::Config;
+use crate::function::Defaults;
+use crate::provider::{LocalProvider, ProviderSettings};
+use crate::store::Store;
+
+/// Why the node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("opening the state directory")]
+    Store(#[from] crate::store::StoreError),
+    #[error("preparing the runtime")]
+    Runtime(#[from] bramble_runtime::Error),
+    #[error("starting the gateway: {0}")]
+    Gateway(String),
+    #[error(
+        "cannot listen on {addr} (is another bramble or faasd running? set listen / BRAMBLE_LISTEN)"
+    )]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving HTTP")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The runtime configuration a node configuration implies.
+pub fn runtime_config(config: &Config) -> RuntimeConfig {
+    let mut runtime = RuntimeConfig::new(&config.containerd_socket, &config.run_dir);
+    runtime.namespace = config.containerd_namespace.clone();
+    runtime.network = NetworkConfig {
+        bridge: config.network.bridge.clone(),
+        subnet: config.network.subnet.clone(),
+        plugin_dirs: config.network.cni_plugin_dirs.clone(),
+        state_dir: config.run_dir.join("net"),
+        ..NetworkConfig::default()
+    };
+    runtime.registries = RegistryConfig {
+        insecure: config.registry.insecure.clone(),
+        credentials_file: Some(config.registry_credentials()),
+    };
+    runtime.log_buffer_bytes = Config::bytes(&config.log_buffer);
+    runtime
+}
+
+/// Runs the node until `shutdown` completes (SIGTERM/SIGINT in `bramble up`).
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    config.validate()?;
+    let store = Arc::new(Store::open(&config.state_dir, &config.default_namespace)?);
+    let (credentials, generated) = store.api_credentials()?;
+    let runtime = Runtime::new(runtime_config(&config))?;
+    let defaults = Defaults {
+        memory_bytes: (!config.defaults.memory.is_empty())
+            .then(|| bramble_gateway::validate::parse_memory(&config.defaults.memory).ok())
+            .flatten(),
+        cpu_millis: (!config.defaults.cpu.is_empty())
+            .then(|| bramble_gateway::validate::parse_cpu_millis(&config.defaults.cpu).ok())
+            .flatten(),
+        pids: config.defaults.pids,
+        timeout: config.function_timeout,
+    };
+    let settings = ProviderSettings {
+        default_namespace: config.default_namespace.clone(),
+        pull_policy: config.pull_policy.parse().unwrap_or_default(),
+        defaults,
+        ready_timeout: config.ready_timeout,
+        stop_grace: config.stop_grace,
+    };
+    let provider = LocalProvider::start(runtime, Arc::clone(&store), settings);
+    let gateway_config = GatewayConfig {
+        credentials: Credentials {
+            user: credentials.user.clone(),
+            password: credentials.password.clone(),
+        },
+        default_namespace: config.default_namespace.clone(),
+        max_api_body: Config::bytes(&config.max_api_body),
+        max_async_body: Config::bytes(&config.async_queue.max_body),
+        ready_wait: config.ready_timeout,
+        queue_dir: config.state_dir.join("queue"),
+        async_workers: config.async_queue.workers,
+        version: VersionInfo {
+            commit_message: String::new(),
+            sha: option_env!("BRAMBLE_GIT_SHA").unwrap_or("unknown").into(),
+            release: env!("CARGO_PKG_VERSION").into(),
+        },
+        ..GatewayConfig::default()
+    };
+    let gateway =
+        Gateway::new(provider, gateway_config).map_err(|e| DaemonError::Gateway(e.to_string()))?;
+    gateway.start_workers();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    let secrets = config.state_dir.join("secrets");
+    println!(
+        "bramble {} listening on http://{addr}",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!(
+        "API credentials: {} and {} (readable by root)",
+        secrets.join("basic-auth-user").display(),
+        secrets.join("basic-auth-password").display()
+    );
+    if generated {
+        println!(
+            "generated new API credentials: user {} password {} (shown once)",
+            credentials.user, credentials.password
+        );
+    }
+    tracing::info!(%addr, state_dir = %config.state_dir.display(), "node started");
+    gateway
+        .serve(listener, shutdown)
+        .await
+        .map_err(DaemonError::Serve)?;
+    tracing::info!("stopped accepting requests; functions keep running");
+    Ok(())
+}

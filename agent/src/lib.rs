@@ -1,0 +1,11 @@
+//! bramble-agent: the node. It keeps the desired state, supervises every function's
+//! containers, implements the gateway's provider with the local runtime, and composes it all
+//! into `bramble up`.
+
+pub mod config;
+pub mod daemon;
+pub mod function;
+pub mod probe;
+pub mod provider;
+pub mod store;
+mod supervisor;

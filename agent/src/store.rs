@@ -1,0 +1,512 @@
+//! The node's persistent state under the state directory:
+//!
+//! ```text
+//! <state>/state.json                      desired state: functions, namespaces (0600)
+//! <state>/secrets/basic-auth-user         API credentials, faasd's layout (0600)
+//! <state>/secrets/basic-auth-password
+//! <state>/function-secrets/<ns>/<name>    function secrets (dirs 0700, files 0600)
+//! ```
+//!
+//! Every change goes to a copy of the state that is written atomically (temp file, fsync,
+//! rename, fsync of the directory) and only then becomes the current state: a failed write —
+//! a full SD card, a power cut — leaves the previous state on disk and in memory, and
+//! `state.json` always parses.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use bramble_gateway::types::FunctionDeployment;
+use serde::{Deserialize, Serialize};
+
+/// Version of the `state.json` layout.
+const STATE_VERSION: u32 = 1;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is corrupt ({reason}); it was left untouched — restore it from a backup or move it away to start empty", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+impl StoreError {
+    fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        StoreError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A deployed function as the node wants it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    /// The deployment as received (namespace filled in).
+    pub deployment: FunctionDeployment,
+    /// Desired replicas (0 = scaled to zero).
+    pub replicas: u64,
+    /// When the function was first deployed.
+    #[serde(with = "rfc3339")]
+    pub created_at: SystemTime,
+    /// Incremented by every update; part of container ids, so old and new replicas can run
+    /// side by side during an update.
+    pub generation: u64,
+}
+
+/// A namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceRecord {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Everything the node persists about what it should run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// namespace → function name → record.
+    pub functions: BTreeMap<String, BTreeMap<String, FunctionRecord>>,
+    pub namespaces: BTreeMap<String, NamespaceRecord>,
+}
+
+impl State {
+    fn new(default_namespace: &str) -> Self {
+        let labels = [("openfaas".to_owned(), "1".to_owned())]
+            .into_iter()
+            .collect();
+        Self {
+            version: STATE_VERSION,
+            functions: BTreeMap::new(),
+            namespaces: [(
+                default_namespace.to_owned(),
+                NamespaceRecord {
+                    labels,
+                    annotations: BTreeMap::new(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    /// A function's record.
+    pub fn function(&self, name: &str, namespace: &str) -> Option<&FunctionRecord> {
+        self.functions.get(namespace).and_then(|f| f.get(name))
+    }
+
+    /// Every function, as (namespace, name, record).
+    pub fn all_functions(&self) -> impl Iterator<Item = (&str, &str, &FunctionRecord)> {
+        self.functions.iter().flat_map(|(ns, fns)| {
+            fns.iter()
+                .map(move |(name, r)| (ns.as_str(), name.as_str(), r))
+        })
+    }
+}
+
+/// API credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiCredentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ApiCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiCredentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The persistent store.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    state: Mutex<State>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the state directory. A corrupt `state.json` is an error, not
+    /// a silent reset: losing every deployed function because of one bad write would be worse
+    /// than refusing to start.
+    pub fn open(dir: &Path, default_namespace: &str) -> Result<Store, StoreError> {
+        create_dir(dir, 0o755)?;
+        create_dir(&dir.join("secrets"), 0o700)?;
+        create_dir(&dir.join("function-secrets"), 0o700)?;
+        let path = dir.join("state.json");
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let state: State =
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if state.version != STATE_VERSION {
+                    return Err(StoreError::Corrupt {
+                        path,
+                        reason: format!(
+                            "layout version {} is not {STATE_VERSION} (written by another bramble version)",
+                            state.version
+                        ),
+                    });
+                }
+                state
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::new(default_namespace),
+            Err(source) => return Err(StoreError::io("reading", &path, source)),
+        };
+        // Leftovers of writes interrupted by a crash.
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".state.json.")
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> State {
+        self.lock().clone()
+    }
+
+    /// Applies `change` to a copy of the state, persists it, and makes it current. When
+    /// `change` fails or the write fails, nothing changes.
+    pub fn update<R, E>(&self, change: impl FnOnce(&mut State) -> Result<R, E>) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut current = self.lock();
+        let mut next = current.clone();
+        let result = change(&mut next)?;
+        if next != *current {
+            let bytes = serde_json::to_vec_pretty(&next).map_err(|e| StoreError::Corrupt {
+                path: self.dir.join("state.json"),
+                reason: e.to_string(),
+            })?;
+            write_atomic(&self.dir.join("state.json"), &bytes, 0o600)?;
+            *current = next;
+        }
+        Ok(result)
+    }
+
+    /// The API credentials, generated on first use (user `admin`, a random 40-character
+    /// password) and stored where faasd keeps them, readable by root only.
+    pub fn api_credentials(&self) -> Result<(ApiCredentials, bool), StoreError> {
+        let user_path = self.dir.join("secrets/basic-auth-user");
+        let password_path = self.dir.join("secrets/basic-auth-password");
+        let read = |p: &Path| std::fs::read_to_string(p).map(|s| s.trim().to_owned());
+        match (read(&user_path), read(&password_path)) {
+            (Ok(user), Ok(password)) if !user.is_empty() && !password.is_empty() => {
+                Ok((ApiCredentials { user, password }, false))
+            }
+            _ => {
+                let password = random_password(40);
+                write_atomic(&user_path, b"admin", 0o600)?;
+                write_atomic(&password_path, password.as_bytes(), 0o600)?;
+                Ok((
+                    ApiCredentials {
+                        user: "admin".into(),
+                        password,
+                    },
+                    true,
+                ))
+            }
+        }
+    }
+
+    /// Where a function secret is kept.
+    pub fn secret_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.dir.join("function-secrets").join(namespace).join(name)
+    }
+
+    /// Creates or replaces a secret (0600).
+    pub fn put_secret(&self, namespace: &str, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        create_dir(&self.dir.join("function-secrets").join(namespace), 0o700)?;
+        write_atomic(&self.secret_path(namespace, name), value, 0o600)
+    }
+
+    /// Removes a secret; `false` when it did not exist.
+    pub fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
+        let path = self.secret_path(namespace, name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(StoreError::io("removing", &path, source)),
+        }
+    }
+
+    /// Names of a namespace's secrets, sorted.
+    pub fn list_secrets(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
+        let dir = self.dir.join("function-secrets").join(namespace);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::io("listing", &dir, source)),
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Does the secret exist?
+    pub fn has_secret(&self, namespace: &str, name: &str) -> bool {
+        self.secret_path(namespace, name).is_file()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Writes `bytes` to `path` atomically with `mode`: a temp file in the same directory,
+/// fsync, rename over `path`, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{:016x}", rand::random::<u64>()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    result.map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        StoreError::io("writing", path, source)
+    })
+}
+
+fn create_dir(dir: &Path, mode: u32) -> Result<(), StoreError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| StoreError::io("creating", dir, e))?;
+    // An existing directory keeps a safe mode too.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| StoreError::io("securing", dir, e))
+}
+
+fn random_password(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    (0..len)
+        .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// `SystemTime` as RFC 3339 in JSON.
+pub(crate) mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::SystemTime;
+
+    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn record(name: &str) -> FunctionRecord {
+        FunctionRecord {
+            deployment: FunctionDeployment {
+                service: name.into(),
+                image: "x".into(),
+                ..Default::default()
+            },
+            replicas: 1,
+            created_at: SystemTime::UNIX_EPOCH,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn state_survives_reopening_and_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "openfaas-fn").unwrap();
+        store
+            .update(|s| {
+                s.functions
+                    .entry("openfaas-fn".into())
+                    .or_default()
+                    .insert("f".into(), record("f"));
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let again = Store::open(dir.path(), "openfaas-fn").unwrap();
+        assert_eq!(
+            again
+                .snapshot()
+                .function("f", "openfaas-fn")
+                .unwrap()
+                .replicas,
+            1
+        );
+        assert!(again.snapshot().namespaces.contains_key("openfaas-fn"));
+        assert_eq!(
+            std::fs::metadata(dir.path().join("state.json"))
+                .unwrap()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join("secrets"))
+                .unwrap()
+                .mode()
+                & 0o777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn a_failed_change_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "ns").unwrap();
+        let before = std::fs::read(dir.path().join("state.json")).ok();
+        let r: Result<(), StoreError> = store.update(|s| {
+            s.namespaces.clear();
+            Err(StoreError::Corrupt {
+                path: "x".into(),
+                reason: "refused".into(),
+            })
+        });
+        assert!(r.is_err());
+        assert!(store.snapshot().namespaces.contains_key("ns"));
+        assert_eq!(std::fs::read(dir.path().join("state.json")).ok(), before);
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_previous_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "ns").unwrap();
+        store
+            .update(|s| {
+                s.functions
+                    .entry("ns".into())
+                    .or_default()
+                    .insert("a".into(), record("a"));
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        // Make the directory unwritable for the temp file: replace it by a read-only one.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+        let r = store.update(|s| {
+            s.functions
+                .entry("ns".into())
+                .or_default()
+                .insert("b".into(), record("b"));
+            Ok::<_, StoreError>(())
+        });
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        if nix::unistd::Uid::effective().is_root() {
+            // root ignores directory permissions; the full-disk case is covered by the daemon's tests
+            return;
+        }
+        assert!(r.is_err());
+        assert!(store.snapshot().function("b", "ns").is_none());
+        assert!(
+            Store::open(dir.path(), "ns")
+                .unwrap()
+                .snapshot()
+                .function("a", "ns")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn corrupt_state_is_refused_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.json"), b"{ half a write").unwrap();
+        let e = Store::open(dir.path(), "ns").unwrap_err().to_string();
+        assert!(e.contains("corrupt") && e.contains("state.json"), "{e}");
+        assert_eq!(
+            std::fs::read(dir.path().join("state.json")).unwrap(),
+            b"{ half a write"
+        );
+    }
+
+    #[test]
+    fn credentials_are_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "ns").unwrap();
+        let (first, generated) = store.api_credentials().unwrap();
+        assert!(generated);
+        assert_eq!(first.user, "admin");
+        assert_eq!(first.password.len(), 40);
+        let (second, generated) = store.api_credentials().unwrap();
+        assert!(!generated);
+        assert_eq!(first, second);
+        let meta = std::fs::metadata(dir.path().join("secrets/basic-auth-password")).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert!(!format!("{first:?}").contains(&first.password));
+    }
+
+    #[test]
+    fn secrets_are_stored_privately_and_listed_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "ns").unwrap();
+        store.put_secret("ns", "b", b"2").unwrap();
+        store.put_secret("ns", "a", b"1").unwrap();
+        assert_eq!(store.list_secrets("ns").unwrap(), ["a", "b"]);
+        assert_eq!(
+            std::fs::metadata(store.secret_path("ns", "a"))
+                .unwrap()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert!(store.delete_secret("ns", "a").unwrap());
+        assert!(!store.delete_secret("ns", "a").unwrap());
+        assert!(store.list_secrets("other").unwrap().is_empty());
+    }
+}

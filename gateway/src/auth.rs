@@ -1,0 +1,78 @@
+//! HTTP Basic auth of `/system/*`, compared in constant time.
+
+use base64::Engine as _;
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+use subtle::ConstantTimeEq as _;
+
+use crate::config::Credentials;
+
+/// Whether `headers` carry `credentials` as HTTP Basic auth.
+pub(crate) fn authorized(credentials: &Credentials, headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    let Some((scheme, encoded)) = value.split_first_chunk::<6>() else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case(b"basic ") {
+        return false;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim_ascii()) else {
+        return false;
+    };
+    let Some(colon) = decoded.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
+    // Both compared, always, so the time taken says nothing about which one was wrong.
+    let user_ok = user.ct_eq(credentials.user.as_bytes());
+    let password_ok = password.ct_eq(credentials.password.as_bytes());
+    bool::from(user_ok & password_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn with(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn basic_auth() {
+        let c = Credentials {
+            user: "admin".into(),
+            password: "p:w".into(),
+        };
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        assert!(authorized(
+            &c,
+            &with(&format!("Basic {}", b64("admin:p:w")))
+        ));
+        assert!(authorized(
+            &c,
+            &with(&format!("basic  {} ", b64("admin:p:w")))
+        ));
+        assert!(!authorized(&c, &HeaderMap::new()));
+        assert!(!authorized(&c, &with(&format!("Basic {}", b64("admin:p")))));
+        assert!(!authorized(
+            &c,
+            &with(&format!("Basic {}", b64("admi:p:w")))
+        ));
+        assert!(!authorized(
+            &c,
+            &with(&format!("Basic {}", b64("adminp:w")))
+        ));
+        assert!(!authorized(
+            &c,
+            &with(&format!("Bearer {}", b64("admin:p:w")))
+        ));
+        assert!(!authorized(&c, &with("Basic !!!")));
+        assert!(!authorized(&c, &with("Basic")));
+    }
+}

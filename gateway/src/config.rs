@@ -1,0 +1,124 @@
+//! The gateway's configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::types::VersionInfo;
+
+/// The HTTP Basic credentials that guard `/system/*`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password never reaches a log line.
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How the async queue retries a call whose function is not available, and its callback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Wait before the second attempt; doubled after each failed attempt.
+    pub initial_backoff: Duration,
+    /// The longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// Attempts at most (the first one included).
+    pub max_attempts: u32,
+    /// No new attempt starts later than this after the call was accepted.
+    pub max_age: Duration,
+    /// Attempts at most to deliver a callback.
+    pub callback_attempts: u32,
+    /// How long one callback delivery may take.
+    pub callback_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            max_attempts: 10,
+            max_age: Duration::from_secs(3600),
+            callback_attempts: 3,
+            callback_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything the gateway needs to know; [`Default`] gives bramble's defaults with empty
+/// credentials, which [`crate::Gateway::new`] refuses: the agent fills them in.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub credentials: Credentials,
+    /// The namespace of requests that name none (`openfaas-fn`).
+    pub default_namespace: String,
+    /// Largest JSON body of a `/system/*` request (1 MiB); larger ones get 413.
+    pub max_api_body: usize,
+    /// Largest body `/async-function` accepts (8 MiB); it is stored on disk. Larger ones get 413.
+    /// Also the largest function response an async callback carries.
+    pub max_async_body: usize,
+    /// How long a request waits for a cold or starting function (60 s).
+    pub ready_wait: Duration,
+    /// The durable async queue's directory (on the state directory).
+    pub queue_dir: PathBuf,
+    /// Async calls executed at once (4).
+    pub async_workers: usize,
+    /// Retries of async calls and their callbacks.
+    pub async_retry: RetryPolicy,
+    /// How long [`crate::Gateway::serve`] lets in-flight requests finish after shutdown (30 s).
+    pub drain_timeout: Duration,
+    /// The gateway's own version, for `/system/info`.
+    pub version: VersionInfo,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            credentials: Credentials::default(),
+            default_namespace: "openfaas-fn".to_owned(),
+            max_api_body: 1 << 20,
+            max_async_body: 8 << 20,
+            ready_wait: Duration::from_secs(60),
+            queue_dir: PathBuf::from("/var/lib/bramble/queue"),
+            async_workers: 4,
+            async_retry: RetryPolicy::default(),
+            drain_timeout: Duration::from_secs(30),
+            version: VersionInfo {
+                commit_message: String::new(),
+                sha: String::new(),
+                release: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_the_password() {
+        let c = Credentials {
+            user: "admin".into(),
+            password: "hunter2".into(),
+        };
+        let shown = format!(
+            "{c:?} {:?}",
+            GatewayConfig {
+                credentials: c.clone(),
+                ..Default::default()
+            }
+        );
+        assert!(
+            shown.contains("admin") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! The [`Gateway`]: shared state, the server loop with graceful shutdown, the invocation entry.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tower::ServiceExt as _;
+use tracing::{debug, info, warn};
+
+use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
+use crate::provider::Provider;
+use crate::proxy::{HttpClient, new_client};
+use crate::queue::Queue;
+
+/// Why a gateway could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The configuration cannot work (empty credentials, empty default namespace...).
+    #[error("invalid gateway configuration: {0}")]
+    Config(String),
+    /// The async queue directory cannot be opened or read.
+    #[error("cannot open the async queue in {path}: {source}")]
+    Queue {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What request handlers, the proxy and the async workers share.
+pub(crate) struct Shared<P: Provider> {
+    pub(crate) provider: Arc<P>,
+    pub(crate) config: GatewayConfig,
+    pub(crate) client: HttpClient,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) queue: Queue,
+    /// `uname -m`, for `/system/info`.
+    pub(crate) arch: String,
+    /// Becomes `true` when [`Gateway::serve`] starts shutting down: endless responses the
+    /// gateway itself produces (followed logs) end then, so draining does not wait for them.
+    pub(crate) draining: watch::Sender<bool>,
+}
+
+impl<P: Provider> Shared<P> {
+    /// Resolves once the server starts shutting down.
+    pub(crate) fn shutting_down(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.draining.subscribe();
+        async move {
+            let _ = rx.wait_for(|draining| *draining).await;
+        }
+    }
+}
+
+/// bramble's HTTP face: the OpenFaaS REST API, `/function` and `/async-function`, `/healthz`,
+/// `/metrics`, in front of a [`Provider`].
+///
+/// Dropping the last `Arc<Gateway>` stops its async workers; calls they had not finished stay
+/// on disk and are resumed by the next gateway on the same queue directory.
+pub struct Gateway<P: Provider> {
+    shared: Arc<Shared<P>>,
+    jobs: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Dropped with the gateway, which tells the workers to stop.
+    stop: watch::Sender<()>,
+}
+
+impl<P: Provider> std::fmt::Debug for Gateway<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn machine_arch() -> String {
+    nix::sys::utsname::uname()
+        .ok()
+        .and_then(|u| u.machine().to_str().map(str::to_owned))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
+}
+
+impl<P: Provider> Gateway<P> {
+    /// A gateway for `provider`; opens the async queue directory and queues every call a
+    /// previous gateway left pending (they run once [`Gateway::start_workers`] is called).
+    pub fn new(provider: Arc<P>, config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
+        if config.credentials.user.is_empty() || config.credentials.password.is_empty() {
+            return Err(GatewayError::Config(
+                "credentials: user and password must not be empty".to_owned(),
+            ));
+        }
+        crate::validate::namespace_name(&config.default_namespace)
+            .map_err(|e| GatewayError::Config(format!("default_namespace: {e}")))?;
+        if config.max_api_body == 0 || config.max_async_body == 0 {
+            return Err(GatewayError::Config(
+                "max_api_body and max_async_body must be more than 0".to_owned(),
+            ));
+        }
+        let (queue, jobs) =
+            Queue::open(&config.queue_dir).map_err(|source| GatewayError::Queue {
+                path: config.queue_dir.clone(),
+                source,
+            })?;
+        let (stop, _) = watch::channel(());
+        let shared = Arc::new(Shared {
+            provider,
+            config,
+            client: new_client(),
+            metrics: Arc::new(Metrics::default()),
+            queue,
+            arch: machine_arch(),
+            draining: watch::Sender::new(false),
+        });
+        Ok(Arc::new(Self {
+            shared,
+            jobs: Mutex::new(Some(jobs)),
+            stop,
+        }))
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.shared.config
+    }
+
+    /// Every route: `/system/*` (Basic auth), `/function/*`, `/async-function/*`, `/healthz`,
+    /// `/metrics`, `/`.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        crate::api::router(Arc::clone(&self.shared))
+    }
+
+    /// Starts the async queue's workers (pending calls from before included) on the current
+    /// Tokio runtime. Only the first call starts them; later calls do nothing.
+    pub fn start_workers(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            warn!("start_workers called outside a Tokio runtime; async calls stay queued");
+            return;
+        };
+        let jobs = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(jobs) = jobs else {
+            debug!("async workers already started");
+            return;
+        };
+        runtime.spawn(crate::queue::run_workers(
+            Arc::clone(&self.shared),
+            jobs,
+            self.stop.subscribe(),
+        ));
+    }
+
+    /// Serves [`Gateway::router`] on `listener` (HTTP/1.1) until `shutdown` resolves; then stops
+    /// accepting, lets requests in flight finish for at most `drain_timeout` and closes the
+    /// connections that are left. Followed log streams end when shutdown starts. The async
+    /// workers are not stopped: they run until the gateway is dropped.
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = self.router();
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(30));
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors or a connection reset before accept: keep going,
+                        // without spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let router = router.clone();
+            let service =
+                hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(ConnectInfo::<SocketAddr>(peer));
+                    let router = router.clone();
+                    async move {
+                        let response = router.oneshot(request.map(Body::new)).await;
+                        Ok::<_, Infallible>(match response {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        })
+                    }
+                });
+            let connection =
+                graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            connections.spawn(async move {
+                if let Err(e) = connection.await {
+                    debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        self.shared.draining.send_replace(true);
+        let open = connections.len();
+        info!(open, "gateway shutting down; draining requests in flight");
+        let drain = self.shared.config.drain_timeout;
+        let drained = tokio::time::timeout(drain, async {
+            graceful.shutdown().await;
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(open = connections.len(), timeout = %crate::proxy::human(drain), "requests still in flight after the drain timeout; closing them");
+            connections.shutdown().await;
+        }
+        Ok(())
+    }
+
+    /// Invokes function `name` in `namespace` with `request`, whose URI is the path and query
+    /// the function sees (`/`, `/a/b?x=1`). The path of `/function`, of the async workers and
+    /// of the agent's triggers: scale from zero (waiting at most `ready_wait`), the function's
+    /// timeout, metrics. Answers the function's response, streamed, or an error response:
+    /// 404 unknown function, 502 unreachable, 503/504 not ready, 504 timed out.
+    ///
+    /// A `ConnectInfo<SocketAddr>` extension, when present, is appended to `X-Forwarded-For`.
+    pub async fn invoke(
+        &self,
+        name: &str,
+        namespace: &str,
+        request: http::Request<Body>,
+    ) -> http::Response<Body> {
+        crate::proxy::invoke(&self.shared, name, namespace, request).await
+    }
+}

@@ -1,0 +1,316 @@
+//! Invocation metrics and the Prometheus text format (0.0.4), written by hand.
+//!
+//! Metric names are OpenFaaS's, so its Grafana dashboards work: `gateway_function_invocation_total`,
+//! `gateway_functions_seconds`, `gateway_function_invocation_started`, `gateway_service_count`,
+//! and the OpenFaaS Pro names `pod_cpu_usage_seconds_total` and `pod_memory_working_set_bytes`.
+//! Functions appear once they exist (from the provider's usage) or were invoked.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::{Mutex, PoisonError};
+
+use crate::provider::UsageSample;
+
+/// Upper bounds of the `gateway_functions_seconds` buckets (OpenFaaS's).
+pub(crate) const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default)]
+struct CodeStats {
+    count: u64,
+    /// Non-cumulative counts per bucket; the last slot is above the largest bound.
+    buckets: [u64; BUCKETS.len() + 1],
+    sum: f64,
+}
+
+#[derive(Default)]
+struct FunctionStats {
+    started: u64,
+    codes: BTreeMap<u16, CodeStats>,
+    async_failed: u64,
+}
+
+/// Counters of one gateway, keyed by `name.namespace`.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    functions: Mutex<BTreeMap<String, FunctionStats>>,
+}
+
+impl Metrics {
+    fn with<R>(&self, function: &str, f: impl FnOnce(&mut FunctionStats) -> R) -> R {
+        let mut map = self
+            .functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(stats) = map.get_mut(function) {
+            return f(stats);
+        }
+        f(map.entry(function.to_owned()).or_default())
+    }
+
+    /// An invocation of `function` (`name.namespace`) started.
+    pub(crate) fn started(&self, function: &str) {
+        self.with(function, |s| s.started += 1);
+    }
+
+    /// An invocation of `function` ended with `code` after `seconds`.
+    pub(crate) fn finished(&self, function: &str, code: u16, seconds: f64) {
+        self.with(function, |s| {
+            let c = s.codes.entry(code).or_default();
+            c.count += 1;
+            c.sum += seconds;
+            let slot = BUCKETS
+                .iter()
+                .position(|le| seconds <= *le)
+                .unwrap_or(BUCKETS.len());
+            c.buckets[slot] += 1;
+        });
+    }
+
+    /// An async call of `function` was given up.
+    pub(crate) fn async_failed(&self, function: &str) {
+        self.with(function, |s| s.async_failed += 1);
+    }
+
+    /// Finished invocations of `function`, any code.
+    pub(crate) fn invocations(&self, function: &str) -> u64 {
+        let map = self
+            .functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.get(function)
+            .map_or(0, |s| s.codes.values().map(|c| c.count).sum())
+    }
+
+    /// The exposition text, with the provider's usage per `(name, namespace)`.
+    pub(crate) fn render(&self, usage: &HashMap<(String, String), UsageSample>) -> String {
+        let map = self
+            .functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut out = String::with_capacity(4096);
+
+        header(
+            &mut out,
+            "gateway_function_invocation_total",
+            "counter",
+            "Function invocations by status code",
+        );
+        for (function, stats) in map.iter() {
+            for (code, c) in &stats.codes {
+                let _ = writeln!(
+                    out,
+                    "gateway_function_invocation_total{{code=\"{code}\",function_name=\"{}\"}} {}",
+                    escape(function),
+                    c.count
+                );
+            }
+        }
+
+        header(
+            &mut out,
+            "gateway_functions_seconds",
+            "histogram",
+            "Function time taken",
+        );
+        for (function, stats) in map.iter() {
+            let name = escape(function);
+            for (code, c) in &stats.codes {
+                let mut cumulative = 0;
+                for (le, n) in BUCKETS.iter().zip(c.buckets) {
+                    cumulative += n;
+                    let _ = writeln!(
+                        out,
+                        "gateway_functions_seconds_bucket{{code=\"{code}\",function_name=\"{name}\",le=\"{le}\"}} {cumulative}"
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "gateway_functions_seconds_bucket{{code=\"{code}\",function_name=\"{name}\",le=\"+Inf\"}} {}",
+                    c.count
+                );
+                let _ = writeln!(
+                    out,
+                    "gateway_functions_seconds_sum{{code=\"{code}\",function_name=\"{name}\"}} {}",
+                    float(c.sum)
+                );
+                let _ = writeln!(
+                    out,
+                    "gateway_functions_seconds_count{{code=\"{code}\",function_name=\"{name}\"}} {}",
+                    c.count
+                );
+            }
+        }
+
+        header(
+            &mut out,
+            "gateway_function_invocation_started",
+            "counter",
+            "Function invocations started",
+        );
+        for (function, stats) in map.iter() {
+            let _ = writeln!(
+                out,
+                "gateway_function_invocation_started{{function_name=\"{}\"}} {}",
+                escape(function),
+                stats.started
+            );
+        }
+
+        header(
+            &mut out,
+            "gateway_async_failed_total",
+            "counter",
+            "Async calls given up after all retries",
+        );
+        for (function, stats) in map.iter().filter(|(_, s)| s.async_failed > 0) {
+            let _ = writeln!(
+                out,
+                "gateway_async_failed_total{{function_name=\"{}\"}} {}",
+                escape(function),
+                stats.async_failed
+            );
+        }
+
+        let mut usage: Vec<(String, &UsageSample)> = usage
+            .iter()
+            .map(|((n, ns), u)| (format!("{n}.{ns}"), u))
+            .collect();
+        usage.sort_by(|a, b| a.0.cmp(&b.0));
+        header(
+            &mut out,
+            "gateway_service_count",
+            "gauge",
+            "Replicas of a function",
+        );
+        for (function, u) in &usage {
+            let _ = writeln!(
+                out,
+                "gateway_service_count{{function_name=\"{}\"}} {}",
+                escape(function),
+                u.replicas
+            );
+        }
+        header(
+            &mut out,
+            "pod_cpu_usage_seconds_total",
+            "counter",
+            "CPU time used by a function's replicas",
+        );
+        for (function, u) in &usage {
+            let _ = writeln!(
+                out,
+                "pod_cpu_usage_seconds_total{{function_name=\"{}\"}} {}",
+                escape(function),
+                float(u.cpu_seconds_total)
+            );
+        }
+        header(
+            &mut out,
+            "pod_memory_working_set_bytes",
+            "gauge",
+            "Memory in use by a function's replicas",
+        );
+        for (function, u) in &usage {
+            let _ = writeln!(
+                out,
+                "pod_memory_working_set_bytes{{function_name=\"{}\"}} {}",
+                escape(function),
+                float(u.memory_bytes)
+            );
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A label value escaped for the text format: `\` `"` and newline.
+pub(crate) fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A sample value: Go's spelling of the special values.
+fn float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_owned()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".to_owned()
+        } else {
+            "-Inf".to_owned()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_histograms_and_usage() {
+        let m = Metrics::default();
+        m.started("f.ns");
+        m.started("f.ns");
+        m.finished("f.ns", 200, 0.0);
+        m.finished("f.ns", 200, 0.25);
+        m.finished("f.ns", 500, 20.0);
+        assert_eq!(m.invocations("f.ns"), 3);
+        assert_eq!(m.invocations("g.ns"), 0);
+        let usage = HashMap::from([(
+            ("f".to_owned(), "ns".to_owned()),
+            UsageSample {
+                cpu_seconds_total: 1.5,
+                memory_bytes: 1024.0,
+                replicas: 2,
+            },
+        )]);
+        let text = m.render(&usage);
+        for line in [
+            "gateway_function_invocation_total{code=\"200\",function_name=\"f.ns\"} 2",
+            "gateway_function_invocation_total{code=\"500\",function_name=\"f.ns\"} 1",
+            "gateway_functions_seconds_bucket{code=\"200\",function_name=\"f.ns\",le=\"0.005\"} 1",
+            "gateway_functions_seconds_bucket{code=\"200\",function_name=\"f.ns\",le=\"0.1\"} 1",
+            "gateway_functions_seconds_bucket{code=\"200\",function_name=\"f.ns\",le=\"0.25\"} 2",
+            "gateway_functions_seconds_bucket{code=\"200\",function_name=\"f.ns\",le=\"+Inf\"} 2",
+            "gateway_functions_seconds_bucket{code=\"500\",function_name=\"f.ns\",le=\"10\"} 0",
+            "gateway_functions_seconds_bucket{code=\"500\",function_name=\"f.ns\",le=\"+Inf\"} 1",
+            "gateway_functions_seconds_sum{code=\"200\",function_name=\"f.ns\"} 0.25",
+            "gateway_functions_seconds_count{code=\"500\",function_name=\"f.ns\"} 1",
+            "gateway_function_invocation_started{function_name=\"f.ns\"} 2",
+            "gateway_service_count{function_name=\"f.ns\"} 2",
+            "pod_cpu_usage_seconds_total{function_name=\"f.ns\"} 1.5",
+            "pod_memory_working_set_bytes{function_name=\"f.ns\"} 1024",
+            "# TYPE gateway_functions_seconds histogram",
+            "# TYPE gateway_function_invocation_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(!text.contains("gateway_async_failed_total{"));
+    }
+
+    #[test]
+    fn label_values_and_special_floats_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(float(f64::NAN), "NaN");
+        assert_eq!(float(f64::INFINITY), "+Inf");
+        assert_eq!(float(0.1), "0.1");
+    }
+}

@@ -1,0 +1,406 @@
+//! The invocation path: find a ready replica, forward the request to it, stream both bodies.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http::header::{EXPECT, HOST};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt as _;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tracing::{debug, warn};
+
+use crate::gateway::Shared;
+use crate::http_util::{call_id_of, strip_hop_by_hop, text_response};
+use crate::metrics::Metrics;
+use crate::provider::{Endpoint, InFlight, Provider, ProviderError};
+
+/// The pooled keep-alive client the gateway forwards with (one per gateway).
+pub(crate) type HttpClient = Client<HttpConnector, Body>;
+
+pub(crate) fn new_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(10)));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(32)
+        .build(connector)
+}
+
+/// Extra time given to the provider on top of `ready_wait` before the gateway stops waiting.
+const ENDPOINT_GRACE: Duration = Duration::from_secs(5);
+
+/// `2s`, `1.5s`, `250ms`.
+pub(crate) fn human(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn header_value(text: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(text).ok()
+}
+
+/// An error answer of the invocation path, with the call id.
+fn failure(status: StatusCode, message: String, call_id: &str) -> Response<Body> {
+    let mut response = text_response(status, message);
+    if let Some(v) = header_value(call_id) {
+        response.headers_mut().insert("x-call-id", v);
+    }
+    response
+}
+
+/// Sends `request` (its URI is the path and query the function sees) to function
+/// `name.namespace`; see [`crate::Gateway::invoke`].
+pub(crate) async fn invoke<P: Provider>(
+    shared: &Shared<P>,
+    name: &str,
+    namespace: &str,
+    request: Request<Body>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let start_time = SystemTime::now();
+    let function = format!("{name}.{namespace}");
+    let (mut parts, body) = request.into_parts();
+    let call_id = call_id_of(&parts.headers);
+
+    let wait = shared.config.ready_wait;
+    let endpoint: Endpoint = match tokio::time::timeout(
+        wait + ENDPOINT_GRACE,
+        shared.provider.endpoint(name, namespace, wait),
+    )
+    .await
+    {
+        Ok(Ok(endpoint)) => endpoint,
+        Ok(Err(ProviderError::NotFound(_))) => {
+            debug!(function = %function, "invocation of an unknown function");
+            return failure(
+                StatusCode::NOT_FOUND,
+                format!("function {function} not found"),
+                &call_id,
+            );
+        }
+        Ok(Err(e)) => {
+            let status =
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            warn!(function = %function, status = status.as_u16(), error = %e, "function not available");
+            shared.metrics.started(&function);
+            shared
+                .metrics
+                .finished(&function, status.as_u16(), started.elapsed().as_secs_f64());
+            return failure(status, e.to_string(), &call_id);
+        }
+        Err(_) => {
+            warn!(function = %function, "provider did not answer within the ready wait");
+            shared.metrics.started(&function);
+            shared
+                .metrics
+                .finished(&function, 504, started.elapsed().as_secs_f64());
+            return failure(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("function {function} was not ready within {}", human(wait)),
+                &call_id,
+            );
+        }
+    };
+    shared.metrics.started(&function);
+    let Endpoint {
+        addr,
+        timeout,
+        in_flight,
+    } = endpoint;
+    let completion = Completion {
+        metrics: Arc::clone(&shared.metrics),
+        function,
+        code: 0,
+        started,
+        in_flight,
+    };
+
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let path_and_query = if path_and_query.starts_with('/') {
+        path_and_query.to_owned()
+    } else {
+        format!("/{path_and_query}")
+    };
+    let uri = match Uri::builder()
+        .scheme("http")
+        .authority(addr.to_string())
+        .path_and_query(path_and_query)
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(e) => {
+            return completion.fail(
+                StatusCode::BAD_REQUEST,
+                format!("invalid request path: {e}"),
+                &call_id,
+            );
+        }
+    };
+    let original_host = parts
+        .headers
+        .get(HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| header_value(a.as_str())));
+    let client_ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    parts.uri = uri;
+    prepare_headers(
+        &mut parts.headers,
+        original_host,
+        client_ip,
+        &call_id,
+        start_time,
+    );
+    let upstream = Request::from_parts(parts, body);
+
+    let response = match tokio::time::timeout(timeout, shared.client.request(upstream)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            let cause = error_chain(&e);
+            let message = if e.is_connect() {
+                format!(
+                    "function {} is unreachable at {addr}: {cause}",
+                    completion.function
+                )
+            } else {
+                format!(
+                    "function {} at {addr} failed to answer: {cause}",
+                    completion.function
+                )
+            };
+            warn!(function = %completion.function, %addr, error = %cause, "function unreachable");
+            return completion.fail(StatusCode::BAD_GATEWAY, message, &call_id);
+        }
+        Err(_) => {
+            warn!(function = %completion.function, timeout = %human(timeout), "function timed out");
+            return completion.fail(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("Function timed out after {}", human(timeout)),
+                &call_id,
+            );
+        }
+    };
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(v) = header_value(&call_id) {
+        parts.headers.insert("x-call-id", v);
+    }
+    if !parts.headers.contains_key("x-duration-seconds")
+        && let Some(v) = header_value(&format!("{:.6}", started.elapsed().as_secs_f64()))
+    {
+        parts.headers.insert("x-duration-seconds", v);
+    }
+    if !parts.headers.contains_key("x-start-time")
+        && let Some(v) = header_value(&unix_nanos(start_time).to_string())
+    {
+        parts.headers.insert("x-start-time", v);
+    }
+    let completion = Completion {
+        code: parts.status.as_u16(),
+        ..completion
+    };
+    Response::from_parts(
+        parts,
+        Body::new(Tracked {
+            inner: body,
+            done: Some(completion),
+        }),
+    )
+}
+
+/// The forwarded request's headers: the client's, less hop-by-hop ones, plus the proxy's.
+fn prepare_headers(
+    headers: &mut HeaderMap,
+    original_host: Option<HeaderValue>,
+    client_ip: Option<std::net::IpAddr>,
+    call_id: &str,
+    start_time: SystemTime,
+) {
+    strip_hop_by_hop(headers);
+    // The client sets `Host` to the replica; the function sees the original in X-Forwarded-Host.
+    headers.remove(HOST);
+    // hyper's client does not do `Expect: 100-continue`; the gateway already answered it.
+    headers.remove(EXPECT);
+    if let Some(host) = original_host {
+        headers.insert("x-forwarded-host", host);
+    }
+    if let Some(ip) = client_ip {
+        let previous: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let value = if previous.is_empty() {
+            ip.to_string()
+        } else {
+            format!("{}, {ip}", previous.join(", "))
+        };
+        if let Some(v) = header_value(&value) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    if let Some(v) = header_value(call_id) {
+        headers.insert("x-call-id", v);
+    }
+    if let Some(v) = header_value(&unix_nanos(start_time).to_string()) {
+        headers.insert("x-start-time", v);
+    }
+}
+
+/// Finishes an invocation once: records its metrics and releases the in-flight guard.
+struct Completion {
+    metrics: Arc<Metrics>,
+    function: String,
+    code: u16,
+    started: Instant,
+    in_flight: Option<InFlight>,
+}
+
+impl Completion {
+    fn record(&mut self) {
+        self.metrics.finished(
+            &self.function,
+            self.code,
+            self.started.elapsed().as_secs_f64(),
+        );
+        self.in_flight = None;
+    }
+
+    fn fail(mut self, status: StatusCode, message: String, call_id: &str) -> Response<Body> {
+        self.code = status.as_u16();
+        self.record();
+        failure(status, message, call_id)
+    }
+}
+
+/// The function's response body, passed through frame by frame; the invocation is finished
+/// (metrics, in-flight guard) when the last frame is handed on, or when the body is dropped.
+struct Tracked {
+    inner: Incoming,
+    done: Option<Completion>,
+}
+
+impl Tracked {
+    fn finish(&mut self) {
+        if let Some(mut completion) = self.done.take() {
+            completion.record();
+        }
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        match &poll {
+            Poll::Ready(None | Some(Err(_))) => this.finish(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),
+            _ => {}
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// What went wrong with a client request, most specific last: hyper-util's top-level error
+/// ("client error (Connect)") is left out when it has causes.
+pub(crate) fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
+    let mut parts = Vec::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        parts.push(cause.to_string());
+        next = cause.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// Collects at most `limit` bytes of a body; `None` when it is longer or fails.
+pub(crate) async fn collect_limited(body: Body, limit: usize) -> Option<Bytes> {
+    http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .ok()
+        .map(http_body_util::Collected::to_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human(Duration::from_secs(2)), "2s");
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_millis(1500)), "1.500s");
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("pi.local:8080"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("connection", HeaderValue::from_static("close"));
+        h.insert(EXPECT, HeaderValue::from_static("100-continue"));
+        let host = h.get(HOST).cloned();
+        prepare_headers(
+            &mut h,
+            host,
+            Some("127.0.0.2".parse().unwrap()),
+            "id-1",
+            UNIX_EPOCH + Duration::from_secs(1),
+        );
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.2");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "pi.local:8080");
+        assert_eq!(h.get("x-call-id").unwrap(), "id-1");
+        assert_eq!(h.get("x-start-time").unwrap(), "1000000000");
+        assert!(h.get(HOST).is_none() && h.get("connection").is_none() && h.get(EXPECT).is_none());
+    }
+}

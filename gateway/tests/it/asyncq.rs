@@ -1,0 +1,349 @@
+//! `/async-function`: durable queue, workers, retries, callbacks, recovery after a restart.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bramble_gateway::Gateway;
+use http::StatusCode;
+
+use crate::common::*;
+
+fn fast_retries(c: &mut bramble_gateway::GatewayConfig) {
+    c.async_retry.initial_backoff = Duration::from_millis(20);
+    c.async_retry.max_backoff = Duration::from_millis(100);
+}
+
+#[tokio::test]
+async fn a_call_is_on_disk_before_the_202_and_its_result_is_called_back() {
+    let fixture = Fixture::start().await;
+    let provider = MemProvider::new(Some(fixture.addr));
+    provider.add_function("fn", "openfaas-fn");
+    let dir = tempfile::tempdir().unwrap();
+    // A gateway whose workers are not started yet: what is on disk is all there is.
+    let mut config = test_config(dir.path());
+    fast_retries(&mut config);
+    let gateway = Gateway::new(Arc::clone(&provider), config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let g = Arc::clone(&gateway);
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let (callback_addr, mut callbacks) = callback_receiver(StatusCode::OK).await;
+
+    let url = format!("http://{addr}/async-function/fn/headers?x=1");
+    let callback_url = format!("http://{callback_addr}/done?job=7");
+    let r = send_with(
+        &client(),
+        &url,
+        "POST",
+        &[
+            ("x-callback-url", &callback_url),
+            ("x-custom", "kept"),
+            ("content-type", "text/plain"),
+        ],
+        axum::body::Body::from("payload"),
+    )
+    .await;
+    assert_eq!((r.status, r.text()), (StatusCode::ACCEPTED, String::new()));
+    let call_id = r.header("x-call-id").expect("x-call-id").to_owned();
+    // Right after the 202: the record is in pending/, complete, with its body.
+    let files = pending_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let raw = std::fs::read(&files[0]).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains(&call_id) && text.contains(&callback_url) && text.ends_with("\npayload"),
+        "{text}"
+    );
+    assert!(
+        std::fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no temporary file left"
+    );
+    assert_eq!(
+        provider.endpoint_calls.load(Ordering::SeqCst),
+        0,
+        "nothing ran yet"
+    );
+
+    gateway.start_workers();
+    let cb = next_callback(&mut callbacks).await;
+    assert_eq!(cb.path, "/done?job=7");
+    assert_eq!(cb.header("x-function-status"), "200");
+    assert_eq!(cb.header("x-call-id"), call_id);
+    assert_eq!(cb.header("x-function-name"), "fn");
+    assert!(cb.header("x-duration-seconds").parse::<f64>().unwrap() >= 0.0);
+    assert!(
+        !cb.header("x-fixture-pid").is_empty(),
+        "the function's own headers come along"
+    );
+    // The function saw the original method, path, query and headers.
+    let body = String::from_utf8_lossy(&cb.body).into_owned();
+    assert!(body.starts_with("POST /headers?x=1 HTTP/1.1\n"), "{body}");
+    assert!(
+        body.contains("x-custom: kept\n") && body.contains(&format!("x-call-id: {call_id}\n")),
+        "{body}"
+    );
+    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
+    wait_queue_empty(dir.path()).await;
+    let metrics = send_with(
+        &client(),
+        &format!("http://{addr}/metrics"),
+        "GET",
+        &[],
+        axum::body::Body::empty(),
+    )
+    .await
+    .text();
+    assert!(
+        metrics.contains(
+            "gateway_function_invocation_total{code=\"200\",function_name=\"fn.openfaas-fn\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn bad_async_requests_are_refused_and_nothing_is_queued() {
+    let h = Harness::start(MemProvider::new(None)).await;
+    h.provider.add_function("fn", "openfaas-fn");
+    for (url, want) in [
+        (
+            "/done",
+            "X-Callback-Url: \"/done\" is not an absolute http:// URL",
+        ),
+        (
+            "ftp://host/x",
+            "X-Callback-Url: \"ftp://host/x\" is not an absolute http:// URL",
+        ),
+        ("https://host/x", "https callbacks are not supported"),
+        ("http://", "X-Callback-Url: "),
+    ] {
+        let r = h
+            .send(
+                "POST",
+                "/async-function/fn",
+                &[("x-callback-url", url)],
+                "x",
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{url}");
+        assert!(r.text().contains(want), "{url}: {}", r.text());
+    }
+    let r = h.send("POST", "/async-function/nosuch", &[], "x").await;
+    assert_eq!(
+        (r.status, r.text().trim()),
+        (
+            StatusCode::NOT_FOUND,
+            "function nosuch.openfaas-fn not found"
+        )
+    );
+    let r = h.send("POST", "/async-function/Bad", &[], "x").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(pending_files(&h.queue_dir).is_empty());
+    assert_eq!(h.provider.endpoint_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn calls_are_retried_while_the_function_is_unavailable() {
+    let fixture = Fixture::start().await;
+    let h = Harness::start_with(MemProvider::new(Some(fixture.addr)), fast_retries).await;
+    h.provider.add_function("fn", "dev");
+    h.provider.unavailable.store(3, Ordering::SeqCst);
+    let (callback_addr, mut callbacks) = callback_receiver(StatusCode::OK).await;
+    let cb_url = format!("http://{callback_addr}/cb");
+    let r = h
+        .send(
+            "POST",
+            "/async-function/fn.dev/echo",
+            &[("x-callback-url", &cb_url), ("x-call-id", "given-id")],
+            "hello",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.header("x-call-id"), Some("given-id"));
+    let cb = next_callback(&mut callbacks).await;
+    assert_eq!(
+        (cb.header("x-function-status"), cb.header("x-call-id")),
+        ("200", "given-id")
+    );
+    assert_eq!(
+        cb.header("x-function-name"),
+        "fn.dev",
+        "outside the default namespace the name says where"
+    );
+    assert_eq!(&cb.body[..], b"hello");
+    assert_eq!(
+        h.provider.endpoint_calls.load(Ordering::SeqCst),
+        4,
+        "three 503s, then success"
+    );
+    wait_queue_empty(&h.queue_dir).await;
+    let metrics = h.metrics().await;
+    assert!(
+        metrics
+            .contains("gateway_function_invocation_total{code=\"503\",function_name=\"fn.dev\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_call_is_given_up_after_its_attempts_and_the_callback_says_so() {
+    let h = Harness::start_with(MemProvider::new(None), |c| {
+        fast_retries(c);
+        c.async_retry.max_attempts = 3;
+    })
+    .await;
+    h.provider.add_function("fn", "openfaas-fn");
+    let (callback_addr, mut callbacks) = callback_receiver(StatusCode::OK).await;
+    let cb_url = format!("http://{callback_addr}/cb");
+    let r = h
+        .send(
+            "POST",
+            "/async-function/fn",
+            &[("x-callback-url", &cb_url)],
+            "x",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let cb = next_callback(&mut callbacks).await;
+    assert_eq!(cb.header("x-function-status"), "503");
+    assert_eq!(
+        String::from_utf8_lossy(&cb.body).trim(),
+        "function fn.openfaas-fn has no replica"
+    );
+    assert_eq!(h.provider.endpoint_calls.load(Ordering::SeqCst), 3);
+    wait_queue_empty(&h.queue_dir).await;
+    assert!(
+        h.metrics()
+            .await
+            .contains("gateway_async_failed_total{function_name=\"fn.openfaas-fn\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn function_errors_are_not_retried_and_callbacks_are() {
+    let fixture = Fixture::start().await;
+    let h = Harness::start_with(MemProvider::new(Some(fixture.addr)), fast_retries).await;
+    h.provider.add_function("fn", "openfaas-fn");
+    // The receiver fails (500): the callback is retried `callback_attempts` times.
+    let (callback_addr, mut callbacks) = callback_receiver(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let cb_url = format!("http://{callback_addr}/cb");
+    let r = h
+        .send(
+            "POST",
+            "/async-function/fn/status?code=500",
+            &[("x-callback-url", &cb_url)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    for _ in 0..3 {
+        let cb = next_callback(&mut callbacks).await;
+        assert_eq!(cb.header("x-function-status"), "500");
+        assert_eq!(&cb.body[..], b"status 500");
+    }
+    wait_queue_empty(&h.queue_dir).await;
+    assert!(
+        callbacks.try_recv().is_err(),
+        "three attempts, then dropped"
+    );
+    assert_eq!(
+        h.provider.endpoint_calls.load(Ordering::SeqCst),
+        1,
+        "a function's own 500 is its answer"
+    );
+}
+
+#[tokio::test]
+async fn a_new_gateway_on_the_same_queue_runs_every_call_the_old_one_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (callback_addr, mut callbacks) = callback_receiver(StatusCode::OK).await;
+    let cb_url = format!("http://{callback_addr}/cb");
+
+    // Gateway A: its function never becomes ready; the first call hangs in `endpoint`.
+    let stuck = MemProvider::new(None);
+    stuck.add_function("fn", "openfaas-fn");
+    stuck.block.store(true, Ordering::SeqCst);
+    let mut a = Harness::start_in(Arc::clone(&stuck), dir.path(), fast_retries).await;
+    let mut accepted = Vec::new();
+    for i in 0..5 {
+        let r = a
+            .send(
+                "POST",
+                &format!("/async-function/fn/echo?i={i}"),
+                &[("x-callback-url", &cb_url)],
+                format!("call {i}"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+        accepted.push(r.header("x-call-id").unwrap().to_owned());
+    }
+    // Wait until A's workers are stuck executing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stuck.endpoint_calls.load(Ordering::SeqCst) < 4 {
+        let notified = stuck.endpoint_called.notified();
+        if stuck.endpoint_calls.load(Ordering::SeqCst) >= 4 {
+            break;
+        }
+        tokio::time::timeout_at(deadline, notified)
+            .await
+            .expect("A's workers start the calls");
+    }
+    assert_eq!(pending_files(dir.path()).len(), 5);
+    // A goes away (as in a crash: nothing was finished).
+    a.stop().await;
+    let weak = Arc::downgrade(&a.gateway);
+    drop(a);
+    assert!(weak.upgrade().is_none(), "gateway A is gone");
+    assert!(callbacks.try_recv().is_err());
+
+    // Gateway B on the same directory, with a working function.
+    let fixture = Fixture::start().await;
+    let working = MemProvider::new(Some(fixture.addr));
+    working.add_function("fn", "openfaas-fn");
+    let _b = Harness::start_in(Arc::clone(&working), dir.path(), fast_retries).await;
+    let mut delivered = Vec::new();
+    for _ in 0..5 {
+        let cb = next_callback(&mut callbacks).await;
+        assert_eq!(cb.header("x-function-status"), "200");
+        let i = accepted
+            .iter()
+            .position(|id| id == cb.header("x-call-id"))
+            .expect("a call id A accepted");
+        assert_eq!(String::from_utf8_lossy(&cb.body), format!("call {i}"));
+        delivered.push(i);
+    }
+    delivered.sort_unstable();
+    assert_eq!(delivered, [0, 1, 2, 3, 4], "every accepted call ran once");
+    wait_queue_empty(dir.path()).await;
+    assert!(callbacks.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn half_written_records_are_dropped_and_corrupt_ones_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+    std::fs::create_dir_all(dir.path().join("pending")).unwrap();
+    std::fs::write(dir.path().join("tmp/123.tmp"), b"half").unwrap();
+    std::fs::write(dir.path().join("pending/0001-x.call"), b"not json\nbody").unwrap();
+    let h = Harness::start_in(MemProvider::new(None), dir.path(), |_| {}).await;
+    assert!(
+        std::fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !dir.path().join("pending/0001-x.corrupt").exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            pending_files(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.provider.endpoint_calls.load(Ordering::SeqCst), 0);
+}
