@@ -64,6 +64,8 @@ pub struct Config {
     pub async_queue: AsyncSection,
     /// Largest JSON body accepted by the API, as a quantity.
     pub max_api_body: String,
+    /// Largest image archive accepted by `POST /system/images`, as a quantity.
+    pub max_upload: String,
 }
 
 /// Limits applied when a function's deployment asks none.
@@ -126,6 +128,7 @@ impl Default for Config {
             registry: RegistrySection::default(),
             async_queue: AsyncSection::default(),
             max_api_body: "1Mi".into(),
+            max_upload: "4Gi".into(),
         }
     }
 }
@@ -219,6 +222,7 @@ impl Config {
         for (key, value) in [
             ("log_buffer", &self.log_buffer),
             ("max_api_body", &self.max_api_body),
+            ("max_upload", &self.max_upload),
             ("async.max_body", &self.async_queue.max_body),
         ] {
             if let Err(e) = bramble_gateway::validate::parse_memory(value) {

@@ -91,6 +91,8 @@ pub async fn run(
         max_async_body: Config::bytes(&config.async_queue.max_body),
         ready_wait: config.ready_timeout,
         queue_dir: config.state_dir.join("queue"),
+        upload_dir: config.state_dir.join("uploads"),
+        max_upload: Config::bytes(&config.max_upload) as u64,
         async_workers: config.async_queue.workers,
         version: VersionInfo {
             commit_message: String::new(),

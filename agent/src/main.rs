@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use bramble_agent::config::{Config, DEFAULT_CONFIG_FILE};
 use clap::{Args, Parser, Subcommand};
 
+mod cli;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "bramble",
@@ -23,6 +25,11 @@ struct Cli {
 enum Command {
     /// Run the node: gateway, provider and function supervisors, in the foreground.
     Up(Box<UpArgs>),
+    /// Build, upload, list and remove images.
+    #[command(subcommand)]
+    Image(cli::image::ImageCommand),
+    /// Create or update a function.
+    Deploy(Box<cli::deploy::DeployArgs>),
     /// Print the version.
     Version,
 }
@@ -99,6 +106,9 @@ struct UpArgs {
     /// Largest API JSON body (e.g. 1Mi).
     #[arg(long, env = "BRAMBLE_MAX_API_BODY")]
     max_api_body: Option<String>,
+    /// Largest uploaded image archive (e.g. 4Gi).
+    #[arg(long, env = "BRAMBLE_MAX_UPLOAD")]
+    max_upload: Option<String>,
 }
 
 impl UpArgs {
@@ -138,6 +148,7 @@ impl UpArgs {
         set!(async_queue.workers = self.async_workers);
         set!(async_queue.max_body = self.async_max_body);
         set!(max_api_body = self.max_api_body);
+        set!(max_upload = self.max_upload);
         c.validate()?;
         Ok(c)
     }
@@ -147,9 +158,11 @@ fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("BRAMBLE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: journald and log files get plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Version => {
@@ -157,11 +170,22 @@ fn main() {
             Ok(())
         }
         Command::Up(args) => up(*args),
+        Command::Image(command) => run_async(cli::image::run(command)),
+        Command::Deploy(args) => run_async(cli::deploy::run(*args)),
     };
     if let Err(e) = result {
         eprintln!("bramble: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Runs a CLI command on a small runtime.
+fn run_async(command: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(command)
 }
 
 fn up(args: UpArgs) -> anyhow::Result<()> {

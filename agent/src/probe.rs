@@ -11,8 +11,10 @@ use tokio::net::TcpStream;
 
 /// Time allowed for one probe request.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Polling interval: starts tiny (cold starts take tens of ms), grows to this.
+/// Polling interval: 1 ms during the first [`FAST_POLLING`], then doubling up to this.
 const MAX_INTERVAL: Duration = Duration::from_millis(100);
+/// How long readiness is polled every millisecond.
+const FAST_POLLING: Duration = Duration::from_millis(50);
 
 /// Outcome of one probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +47,11 @@ pub async fn wait_ready(addr: SocketAddr, deadline: Instant) -> Result<Duration,
             _ => {}
         }
         tokio::time::sleep(interval).await;
-        interval = (interval * 2).min(MAX_INTERVAL);
+        // Most functions are up within tens of milliseconds: poll every millisecond while a
+        // cold request is likely waiting, then back off for slow starters.
+        if started.elapsed() > FAST_POLLING {
+            interval = (interval * 2).min(MAX_INTERVAL);
+        }
     }
 }
 

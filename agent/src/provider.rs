@@ -14,7 +14,7 @@ use bramble_gateway::provider::{
 };
 use bramble_gateway::types::{
     BrambleStatus, FunctionDeployment, FunctionNamespace, FunctionStatus, FunctionUsage,
-    LogMessage, LogRequest, ProviderInfo, Secret, VersionInfo,
+    ImageSummary, LogMessage, LogRequest, ProviderInfo, Secret, VersionInfo,
 };
 use bramble_runtime::image::reference::ImageRef;
 use bramble_runtime::keyed::KeyedLocks;
@@ -200,12 +200,14 @@ impl LocalProvider {
             let (container, command) = match event {
                 TaskEvent::Exited {
                     container,
+                    pid,
                     exit_status,
                     ..
                 } => (
                     container.clone(),
                     Command::Exited {
                         container,
+                        pid,
                         exit_status,
                     },
                 ),
@@ -744,6 +746,77 @@ impl Provider for LocalProvider {
         let live =
             tokio_stream_from(live).filter_map(move |line| std::future::ready(to_message(line)));
         Ok(Box::pin(futures::stream::iter(past_messages).chain(live)))
+    }
+
+    async fn list_images(&self) -> ProviderResult<Vec<ImageSummary>> {
+        let images = self.ctx.runtime.images();
+        let mut out = Vec::new();
+        for summary in images.list().await.map_err(|e| runtime_error("name", &e))? {
+            // The size of what this board runs: the layers of its platform's manifest.
+            let size = match images.get(&summary.name).await {
+                Ok(Some(image)) => image.size,
+                _ => u64::try_from(summary.size).unwrap_or(0),
+            };
+            out.push(ImageSummary {
+                name: summary.name,
+                digest: summary.target_digest,
+                size,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn import_images(
+        &self,
+        archive: &std::path::Path,
+        name: Option<&str>,
+    ) -> ProviderResult<Vec<String>> {
+        let rename = name
+            .map(ImageRef::parse)
+            .transpose()
+            .map_err(|e| ProviderError::invalid("name", e.to_string()))?;
+        let progress = |p: bramble_runtime::image::Progress| tracing::info!(?p, "import");
+        let images = self
+            .ctx
+            .runtime
+            .images()
+            .import(archive, rename.as_ref(), &progress)
+            .await
+            .map_err(|e| match e {
+                RuntimeError::Archive { .. } | RuntimeError::Io { .. } => {
+                    ProviderError::invalid("archive", e.chain())
+                }
+                other => runtime_error("archive", &other),
+            })?;
+        let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
+        tracing::info!(?names, "images imported");
+        Ok(names)
+    }
+
+    async fn remove_image(&self, name: &str) -> ProviderResult<()> {
+        let image = ImageRef::parse(name)
+            .map_err(|e| ProviderError::invalid("name", e.to_string()))?
+            .to_string();
+        let users: Vec<String> = self
+            .ctx
+            .store
+            .snapshot()
+            .all_functions()
+            .filter(|(_, _, r)| r.deployment.image == image)
+            .map(|(ns, n, _)| format!("{n}.{ns}"))
+            .collect();
+        if !users.is_empty() {
+            return Err(ProviderError::Conflict(format!(
+                "image {image} is used by: {}",
+                users.join(", ")
+            )));
+        }
+        self.ctx
+            .runtime
+            .images()
+            .remove(&image)
+            .await
+            .map_err(|e| runtime_error("name", &e))
     }
 
     fn info(&self) -> ProviderInfo {

@@ -190,8 +190,11 @@ pub(crate) enum Command {
     Update(Box<FunctionRecord>),
     /// Remove everything; answers when done.
     Delete(oneshot::Sender<()>),
+    /// A task exited. `pid` tells which task: a stopped one's exit may arrive after the same
+    /// container was started again, and must not be taken for a crash of the new task.
     Exited {
         container: String,
+        pid: u32,
         exit_status: u32,
     },
     Oom {
@@ -232,6 +235,8 @@ struct Replica {
     created: bool,
     phase: Phase,
     ip: Option<Ipv4Addr>,
+    /// The pid of the task this replica runs now.
+    pid: Option<u32>,
     started_at: Option<Instant>,
     /// Consecutive failed runs (drives the backoff).
     failures: u32,
@@ -245,6 +250,7 @@ impl Replica {
             created: false,
             phase: Phase::Stopped,
             ip: None,
+            pid: None,
             started_at: None,
             failures: 0,
         }
@@ -357,6 +363,11 @@ impl Supervisor {
             Command::Wake => {
                 if self.record.replicas == 0 {
                     tracing::info!(function = %self.key, "scaling from zero for a request");
+                    // Start first, persist while the new replica is probed: the write (with
+                    // its fsyncs, slow on an SD card) is not on the request's path. A crash in
+                    // between only leaves the function at zero until the next request.
+                    self.record.replicas = 1;
+                    self.reconcile().await;
                     self.set_desired(1);
                 }
             }
@@ -364,8 +375,9 @@ impl Supervisor {
             Command::Update(record) => self.begin_update(*record).await,
             Command::Exited {
                 container,
+                pid,
                 exit_status,
-            } => self.exited(&container, exit_status),
+            } => self.exited(&container, Some(pid), exit_status),
             Command::Oom { container } => {
                 self.oom.insert(container);
             }
@@ -390,6 +402,7 @@ impl Supervisor {
             let mut replica = Replica::new(&self.key, generation, index);
             replica.created = true;
             replica.ip = c.ip;
+            replica.pid = c.task.map(|t| t.pid);
             // A running task whose address is unknown goes through `start`, which returns it.
             if let (true, Some(ip)) = (running, c.ip) {
                 replica.phase = Phase::Starting;
@@ -482,6 +495,7 @@ impl Supervisor {
         match result {
             Ok(started) => {
                 replica.ip = Some(started.ip);
+                replica.pid = Some(started.pid);
                 replica.phase = Phase::Starting;
                 replica.started_at = Some(Instant::now());
                 self.oom.remove(&replica.id);
@@ -539,15 +553,23 @@ impl Supervisor {
         self.publish();
     }
 
-    fn exited(&mut self, container: &str, exit_status: u32) {
-        let oom = self.oom.remove(container);
+    /// A task exited; `pid` is `None` when a resync found it stopped (no event).
+    fn exited(&mut self, container: &str, pid: Option<u32>, exit_status: u32) {
         let key = self.key.clone();
+        let relevant = self.find(container).is_some_and(|replica| {
+            // Not the exit of an earlier task of this container, nor of one stopped on purpose
+            // or already handled.
+            let earlier_task = pid.is_some() && replica.pid.is_some() && pid != replica.pid;
+            let handled = matches!(replica.phase, Phase::Stopped | Phase::Backoff(_));
+            !earlier_task && !handled
+        });
+        if !relevant {
+            return;
+        }
+        let oom = self.oom.remove(container);
         let Some(replica) = self.find(container) else {
             return;
         };
-        if matches!(replica.phase, Phase::Stopped | Phase::Backoff(_)) {
-            return; // stopped on purpose, or already handled
-        }
         let reason = match exit_status {
             _ if oom => "oom".to_owned(),
             s if s > 128 => format!("signal {}", s - 128),
@@ -585,13 +607,13 @@ impl Supervisor {
                 Ok(Some(c)) if c.task.is_some_and(|t| t.status == TaskStatus::Running) => {}
                 Ok(Some(c)) => {
                     let status = c.task.and_then(|t| t.exit_status).unwrap_or(255);
-                    self.exited(&id, status);
+                    self.exited(&id, None, status);
                 }
                 Ok(None) => {
                     if let Some(r) = self.find(&id) {
                         r.created = false;
                     }
-                    self.exited(&id, 255);
+                    self.exited(&id, None, 255);
                 }
                 Err(e) => {
                     tracing::debug!(container = %id, error = %e.chain(), "resync: cannot read task");

@@ -42,6 +42,10 @@ fn main() {
             cold_requests_wait_for_readiness,
         ),
         trial(
+            "repeated_cold_starts_are_not_mistaken_for_crashes",
+            repeated_cold_starts_are_not_mistaken_for_crashes,
+        ),
+        trial(
             "idle_functions_scale_to_zero_and_back",
             idle_functions_scale_to_zero_and_back,
         ),
@@ -865,6 +869,50 @@ async fn cold_requests_wait_for_readiness() -> TestResult {
     );
     let status = json_of(&node.api("GET", "/system/function/slow", b"").await?);
     assert_eq!(status["availableReplicas"], 1);
+    Ok(())
+}
+
+async fn repeated_cold_starts_are_not_mistaken_for_crashes() -> TestResult {
+    // The exit of a task stopped by scale-to-zero can arrive after the next request already
+    // started the container again; it must not count as a crash of the new task (which would
+    // back off and make every later cold start slower).
+    let node = node("cold", "").await?;
+    deploy(&node, "flip", &json!({})).await?;
+    wait_available(&node, "flip", 1).await?;
+    let zero = json!({"serviceName": "flip", "replicas": 0}).to_string();
+    for cycle in 0..5 {
+        expect(
+            &node
+                .api("POST", "/system/scale-function/flip", zero.as_bytes())
+                .await?,
+            200,
+            "scale 0",
+        )?;
+        wait_available(&node, "flip", 0).await?;
+        let started = Instant::now();
+        expect(
+            &node.call("GET", "/function/flip", &[], b"").await?,
+            200,
+            "cold call",
+        )?;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "cold start {cycle} took {took:?}"
+        );
+    }
+    // Let any late exit event arrive, then check nothing was counted as a crash.
+    expect(
+        &node.call("GET", "/function/flip", &[], b"").await?,
+        200,
+        "warm call",
+    )?;
+    let status = json_of(&node.api("GET", "/system/function/flip", b"").await?);
+    assert!(
+        status["bramble"].get("restarts").is_none(),
+        "stops were counted as crashes: {status}"
+    );
+    assert_eq!(status["bramble"]["state"], "ready", "{status}");
     Ok(())
 }
 

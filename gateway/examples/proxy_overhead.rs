@@ -85,6 +85,19 @@ impl Provider for Static {
     async fn logs(&self, _: LogRequest) -> ProviderResult<LogStream> {
         no()
     }
+    async fn list_images(&self) -> ProviderResult<Vec<bramble_gateway::types::ImageSummary>> {
+        Ok(Vec::new())
+    }
+    async fn import_images(
+        &self,
+        _: &std::path::Path,
+        _: Option<&str>,
+    ) -> ProviderResult<Vec<String>> {
+        Ok(Vec::new())
+    }
+    async fn remove_image(&self, _: &str) -> ProviderResult<()> {
+        Ok(())
+    }
     fn info(&self) -> ProviderInfo {
         ProviderInfo::default()
     }

@@ -68,6 +68,10 @@ pub struct GatewayConfig {
     pub ready_wait: Duration,
     /// The durable async queue's directory (on the state directory).
     pub queue_dir: PathBuf,
+    /// Where uploaded image archives are spooled while they are imported.
+    pub upload_dir: PathBuf,
+    /// Largest image archive `POST /system/images` accepts (4 GiB); larger ones get 413.
+    pub max_upload: u64,
     /// Async calls executed at once (4).
     pub async_workers: usize,
     /// Retries of async calls and their callbacks.
@@ -87,6 +91,8 @@ impl Default for GatewayConfig {
             max_async_body: 8 << 20,
             ready_wait: Duration::from_secs(60),
             queue_dir: PathBuf::from("/var/lib/bramble/queue"),
+            upload_dir: PathBuf::from("/var/lib/bramble/uploads"),
+            max_upload: 4 << 30,
             async_workers: 4,
             async_retry: RetryPolicy::default(),
             drain_timeout: Duration::from_secs(30),

@@ -38,6 +38,9 @@
 //! | `GET /system/secrets?namespace=` | 200 `[{"name","namespace"}]` | never values |
 //! | `POST`/`PUT /system/secrets` | 200 empty | creates or replaces |
 //! | `DELETE /system/secrets` | 200 empty | name and namespace from the body or the query |
+//! | `GET /system/images` | 200 `[{"name","digest","size"}]` | bramble extension |
+//! | `POST /system/images?name=` | 200 `{"images":[..]}` | body: an image archive; 413 over `max_upload` |
+//! | `DELETE /system/images` | 200 empty | `{"name"}`; 409 while a function uses it |
 //! | `GET /system/logs?name=&namespace=&instance=&tail=&follow=&since=` | 200 NDJSON | 422 on a bad query |
 //! | `GET /healthz` | 200 `OK` | 503 with the reason |
 //! | `GET /metrics` | 200 Prometheus text | |

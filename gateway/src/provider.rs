@@ -6,14 +6,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
 
 use crate::types::{
-    FunctionDeployment, FunctionNamespace, FunctionStatus, LogMessage, LogRequest, ProviderInfo,
-    Secret,
+    FunctionDeployment, FunctionNamespace, FunctionStatus, ImageSummary, LogMessage, LogRequest,
+    ProviderInfo, Secret,
 };
 
 /// Why a provider refused or failed a request. Each kind maps to one HTTP status.
@@ -179,6 +180,18 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Log lines of a function; the stream ends after the backlog unless `follow`.
     fn logs(&self, request: LogRequest) -> impl Future<Output = ProviderResult<LogStream>> + Send;
+
+    /// Images present on the node.
+    fn list_images(&self) -> impl Future<Output = ProviderResult<Vec<ImageSummary>>> + Send;
+    /// Imports the image archive spooled at `archive` (OCI layout or `docker save`, possibly
+    /// gzipped); `name` renames a single image. Returns the names imported.
+    fn import_images(
+        &self,
+        archive: &Path,
+        name: Option<&str>,
+    ) -> impl Future<Output = ProviderResult<Vec<String>>> + Send;
+    /// Removes an image (404 if absent, 409 while a function uses it).
+    fn remove_image(&self, name: &str) -> impl Future<Output = ProviderResult<()>> + Send;
 
     /// Name, version and orchestration of the provider.
     fn info(&self) -> ProviderInfo;

@@ -298,6 +298,23 @@ pub struct LogMessage {
     pub text: String,
 }
 
+/// An image on the node (`GET /system/images`, a bramble extension).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// Normalised reference (`docker.io/library/hello:latest`).
+    pub name: String,
+    /// Digest of what the name points at.
+    pub digest: String,
+    /// Size of the image's compressed content, in bytes.
+    pub size: u64,
+}
+
+/// Answer of `POST /system/images`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedImages {
+    pub images: Vec<String>,
+}
+
 /// What `GET /system/logs` asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogRequest {

@@ -1019,3 +1019,73 @@ async fn gateway_refuses_empty_credentials_and_an_unusable_queue_dir() {
     );
     assert!(err.to_string().contains("a-file/queue"), "{err}");
 }
+
+#[tokio::test]
+async fn image_archives_are_uploaded_listed_and_removed() {
+    let h = Harness::start(MemProvider::new(None)).await;
+    let uploads = h.queue_dir.join("uploads");
+    let leftovers = || std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0);
+
+    let r = h.send("POST", "/system/images", &[], "pretend-tar").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        h.provider.calls.lock().unwrap().is_empty(),
+        "no provider call without credentials"
+    );
+
+    let r = h
+        .admin(
+            "POST",
+            "/system/images?name=docker.io/library/x:1",
+            "pretend-tar",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"images": ["docker.io/library/x:1"]})
+    );
+    assert_eq!(
+        h.provider.calls.lock().unwrap().last().unwrap(),
+        "import_images 11 docker.io/library/x:1"
+    );
+    assert_eq!(
+        leftovers(),
+        0,
+        "the spooled archive is removed after the import"
+    );
+
+    let listed: serde_json::Value =
+        serde_json::from_slice(&h.admin("GET", "/system/images", "").await.body).unwrap();
+    assert_eq!(listed[0]["name"], "docker.io/library/x:1");
+    assert_eq!(listed[0]["size"], 11);
+
+    // Too large, empty, refused by the provider: clear errors, nothing imported, no file left.
+    let big = "x".repeat(64 * 1024 + 1);
+    let r = h.admin("POST", "/system/images", &big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    let r = h.admin("POST", "/system/images", "").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = h.admin("POST", "/system/images", "not an image").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("not a tar archive"), "{}", r.text());
+    assert_eq!(leftovers(), 0);
+    assert_eq!(h.provider.state.lock().unwrap().images.len(), 1);
+
+    let r = h
+        .admin(
+            "DELETE",
+            "/system/images",
+            r#"{"name":"docker.io/library/x:1"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = h
+        .admin("DELETE", "/system/images?name=docker.io/library/x:1", "")
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = h.admin("DELETE", "/system/images", "").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().starts_with("name:"), "{}", r.text());
+}

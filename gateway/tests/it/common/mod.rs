@@ -15,8 +15,8 @@ use bramble_gateway::provider::{
     Endpoint, LogStream, Provider, ProviderError, ProviderResult, UsageSample,
 };
 use bramble_gateway::types::{
-    FunctionDeployment, FunctionNamespace, FunctionStatus, LogMessage, LogRequest, ProviderInfo,
-    Secret, VersionInfo,
+    FunctionDeployment, FunctionNamespace, FunctionStatus, ImageSummary, LogMessage, LogRequest,
+    ProviderInfo, Secret, VersionInfo,
 };
 use bramble_gateway::{Credentials, Gateway, GatewayConfig};
 use bytes::Bytes;
@@ -94,6 +94,8 @@ pub struct State {
     pub replicas: BTreeMap<(String, String), u64>,
     pub namespaces: BTreeMap<String, FunctionNamespace>,
     pub secrets: BTreeMap<(String, String), Secret>,
+    /// Imported images: name → (archive bytes).
+    pub images: BTreeMap<String, Vec<u8>>,
 }
 
 /// Decrements on drop: counts requests the gateway holds as in flight.
@@ -448,6 +450,51 @@ impl Provider for MemProvider {
         Ok(backlog.chain(live).boxed())
     }
 
+    async fn list_images(&self) -> ProviderResult<Vec<ImageSummary>> {
+        let s = self.state.lock().unwrap();
+        Ok(s.images
+            .iter()
+            .map(|(name, bytes)| ImageSummary {
+                name: name.clone(),
+                digest: format!("len:{}", bytes.len()),
+                size: bytes.len() as u64,
+            })
+            .collect())
+    }
+
+    async fn import_images(
+        &self,
+        archive: &std::path::Path,
+        name: Option<&str>,
+    ) -> ProviderResult<Vec<String>> {
+        let bytes = std::fs::read(archive).map_err(|e| ProviderError::Internal(e.to_string()))?;
+        self.record(format!(
+            "import_images {} {}",
+            bytes.len(),
+            name.unwrap_or("-")
+        ));
+        if bytes.starts_with(b"not an image") {
+            return Err(ProviderError::invalid("archive", "not a tar archive"));
+        }
+        let name = name
+            .unwrap_or("docker.io/library/uploaded:latest")
+            .to_owned();
+        self.state
+            .lock()
+            .unwrap()
+            .images
+            .insert(name.clone(), bytes);
+        Ok(vec![name])
+    }
+
+    async fn remove_image(&self, name: &str) -> ProviderResult<()> {
+        self.record(format!("remove_image {name}"));
+        match self.state.lock().unwrap().images.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(ProviderError::NotFound(format!("image {name} not found"))),
+        }
+    }
+
     fn info(&self) -> ProviderInfo {
         ProviderInfo {
             provider: "bramble".into(),
@@ -547,6 +594,8 @@ pub fn test_config(queue_dir: &std::path::Path) -> GatewayConfig {
             password: PASSWORD.into(),
         },
         queue_dir: queue_dir.to_path_buf(),
+        upload_dir: queue_dir.join("uploads"),
+        max_upload: 64 * 1024,
         ready_wait: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(10),
         ..GatewayConfig::default()

@@ -1,0 +1,157 @@
+//! The CLI's connection to a node's gateway.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use reqwest::{Method, StatusCode};
+
+/// Where the CLI finds a node and its credentials.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct Target {
+    /// Gateway URL (default: $BRAMBLE_URL, $OPENFAAS_URL, or http://127.0.0.1:8080).
+    #[arg(long, short = 'g', global = true)]
+    pub(crate) gateway: Option<String>,
+    /// State directory of the local node, where the API credentials are read from when
+    /// $BRAMBLE_USER and $BRAMBLE_PASSWORD are not set.
+    #[arg(
+        long,
+        global = true,
+        env = "BRAMBLE_STATE_DIR",
+        default_value = "/var/lib/bramble"
+    )]
+    pub(crate) state_dir: PathBuf,
+}
+
+/// An HTTP client for one gateway.
+pub(crate) struct Client {
+    http: reqwest::Client,
+    base: String,
+    auth: Option<(String, String)>,
+    credentials_hint: String,
+}
+
+impl Client {
+    pub(crate) fn new(target: &Target) -> anyhow::Result<Client> {
+        let base = target
+            .gateway
+            .clone()
+            .or_else(|| std::env::var("BRAMBLE_URL").ok())
+            .or_else(|| std::env::var("OPENFAAS_URL").ok())
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into())
+            .trim_end_matches('/')
+            .to_owned();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!("gateway {base:?} is not an http:// or https:// URL");
+        }
+        let (auth, credentials_hint) = credentials(&target.state_dir);
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("bramble-cli/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .context("creating the HTTP client")?;
+        Ok(Client {
+            http,
+            base,
+            auth,
+            credentials_hint,
+        })
+    }
+
+    /// A request builder for `path` on the gateway, with credentials for `/system` paths.
+    pub(crate) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match (&self.auth, path.starts_with("/system")) {
+            (Some((user, password)), true) => builder.basic_auth(user, Some(password)),
+            _ => builder,
+        }
+    }
+
+    /// Sends a request; a non-2xx answer becomes an error carrying the gateway's message.
+    pub(crate) async fn send(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        let response = builder
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the bramble gateway at {}", self.base))?;
+        self.check(response).await
+    }
+
+    /// Turns a non-2xx answer into an error carrying the gateway's message.
+    pub(crate) async fn check(
+        &self,
+        response: reqwest::Response,
+    ) -> anyhow::Result<reqwest::Response> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let text = text.trim();
+        match status {
+            StatusCode::UNAUTHORIZED => bail!(
+                "the gateway refused the credentials ({})",
+                self.credentials_hint
+            ),
+            _ if text.is_empty() => bail!("the gateway answered {status}"),
+            _ => bail!("{text} ({status})"),
+        }
+    }
+
+    /// Sends a JSON body.
+    pub(crate) async fn send_json<T: serde::Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &T,
+    ) -> anyhow::Result<reqwest::Response> {
+        self.send(self.request(method, path).json(body)).await
+    }
+
+    /// Gets and decodes JSON.
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<T> {
+        let response = self.send(self.request(Method::GET, path)).await?;
+        response
+            .json()
+            .await
+            .with_context(|| format!("the gateway's answer to {path} is not what bramble expects"))
+    }
+
+    /// The gateway's base URL.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+/// Credentials from the environment, or from the local node's files (root only).
+fn credentials(state_dir: &Path) -> (Option<(String, String)>, String) {
+    if let (Ok(user), Ok(password)) = (
+        std::env::var("BRAMBLE_USER"),
+        std::env::var("BRAMBLE_PASSWORD"),
+    ) {
+        return (
+            Some((user, password)),
+            "from $BRAMBLE_USER and $BRAMBLE_PASSWORD".into(),
+        );
+    }
+    let secrets = state_dir.join("secrets");
+    let read =
+        |name: &str| std::fs::read_to_string(secrets.join(name)).map(|s| s.trim().to_owned());
+    match (read("basic-auth-user"), read("basic-auth-password")) {
+        (Ok(user), Ok(password)) => (
+            Some((user, password)),
+            format!("read from {}", secrets.display()),
+        ),
+        (Err(e), _) | (_, Err(e)) => (
+            None,
+            format!(
+                "none found: set $BRAMBLE_USER and $BRAMBLE_PASSWORD, or run as root on the board ({}: {e})",
+                secrets.join("basic-auth-password").display()
+            ),
+        ),
+    }
+}
