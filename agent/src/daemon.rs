@@ -128,10 +128,38 @@ pub async fn run(
         );
     }
     tracing::info!(%addr, state_dir = %config.state_dir.display(), "node started");
-    gateway
-        .serve(listener, shutdown)
-        .await
-        .map_err(DaemonError::Serve)?;
+    crate::systemd::notify("READY=1");
+    let probe_addr = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    let watchdog = crate::systemd::spawn_watchdog(move || gateway_answers(probe_addr));
+    let shutdown = async move {
+        shutdown.await;
+        crate::systemd::notify("STOPPING=1");
+    };
+    let served = gateway.serve(listener, shutdown).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    served.map_err(DaemonError::Serve)?;
     tracing::info!("stopped accepting requests; functions keep running");
     Ok(())
+}
+
+/// The watchdog's liveness check: the gateway accepts and answers a request (its own `/`).
+async fn gateway_answers(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: watchdog\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.1 200"))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), check)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }

@@ -9,3 +9,4 @@ pub mod probe;
 pub mod provider;
 pub mod store;
 mod supervisor;
+pub mod systemd;

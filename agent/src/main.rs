@@ -30,6 +30,17 @@ enum Command {
     Image(cli::image::ImageCommand),
     /// Create or update a function.
     Deploy(Box<cli::deploy::DeployArgs>),
+    #[command(flatten)]
+    Function(cli::functions::FunctionCommand),
+    /// Create, list and remove secrets.
+    #[command(subcommand)]
+    Secret(cli::secret::SecretCommand),
+    /// Check that this machine can run bramble, and explain how to fix what is missing.
+    Doctor(Box<cli::doctor::DoctorArgs>),
+    /// Install bramble as a systemd service.
+    Install(Box<cli::system::InstallArgs>),
+    /// Remove the systemd service (state is kept unless asked).
+    Uninstall(Box<cli::system::UninstallArgs>),
     /// Print the version.
     Version,
 }
@@ -172,6 +183,11 @@ fn main() {
         Command::Up(args) => up(*args),
         Command::Image(command) => run_async(cli::image::run(command)),
         Command::Deploy(args) => run_async(cli::deploy::run(*args)),
+        Command::Function(command) => run_async(cli::functions::run(command)),
+        Command::Secret(command) => run_async(cli::secret::run(command)),
+        Command::Doctor(args) => run_async(cli::doctor::run(&args)),
+        Command::Install(args) => cli::system::install(&args),
+        Command::Uninstall(args) => cli::system::uninstall(&args),
     };
     if let Err(e) = result {
         eprintln!("bramble: {e:#}");

@@ -3,7 +3,11 @@
 
 pub(crate) mod client;
 pub(crate) mod deploy;
+pub(crate) mod doctor;
+pub(crate) mod functions;
 pub(crate) mod image;
+pub(crate) mod secret;
+pub(crate) mod system;
 
 /// Parses `KEY=VALUE`.
 pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {
