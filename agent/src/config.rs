@@ -66,6 +66,14 @@ pub struct Config {
     pub max_api_body: String,
     /// Largest image archive accepted by `POST /system/images`, as a quantity.
     pub max_upload: String,
+    /// Memory all functions may reserve together: `auto` (75 % of the board's RAM), `none`,
+    /// or a quantity (`1Gi`). A deploy beyond it is refused with the numbers.
+    pub memory_budget: String,
+    /// Images no function uses are removed after this long (`1h`), or `never`.
+    pub image_gc_after: String,
+    /// Stop every function when `bramble up` stops (default: they keep running and are
+    /// adopted by the next start).
+    pub stop_functions_on_shutdown: bool,
 }
 
 /// Limits applied when a function's deployment asks none.
@@ -129,6 +137,9 @@ impl Default for Config {
             async_queue: AsyncSection::default(),
             max_api_body: "1Mi".into(),
             max_upload: "4Gi".into(),
+            memory_budget: "auto".into(),
+            image_gc_after: "1h".into(),
+            stop_functions_on_shutdown: false,
         }
     }
 }
@@ -239,6 +250,12 @@ impl Config {
         {
             return invalid("defaults.cpu", e);
         }
+        if let Err(message) = self.memory_budget_bytes() {
+            return invalid("memory_budget", message);
+        }
+        if let Err(message) = self.image_gc_after() {
+            return invalid("image_gc_after", message);
+        }
         if self.defaults.pids == 0 {
             return invalid("defaults.pids", "must be at least 1".into());
         }
@@ -249,6 +266,27 @@ impl Config {
             return invalid("ready_timeout", "timeouts must be longer than zero".into());
         }
         Ok(())
+    }
+
+    /// The memory budget of functions in bytes (`None`: unlimited).
+    pub fn memory_budget_bytes(&self) -> Result<Option<u64>, String> {
+        match self.memory_budget.trim() {
+            "none" => Ok(None),
+            "auto" | "" => Ok(Some(total_memory().map_or(u64::MAX, |total| total / 4 * 3))),
+            q => bramble_gateway::validate::parse_memory(q)
+                .map(Some)
+                .map_err(|e| format!("{e} (or `auto`, `none`)")),
+        }
+    }
+
+    /// After how long an unused image is removed (`None`: never).
+    pub fn image_gc_after(&self) -> Result<Option<std::time::Duration>, String> {
+        match self.image_gc_after.trim() {
+            "never" => Ok(None),
+            text => humantime::parse_duration(text)
+                .map(Some)
+                .map_err(|e| format!("{text:?} is not a duration ({e}) nor `never`")),
+        }
     }
 
     /// The registry credentials file in effect.
@@ -264,6 +302,19 @@ impl Config {
         bramble_gateway::validate::parse_memory(value)
             .map_or(0, |v| usize::try_from(v).unwrap_or(usize::MAX))
     }
+}
+
+/// `MemTotal` of the board, in bytes.
+fn total_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Durations as humane strings in TOML: `"60s"`, `"5m"`, `"1h 30m"`.

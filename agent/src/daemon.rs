@@ -79,8 +79,11 @@ pub async fn run(
         defaults,
         ready_timeout: config.ready_timeout,
         stop_grace: config.stop_grace,
+        memory_budget: config.memory_budget_bytes().unwrap_or(None),
+        image_gc_after: config.image_gc_after().unwrap_or(None),
     };
     let provider = LocalProvider::start(runtime, Arc::clone(&store), settings);
+    let stopper = Arc::clone(&provider);
     let gateway_config = GatewayConfig {
         credentials: Credentials {
             user: credentials.user.clone(),
@@ -140,7 +143,12 @@ pub async fn run(
         w.abort();
     }
     served.map_err(DaemonError::Serve)?;
-    tracing::info!("stopped accepting requests; functions keep running");
+    if config.stop_functions_on_shutdown {
+        tracing::info!("stopped accepting requests; stopping every function");
+        stopper.stop_all().await;
+    } else {
+        tracing::info!("stopped accepting requests; functions keep running");
+    }
     Ok(())
 }
 

@@ -161,6 +161,38 @@ pub fn validate_settings(deployment: &FunctionDeployment) -> Result<(), (String,
     Ok(())
 }
 
+/// A memory or CPU quantity of `limits`/`requests`, if set.
+fn quantity(
+    resources: &Option<bramble_gateway::types::FunctionResources>,
+    memory: bool,
+) -> Option<String> {
+    resources
+        .as_ref()
+        .and_then(|r| {
+            if memory {
+                r.memory.clone()
+            } else {
+                r.cpu.clone()
+            }
+        })
+        .filter(|q| !q.is_empty())
+}
+
+/// The memory limit of each replica: the deployment's, or the node's default.
+pub fn memory_limit(deployment: &FunctionDeployment, defaults: &Defaults) -> Option<u64> {
+    quantity(&deployment.limits, true)
+        .and_then(|q| validate::parse_memory(&q).ok())
+        .or(defaults.memory_bytes)
+}
+
+/// Memory a function reserves against the node's budget: one limit per replica, and at least
+/// one replica even when scaled to zero, so a request can always wake it.
+pub fn memory_reservation(record: &FunctionRecord, defaults: &Defaults) -> u64 {
+    memory_limit(&record.deployment, defaults)
+        .unwrap_or(0)
+        .saturating_mul(record.replicas.max(1))
+}
+
 /// The container of replica `replica` of a function's current generation.
 pub fn container_spec(
     key: &FunctionKey,
@@ -185,21 +217,8 @@ pub fn container_spec(
     labels.insert(GENERATION_LABEL.into(), record.generation.to_string());
     labels.insert(REPLICA_LABEL.into(), replica.to_string());
 
-    let quantity = |r: &Option<bramble_gateway::types::FunctionResources>, memory: bool| {
-        r.as_ref()
-            .and_then(|r| {
-                if memory {
-                    r.memory.clone()
-                } else {
-                    r.cpu.clone()
-                }
-            })
-            .filter(|q| !q.is_empty())
-    };
     let limits = Limits {
-        memory_bytes: quantity(&d.limits, true)
-            .and_then(|q| validate::parse_memory(&q).ok())
-            .or(defaults.memory_bytes),
+        memory_bytes: memory_limit(d, defaults),
         memory_reservation_bytes: quantity(&d.requests, true)
             .and_then(|q| validate::parse_memory(&q).ok()),
         cpu_millis: quantity(&d.limits, false)

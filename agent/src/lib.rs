@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod function;
 pub mod probe;
 pub mod provider;

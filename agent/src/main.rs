@@ -28,7 +28,7 @@ enum Command {
     /// Build, upload, list and remove images.
     #[command(subcommand)]
     Image(cli::image::ImageCommand),
-    /// Create or update a function.
+    /// Create or update functions (flags, or a faas-cli stack file with -f).
     Deploy(Box<cli::deploy::DeployArgs>),
     #[command(flatten)]
     Function(cli::functions::FunctionCommand),
@@ -120,6 +120,15 @@ struct UpArgs {
     /// Largest uploaded image archive (e.g. 4Gi).
     #[arg(long, env = "BRAMBLE_MAX_UPLOAD")]
     max_upload: Option<String>,
+    /// Memory all functions may reserve: auto (75% of RAM), none, or a quantity.
+    #[arg(long, env = "BRAMBLE_MEMORY_BUDGET")]
+    memory_budget: Option<String>,
+    /// Remove images no function uses after this long, or `never`.
+    #[arg(long, env = "BRAMBLE_IMAGE_GC_AFTER")]
+    image_gc_after: Option<String>,
+    /// Stop every function when bramble stops.
+    #[arg(long, env = "BRAMBLE_STOP_FUNCTIONS_ON_SHUTDOWN")]
+    stop_functions_on_shutdown: Option<bool>,
 }
 
 impl UpArgs {
@@ -160,6 +169,9 @@ impl UpArgs {
         set!(async_queue.max_body = self.async_max_body);
         set!(max_api_body = self.max_api_body);
         set!(max_upload = self.max_upload);
+        set!(memory_budget = self.memory_budget);
+        set!(image_gc_after = self.image_gc_after);
+        set!(stop_functions_on_shutdown = self.stop_functions_on_shutdown);
         c.validate()?;
         Ok(c)
     }

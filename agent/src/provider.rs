@@ -34,6 +34,10 @@ pub struct ProviderSettings {
     pub defaults: function::Defaults,
     pub ready_timeout: Duration,
     pub stop_grace: Duration,
+    /// Memory all functions may reserve together (None: no limit).
+    pub memory_budget: Option<u64>,
+    /// Unused images are removed after this long (None: never).
+    pub image_gc_after: Option<Duration>,
 }
 
 /// The provider of one board.
@@ -65,6 +69,11 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Bytes as MiB for messages.
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes / (1 << 20))
 }
 
 /// The HTTP meaning of a runtime error.
@@ -106,6 +115,9 @@ impl LocalProvider {
         let events = provider.ctx.runtime.subscribe();
         tokio::spawn(Arc::clone(&provider).pump_events(events));
         tokio::spawn(Arc::clone(&provider).adopt_and_start());
+        if let Some(after) = provider.settings.image_gc_after {
+            tokio::spawn(Arc::clone(&provider).collect_images(after));
+        }
         provider
     }
 
@@ -167,6 +179,13 @@ impl LocalProvider {
                 tracing::warn!(container = %id, error = %e.chain(), "cannot remove orphan container");
             }
         }
+        match runtime.remove_orphan_snapshots().await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(?removed, "removed orphan snapshots");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e.chain(), "cannot check for orphan snapshots"),
+        }
         // Network attachments without a container (a crash between attach and create).
         match (runtime.list().await, runtime.network().attachments()) {
             (Ok(containers), Ok(attachments)) => {
@@ -185,6 +204,74 @@ impl LocalProvider {
             }
             (_, Err(e)) => tracing::warn!(error = %e, "cannot check for orphan attachments"),
         }
+    }
+
+    /// Stops every function (keeping containers); their supervisors end. For a shutdown
+    /// configured to stop functions.
+    pub async fn stop_all(&self) {
+        let handles = self.handles();
+        let waits = handles.iter().map(|handle| {
+            let (done, finished) = oneshot::channel();
+            let sent = handle.commands.send(Command::Shutdown(done)).is_ok();
+            async move {
+                if sent {
+                    let _ = finished.await;
+                }
+            }
+        });
+        futures::future::join_all(waits).await;
+    }
+
+    /// Removes images no function and no container uses, once they have been unused for
+    /// `after` (so an image imported for a deploy a moment later is kept). containerd then
+    /// frees their content and snapshots: an SD card does not fill up with old versions.
+    async fn collect_images(self: Arc<Self>, after: Duration) {
+        let interval = (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+        let mut unused_since: HashMap<String, Instant> = HashMap::new();
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            ticker.tick().await;
+            if let Err(e) = self.collect_images_once(after, &mut unused_since).await {
+                tracing::warn!(error = %e.chain(), "image garbage collection skipped");
+            }
+        }
+    }
+
+    async fn collect_images_once(
+        &self,
+        after: Duration,
+        unused_since: &mut HashMap<String, Instant>,
+    ) -> bramble_runtime::Result<()> {
+        let runtime = &self.ctx.runtime;
+        let mut used: std::collections::HashSet<String> = self
+            .ctx
+            .store
+            .snapshot()
+            .all_functions()
+            .map(|(_, _, r)| r.deployment.image.clone())
+            .collect();
+        // Containers keep their image in use too: an old generation draining during an
+        // update, which a rollback would recreate.
+        used.extend(runtime.list().await?.into_iter().map(|c| c.image));
+        let images = runtime.images().list().await?;
+        let now = Instant::now();
+        unused_since
+            .retain(|name, _| images.iter().any(|i| i.name == *name) && !used.contains(name));
+        for image in images.iter().filter(|i| !used.contains(&i.name)) {
+            let since = *unused_since.entry(image.name.clone()).or_insert(now);
+            if now.duration_since(since) >= after {
+                tracing::info!(image = %image.name, unused_for = ?now.duration_since(since), "removing an unused image");
+                match runtime.images().remove(&image.name).await {
+                    Ok(()) | Err(RuntimeError::NotFound { .. }) => {
+                        unused_since.remove(&image.name);
+                    }
+                    Err(e) => {
+                        tracing::warn!(image = %image.name, error = %e.chain(), "cannot remove image");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn pump_events(self: Arc<Self>, mut events: tokio::sync::broadcast::Receiver<TaskEvent>) {
@@ -296,6 +383,43 @@ impl LocalProvider {
             .map_err(|e| runtime_error("image", &e))?;
         request.image = image.to_string();
         Ok((key, request))
+    }
+
+    /// Admission: refuses a function (new, updated or rescaled) whose memory would take the
+    /// functions of this board beyond the budget, with the numbers.
+    fn admit(
+        &self,
+        state: &crate::store::State,
+        key: &FunctionKey,
+        record: &FunctionRecord,
+        field: &str,
+    ) -> ProviderResult<()> {
+        let Some(budget) = self.settings.memory_budget else {
+            return Ok(());
+        };
+        let defaults = &self.settings.defaults;
+        let others: u64 = state
+            .all_functions()
+            .filter(|(ns, name, _)| !(*ns == key.namespace && *name == key.name))
+            .map(|(_, _, r)| function::memory_reservation(r, defaults))
+            .sum();
+        let needs = function::memory_reservation(record, defaults);
+        if others.saturating_add(needs) <= budget {
+            return Ok(());
+        }
+        let per_replica = function::memory_limit(&record.deployment, defaults).unwrap_or(0);
+        Err(ProviderError::invalid(
+            field,
+            format!(
+                "not enough memory for {key}: it needs {} ({} × {}) but only {} of the {} budget for functions is free ({} reserved by other functions); lower limits.memory or the replicas, or raise memory_budget",
+                mib(needs),
+                record.replicas.max(1),
+                mib(per_replica),
+                mib(budget.saturating_sub(others)),
+                mib(budget),
+                mib(others),
+            ),
+        ))
     }
 
     fn status_of(&self, key: &FunctionKey, record: &FunctionRecord) -> FunctionStatus {
@@ -443,6 +567,7 @@ impl Provider for LocalProvider {
                     format!("namespace {} does not exist", key.namespace),
                 ));
             }
+            self.admit(state, &key, &saved, "limits.memory")?;
             state
                 .functions
                 .entry(key.namespace.clone())
@@ -480,6 +605,7 @@ impl Provider for LocalProvider {
         };
         let saved = record.clone();
         self.ctx.store.update(|state| {
+            self.admit(state, &key, &saved, "limits.memory")?;
             match state
                 .functions
                 .get_mut(&key.namespace)
@@ -534,17 +660,22 @@ impl Provider for LocalProvider {
         let key = FunctionKey::new(name, namespace);
         let _guard = self.locks.lock(&key.to_string()).await;
         self.ctx.store.update(|state| {
-            match state
+            let Some(current) = state.function(name, namespace) else {
+                return Err(ProviderError::NotFound(format!("function {key} not found")));
+            };
+            let scaled = FunctionRecord {
+                replicas,
+                ..current.clone()
+            };
+            self.admit(state, &key, &scaled, "replicas")?;
+            if let Some(record) = state
                 .functions
                 .get_mut(namespace)
                 .and_then(|f| f.get_mut(name))
             {
-                Some(record) => {
-                    record.replicas = replicas;
-                    Ok(())
-                }
-                None => Err(ProviderError::NotFound(format!("function {key} not found"))),
+                record.replicas = replicas;
             }
+            Ok(())
         })?;
         if let Some(handle) = self.handle(&key) {
             let _ = handle.commands.send(Command::Scale(replicas));
@@ -869,21 +1000,21 @@ impl Provider for LocalProvider {
                     .ok_or_else(|| ProviderError::NotFound(format!("function {key} not found")))?
             }
         };
-        if let Some(addr) = handle.route.pick() {
+        if let Some((addr, guard)) = handle.route.pick() {
             return Ok(Endpoint {
                 addr,
                 timeout: handle.route.timeout(),
-                in_flight: Some(Box::new(handle.route.in_flight(addr))),
+                in_flight: Some(Box::new(guard)),
             });
         }
         let _ = handle.commands.send(Command::Wake);
         if handle.route.wait_ready(wait).await
-            && let Some(addr) = handle.route.pick()
+            && let Some((addr, guard)) = handle.route.pick()
         {
             return Ok(Endpoint {
                 addr,
                 timeout: handle.route.timeout(),
-                in_flight: Some(Box::new(handle.route.in_flight(addr))),
+                in_flight: Some(Box::new(guard)),
             });
         }
         let view = handle.status.borrow().clone();

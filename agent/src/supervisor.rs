@@ -86,8 +86,11 @@ impl Route {
         }
     }
 
-    /// A ready replica, round robin; records the use.
-    pub(crate) fn pick(&self) -> Option<SocketAddr> {
+    /// A ready replica, round robin, with the request counted in flight to it; records the
+    /// use. The count is taken while the ready list is read-locked, so once [`Route::publish`]
+    /// returns, every request that picked a replica of the old list is counted and a drain
+    /// cannot miss it.
+    pub(crate) fn pick(&self) -> Option<(SocketAddr, InFlightGuard)> {
         self.last_used_ms.store(now_ms(), Ordering::Relaxed);
         let ready = self
             .ready
@@ -96,7 +99,8 @@ impl Route {
         if ready.is_empty() {
             return None;
         }
-        Some(ready[self.next.fetch_add(1, Ordering::Relaxed) % ready.len()])
+        let addr = ready[self.next.fetch_add(1, Ordering::Relaxed) % ready.len()];
+        Some((addr, self.count_in_flight(addr)))
     }
 
     /// Waits until at least one replica is ready or `timeout` passes.
@@ -113,7 +117,7 @@ impl Route {
     }
 
     /// Counts a request to `addr` in flight until the guard is dropped.
-    pub(crate) fn in_flight(&self, addr: SocketAddr) -> InFlightGuard {
+    fn count_in_flight(&self, addr: SocketAddr) -> InFlightGuard {
         self.in_flight.total.fetch_add(1, Ordering::AcqRel);
         if let Ok(mut m) = self.in_flight.by_addr.lock() {
             *m.entry(addr).or_insert(0) += 1;
@@ -190,6 +194,8 @@ pub(crate) enum Command {
     Update(Box<FunctionRecord>),
     /// Remove everything; answers when done.
     Delete(oneshot::Sender<()>),
+    /// Stop every replica (keeping containers) and supervise no more; answers when done.
+    Shutdown(oneshot::Sender<()>),
     /// A task exited. `pid` tells which task: a stopped one's exit may arrive after the same
     /// container was started again, and must not be taken for a crash of the new task.
     Exited {
@@ -329,6 +335,11 @@ impl Supervisor {
                         let _ = done.send(());
                         return;
                     }
+                    Some(Command::Shutdown(done)) => {
+                        self.stop_everything().await;
+                        let _ = done.send(());
+                        return;
+                    }
                     Some(command) => self.handle(command).await,
                     None => return,
                 },
@@ -383,7 +394,7 @@ impl Supervisor {
             }
             Command::Resync => self.resync().await,
             Command::Probed { container, result } => self.probed(&container, result),
-            Command::Delete(_) => {}
+            Command::Delete(_) | Command::Shutdown(_) => {}
         }
     }
 
@@ -812,6 +823,19 @@ impl Supervisor {
         }
     }
 
+    async fn stop_everything(&mut self) {
+        self.route.publish(Vec::new());
+        let ids: Vec<String> = self.all_replicas().map(|r| r.id.clone()).collect();
+        let grace = self.ctx.stop_grace;
+        let runtime = &self.ctx.runtime;
+        futures::future::join_all(ids.iter().map(|id| async move {
+            if let Err(e) = runtime.stop(id, grace).await {
+                tracing::warn!(container = %id, error = %e.chain(), "stopping failed");
+            }
+        }))
+        .await;
+    }
+
     async fn delete_everything(&mut self) {
         self.route.publish(Vec::new());
         let ids: Vec<String> = self.all_replicas().map(|r| r.id.clone()).collect();
@@ -919,7 +943,7 @@ mod tests {
     #[tokio::test]
     async fn routes_round_robin_and_wake_waiters() {
         let route = Arc::new(Route::new(Duration::from_secs(60)));
-        assert_eq!(route.pick(), None);
+        assert!(route.pick().is_none());
         let waiter = {
             let route = Arc::clone(&route);
             tokio::spawn(async move { route.wait_ready(Duration::from_secs(5)).await })
@@ -928,14 +952,14 @@ mod tests {
         let b = SocketAddr::from(([10, 0, 0, 3], 8080));
         route.publish(vec![a, b]);
         assert!(waiter.await.unwrap());
-        let picks: Vec<_> = (0..4).map(|_| route.pick().unwrap()).collect();
+        let picks: Vec<_> = (0..4).map(|_| route.pick().unwrap().0).collect();
         assert_eq!(picks.iter().filter(|p| **p == a).count(), 2);
         assert!(
             !Route::new(Duration::from_secs(1))
                 .wait_ready(Duration::from_millis(20))
                 .await
         );
-        let guard = route.in_flight(a);
+        let guard = route.count_in_flight(a);
         assert_eq!(
             (
                 route.in_flight.total.load(Ordering::Acquire),

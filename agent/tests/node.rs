@@ -116,6 +116,26 @@ fn json_of(r: &Response) -> Value {
     serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
 }
 
+/// Polls the logs until a line containing `text` is there (output reaches the log buffer
+/// through the task's FIFO a moment after the function printed it).
+async fn wait_log(
+    node: &Node,
+    query: &str,
+    text: &str,
+) -> Result<Response, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = node.api("GET", query, b"").await?;
+        if logs.text().contains(text) {
+            return Ok(logs);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{text:?} never appeared in {query}: {}", logs.text()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls the status until `availableReplicas` reaches `want` (the readiness signal).
 async fn wait_available(
     node: &Node,
@@ -523,13 +543,12 @@ async fn api_conformance_every_route() -> TestResult {
     // Logs: NDJSON with the documented fields, tail and follow.
     node.call("GET", "/function/echo/log?line=conformance-line", &[], b"")
         .await?;
-    let logs = node
-        .api(
-            "GET",
-            &format!("/system/logs?name=echo&namespace={NS}&tail=5"),
-            b"",
-        )
-        .await?;
+    let logs = wait_log(
+        &node,
+        &format!("/system/logs?name=echo&namespace={NS}&tail=5"),
+        "conformance-line",
+    )
+    .await?;
     expect(&logs, 200, "logs")?;
     assert!(
         logs.header("content-type")
@@ -823,8 +842,7 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
     }
     node.call("GET", "/function/hello/log?line=e2e-marker", &[], b"")
         .await?;
-    let logs = node
-        .api("GET", "/system/logs?name=hello&tail=50", b"")
+    let logs = wait_log(&node, "/system/logs?name=hello&tail=50", "e2e-marker")
         .await?
         .text();
     assert!(

@@ -611,6 +611,55 @@ impl Runtime {
         }))
     }
 
+    /// Removes writable snapshots that no container owns (a crash between preparing a
+    /// container's snapshot and recording it, or between removing the two). Snapshots of
+    /// unpacks and image inspections in progress are protected by leases and left alone.
+    /// Returns the keys removed.
+    pub async fn remove_orphan_snapshots(&self) -> Result<Vec<String>> {
+        use containerd_client::services::v1::snapshots::{Kind, ListSnapshotsRequest};
+        let conn = &self.inner.conn;
+        let snapshotter = &self.inner.config.snapshotter;
+        let mut containers = conn.containers();
+        let owned: std::collections::HashSet<String> = conn
+            .call(
+                "Containers.List",
+                containers.list(conn.request(ListContainersRequest { filters: vec![] })),
+            )
+            .await?
+            .containers
+            .into_iter()
+            .map(|c| c.snapshot_key)
+            .collect();
+        let mut snapshots = conn.snapshots();
+        let request = conn.request(ListSnapshotsRequest {
+            snapshotter: snapshotter.clone(),
+            filters: vec![],
+        });
+        let mut stream = conn.call("Snapshots.List", snapshots.list(request)).await?;
+        let mut orphans = Vec::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(page)) => orphans.extend(
+                    page.info
+                        .into_iter()
+                        .filter(|i| i.kind == Kind::Active as i32)
+                        .filter(|i| {
+                            !i.name.starts_with("extract-") && !i.name.starts_with("bramble-user-")
+                        })
+                        .filter(|i| validate_id(&i.name).is_ok() && !owned.contains(&i.name))
+                        .map(|i| i.name),
+                ),
+                Ok(None) => break,
+                Err(status) => return Err(conn.status_error("Snapshots.List", &status)),
+            }
+        }
+        for key in &orphans {
+            tracing::info!(snapshot = %key, "removing a snapshot no container owns");
+            remove_snapshot_quietly(conn, snapshotter, key).await;
+        }
+        Ok(orphans)
+    }
+
     /// After a daemon restart: lists managed containers and re-attaches the log capture of
     /// every running task, so output keeps flowing into the buffers.
     pub async fn adopt(&self) -> Result<Vec<Container>> {

@@ -7,6 +7,7 @@ pub(crate) mod doctor;
 pub(crate) mod functions;
 pub(crate) mod image;
 pub(crate) mod secret;
+pub(crate) mod stack;
 pub(crate) mod system;
 
 /// Parses `KEY=VALUE`.

@@ -1,0 +1,274 @@
+//! The backend traits, the edge event record and the event path shared by every backend.
+//!
+//! Backends deal in **physical** levels only (1 = the wire is high): lines are always
+//! requested active-high, and `active-low` is applied per function by the broker, so that
+//! functions with different `active-low` settings can share one input.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::grants::Bias;
+
+/// How many events a slow watcher may fall behind before it misses some (the gap then
+/// shows in the sequence numbers).
+pub const EVENT_BUFFER: usize = 256;
+
+/// The kind of edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Edge {
+    /// 0 → 1.
+    Rising,
+    /// 1 → 0.
+    Falling,
+}
+
+impl Edge {
+    /// The level after this edge.
+    pub fn level(self) -> u8 {
+        match self {
+            Edge::Rising => 1,
+            Edge::Falling => 0,
+        }
+    }
+
+    /// The opposite edge.
+    pub fn inverted(self) -> Edge {
+        match self {
+            Edge::Rising => Edge::Falling,
+            Edge::Falling => Edge::Rising,
+        }
+    }
+}
+
+/// One edge on a line, as delivered to watchers (one NDJSON line of a watch stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EdgeEvent {
+    /// The line name.
+    pub line: String,
+    /// Rising or falling.
+    pub edge: Edge,
+    /// The level after the edge.
+    pub level: u8,
+    /// When, in nanoseconds of `CLOCK_MONOTONIC` (the kernel's timestamp on real lines).
+    pub timestamp_ns: u64,
+    /// Node-wide sequence number of the events of the hardware helper (all lines), from 1.
+    pub seqno: u64,
+    /// Sequence number of edges on this line (the kernel's, on real lines), from 1. A gap
+    /// means edges were not delivered: dropped by a slow watcher, by the kernel's buffer,
+    /// or (simulator) swallowed by debounce.
+    pub line_seqno: u64,
+}
+
+impl EdgeEvent {
+    /// The event as a function with `active-low` sees it.
+    pub fn logical(mut self, active_low: bool) -> EdgeEvent {
+        if active_low {
+            self.edge = self.edge.inverted();
+            self.level ^= 1;
+        }
+        self
+    }
+}
+
+/// The event path: backends emit edges here; watchers subscribe per line.
+#[derive(Debug, Default)]
+pub struct EventBus {
+    seqno: AtomicU64,
+    channels: Mutex<HashMap<String, broadcast::Sender<EdgeEvent>>>,
+}
+
+impl EventBus {
+    /// Publishes an edge of `line`, numbering it node-wide.
+    pub fn emit(&self, line: &str, edge: Edge, timestamp_ns: u64, line_seqno: u64) {
+        let seqno = self.seqno.fetch_add(1, Ordering::Relaxed) + 1;
+        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = channels.get(line) {
+            // No receiver is fine: nobody watches right now.
+            let _ = sender.send(EdgeEvent {
+                line: line.to_owned(),
+                edge,
+                level: edge.level(),
+                timestamp_ns,
+                seqno,
+                line_seqno,
+            });
+        }
+    }
+
+    /// A receiver of the edges of `line` from now on. The channel lives as long as the bus,
+    /// so a receiver keeps working across releases and re-requests of the line.
+    pub fn subscribe(&self, line: &str) -> broadcast::Receiver<EdgeEvent> {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        channels
+            .entry(line.to_owned())
+            .or_insert_with(|| broadcast::channel(EVENT_BUFFER).0)
+            .subscribe()
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel's GPIO event timestamps.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call, and
+    // CLOCK_MONOTONIC is always supported on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+/// How an input is requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InputConfig {
+    /// Bias (`None` = as it is).
+    pub bias: Option<Bias>,
+    /// Debounce period.
+    pub debounce: Option<Duration>,
+}
+
+/// A backend failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// No such line.
+    #[error("no GPIO line named {0} on this node")]
+    UnknownLine(String),
+    /// The line or device is in use (by this node or by another program).
+    #[error("{0}")]
+    Busy(String),
+    /// Not possible with this backend or in this state.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The request itself is wrong (bad level, too much data).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such I2C bus.
+    #[error("I2C bus {0} does not exist on this node (/dev/i2c-{0}; is I2C enabled?)")]
+    NoBus(u8),
+    /// Nothing acknowledged the address (the kernel's ENXIO or EREMOTEIO).
+    #[error("no I2C device answered at {bus}:{addr:#04x}")]
+    NoDevice {
+        /// The bus.
+        bus: u8,
+        /// The address.
+        addr: u16,
+    },
+    /// An I/O error from the kernel or the device.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A requested line. Dropping the last reference releases it.
+pub trait LineHandle: Send + Sync {
+    /// The physical level.
+    fn read(&self) -> Result<u8, BackendError>;
+    /// Sets the physical level (outputs only).
+    fn write(&self, level: u8) -> Result<(), BackendError>;
+}
+
+/// GPIO lines: the kernel's character device, or the simulator.
+pub trait GpioBackend: Send + Sync {
+    /// `simulator` or `gpiocdev`.
+    fn name(&self) -> &'static str;
+    /// Every line's name, in the backend's order.
+    fn line_names(&self) -> Vec<String>;
+    /// Whether a line of this name exists.
+    fn has_line(&self, line: &str) -> bool;
+    /// Requests an input with edge detection on both edges; its edges go to the event bus
+    /// the backend was made with.
+    fn request_input(
+        &self,
+        line: &str,
+        config: InputConfig,
+    ) -> Result<Box<dyn LineHandle>, BackendError>;
+    /// Requests an output, driven at `level` from the start.
+    fn request_output(&self, line: &str, level: u8) -> Result<Box<dyn LineHandle>, BackendError>;
+    /// The physical level of a line nobody requested, where the backend can know it
+    /// without requesting the line (the simulator).
+    fn peek(&self, _line: &str) -> Option<u8> {
+        None
+    }
+    /// Whether the edges of lines nobody requested reach the event bus (the simulator).
+    fn events_for_unrequested_lines(&self) -> bool {
+        false
+    }
+    /// Drives an input from outside (the simulator only).
+    fn simulate(&self, _line: &str, _level: u8) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "the {} backend drives real pins: only simulated lines can be set from the \
+             admin API",
+            self.name()
+        )))
+    }
+}
+
+/// I2C buses. Blocking: call it off the async threads.
+pub trait I2cBackend: Send + Sync {
+    /// One transaction with the device at `bus:addr`: writes `write` (if not empty), then
+    /// reads `read_len` bytes (if not 0) after a repeated start.
+    fn transfer(
+        &self,
+        bus: u8,
+        addr: u16,
+        write: &[u8],
+        read_len: usize,
+    ) -> Result<Vec<u8>, BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_numbers_events_and_fans_out_per_line() {
+        let bus = EventBus::default();
+        bus.emit("GPIO1", Edge::Rising, 5, 1); // nobody watches: numbered, not delivered
+        let mut a = bus.subscribe("GPIO17");
+        let mut b = bus.subscribe("GPIO17");
+        let mut other = bus.subscribe("GPIO27");
+        bus.emit("GPIO17", Edge::Rising, 10, 1);
+        bus.emit("GPIO17", Edge::Falling, 20, 2);
+        for rx in [&mut a, &mut b] {
+            let e1 = rx.try_recv().unwrap();
+            let e2 = rx.try_recv().unwrap();
+            assert_eq!((e1.edge, e1.level, e1.seqno, e1.line_seqno), (Edge::Rising, 1, 2, 1));
+            assert_eq!((e2.edge, e2.level, e2.seqno, e2.timestamp_ns), (Edge::Falling, 0, 3, 20));
+        }
+        assert!(other.try_recv().is_err());
+        let e = EdgeEvent {
+            line: "X".into(),
+            edge: Edge::Rising,
+            level: 1,
+            timestamp_ns: 1,
+            seqno: 1,
+            line_seqno: 1,
+        };
+        let l = e.clone().logical(true);
+        assert_eq!((l.edge, l.level), (Edge::Falling, 0));
+        assert_eq!(e.clone().logical(false), e);
+    }
+
+    #[test]
+    fn monotonic_clock_moves_forward() {
+        let a = monotonic_ns();
+        let b = monotonic_ns();
+        assert!(a > 0 && b >= a);
+    }
+}

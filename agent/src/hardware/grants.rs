@@ -1,0 +1,746 @@
+//! What a function may touch: grants parsed from its annotations, and the conflict rules
+//! between functions.
+//!
+//! # Annotation keys
+//!
+//! | key               | value                                                              |
+//! |-------------------|--------------------------------------------------------------------|
+//! | `bramble.gpio`    | comma-separated `LINE:in[:option...]` or `LINE:out[:option...]`    |
+//! | `bramble.i2c`     | comma- or space-separated `BUS:ADDR[+ADDR...]`                     |
+//! | `bramble.sensors` | comma- or space-separated sensor ids `KIND:ID`                     |
+//!
+//! Example: `bramble.gpio=GPIO17:in:pull-up:debounce=20ms:active-low,GPIO27:out:safe=0`,
+//! `bramble.i2c=1:0x76+0x77`, `bramble.sensors=w1:28-0316a27966ff`.
+//!
+//! **`LINE`** is the line name as the kernel names it (`GPIO17` on Raspberry Pi OS for BCM
+//! GPIO 17, on every Pi including the Pi 5), never a chip number or offset: 1 to 31 printable
+//! ASCII characters, no `/`, `:`, `,` or whitespace. `bramble gpio get` lists the node's lines.
+//!
+//! **GPIO options** (each at most once):
+//!
+//! | option                                  | applies to | meaning                                            |
+//! |-----------------------------------------|------------|----------------------------------------------------|
+//! | `pull-up`, `pull-down`, `bias-disabled` | `in`       | the line's bias (default: left as it is)           |
+//! | `debounce=DURATION`                     | `in`       | kernel debounce, e.g. `debounce=20ms` (at most 10s; 0 = off) |
+//! | `active-low`                            | both       | the function sees 1 when the wire is low           |
+//! | `initial=0\|1`                          | `out`      | logical level set when the line is requested (default 0) |
+//! | `safe=0\|1`                             | `out`      | logical level set when the function stops, crashes or is deleted (default 0) |
+//!
+//! Levels a function reads and writes are *logical*: with `active-low`, `initial=0`,
+//! `safe=0` and a written 0 mean the wire is high. The admin API and `bramble gpio` show
+//! physical (wire) levels.
+//!
+//! **I2C**: `BUS` is the Linux bus number (`/dev/i2c-BUS`, 0 to 255); each `ADDR` is a 7-bit
+//! device address, `0x08` to `0x77`, in hex (`0x76`) or decimal (`118`). The same bus may
+//! appear several times; the addresses are merged.
+//!
+//! **Sensors**: ids are `KIND:ID`; the kinds are in [`super::sensors`]. Today: `w1:SERIAL`, a
+//! 1-Wire temperature sensor as the kernel names it under `/sys/bus/w1/devices`
+//! (`w1:28-0316a27966ff`).
+//!
+//! # Sharing between functions
+//!
+//! An output line belongs to one function: a second function asking for it (as input or
+//! output) is refused, and so is an output request for a line another function reads.
+//! Inputs may be shared, provided every function asks for the same bias and debounce (the
+//! kernel line is requested once); `active-low` may differ, it is applied per function.
+//! I2C addresses and sensors may be shared.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The annotation granting GPIO lines.
+pub const GPIO_KEY: &str = "bramble.gpio";
+/// The annotation granting I2C addresses.
+pub const I2C_KEY: &str = "bramble.i2c";
+/// The annotation granting sensors.
+pub const SENSORS_KEY: &str = "bramble.sensors";
+
+/// Longest line name: the kernel's `GPIO_MAX_NAME_SIZE` (32) less the NUL.
+pub const MAX_LINE_NAME: usize = 31;
+/// Longest debounce period accepted.
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(10);
+
+/// A bad annotation: the key, the item that is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {key}: {item:?}: {reason}")]
+pub struct GrantError {
+    /// The annotation key (`bramble.gpio`, `bramble.i2c` or `bramble.sensors`).
+    pub key: &'static str,
+    /// The offending item, as written.
+    pub item: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The direction a line is granted (and requested) in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    /// An input: read and watch.
+    #[serde(rename = "in")]
+    In,
+    /// An output: read and set.
+    #[serde(rename = "out")]
+    Out,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        })
+    }
+}
+
+/// The bias of an input line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Bias {
+    /// Pulled up: reads 1 when nothing drives it.
+    #[serde(rename = "pull-up")]
+    PullUp,
+    /// Pulled down: reads 0 when nothing drives it.
+    #[serde(rename = "pull-down")]
+    PullDown,
+    /// No pull: floats when nothing drives it.
+    #[serde(rename = "bias-disabled")]
+    Disabled,
+}
+
+impl fmt::Display for Bias {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Bias::PullUp => "pull-up",
+            Bias::PullDown => "pull-down",
+            Bias::Disabled => "bias-disabled",
+        })
+    }
+}
+
+/// One granted GPIO line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineGrant {
+    /// Input or output.
+    pub direction: Direction,
+    /// Bias (inputs; `None` = as it is).
+    pub bias: Option<Bias>,
+    /// Debounce period (inputs; `None` = none).
+    pub debounce: Option<Duration>,
+    /// Logical levels are inverted.
+    pub active_low: bool,
+    /// Logical level when requested (outputs).
+    pub initial: u8,
+    /// Logical level when the function stops (outputs).
+    pub safe: u8,
+}
+
+impl LineGrant {
+    /// An input with no options.
+    pub fn input() -> LineGrant {
+        LineGrant {
+            direction: Direction::In,
+            bias: None,
+            debounce: None,
+            active_low: false,
+            initial: 0,
+            safe: 0,
+        }
+    }
+
+    /// An output with no options (initial and safe level 0).
+    pub fn output() -> LineGrant {
+        LineGrant {
+            direction: Direction::Out,
+            ..LineGrant::input()
+        }
+    }
+
+    /// Whether two input grants can share one kernel request.
+    pub(crate) fn same_electrical_input(&self, other: &LineGrant) -> bool {
+        self.bias == other.bias && self.debounce == other.debounce
+    }
+
+    /// The options as written in the annotation, e.g. `in:pull-up:debounce=20ms`.
+    pub fn spec(&self) -> String {
+        let mut spec = self.direction.to_string();
+        if let Some(bias) = self.bias {
+            spec.push(':');
+            spec.push_str(&bias.to_string());
+        }
+        if let Some(debounce) = self.debounce {
+            spec.push_str(":debounce=");
+            spec.push_str(&humantime::format_duration(debounce).to_string());
+        }
+        if self.active_low {
+            spec.push_str(":active-low");
+        }
+        if self.direction == Direction::Out {
+            if self.initial != 0 {
+                spec.push_str(&format!(":initial={}", self.initial));
+            }
+            if self.safe != 0 {
+                spec.push_str(&format!(":safe={}", self.safe));
+            }
+        }
+        spec
+    }
+
+    /// The electrical settings, for conflict messages: `pull-up and debounce=20ms`.
+    fn settings(&self) -> String {
+        let bias = self
+            .bias
+            .map_or_else(|| "bias as-is".to_owned(), |b| b.to_string());
+        match self.debounce {
+            Some(d) => format!("{bias} and debounce={}", humantime::format_duration(d)),
+            None => format!("{bias} and no debounce"),
+        }
+    }
+}
+
+/// Everything one function may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// GPIO lines by name.
+    pub gpio: BTreeMap<String, LineGrant>,
+    /// I2C addresses by bus.
+    pub i2c: BTreeMap<u8, BTreeSet<u16>>,
+    /// Sensor ids (`KIND:ID`).
+    pub sensors: BTreeSet<String>,
+}
+
+impl Grants {
+    /// Whether nothing is granted.
+    pub fn is_empty(&self) -> bool {
+        self.gpio.is_empty() && self.i2c.is_empty() && self.sensors.is_empty()
+    }
+
+    /// The GPIO grants as written, e.g. `GPIO17:in, GPIO27:out` (`none` when there are none).
+    pub fn gpio_summary(&self) -> String {
+        summary(self.gpio.iter().map(|(line, g)| format!("{line}:{}", g.spec())))
+    }
+
+    /// The I2C grants as written, e.g. `1:0x76+0x77` (`none` when there are none).
+    pub fn i2c_summary(&self) -> String {
+        summary(self.i2c.iter().map(|(bus, addrs)| {
+            let addrs: Vec<String> = addrs.iter().map(|a| format!("{a:#04x}")).collect();
+            format!("{bus}:{}", addrs.join("+"))
+        }))
+    }
+
+    /// The sensor grants, e.g. `w1:28-0316a27966ff` (`none` when there are none).
+    pub fn sensors_summary(&self) -> String {
+        summary(self.sensors.iter().cloned())
+    }
+
+    /// Whether `bus:addr` is granted.
+    pub fn allows_i2c(&self, bus: u8, addr: u16) -> bool {
+        self.i2c.get(&bus).is_some_and(|addrs| addrs.contains(&addr))
+    }
+}
+
+fn summary(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Parses a function's annotations. `Ok(None)` when none of the keys is present (or all are
+/// empty): the function gets no hardware and no socket.
+pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<Grants>, GrantError> {
+    let mut grants = Grants::default();
+    if let Some(value) = annotations.get(GPIO_KEY) {
+        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (line, grant) = parse_line(item).map_err(|reason| GrantError {
+                key: GPIO_KEY,
+                item: item.to_owned(),
+                reason,
+            })?;
+            if grants.gpio.insert(line.clone(), grant).is_some() {
+                return Err(GrantError {
+                    key: GPIO_KEY,
+                    item: item.to_owned(),
+                    reason: format!("{line} is listed more than once"),
+                });
+            }
+        }
+    }
+    if let Some(value) = annotations.get(I2C_KEY) {
+        for item in list_items(value) {
+            let err = |reason: String| GrantError {
+                key: I2C_KEY,
+                item: item.to_owned(),
+                reason,
+            };
+            let (bus, addrs) = parse_i2c(item).map_err(err)?;
+            grants.i2c.entry(bus).or_default().extend(addrs);
+        }
+    }
+    if let Some(value) = annotations.get(SENSORS_KEY) {
+        for item in list_items(value) {
+            super::sensors::validate_id(item).map_err(|reason| GrantError {
+                key: SENSORS_KEY,
+                item: item.to_owned(),
+                reason,
+            })?;
+            grants.sensors.insert(item.to_owned());
+        }
+    }
+    Ok((!grants.is_empty()).then_some(grants))
+}
+
+/// Items separated by commas or whitespace.
+fn list_items(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+}
+
+/// Checks a line name: what the kernel could call a line, and safe in paths and messages.
+pub fn validate_line_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the line name is empty".to_owned());
+    }
+    if name.len() > MAX_LINE_NAME {
+        return Err(format!(
+            "the line name is longer than {MAX_LINE_NAME} characters"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '/' | ':' | ','))
+    {
+        return Err(format!(
+            "the line name contains {c:?}: names are printable ASCII without '/', ':', ',' or spaces"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_line(item: &str) -> Result<(String, LineGrant), String> {
+    let mut parts = item.split(':');
+    let name = parts.next().unwrap_or_default();
+    validate_line_name(name)?;
+    let direction = match parts.next() {
+        Some("in") => Direction::In,
+        Some("out") => Direction::Out,
+        Some(other) => {
+            return Err(format!(
+                "direction {other:?} is not \"in\" or \"out\" (write {name}:in or {name}:out)"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "missing direction (write {name}:in or {name}:out)"
+            ));
+        }
+    };
+    let mut grant = LineGrant {
+        direction,
+        ..LineGrant::input()
+    };
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    for option in parts {
+        let (opt, value) = match option.split_once('=') {
+            Some((o, v)) => (o, Some(v)),
+            None => (option, None),
+        };
+        let slot = match opt {
+            "pull-up" | "pull-down" | "bias-disabled" => "bias",
+            other => other,
+        };
+        if !seen.insert(slot) {
+            return Err(if slot == "bias" {
+                "more than one bias option (pull-up, pull-down, bias-disabled)".to_owned()
+            } else {
+                format!("option {slot} is given more than once")
+            });
+        }
+        let input_only = |what: &str| {
+            if direction == Direction::In {
+                Ok(())
+            } else {
+                Err(format!("{what} applies to inputs only ({name} is an output)"))
+            }
+        };
+        let output_only = |what: &str| {
+            if direction == Direction::Out {
+                Ok(())
+            } else {
+                Err(format!("{what} applies to outputs only ({name} is an input)"))
+            }
+        };
+        let no_value = |value: Option<&str>| match value {
+            None => Ok(()),
+            Some(_) => Err(format!("option {opt} takes no value")),
+        };
+        match opt {
+            "pull-up" | "pull-down" | "bias-disabled" => {
+                no_value(value)?;
+                input_only(opt)?;
+                grant.bias = Some(match opt {
+                    "pull-up" => Bias::PullUp,
+                    "pull-down" => Bias::PullDown,
+                    _ => Bias::Disabled,
+                });
+            }
+            "active-low" => {
+                no_value(value)?;
+                grant.active_low = true;
+            }
+            "debounce" => {
+                input_only("debounce")?;
+                let value = value.ok_or("debounce needs a period, e.g. debounce=20ms")?;
+                grant.debounce = parse_debounce(value)?;
+            }
+            "initial" | "safe" => {
+                output_only(opt)?;
+                let level = match value {
+                    Some("0") => 0,
+                    Some("1") => 1,
+                    Some(v) => return Err(format!("{opt}={v}: the level must be 0 or 1")),
+                    None => return Err(format!("{opt} needs a level: {opt}=0 or {opt}=1")),
+                };
+                if opt == "initial" {
+                    grant.initial = level;
+                } else {
+                    grant.safe = level;
+                }
+            }
+            "" => return Err("empty option (two ':' in a row?)".to_owned()),
+            other => {
+                return Err(format!(
+                    "unknown option {other:?} (options: pull-up, pull-down, bias-disabled, \
+                     debounce=DURATION, active-low, initial=0|1, safe=0|1)"
+                ));
+            }
+        }
+    }
+    Ok((name.to_owned(), grant))
+}
+
+fn parse_debounce(value: &str) -> Result<Option<Duration>, String> {
+    if value == "0" {
+        return Ok(None);
+    }
+    let period = humantime::parse_duration(value)
+        .map_err(|e| format!("debounce={value}: {e} (write e.g. debounce=20ms)"))?;
+    if period > MAX_DEBOUNCE {
+        return Err(format!(
+            "debounce={value} is longer than {}",
+            humantime::format_duration(MAX_DEBOUNCE)
+        ));
+    }
+    if period.is_zero() {
+        return Ok(None);
+    }
+    if period < Duration::from_micros(1) {
+        return Err(format!(
+            "debounce={value} is shorter than the kernel's resolution (1us)"
+        ));
+    }
+    Ok(Some(period))
+}
+
+fn parse_i2c(item: &str) -> Result<(u8, Vec<u16>), String> {
+    let (bus, addrs) = item
+        .split_once(':')
+        .ok_or("expected BUS:ADDR[+ADDR...], e.g. 1:0x76+0x77")?;
+    let bus: u8 = bus
+        .parse()
+        .map_err(|_| format!("bus {bus:?} is not a number from 0 to 255"))?;
+    let addrs = addrs
+        .split('+')
+        .map(parse_i2c_address)
+        .collect::<Result<Vec<u16>, String>>()?;
+    Ok((bus, addrs))
+}
+
+/// Parses a 7-bit I2C device address, `0x76` or `118`, in `0x08..=0x77`.
+pub fn parse_i2c_address(text: &str) -> Result<u16, String> {
+    let parsed = match text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+    {
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u16::from_str_radix(hex, 16).ok()
+        }
+        Some(_) => None,
+        None if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => text.parse().ok(),
+        None => None,
+    };
+    let addr = parsed.ok_or_else(|| {
+        format!("address {text:?} is not a number (write hex 0x76 or decimal 118)")
+    })?;
+    if !(0x08..=0x77).contains(&addr) {
+        return Err(format!(
+            "address {text} is outside 0x08..0x77, the 7-bit device addresses"
+        ));
+    }
+    Ok(addr)
+}
+
+/// Checks `grants` of `function` against the grants of the other functions. The message
+/// names both functions and the line.
+pub fn check_conflicts<'a>(
+    function: &str,
+    grants: &Grants,
+    others: impl IntoIterator<Item = (&'a str, &'a Grants)>,
+) -> Result<(), String> {
+    for (other, theirs) in others {
+        if other == function {
+            continue;
+        }
+        for (line, mine) in &grants.gpio {
+            let Some(their) = theirs.gpio.get(line) else {
+                continue;
+            };
+            match (mine.direction, their.direction) {
+                (Direction::Out, _) | (_, Direction::Out) => {
+                    return Err(format!(
+                        "{line} is already granted to function {other:?} as {}; function \
+                         {function:?} cannot have it as {} (an output line belongs to one \
+                         function only)",
+                        their.direction, mine.direction
+                    ));
+                }
+                (Direction::In, Direction::In) if !mine.same_electrical_input(their) => {
+                    return Err(format!(
+                        "{line} is already granted to function {other:?} as input with {}; \
+                         function {function:?} asks for {}: functions sharing an input must \
+                         use the same bias and debounce",
+                        their.settings(),
+                        mine.settings()
+                    ));
+                }
+                (Direction::In, Direction::In) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn gpio(value: &str) -> Result<Option<Grants>, GrantError> {
+        parse(&annotations(&[(GPIO_KEY, value)]))
+    }
+
+    fn gpio_err(value: &str) -> GrantError {
+        gpio(value).expect_err(value)
+    }
+
+    #[test]
+    fn no_keys_no_grants() {
+        assert_eq!(parse(&BTreeMap::new()), Ok(None));
+        assert_eq!(
+            parse(&annotations(&[("com.openfaas.scale.min", "1")])),
+            Ok(None)
+        );
+        assert_eq!(
+            parse(&annotations(&[
+                (GPIO_KEY, ""),
+                (I2C_KEY, " "),
+                (SENSORS_KEY, ",")
+            ])),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn every_gpio_option() {
+        let grants = gpio(
+            " GPIO17:in:pull-up:debounce=20ms:active-low , GPIO27:out:initial=1:safe=1:active-low,\
+             GPIO22:in:pull-down,GPIO23:in:bias-disabled,GPIO24:out,",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(grants.gpio.len(), 5);
+        assert_eq!(
+            grants.gpio["GPIO17"],
+            LineGrant {
+                direction: Direction::In,
+                bias: Some(Bias::PullUp),
+                debounce: Some(Duration::from_millis(20)),
+                active_low: true,
+                initial: 0,
+                safe: 0,
+            }
+        );
+        assert_eq!(
+            grants.gpio["GPIO27"],
+            LineGrant {
+                direction: Direction::Out,
+                active_low: true,
+                initial: 1,
+                safe: 1,
+                ..LineGrant::input()
+            }
+        );
+        assert_eq!(grants.gpio["GPIO22"].bias, Some(Bias::PullDown));
+        assert_eq!(grants.gpio["GPIO23"].bias, Some(Bias::Disabled));
+        assert_eq!(grants.gpio["GPIO24"], LineGrant::output());
+        assert_eq!(
+            grants.gpio_summary(),
+            "GPIO17:in:pull-up:debounce=20ms:active-low, GPIO22:in:pull-down, \
+             GPIO23:in:bias-disabled, GPIO24:out, GPIO27:out:active-low:initial=1:safe=1"
+        );
+        // debounce=0 is "off"; other units parse.
+        let g = gpio("A:in:debounce=0,B:in:debounce=1s,C:in:debounce=500us")
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.gpio["A"].debounce, None);
+        assert_eq!(g.gpio["B"].debounce, Some(Duration::from_secs(1)));
+        assert_eq!(g.gpio["C"].debounce, Some(Duration::from_micros(500)));
+        // Kernel names other than GPIOn are fine.
+        assert!(gpio("ID_SDA:in,SPI_CE0_N:out").unwrap().is_some());
+    }
+
+    #[test]
+    fn gpio_errors_name_the_key_and_the_item() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("GPIO17", "GPIO17", "missing direction"),
+            ("GPIO17:sideways", "GPIO17:sideways", "is not \"in\" or \"out\""),
+            (":in", ":in", "empty"),
+            ("a/b:in", "a/b:in", "'/'"),
+            ("GPIO 17:in", "GPIO 17:in", "' '"),
+            (
+                "GPIO17_IS_A_VERY_LONG_LINE_NAME_X:in",
+                "GPIO17_IS_A_VERY_LONG_LINE_NAME_X:in",
+                "longer than 31",
+            ),
+            ("GPIO17:in:pull-sideways", "GPIO17:in:pull-sideways", "unknown option"),
+            ("GPIO17:in:pull-up:pull-down", "GPIO17:in:pull-up:pull-down", "more than one bias"),
+            ("GPIO17:in:active-low:active-low", "GPIO17:in:active-low:active-low", "more than once"),
+            ("GPIO17:in::pull-up", "GPIO17:in::pull-up", "empty option"),
+            ("GPIO17:in:debounce", "GPIO17:in:debounce", "needs a period"),
+            ("GPIO17:in:debounce=20", "GPIO17:in:debounce=20", "debounce=20"),
+            ("GPIO17:in:debounce=fast", "GPIO17:in:debounce=fast", "debounce=fast"),
+            ("GPIO17:in:debounce=1h", "GPIO17:in:debounce=1h", "longer than 10s"),
+            ("GPIO17:in:debounce=1ns", "GPIO17:in:debounce=1ns", "resolution"),
+            ("GPIO17:in:initial=1", "GPIO17:in:initial=1", "outputs only"),
+            ("GPIO17:in:safe=1", "GPIO17:in:safe=1", "outputs only"),
+            ("GPIO27:out:pull-up", "GPIO27:out:pull-up", "inputs only"),
+            ("GPIO27:out:debounce=5ms", "GPIO27:out:debounce=5ms", "inputs only"),
+            ("GPIO27:out:initial=2", "GPIO27:out:initial=2", "must be 0 or 1"),
+            ("GPIO27:out:safe", "GPIO27:out:safe", "needs a level"),
+            ("GPIO27:out:active-low=1", "GPIO27:out:active-low=1", "takes no value"),
+            ("GPIO17:in,GPIO17:out", "GPIO17:out", "more than once"),
+        ];
+        for (value, item, reason) in cases {
+            let err = gpio_err(value);
+            assert_eq!(err.key, GPIO_KEY, "{value}");
+            assert_eq!(err.item, *item, "{value}");
+            assert!(
+                err.reason.contains(reason),
+                "{value}: {:?} should contain {reason:?}",
+                err.reason
+            );
+            let text = err.to_string();
+            assert!(text.starts_with("annotation bramble.gpio: "), "{text}");
+            assert!(text.contains(item), "{text}");
+        }
+    }
+
+    #[test]
+    fn i2c_grants() {
+        let grants = parse(&annotations(&[(I2C_KEY, "1:0x76+0x77, 1:118 3:0x48,0:8")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(grants.i2c.len(), 3);
+        assert_eq!(
+            grants.i2c[&1].iter().copied().collect::<Vec<_>>(),
+            [0x76, 0x77]
+        );
+        assert!(grants.allows_i2c(3, 0x48));
+        assert!(grants.allows_i2c(0, 8));
+        assert!(!grants.allows_i2c(1, 0x48));
+        assert_eq!(grants.i2c_summary(), "0:0x08, 1:0x76+0x77, 3:0x48");
+        for (value, reason) in [
+            ("1", "expected BUS:ADDR"),
+            ("x:0x76", "bus \"x\""),
+            ("256:0x76", "bus \"256\""),
+            ("1:0x7", "outside 0x08..0x77"),
+            ("1:0x78", "outside"),
+            ("1:0xZZ", "not a number"),
+            ("1:0x", "not a number"),
+            ("1:0x76+", "not a number"),
+            ("1:-5", "not a number"),
+        ] {
+            let err = parse(&annotations(&[(I2C_KEY, value)])).expect_err(value);
+            assert_eq!(err.key, I2C_KEY);
+            assert_eq!(err.item, value);
+            assert!(err.reason.contains(reason), "{value}: {}", err.reason);
+        }
+    }
+
+    #[test]
+    fn sensor_grants() {
+        let grants = parse(&annotations(&[(
+            SENSORS_KEY,
+            "w1:28-0316a27966ff, w1:10-000802b4b1f8",
+        )]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(grants.sensors.len(), 2);
+        assert!(grants.sensors.contains("w1:28-0316a27966ff"));
+        for (value, reason) in [
+            ("28-0316a27966ff", "KIND:ID"),
+            ("bogus:1", "unknown sensor kind"),
+            ("w1:../../etc", "not a 1-Wire device name"),
+            ("w1:", "not a 1-Wire device name"),
+        ] {
+            let err = parse(&annotations(&[(SENSORS_KEY, value)])).expect_err(value);
+            assert_eq!(err.key, SENSORS_KEY);
+            assert_eq!(err.item, value);
+            assert!(err.reason.contains(reason), "{value}: {}", err.reason);
+        }
+    }
+
+    fn grants_of(value: &str) -> Grants {
+        gpio(value).unwrap().unwrap()
+    }
+
+    #[test]
+    fn conflicts() {
+        let a = grants_of("GPIO17:in:pull-up,GPIO27:out");
+        let others = [("a", &a)];
+        // Same output twice.
+        let err = check_conflicts("b", &grants_of("GPIO27:out"), others).unwrap_err();
+        assert!(err.contains("GPIO27"), "{err}");
+        assert!(err.contains("\"a\"") && err.contains("\"b\""), "{err}");
+        assert!(err.contains("as out"), "{err}");
+        // Input on another function's output.
+        let err = check_conflicts("b", &grants_of("GPIO27:in"), others).unwrap_err();
+        assert!(err.contains("GPIO27") && err.contains("cannot have it as in"), "{err}");
+        // Output on another function's input.
+        let err = check_conflicts("b", &grants_of("GPIO17:out"), others).unwrap_err();
+        assert!(err.contains("GPIO17") && err.contains("as in"), "{err}");
+        // Shared inputs: same settings are fine, active-low may differ.
+        check_conflicts("b", &grants_of("GPIO17:in:pull-up:active-low"), others).unwrap();
+        let err = check_conflicts("b", &grants_of("GPIO17:in:pull-down"), others).unwrap_err();
+        assert!(err.contains("same bias and debounce"), "{err}");
+        assert!(err.contains("pull-up") && err.contains("pull-down"), "{err}");
+        let err = check_conflicts("b", &grants_of("GPIO17:in:pull-up:debounce=5ms"), others)
+            .unwrap_err();
+        assert!(err.contains("debounce=5ms"), "{err}");
+        // A function never conflicts with itself (a redeploy replaces its grants).
+        check_conflicts("a", &grants_of("GPIO27:in"), others).unwrap();
+        // Other lines are free.
+        check_conflicts("b", &grants_of("GPIO22:out"), others).unwrap();
+    }
+}

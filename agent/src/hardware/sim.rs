@@ -1,0 +1,560 @@
+//! The simulator: GPIO lines and I2C devices in memory, used automatically where the kernel
+//! has no GPIO chip bramble knows, and by the tests.
+//!
+//! **Lines** are named like a Pi header (`GPIO0`..`GPIO27` by default, configurable). Every
+//! line has a physical level (0 at start). `drive` (the admin API's `PUT /system/gpio/LINE`,
+//! `bramble gpio set`) sets the level on the wire of a line that is not an output; a
+//! function's output sets its line's level. Every change of level is an edge, numbered per
+//! line (`line_seqno`) and published through the same event path as the kernel's edges, with
+//! a `CLOCK_MONOTONIC` timestamp. Differences from the kernel, on purpose:
+//!
+//! * edges of lines nobody requested are published too, and so are changes of outputs, so
+//!   `bramble gpio watch GPIO27` shows an LED being switched in a demo;
+//! * debounce drops an edge that comes less than the period after the last *accepted* edge
+//!   of the line, but still counts it in `line_seqno`, so a watcher sees the drop as a gap
+//!   (the kernel's debouncer swallows bounces before they are counted);
+//! * requesting an input with `pull-up` (`pull-down`) raises (lowers) a line nothing drives,
+//!   without an edge.
+//!
+//! **I2C devices** are register files (256 bytes) at `(bus, address)`: a write's first byte
+//! sets the register pointer and the following bytes are written from there; a read returns
+//! bytes from the pointer; both auto-increment (the BME280/most-sensor convention). The
+//! default device is a BME280 at `1:0x76` whose chip-id register `0xD0` reads `0x60`. An
+//! address without a device fails like the kernel's ENXIO; a bus without devices (other than
+//! bus 1) does not exist.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use super::backend::{
+    BackendError, Edge, EventBus, GpioBackend, I2cBackend, InputConfig, LineHandle, monotonic_ns,
+};
+use super::grants::{Bias, Direction};
+
+/// Most bytes one simulated (or real) I2C transfer may write or read.
+pub const MAX_I2C_TRANSFER: usize = 4096;
+
+/// The default simulated lines: `GPIO0`..`GPIO27`, the BCM GPIOs of a Pi's 40-pin header.
+pub fn default_lines() -> Vec<String> {
+    (0..=27).map(|n| format!("GPIO{n}")).collect()
+}
+
+/// The simulated GPIO lines.
+pub struct SimGpio {
+    inner: Arc<SimInner>,
+}
+
+struct SimInner {
+    bus: Arc<EventBus>,
+    state: Mutex<SimState>,
+}
+
+struct SimState {
+    order: Vec<String>,
+    lines: HashMap<String, SimLine>,
+    next_id: u64,
+}
+
+#[derive(Default)]
+struct SimLine {
+    level: u8,
+    driven: Option<u8>,
+    request: Option<SimRequest>,
+    line_seqno: u64,
+    last_accepted_ns: Option<u64>,
+}
+
+#[derive(Clone, Copy)]
+struct SimRequest {
+    id: u64,
+    direction: Direction,
+    debounce: Option<Duration>,
+}
+
+impl SimGpio {
+    /// Simulated lines named `lines` (duplicates and invalid names are skipped), publishing
+    /// edges on `bus`.
+    pub fn new(lines: &[String], bus: Arc<EventBus>) -> SimGpio {
+        let mut order = Vec::new();
+        let mut map = HashMap::new();
+        for name in lines {
+            if super::grants::validate_line_name(name).is_ok() && !map.contains_key(name) {
+                order.push(name.clone());
+                map.insert(name.clone(), SimLine::default());
+            }
+        }
+        SimGpio {
+            inner: Arc::new(SimInner {
+                bus,
+                state: Mutex::new(SimState {
+                    order,
+                    lines: map,
+                    next_id: 1,
+                }),
+            }),
+        }
+    }
+
+    /// Drives `line` to the physical `level` at `now_ns` (the clock is a parameter so tests
+    /// can place edges exactly).
+    pub fn drive_at(&self, line: &str, level: u8, now_ns: u64) -> Result<(), BackendError> {
+        self.inner.drive(line, level, now_ns)
+    }
+}
+
+impl SimInner {
+    fn state(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn drive(&self, line: &str, level: u8, now_ns: u64) -> Result<(), BackendError> {
+        check_level(level)?;
+        let mut state = self.state();
+        let sim = state
+            .lines
+            .get_mut(line)
+            .ok_or_else(|| BackendError::UnknownLine(line.to_owned()))?;
+        if let Some(SimRequest {
+            direction: Direction::Out,
+            ..
+        }) = sim.request
+        {
+            return Err(BackendError::Busy(format!(
+                "{line} is an output: the simulator drives inputs only"
+            )));
+        }
+        sim.driven = Some(level);
+        self.change(line, sim, level, now_ns);
+        Ok(())
+    }
+
+    /// Sets the level and publishes the edge, unless debounce swallows it.
+    fn change(&self, line: &str, sim: &mut SimLine, level: u8, now_ns: u64) {
+        if sim.level == level {
+            return;
+        }
+        sim.level = level;
+        sim.line_seqno += 1;
+        let edge = if level == 1 {
+            Edge::Rising
+        } else {
+            Edge::Falling
+        };
+        let debounce = sim.request.and_then(|r| r.debounce);
+        if let (Some(period), Some(last)) = (debounce, sim.last_accepted_ns) {
+            let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+            if now_ns.saturating_sub(last) < period_ns {
+                debug!(
+                    line,
+                    line_seqno = sim.line_seqno,
+                    "simulator: edge dropped by debounce"
+                );
+                return;
+            }
+        }
+        sim.last_accepted_ns = Some(now_ns);
+        self.bus.emit(line, edge, now_ns, sim.line_seqno);
+    }
+
+    fn request(
+        self: &Arc<Self>,
+        line: &str,
+        direction: Direction,
+        bias: Option<Bias>,
+        debounce: Option<Duration>,
+        level: u8,
+    ) -> Result<Box<dyn LineHandle>, BackendError> {
+        check_level(level)?;
+        let mut state = self.state();
+        let id = state.next_id;
+        state.next_id += 1;
+        let sim = state
+            .lines
+            .get_mut(line)
+            .ok_or_else(|| BackendError::UnknownLine(line.to_owned()))?;
+        if sim.request.is_some() {
+            return Err(BackendError::Busy(format!("{line} is already requested")));
+        }
+        sim.request = Some(SimRequest {
+            id,
+            direction,
+            debounce,
+        });
+        sim.last_accepted_ns = None;
+        match direction {
+            Direction::Out => {
+                sim.driven = None;
+                self.change(line, sim, level, monotonic_ns());
+            }
+            Direction::In if sim.driven.is_none() => match bias {
+                Some(Bias::PullUp) => sim.level = 1,
+                Some(Bias::PullDown) => sim.level = 0,
+                _ => {}
+            },
+            Direction::In => {}
+        }
+        Ok(Box::new(SimHandle {
+            inner: Arc::clone(self),
+            line: line.to_owned(),
+            id,
+            direction,
+        }))
+    }
+}
+
+fn check_level(level: u8) -> Result<(), BackendError> {
+    if level > 1 {
+        return Err(BackendError::Invalid(format!(
+            "level {level} is not 0 or 1"
+        )));
+    }
+    Ok(())
+}
+
+impl GpioBackend for SimGpio {
+    fn name(&self) -> &'static str {
+        "simulator"
+    }
+
+    fn line_names(&self) -> Vec<String> {
+        self.inner.state().order.clone()
+    }
+
+    fn has_line(&self, line: &str) -> bool {
+        self.inner.state().lines.contains_key(line)
+    }
+
+    fn request_input(
+        &self,
+        line: &str,
+        config: InputConfig,
+    ) -> Result<Box<dyn LineHandle>, BackendError> {
+        self.inner
+            .request(line, Direction::In, config.bias, config.debounce, 0)
+    }
+
+    fn request_output(&self, line: &str, level: u8) -> Result<Box<dyn LineHandle>, BackendError> {
+        self.inner.request(line, Direction::Out, None, None, level)
+    }
+
+    fn peek(&self, line: &str) -> Option<u8> {
+        self.inner.state().lines.get(line).map(|l| l.level)
+    }
+
+    fn events_for_unrequested_lines(&self) -> bool {
+        true
+    }
+
+    fn simulate(&self, line: &str, level: u8) -> Result<(), BackendError> {
+        self.inner.drive(line, level, monotonic_ns())
+    }
+}
+
+struct SimHandle {
+    inner: Arc<SimInner>,
+    line: String,
+    id: u64,
+    direction: Direction,
+}
+
+impl SimHandle {
+    fn with_line<T>(
+        &self,
+        f: impl FnOnce(&SimInner, &mut SimLine) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let mut state = self.inner.state();
+        match state.lines.get_mut(&self.line) {
+            Some(sim) if sim.request.is_some_and(|r| r.id == self.id) => f(&self.inner, sim),
+            _ => Err(BackendError::Unsupported(format!(
+                "{} has been released",
+                self.line
+            ))),
+        }
+    }
+}
+
+impl LineHandle for SimHandle {
+    fn read(&self) -> Result<u8, BackendError> {
+        self.with_line(|_, sim| Ok(sim.level))
+    }
+
+    fn write(&self, level: u8) -> Result<(), BackendError> {
+        check_level(level)?;
+        if self.direction != Direction::Out {
+            return Err(BackendError::Unsupported(format!(
+                "{} is requested as an input",
+                self.line
+            )));
+        }
+        self.with_line(|inner, sim| {
+            inner.change(&self.line, sim, level, monotonic_ns());
+            Ok(())
+        })
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        let mut state = self.inner.state();
+        if let Some(sim) = state.lines.get_mut(&self.line)
+            && sim.request.is_some_and(|r| r.id == self.id)
+        {
+            sim.request = None;
+        }
+    }
+}
+
+/// A simulated I2C device: a register file at `bus:address`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimI2cDevice {
+    /// The bus number.
+    pub bus: u8,
+    /// The 7-bit address.
+    pub address: u16,
+    /// Initial register values as `[register, value]` pairs (all others are 0).
+    #[serde(default)]
+    pub registers: Vec<[u8; 2]>,
+}
+
+impl SimI2cDevice {
+    /// A BME280 at `1:0x76`: the chip-id register `0xD0` reads `0x60`.
+    pub fn bme280() -> SimI2cDevice {
+        SimI2cDevice {
+            bus: 1,
+            address: 0x76,
+            registers: vec![[0xD0, 0x60]],
+        }
+    }
+}
+
+/// The simulated I2C buses.
+pub struct SimI2c {
+    buses: BTreeSet<u8>,
+    devices: Mutex<HashMap<(u8, u16), RegisterFile>>,
+}
+
+struct RegisterFile {
+    registers: [u8; 256],
+    pointer: u8,
+}
+
+impl SimI2c {
+    /// Buses with these devices; bus 1 always exists.
+    pub fn new(devices: &[SimI2cDevice]) -> SimI2c {
+        let mut buses = BTreeSet::from([1]);
+        let mut map = HashMap::new();
+        for device in devices {
+            buses.insert(device.bus);
+            let mut file = RegisterFile {
+                registers: [0; 256],
+                pointer: 0,
+            };
+            for [register, value] in &device.registers {
+                file.registers[usize::from(*register)] = *value;
+            }
+            map.insert((device.bus, device.address), file);
+        }
+        SimI2c {
+            buses,
+            devices: Mutex::new(map),
+        }
+    }
+}
+
+impl I2cBackend for SimI2c {
+    fn transfer(
+        &self,
+        bus: u8,
+        addr: u16,
+        write: &[u8],
+        read_len: usize,
+    ) -> Result<Vec<u8>, BackendError> {
+        if write.len() > MAX_I2C_TRANSFER || read_len > MAX_I2C_TRANSFER {
+            return Err(BackendError::Invalid(format!(
+                "an I2C transfer is at most {MAX_I2C_TRANSFER} bytes each way"
+            )));
+        }
+        if !self.buses.contains(&bus) {
+            return Err(BackendError::NoBus(bus));
+        }
+        let mut devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        let device = devices
+            .get_mut(&(bus, addr))
+            .ok_or(BackendError::NoDevice { bus, addr })?;
+        if let Some((pointer, data)) = write.split_first() {
+            device.pointer = *pointer;
+            for byte in data {
+                device.registers[usize::from(device.pointer)] = *byte;
+                device.pointer = device.pointer.wrapping_add(1);
+            }
+        }
+        let mut out = Vec::with_capacity(read_len);
+        for _ in 0..read_len {
+            out.push(device.registers[usize::from(device.pointer)]);
+            device.pointer = device.pointer.wrapping_add(1);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    fn sim() -> (SimGpio, Arc<EventBus>) {
+        let bus = Arc::new(EventBus::default());
+        (SimGpio::new(&default_lines(), Arc::clone(&bus)), bus)
+    }
+
+    #[test]
+    fn lines_levels_and_requests() {
+        let (sim, _) = sim();
+        assert_eq!(sim.line_names().len(), 28);
+        assert_eq!(sim.line_names()[17], "GPIO17");
+        assert!(sim.has_line("GPIO27") && !sim.has_line("GPIO28"));
+        assert_eq!(sim.peek("GPIO17"), Some(0));
+
+        let input = sim
+            .request_input(
+                "GPIO17",
+                InputConfig {
+                    bias: Some(Bias::PullUp),
+                    debounce: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(input.read().unwrap(), 1, "pull-up raises an undriven line");
+        assert!(input.write(0).is_err(), "inputs cannot be written");
+        assert!(matches!(
+            sim.request_output("GPIO17", 0),
+            Err(BackendError::Busy(_))
+        ));
+        sim.simulate("GPIO17", 0).unwrap();
+        assert_eq!(input.read().unwrap(), 0);
+
+        let output = sim.request_output("GPIO27", 1).unwrap();
+        assert_eq!(output.read().unwrap(), 1);
+        output.write(0).unwrap();
+        assert_eq!(sim.peek("GPIO27"), Some(0));
+        assert!(matches!(sim.simulate("GPIO27", 1), Err(BackendError::Busy(_))));
+        assert!(matches!(output.write(2), Err(BackendError::Invalid(_))));
+        assert!(matches!(sim.simulate("GPIO99", 1), Err(BackendError::UnknownLine(_))));
+        drop(output);
+        // Released: the line keeps its level and can be driven and requested again.
+        sim.simulate("GPIO27", 1).unwrap();
+        drop(sim.request_output("GPIO27", 0).unwrap());
+        drop(input);
+        sim.request_input("GPIO17", InputConfig::default()).unwrap();
+    }
+
+    #[test]
+    fn edges_with_timestamps_and_sequence_numbers() {
+        let (sim, bus) = sim();
+        let mut rx = bus.subscribe("GPIO5");
+        let _input = sim.request_input("GPIO5", InputConfig::default()).unwrap();
+        sim.drive_at("GPIO5", 1, 1_000).unwrap();
+        sim.drive_at("GPIO5", 1, 2_000).unwrap(); // no change, no edge
+        sim.drive_at("GPIO5", 0, 3_000).unwrap();
+        let a = rx.try_recv().unwrap();
+        let b = rx.try_recv().unwrap();
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!((a.edge, a.level, a.timestamp_ns, a.line_seqno), (Edge::Rising, 1, 1_000, 1));
+        assert_eq!((b.edge, b.level, b.timestamp_ns, b.line_seqno), (Edge::Falling, 0, 3_000, 2));
+        assert_eq!(b.seqno, a.seqno + 1);
+        // The real clock is used outside tests.
+        sim.simulate("GPIO5", 1).unwrap();
+        assert!(rx.try_recv().unwrap().timestamp_ns > 3_000);
+    }
+
+    #[test]
+    fn debounce_drops_edges_and_the_gap_shows() {
+        let (sim, bus) = sim();
+        let mut rx = bus.subscribe("GPIO17");
+        let _input = sim
+            .request_input(
+                "GPIO17",
+                InputConfig {
+                    bias: None,
+                    debounce: Some(Duration::from_millis(20)),
+                },
+            )
+            .unwrap();
+        let ms = 1_000_000;
+        sim.drive_at("GPIO17", 1, 100 * ms).unwrap(); // accepted (line_seqno 1)
+        sim.drive_at("GPIO17", 0, 105 * ms).unwrap(); // bounce: dropped (2)
+        sim.drive_at("GPIO17", 1, 110 * ms).unwrap(); // bounce: dropped (3)
+        sim.drive_at("GPIO17", 0, 119 * ms).unwrap(); // still inside 20 ms: dropped (4)
+        sim.drive_at("GPIO17", 1, 125 * ms).unwrap(); // accepted (5)
+        let a = rx.try_recv().unwrap();
+        let b = rx.try_recv().unwrap();
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!((a.edge, a.line_seqno), (Edge::Rising, 1));
+        assert_eq!((b.edge, b.line_seqno), (Edge::Rising, 5));
+        assert_eq!(b.seqno, a.seqno + 1, "the node-wide seqno has no gap");
+        assert_eq!(b.line_seqno - a.line_seqno - 1, 3, "three edges were dropped");
+    }
+
+    #[test]
+    fn outputs_and_unrequested_lines_publish_edges() {
+        let (sim, bus) = sim();
+        let mut led = bus.subscribe("GPIO27");
+        let mut free = bus.subscribe("GPIO4");
+        let output = sim.request_output("GPIO27", 0).unwrap();
+        output.write(1).unwrap();
+        assert_eq!(led.try_recv().unwrap().edge, Edge::Rising);
+        sim.simulate("GPIO4", 1).unwrap();
+        assert_eq!(free.try_recv().unwrap().edge, Edge::Rising);
+        // Initial level 1 on request is an edge too.
+        let mut rx = bus.subscribe("GPIO26");
+        let _o = sim.request_output("GPIO26", 1).unwrap();
+        assert_eq!(rx.try_recv().unwrap().edge, Edge::Rising);
+    }
+
+    #[test]
+    fn configurable_lines() {
+        let bus = Arc::new(EventBus::default());
+        let sim = SimGpio::new(
+            &["LED".into(), "BUTTON".into(), "LED".into(), "bad/name".into()],
+            bus,
+        );
+        assert_eq!(sim.line_names(), ["LED", "BUTTON"]);
+    }
+
+    #[test]
+    fn i2c_register_file() {
+        let i2c = SimI2c::new(&[
+            SimI2cDevice::bme280(),
+            SimI2cDevice {
+                bus: 3,
+                address: 0x48,
+                registers: vec![[0, 0x12], [1, 0x34]],
+            },
+        ]);
+        // write-read: the chip id.
+        assert_eq!(i2c.transfer(1, 0x76, &[0xD0], 1).unwrap(), [0x60]);
+        // write registers, then read them back (auto-increment).
+        assert!(i2c.transfer(1, 0x76, &[0xF4, 0x27, 0xA0], 0).unwrap().is_empty());
+        assert_eq!(i2c.transfer(1, 0x76, &[0xF4], 2).unwrap(), [0x27, 0xA0]);
+        // read-only continues from the pointer.
+        assert_eq!(i2c.transfer(3, 0x48, &[], 2).unwrap(), [0x12, 0x34]);
+        // the pointer wraps at 0xFF.
+        assert_eq!(i2c.transfer(3, 0x48, &[0xFF], 2).unwrap(), [0x00, 0x12]);
+        assert!(matches!(
+            i2c.transfer(1, 0x77, &[0xD0], 1),
+            Err(BackendError::NoDevice { bus: 1, addr: 0x77 })
+        ));
+        assert!(matches!(i2c.transfer(2, 0x76, &[], 1), Err(BackendError::NoBus(2))));
+        assert!(matches!(
+            i2c.transfer(1, 0x76, &[], MAX_I2C_TRANSFER + 1),
+            Err(BackendError::Invalid(_))
+        ));
+        let e = i2c.transfer(1, 0x77, &[], 1).unwrap_err();
+        assert_eq!(e.to_string(), "no I2C device answered at 1:0x77");
+    }
+}
