@@ -8,10 +8,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bramble_runtime::Runtime;
-use bramble_runtime::image::no_progress;
-use bramble_testkit::harness::{self, Need, Trial};
-use bramble_testkit::{Node, TestEnv, fixture_image};
+use bramble_testkit::Node;
+use bramble_testkit::harness::{self, Need};
 use serde_json::Value;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -28,15 +26,15 @@ fn main() {
         Need::CniPlugins,
     ];
     let trials = vec![
-        trial(
+        harness::async_trial(
             "functions_from_a_stack_file_end_to_end",
             functions_from_a_stack_file_end_to_end,
         ),
-        trial(
+        harness::async_trial(
             "secrets_are_created_listed_and_removed_never_printed",
             secrets_are_created_listed_and_removed_never_printed,
         ),
-        trial(
+        harness::async_trial(
             "errors_are_one_line_and_exit_1",
             errors_are_one_line_and_exit_1,
         ),
@@ -44,25 +42,8 @@ fn main() {
     harness::main(&needs, trials);
 }
 
-fn trial<F, Fut>(name: &'static str, body: F) -> Trial
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = TestResult>,
-{
-    Trial::test(name, move || harness::block_on(body()))
-}
-
-/// A node with the fixture image present in its containerd namespace.
 async fn node(name: &str) -> Result<Node, Box<dyn std::error::Error>> {
-    let env = TestEnv::new(name)?;
-    let runtime = Runtime::new(env.config.clone())?;
-    let (archive, _) = fixture_image(env.scratch(), "fixture:test")?;
-    runtime
-        .images()
-        .import(&archive, None, &no_progress)
-        .await?;
-    drop(runtime);
-    Ok(Node::start(Path::new(BRAMBLE), env, "")?)
+    Node::with_fixture(Path::new(BRAMBLE), name, "").await
 }
 
 /// `bramble ARGS` with the node's credentials in the environment (and nothing else that

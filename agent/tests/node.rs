@@ -7,11 +7,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bramble_runtime::Runtime;
-use bramble_runtime::image::no_progress;
-use bramble_testkit::harness::{self, Need, Trial};
+use bramble_testkit::Node;
+use bramble_testkit::harness::{self, Need};
 use bramble_testkit::http::Response;
-use bramble_testkit::{Node, TestEnv, fixture_image};
 use serde_json::{Value, json};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -28,32 +26,32 @@ fn main() {
         Need::CniPlugins,
     ];
     let trials = vec![
-        trial("api_conformance_every_route", api_conformance_every_route),
-        trial(
+        harness::async_trial("api_conformance_every_route", api_conformance_every_route),
+        harness::async_trial(
             "bad_input_is_refused_and_changes_nothing",
             bad_input_is_refused_and_changes_nothing,
         ),
-        trial(
+        harness::async_trial(
             "end_to_end_with_restarts_in_the_middle",
             end_to_end_with_restarts_in_the_middle,
         ),
-        trial(
+        harness::async_trial(
             "cold_requests_wait_for_readiness_instead_of_failing",
             cold_requests_wait_for_readiness,
         ),
-        trial(
+        harness::async_trial(
             "repeated_cold_starts_are_not_mistaken_for_crashes",
             repeated_cold_starts_are_not_mistaken_for_crashes,
         ),
-        trial(
+        harness::async_trial(
             "idle_functions_scale_to_zero_and_back",
             idle_functions_scale_to_zero_and_back,
         ),
-        trial(
+        harness::async_trial(
             "timeouts_and_broken_functions_get_clear_errors",
             timeouts_and_broken_functions_get_clear_errors,
         ),
-        trial(
+        harness::async_trial(
             "proxy_streams_large_bodies_and_events",
             proxy_streams_large_bodies_and_events,
         ),
@@ -61,29 +59,9 @@ fn main() {
     harness::main(&needs, trials);
 }
 
-fn trial<F, Fut>(name: &'static str, body: F) -> Trial
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = TestResult>,
-{
-    Trial::test(name, move || harness::block_on(body()))
-}
-
 /// A node with the fixture image present in its containerd namespace.
 async fn node(name: &str, extra_config: &str) -> Result<Node, Box<dyn std::error::Error>> {
-    let env = TestEnv::new(name)?;
-    let runtime = Runtime::new(env.config.clone())?;
-    let (archive, _) = fixture_image(env.scratch(), "fixture:test")?;
-    runtime
-        .images()
-        .import(&archive, None, &no_progress)
-        .await?;
-    drop(runtime);
-    Ok(Node::start(
-        Path::new(env!("CARGO_BIN_EXE_bramble")),
-        env,
-        extra_config,
-    )?)
+    Node::with_fixture(Path::new(env!("CARGO_BIN_EXE_bramble")), name, extra_config).await
 }
 
 fn deployment(name: &str, env: &Value) -> Vec<u8> {
@@ -136,38 +114,13 @@ async fn wait_log(
     }
 }
 
-/// Polls the status until `availableReplicas` reaches `want` (the readiness signal).
+/// Waits until `availableReplicas` reaches `want`.
 async fn wait_available(
     node: &Node,
     name: &str,
     want: u64,
 ) -> Result<Value, Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = node
-            .api(
-                "GET",
-                &format!("/system/function/{name}?namespace={NS}"),
-                b"",
-            )
-            .await?;
-        if r.status == 200 {
-            let status = json_of(&r);
-            if status["availableReplicas"].as_u64().unwrap_or(0) == want {
-                return Ok(status);
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{name} never had {want} available replicas: {} {}\n{}",
-                r.status,
-                r.text(),
-                node.log_tail(30)
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Ok(node.wait_available(name, want).await?)
 }
 
 /// A one-shot HTTP listener that records the first request it receives (callback target).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bramble_runtime::image::no_progress;
 use bramble_runtime::image::reference::ImageRef;
 use bramble_runtime::{ContainerSpec, Runtime, TaskStatus};
-use bramble_testkit::harness::{self, Need, Trial};
+use bramble_testkit::harness::{self, Need};
 use bramble_testkit::http::Response;
 use bramble_testkit::{Node, TestEnv, fixture_image};
 use serde_json::{Value, json};
@@ -29,46 +29,38 @@ fn main() {
         Need::CniPlugins,
     ];
     let trials = vec![
-        trial(
+        harness::async_trial(
             "sigkill_during_deploys_leaks_and_duplicates_nothing",
             sigkill_during_deploys,
         ),
-        trial(
+        harness::async_trial(
             "after_a_reboot_functions_serve_before_the_first_request",
             after_a_reboot,
         ),
-        trial(
+        harness::async_trial(
             "crash_loops_back_off_and_oom_is_reported",
             crash_loops_and_oom,
         ),
-        trial(
+        harness::async_trial(
             "updates_under_load_lose_no_request_and_broken_ones_roll_back",
             updates_under_load,
         ),
-        trial(
+        harness::async_trial(
             "the_memory_budget_refuses_and_creates_nothing",
             memory_budget,
         ),
-        trial("unused_images_are_collected", unused_images_are_collected),
-        trial(
+        harness::async_trial("unused_images_are_collected", unused_images_are_collected),
+        harness::async_trial(
             "sigterm_drains_requests_and_leaves_functions_running",
             sigterm_drains,
         ),
-        trial(
+        harness::async_trial(
             "stop_functions_on_shutdown_stops_them",
             stop_functions_on_shutdown,
         ),
-        trial("orphans_are_removed_at_start", orphans_are_removed_at_start),
+        harness::async_trial("orphans_are_removed_at_start", orphans_are_removed_at_start),
     ];
     harness::main(&needs, trials);
-}
-
-fn trial<F, Fut>(name: &'static str, body: F) -> Trial
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = TestResult>,
-{
-    Trial::test(name, move || harness::block_on(body()))
 }
 
 /// A node (with `extra_config`) and the fixture image present; also a runtime on the same
@@ -77,14 +69,9 @@ async fn node(
     name: &str,
     extra_config: &str,
 ) -> Result<(Node, Runtime), Box<dyn std::error::Error>> {
-    let env = TestEnv::new(name)?;
-    let runtime = Runtime::new(env.config.clone())?;
-    let (archive, _) = fixture_image(env.scratch(), "fixture:test")?;
-    runtime
-        .images()
-        .import(&archive, None, &no_progress)
-        .await?;
-    let node = Node::start(Path::new(env!("CARGO_BIN_EXE_bramble")), env, extra_config)?;
+    let node =
+        Node::with_fixture(Path::new(env!("CARGO_BIN_EXE_bramble")), name, extra_config).await?;
+    let runtime = Runtime::new(node.env.config.clone())?;
     Ok((node, runtime))
 }
 
@@ -99,14 +86,7 @@ fn function(name: &str, env: &Value) -> Value {
 }
 
 async fn status(node: &Node, name: &str) -> Result<Value, Box<dyn std::error::Error>> {
-    let r = node
-        .api("GET", &format!("/system/function/{name}"), b"")
-        .await?;
-    Ok(if r.status == 200 {
-        serde_json::from_slice(&r.body)?
-    } else {
-        Value::Null
-    })
+    Ok(node.status(name).await?.unwrap_or_default())
 }
 
 async fn wait_until<F>(what: &str, timeout: Duration, mut check: F) -> TestResult
@@ -126,17 +106,8 @@ where
 }
 
 async fn wait_available(node: &Node, name: &str, want: u64) -> TestResult {
-    wait_until(
-        &format!("{name} to have {want} available"),
-        Duration::from_secs(60),
-        async || {
-            Ok(status(node, name).await?["availableReplicas"]
-                .as_u64()
-                .unwrap_or(0)
-                == want)
-        },
-    )
-    .await
+    node.wait_available(name, want).await?;
+    Ok(())
 }
 
 /// Containers, writable snapshots and network attachments of the namespace must all be the

@@ -10,7 +10,7 @@ use bramble_runtime::cgroup::Cgroups;
 use bramble_runtime::image::reference::ImageRef;
 use bramble_runtime::image::{Image, PullPolicy, RegistryConfig, no_progress};
 use bramble_runtime::{ContainerSpec, Error, Limits, Runtime, Secret, TaskEvent, TaskStatus};
-use bramble_testkit::harness::{self, Need, Trial};
+use bramble_testkit::harness::{self, Need};
 use bramble_testkit::{Registry, TestEnv, fixture_image, foreign_image, http, write_docker_config};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -27,67 +27,59 @@ fn main() {
         Need::CniPlugins,
     ];
     let trials = vec![
-        trial("run_fixture_and_answer_http", run_fixture_and_answer_http),
-        trial(
+        harness::async_trial("run_fixture_and_answer_http", run_fixture_and_answer_http),
+        harness::async_trial(
             "pull_from_registry_anonymous_then_offline",
             pull_from_registry_anonymous_then_offline,
         ),
-        trial(
+        harness::async_trial(
             "pull_from_registry_with_basic_auth",
             pull_from_registry_with_basic_auth,
         ),
-        trial(
+        harness::async_trial(
             "memory_limit_oom_is_reported_once_and_cgroups_carry_limits",
             memory_limit_oom_is_reported_once,
         ),
-        trial(
+        harness::async_trial(
             "pids_limit_stops_thread_creation",
             pids_limit_stops_thread_creation,
         ),
-        trial(
+        harness::async_trial(
             "read_only_rootfs_and_read_only_secrets",
             read_only_rootfs_and_read_only_secrets,
         ),
-        trial("stop_gives_grace_then_kills", stop_gives_grace_then_kills),
-        trial(
+        harness::async_trial("stop_gives_grace_then_kills", stop_gives_grace_then_kills),
+        harness::async_trial(
             "containerd_restart_keeps_function_served",
             containerd_restart_keeps_function_served,
         ),
-        trial(
+        harness::async_trial(
             "platform_mismatch_refused_before_anything_is_created",
             platform_mismatch_refused,
         ),
-        trial(
+        harness::async_trial(
             "logs_are_readable_within_100ms",
             logs_are_readable_within_100ms,
         ),
-        trial(
+        harness::async_trial(
             "delete_removes_task_snapshot_container_and_network",
             delete_removes_everything,
         ),
-        trial(
+        harness::async_trial(
             "restarted_runtime_adopts_running_containers",
             restarted_runtime_adopts_running_containers,
         ),
-        trial(
+        harness::async_trial(
             "docker_save_archives_import_and_run",
             docker_save_archives_import_and_run,
         ),
-        trial(
+        harness::async_trial(
             "container_from_before_a_reboot_is_reported_stale",
             container_from_before_a_reboot_is_stale,
         ),
-        trial("bad_input_changes_nothing", bad_input_changes_nothing),
+        harness::async_trial("bad_input_changes_nothing", bad_input_changes_nothing),
     ];
     harness::main(&needs, trials);
-}
-
-fn trial<F, Fut>(name: &'static str, body: F) -> Trial
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = TestResult>,
-{
-    Trial::test(name, move || harness::block_on(body()))
 }
 
 /// A test environment with a runtime and the fixture image imported.

@@ -172,6 +172,16 @@ pub fn enter_private_network_namespace() -> Result<(), String> {
     }
 }
 
+/// A trial whose body is async (run with [`block_on`]).
+pub fn async_trial<F, Fut, E>(name: &'static str, body: F) -> Trial
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: Into<Box<dyn std::error::Error>>,
+{
+    Trial::test(name, move || block_on(body()))
+}
+
 /// Runs an async test body on a fresh multi-threaded tokio runtime and turns its result into a
 /// libtest outcome.
 pub fn block_on<F, E>(body: F) -> Result<(), Failed>

@@ -12,6 +12,9 @@ use base64::Engine as _;
 use crate::env::TestEnv;
 use crate::http::{self, Response};
 
+/// The name of the fixture image in a node made by [`Node::with_fixture`].
+pub const FIXTURE_IMAGE: &str = "docker.io/library/fixture:test";
+
 /// How long a node may take to answer `/healthz`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -47,6 +50,58 @@ impl Node {
         node.write_config()?;
         node.start_again()?;
         Ok(node)
+    }
+
+    /// A node on a new [`TestEnv`] named `name` whose containerd already holds the fixture
+    /// image ([`FIXTURE_IMAGE`]), so deploys need no registry.
+    pub async fn with_fixture(
+        binary: &Path,
+        name: &str,
+        extra_config: &str,
+    ) -> Result<Node, Box<dyn std::error::Error>> {
+        let env = TestEnv::new(name)?;
+        let runtime = bramble_runtime::Runtime::new(env.config.clone())?;
+        let (archive, _) = crate::fixture_image(env.scratch(), "fixture:test")?;
+        runtime
+            .images()
+            .import(&archive, None, &bramble_runtime::image::no_progress)
+            .await?;
+        drop(runtime);
+        Ok(Node::start(binary, env, extra_config)?)
+    }
+
+    /// A function's status (`GET /system/function/NAME`), `None` when it does not exist.
+    pub async fn status(&self, name: &str) -> io::Result<Option<serde_json::Value>> {
+        let r = self
+            .api("GET", &format!("/system/function/{name}"), b"")
+            .await?;
+        if r.status != 200 {
+            return Ok(None);
+        }
+        serde_json::from_slice(&r.body)
+            .map(Some)
+            .map_err(io::Error::other)
+    }
+
+    /// Polls the status until `availableReplicas` reaches `want` (the readiness signal the
+    /// node publishes) and returns it; fails after a minute with the node's log.
+    pub async fn wait_available(&self, name: &str, want: u64) -> Result<serde_json::Value, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.status(name).await.map_err(|e| e.to_string())?;
+            if let Some(s) = &status
+                && s["availableReplicas"].as_u64().unwrap_or(0) == want
+            {
+                return Ok(s.clone());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{name} never had {want} available replicas: {status:?}\n{}",
+                    self.log_tail(30)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     fn write_config(&self) -> io::Result<()> {
