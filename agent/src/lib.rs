@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod doctor;
 pub mod function;
+pub mod hardware;
 pub mod probe;
 pub mod provider;
 pub mod store;

@@ -35,6 +35,9 @@ enum Command {
     /// Create, list and remove secrets.
     #[command(subcommand)]
     Secret(cli::secret::SecretCommand),
+    /// Read GPIO lines, drive simulated ones, and watch edges.
+    #[command(subcommand)]
+    Gpio(cli::gpio::GpioCommand),
     /// Check that this machine can run bramble, and explain how to fix what is missing.
     Doctor(Box<cli::doctor::DoctorArgs>),
     /// Install bramble as a systemd service.
@@ -197,6 +200,7 @@ fn main() {
         Command::Deploy(args) => run_async(cli::deploy::run(*args)),
         Command::Function(command) => run_async(cli::functions::run(command)),
         Command::Secret(command) => run_async(cli::secret::run(command)),
+        Command::Gpio(command) => run_async(cli::gpio::run(command)),
         Command::Doctor(args) => run_async(cli::doctor::run(&args)),
         Command::Install(args) => cli::system::install(&args),
         Command::Uninstall(args) => cli::system::uninstall(&args),

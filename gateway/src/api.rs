@@ -38,7 +38,7 @@ type Gw<P> = State<Arc<Shared<P>>>;
 type Params = Query<HashMap<String, String>>;
 type ApiResult = Result<Response, ApiError>;
 
-pub(crate) fn router<P: Provider>(shared: Arc<Shared<P>>) -> Router {
+pub(crate) fn router<P: Provider>(shared: &Arc<Shared<P>>, admin: &[Router]) -> Router {
     let system = Router::new()
         .route(
             "/system/functions",
@@ -73,10 +73,10 @@ pub(crate) fn router<P: Provider>(shared: Arc<Shared<P>>) -> Router {
                 .delete(remove_image::<P>),
         )
         .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&shared),
+            Arc::clone(shared),
             require_auth::<P>,
         ));
-    Router::new()
+    let mut router: Router = Router::new()
         .merge(system)
         .route("/healthz", get(healthz::<P>))
         .route("/metrics", get(metrics::<P>))
@@ -84,8 +84,15 @@ pub(crate) fn router<P: Provider>(shared: Arc<Shared<P>>) -> Router {
         .route("/function/{*rest}", any(function::<P>))
         .route("/async-function/{*rest}", post(async_function::<P>))
         .fallback(not_found)
-        .layer(middleware::from_fn(log_request))
-        .with_state(shared)
+        .with_state(Arc::clone(shared));
+    // Routes the node adds (hardware administration): behind the same credentials.
+    for routes in admin {
+        router = router.merge(routes.clone().route_layer(middleware::from_fn_with_state(
+            Arc::clone(shared),
+            require_auth::<P>,
+        )));
+    }
+    router.layer(middleware::from_fn(log_request))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -71,6 +71,8 @@ pub struct Gateway<P: Provider> {
     jobs: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     /// Dropped with the gateway, which tells the workers to stop.
     stop: watch::Sender<()>,
+    /// Administration routes the node adds, served behind the API's credentials.
+    admin: Mutex<Vec<axum::Router>>,
 }
 
 impl<P: Provider> std::fmt::Debug for Gateway<P> {
@@ -123,6 +125,7 @@ impl<P: Provider> Gateway<P> {
             shared,
             jobs: Mutex::new(Some(jobs)),
             stop,
+            admin: Mutex::new(Vec::new()),
         }))
     }
 
@@ -134,7 +137,16 @@ impl<P: Provider> Gateway<P> {
     /// Every route: `/system/*` (Basic auth), `/function/*`, `/async-function/*`, `/healthz`,
     /// `/metrics`, `/`.
     pub fn router(self: &Arc<Self>) -> axum::Router {
-        crate::api::router(Arc::clone(&self.shared))
+        let admin = self.admin.lock().map(|a| a.clone()).unwrap_or_default();
+        crate::api::router(&self.shared, &admin)
+    }
+
+    /// Adds routes (under `/system/...`, by convention) that need the API's credentials, for
+    /// what the node administers beyond the OpenFaaS API. Call before [`Gateway::serve`].
+    pub fn add_admin_routes(&self, routes: axum::Router) {
+        if let Ok(mut admin) = self.admin.lock() {
+            admin.push(routes);
+        }
     }
 
     /// Starts the async queue's workers (pending calls from before included) on the current

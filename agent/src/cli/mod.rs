@@ -5,6 +5,7 @@ pub(crate) mod client;
 pub(crate) mod deploy;
 pub(crate) mod doctor;
 pub(crate) mod functions;
+pub(crate) mod gpio;
 pub(crate) mod image;
 pub(crate) mod secret;
 pub(crate) mod stack;

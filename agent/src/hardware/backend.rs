@@ -248,8 +248,14 @@ mod tests {
         for rx in [&mut a, &mut b] {
             let e1 = rx.try_recv().unwrap();
             let e2 = rx.try_recv().unwrap();
-            assert_eq!((e1.edge, e1.level, e1.seqno, e1.line_seqno), (Edge::Rising, 1, 2, 1));
-            assert_eq!((e2.edge, e2.level, e2.seqno, e2.timestamp_ns), (Edge::Falling, 0, 3, 20));
+            assert_eq!(
+                (e1.edge, e1.level, e1.seqno, e1.line_seqno),
+                (Edge::Rising, 1, 2, 1)
+            );
+            assert_eq!(
+                (e2.edge, e2.level, e2.seqno, e2.timestamp_ns),
+                (Edge::Falling, 0, 3, 20)
+            );
         }
         assert!(other.try_recv().is_err());
         let e = EdgeEvent {

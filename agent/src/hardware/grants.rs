@@ -219,7 +219,11 @@ impl Grants {
 
     /// The GPIO grants as written, e.g. `GPIO17:in, GPIO27:out` (`none` when there are none).
     pub fn gpio_summary(&self) -> String {
-        summary(self.gpio.iter().map(|(line, g)| format!("{line}:{}", g.spec())))
+        summary(
+            self.gpio
+                .iter()
+                .map(|(line, g)| format!("{line}:{}", g.spec())),
+        )
     }
 
     /// The I2C grants as written, e.g. `1:0x76+0x77` (`none` when there are none).
@@ -237,7 +241,9 @@ impl Grants {
 
     /// Whether `bus:addr` is granted.
     pub fn allows_i2c(&self, bus: u8, addr: u16) -> bool {
-        self.i2c.get(&bus).is_some_and(|addrs| addrs.contains(&addr))
+        self.i2c
+            .get(&bus)
+            .is_some_and(|addrs| addrs.contains(&addr))
     }
 }
 
@@ -335,9 +341,7 @@ fn parse_line(item: &str) -> Result<(String, LineGrant), String> {
             ));
         }
         None => {
-            return Err(format!(
-                "missing direction (write {name}:in or {name}:out)"
-            ));
+            return Err(format!("missing direction (write {name}:in or {name}:out)"));
         }
     };
     let mut grant = LineGrant {
@@ -365,14 +369,18 @@ fn parse_line(item: &str) -> Result<(String, LineGrant), String> {
             if direction == Direction::In {
                 Ok(())
             } else {
-                Err(format!("{what} applies to inputs only ({name} is an output)"))
+                Err(format!(
+                    "{what} applies to inputs only ({name} is an output)"
+                ))
             }
         };
         let output_only = |what: &str| {
             if direction == Direction::Out {
                 Ok(())
             } else {
-                Err(format!("{what} applies to outputs only ({name} is an input)"))
+                Err(format!(
+                    "{what} applies to outputs only ({name} is an input)"
+                ))
             }
         };
         let no_value = |value: Option<&str>| match value {
@@ -463,10 +471,7 @@ fn parse_i2c(item: &str) -> Result<(u8, Vec<u16>), String> {
 
 /// Parses a 7-bit I2C device address, `0x76` or `118`, in `0x08..=0x77`.
 pub fn parse_i2c_address(text: &str) -> Result<u16, String> {
-    let parsed = match text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-    {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
             u16::from_str_radix(hex, 16).ok()
         }
@@ -614,7 +619,11 @@ mod tests {
     fn gpio_errors_name_the_key_and_the_item() {
         let cases: &[(&str, &str, &str)] = &[
             ("GPIO17", "GPIO17", "missing direction"),
-            ("GPIO17:sideways", "GPIO17:sideways", "is not \"in\" or \"out\""),
+            (
+                "GPIO17:sideways",
+                "GPIO17:sideways",
+                "is not \"in\" or \"out\"",
+            ),
             (":in", ":in", "empty"),
             ("a/b:in", "a/b:in", "'/'"),
             ("GPIO 17:in", "GPIO 17:in", "' '"),
@@ -623,22 +632,62 @@ mod tests {
                 "GPIO17_IS_A_VERY_LONG_LINE_NAME_X:in",
                 "longer than 31",
             ),
-            ("GPIO17:in:pull-sideways", "GPIO17:in:pull-sideways", "unknown option"),
-            ("GPIO17:in:pull-up:pull-down", "GPIO17:in:pull-up:pull-down", "more than one bias"),
-            ("GPIO17:in:active-low:active-low", "GPIO17:in:active-low:active-low", "more than once"),
+            (
+                "GPIO17:in:pull-sideways",
+                "GPIO17:in:pull-sideways",
+                "unknown option",
+            ),
+            (
+                "GPIO17:in:pull-up:pull-down",
+                "GPIO17:in:pull-up:pull-down",
+                "more than one bias",
+            ),
+            (
+                "GPIO17:in:active-low:active-low",
+                "GPIO17:in:active-low:active-low",
+                "more than once",
+            ),
             ("GPIO17:in::pull-up", "GPIO17:in::pull-up", "empty option"),
             ("GPIO17:in:debounce", "GPIO17:in:debounce", "needs a period"),
-            ("GPIO17:in:debounce=20", "GPIO17:in:debounce=20", "debounce=20"),
-            ("GPIO17:in:debounce=fast", "GPIO17:in:debounce=fast", "debounce=fast"),
-            ("GPIO17:in:debounce=1h", "GPIO17:in:debounce=1h", "longer than 10s"),
-            ("GPIO17:in:debounce=1ns", "GPIO17:in:debounce=1ns", "resolution"),
+            (
+                "GPIO17:in:debounce=20",
+                "GPIO17:in:debounce=20",
+                "debounce=20",
+            ),
+            (
+                "GPIO17:in:debounce=fast",
+                "GPIO17:in:debounce=fast",
+                "debounce=fast",
+            ),
+            (
+                "GPIO17:in:debounce=1h",
+                "GPIO17:in:debounce=1h",
+                "longer than 10s",
+            ),
+            (
+                "GPIO17:in:debounce=1ns",
+                "GPIO17:in:debounce=1ns",
+                "resolution",
+            ),
             ("GPIO17:in:initial=1", "GPIO17:in:initial=1", "outputs only"),
             ("GPIO17:in:safe=1", "GPIO17:in:safe=1", "outputs only"),
             ("GPIO27:out:pull-up", "GPIO27:out:pull-up", "inputs only"),
-            ("GPIO27:out:debounce=5ms", "GPIO27:out:debounce=5ms", "inputs only"),
-            ("GPIO27:out:initial=2", "GPIO27:out:initial=2", "must be 0 or 1"),
+            (
+                "GPIO27:out:debounce=5ms",
+                "GPIO27:out:debounce=5ms",
+                "inputs only",
+            ),
+            (
+                "GPIO27:out:initial=2",
+                "GPIO27:out:initial=2",
+                "must be 0 or 1",
+            ),
             ("GPIO27:out:safe", "GPIO27:out:safe", "needs a level"),
-            ("GPIO27:out:active-low=1", "GPIO27:out:active-low=1", "takes no value"),
+            (
+                "GPIO27:out:active-low=1",
+                "GPIO27:out:active-low=1",
+                "takes no value",
+            ),
             ("GPIO17:in,GPIO17:out", "GPIO17:out", "more than once"),
         ];
         for (value, item, reason) in cases {
@@ -726,7 +775,10 @@ mod tests {
         assert!(err.contains("as out"), "{err}");
         // Input on another function's output.
         let err = check_conflicts("b", &grants_of("GPIO27:in"), others).unwrap_err();
-        assert!(err.contains("GPIO27") && err.contains("cannot have it as in"), "{err}");
+        assert!(
+            err.contains("GPIO27") && err.contains("cannot have it as in"),
+            "{err}"
+        );
         // Output on another function's input.
         let err = check_conflicts("b", &grants_of("GPIO17:out"), others).unwrap_err();
         assert!(err.contains("GPIO17") && err.contains("as in"), "{err}");
@@ -734,9 +786,12 @@ mod tests {
         check_conflicts("b", &grants_of("GPIO17:in:pull-up:active-low"), others).unwrap();
         let err = check_conflicts("b", &grants_of("GPIO17:in:pull-down"), others).unwrap_err();
         assert!(err.contains("same bias and debounce"), "{err}");
-        assert!(err.contains("pull-up") && err.contains("pull-down"), "{err}");
-        let err = check_conflicts("b", &grants_of("GPIO17:in:pull-up:debounce=5ms"), others)
-            .unwrap_err();
+        assert!(
+            err.contains("pull-up") && err.contains("pull-down"),
+            "{err}"
+        );
+        let err =
+            check_conflicts("b", &grants_of("GPIO17:in:pull-up:debounce=5ms"), others).unwrap_err();
         assert!(err.contains("debounce=5ms"), "{err}");
         // A function never conflicts with itself (a redeploy replaces its grants).
         check_conflicts("a", &grants_of("GPIO27:in"), others).unwrap();

@@ -113,23 +113,19 @@ pub fn validate_id(id: &str) -> Result<(), String> {
     };
     match kind {
         "w1" => validate_w1(rest),
-        other => Err(format!(
-            "unknown sensor kind {other:?} (known kinds: w1)"
-        )),
+        other => Err(format!("unknown sensor kind {other:?} (known kinds: w1)")),
     }
 }
 
 /// A 1-Wire device directory name: `FAMILY-SERIAL`, hex digits and one `-`.
 fn validate_w1(name: &str) -> Result<(), String> {
-    let ok = name
-        .split_once('-')
-        .is_some_and(|(family, serial)| {
-            family.len() == 2
-                && !serial.is_empty()
-                && serial.len() <= 16
-                && family.bytes().all(|b| b.is_ascii_hexdigit())
-                && serial.bytes().all(|b| b.is_ascii_hexdigit())
-        });
+    let ok = name.split_once('-').is_some_and(|(family, serial)| {
+        family.len() == 2
+            && !serial.is_empty()
+            && serial.len() <= 16
+            && family.bytes().all(|b| b.is_ascii_hexdigit())
+            && serial.bytes().all(|b| b.is_ascii_hexdigit())
+    });
     if ok {
         Ok(())
     } else {
@@ -289,7 +285,10 @@ mod tests {
         let registry = SensorRegistry::new(tmp.path().to_owned());
         assert_eq!(registry.read("w1:28-0316a27966ff").unwrap().value, 23.125);
         let crc = registry.read("w1:28-00000000bad0").unwrap_err();
-        assert!(matches!(crc, SensorError::Device(ref m) if m.contains("CRC")), "{crc}");
+        assert!(
+            matches!(crc, SensorError::Device(ref m) if m.contains("CRC")),
+            "{crc}"
+        );
         assert!(matches!(
             registry.read("w1:28-00000000bad1"),
             Err(SensorError::Device(_))
@@ -306,7 +305,10 @@ mod tests {
             registry.read("w1:../../etc/passwd"),
             Err(SensorError::BadId(_))
         ));
-        assert!(matches!(registry.read("nope:1"), Err(SensorError::BadId(_))));
+        assert!(matches!(
+            registry.read("nope:1"),
+            Err(SensorError::BadId(_))
+        ));
     }
 
     #[test]
@@ -316,7 +318,12 @@ mod tests {
             parse_w1_slave("a : crc=1 YES\nb t=-62\n", p).unwrap().value,
             -0.062
         );
-        for bad in ["", "a : crc=1 YES\n", "a : crc=1 YES\nb t=\n", "a YES\nb t=1x\n"] {
+        for bad in [
+            "",
+            "a : crc=1 YES\n",
+            "a : crc=1 YES\nb t=\n",
+            "a YES\nb t=1x\n",
+        ] {
             assert!(parse_w1_slave(bad, p).is_err(), "{bad:?}");
         }
     }

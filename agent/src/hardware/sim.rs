@@ -442,9 +442,15 @@ mod tests {
         assert_eq!(output.read().unwrap(), 1);
         output.write(0).unwrap();
         assert_eq!(sim.peek("GPIO27"), Some(0));
-        assert!(matches!(sim.simulate("GPIO27", 1), Err(BackendError::Busy(_))));
+        assert!(matches!(
+            sim.simulate("GPIO27", 1),
+            Err(BackendError::Busy(_))
+        ));
         assert!(matches!(output.write(2), Err(BackendError::Invalid(_))));
-        assert!(matches!(sim.simulate("GPIO99", 1), Err(BackendError::UnknownLine(_))));
+        assert!(matches!(
+            sim.simulate("GPIO99", 1),
+            Err(BackendError::UnknownLine(_))
+        ));
         drop(output);
         // Released: the line keeps its level and can be driven and requested again.
         sim.simulate("GPIO27", 1).unwrap();
@@ -464,8 +470,14 @@ mod tests {
         let a = rx.try_recv().unwrap();
         let b = rx.try_recv().unwrap();
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
-        assert_eq!((a.edge, a.level, a.timestamp_ns, a.line_seqno), (Edge::Rising, 1, 1_000, 1));
-        assert_eq!((b.edge, b.level, b.timestamp_ns, b.line_seqno), (Edge::Falling, 0, 3_000, 2));
+        assert_eq!(
+            (a.edge, a.level, a.timestamp_ns, a.line_seqno),
+            (Edge::Rising, 1, 1_000, 1)
+        );
+        assert_eq!(
+            (b.edge, b.level, b.timestamp_ns, b.line_seqno),
+            (Edge::Falling, 0, 3_000, 2)
+        );
         assert_eq!(b.seqno, a.seqno + 1);
         // The real clock is used outside tests.
         sim.simulate("GPIO5", 1).unwrap();
@@ -497,7 +509,11 @@ mod tests {
         assert_eq!((a.edge, a.line_seqno), (Edge::Rising, 1));
         assert_eq!((b.edge, b.line_seqno), (Edge::Rising, 5));
         assert_eq!(b.seqno, a.seqno + 1, "the node-wide seqno has no gap");
-        assert_eq!(b.line_seqno - a.line_seqno - 1, 3, "three edges were dropped");
+        assert_eq!(
+            b.line_seqno - a.line_seqno - 1,
+            3,
+            "three edges were dropped"
+        );
     }
 
     #[test]
@@ -520,7 +536,12 @@ mod tests {
     fn configurable_lines() {
         let bus = Arc::new(EventBus::default());
         let sim = SimGpio::new(
-            &["LED".into(), "BUTTON".into(), "LED".into(), "bad/name".into()],
+            &[
+                "LED".into(),
+                "BUTTON".into(),
+                "LED".into(),
+                "bad/name".into(),
+            ],
             bus,
         );
         assert_eq!(sim.line_names(), ["LED", "BUTTON"]);
@@ -539,7 +560,11 @@ mod tests {
         // write-read: the chip id.
         assert_eq!(i2c.transfer(1, 0x76, &[0xD0], 1).unwrap(), [0x60]);
         // write registers, then read them back (auto-increment).
-        assert!(i2c.transfer(1, 0x76, &[0xF4, 0x27, 0xA0], 0).unwrap().is_empty());
+        assert!(
+            i2c.transfer(1, 0x76, &[0xF4, 0x27, 0xA0], 0)
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(i2c.transfer(1, 0x76, &[0xF4], 2).unwrap(), [0x27, 0xA0]);
         // read-only continues from the pointer.
         assert_eq!(i2c.transfer(3, 0x48, &[], 2).unwrap(), [0x12, 0x34]);
@@ -549,7 +574,10 @@ mod tests {
             i2c.transfer(1, 0x77, &[0xD0], 1),
             Err(BackendError::NoDevice { bus: 1, addr: 0x77 })
         ));
-        assert!(matches!(i2c.transfer(2, 0x76, &[], 1), Err(BackendError::NoBus(2))));
+        assert!(matches!(
+            i2c.transfer(2, 0x76, &[], 1),
+            Err(BackendError::NoBus(2))
+        ));
         assert!(matches!(
             i2c.transfer(1, 0x76, &[], MAX_I2C_TRANSFER + 1),
             Err(BackendError::Invalid(_))

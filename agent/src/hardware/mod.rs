@@ -1,0 +1,818 @@
+//! The hardware helper: GPIO lines, I2C and sensors for functions, through a broker.
+//!
+//! Functions never get `/dev/gpiochip*`, `/dev/gpiomem` or `privileged`. The agent owns the
+//! lines and serves, for each function that asks for hardware, a small HTTP/JSON API on a
+//! Unix socket of its own, bind-mounted into its containers: the socket is the identity, so
+//! one function cannot use another's grant. Grants come from the function's annotations
+//! (`bramble.gpio`, `bramble.i2c`, `bramble.sensors`; see [`grants`]).
+//!
+//! # Mounts
+//!
+//! The socket of function `F` is `<socket_dir>/F/hw.sock` on the host (`socket_dir` defaults
+//! to `/run/bramble/hw`). The runtime bind-mounts the **directory** `<socket_dir>/F`
+//! (read-only is fine: connecting to a socket needs no write access to the mount) at
+//! `/run/bramble` in the container, so the function connects to `/run/bramble/hw.sock`:
+//!
+//! ```text
+//! curl --unix-socket /run/bramble/hw.sock http://hw/v1/gpio/GPIO17
+//! ```
+//!
+//! Mounting the directory rather than the socket file keeps working when the agent restarts
+//! and binds a new socket at the same path. The directory is mode 0755 and the socket 0666,
+//! so a non-root container user can connect. The routes are in [`broker`].
+//!
+//! # Life cycle (what the node calls)
+//!
+//! * [`Hardware::parse_grants`] on deploy, then [`Hardware::check`] (lines exist, no
+//!   conflict with the grants of the other functions) to refuse a bad deploy early.
+//! * [`Hardware::attach`] when the function is deployed or updated, and again after a
+//!   daemon restart: requests the lines (outputs at their `initial` level), starts the
+//!   socket server, returns the [`Mount`]. Idempotent with the same grants.
+//! * [`Hardware::safe_state`] when the function's replicas stop or crash (the outputs go to
+//!   their `safe` level; lines and socket stay).
+//! * [`Hardware::detach`] when the function is deleted (or loses its grants): safe state,
+//!   lines released, server stopped, socket removed.
+//! * [`Hardware::shutdown`] when the daemon stops: `detach` for every function.
+//! * [`Hardware::watch`] for GPIO triggers; [`admin::router`] for the node's admin API.
+//!
+//! Levels: backends and the admin API deal in physical (wire) levels; functions read, write
+//! and watch logical levels (their `active-low` applied). `initial` and `safe` are logical.
+//! After a daemon restart, outputs start again at `initial` (the kernel releases lines when
+//! their owner exits).
+
+pub mod admin;
+pub mod backend;
+pub mod broker;
+pub mod cdev;
+pub mod grants;
+pub mod pi;
+pub mod sensors;
+pub mod sim;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use backend::{BackendError, EventBus, GpioBackend, I2cBackend, InputConfig, LineHandle};
+pub use backend::{Edge, EdgeEvent};
+pub use grants::{Bias, Direction, GrantError, Grants, LineGrant};
+use sensors::SensorRegistry;
+pub use sim::SimI2cDevice;
+
+/// Where the function's socket directory is mounted in its containers.
+pub const CONTAINER_DIR: &str = "/run/bramble";
+/// The socket's file name, on the host and in the container.
+pub const SOCKET_NAME: &str = "hw.sock";
+/// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// How long `attach` retries a line the kernel reports busy (a line just released by this
+/// node is freed a moment later).
+const BUSY_RETRIES: u32 = 20;
+const BUSY_RETRY_DELAY: Duration = Duration::from_millis(25);
+
+/// Which GPIO backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// The character device when a chip with a known label exists, else the simulator.
+    #[default]
+    Auto,
+    /// Always the simulator (and simulated I2C).
+    Simulator,
+    /// Always the character device and the Pi's I2C; an error where no chip is found.
+    Cdev,
+}
+
+/// The hardware helper's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HardwareConfig {
+    /// `auto` (default), `simulator` or `cdev`.
+    pub backend: BackendChoice,
+    /// Where the per-function socket directories are made (default `/run/bramble/hw`).
+    pub socket_dir: PathBuf,
+    /// The kernel's 1-Wire devices (default `/sys/bus/w1/devices`).
+    pub w1_dir: PathBuf,
+    /// Labels of the GPIO chips whose lines functions may use, in order of preference
+    /// (default `pinctrl-rp1`, `pinctrl-bcm2711`, `pinctrl-bcm2835`).
+    pub chip_labels: Vec<String>,
+    /// The simulator's lines (default `GPIO0`..`GPIO27`).
+    pub sim_lines: Vec<String>,
+    /// The simulator's I2C devices (default: a BME280 at `1:0x76`).
+    pub sim_i2c: Vec<SimI2cDevice>,
+}
+
+impl Default for HardwareConfig {
+    fn default() -> Self {
+        HardwareConfig {
+            backend: BackendChoice::Auto,
+            socket_dir: PathBuf::from("/run/bramble/hw"),
+            w1_dir: PathBuf::from("/sys/bus/w1/devices"),
+            chip_labels: ["pinctrl-rp1", "pinctrl-bcm2711", "pinctrl-bcm2835"]
+                .map(String::from)
+                .to_vec(),
+            sim_lines: sim::default_lines(),
+            sim_i2c: vec![SimI2cDevice::bme280()],
+        }
+    }
+}
+
+/// What the runtime mounts into a function's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The function's socket directory on the host, `<socket_dir>/<function>`.
+    pub host_path: PathBuf,
+    /// Where to mount it in the container: `/run/bramble`.
+    pub container_path: PathBuf,
+    /// The socket on the host (`<host_path>/hw.sock`).
+    pub socket: PathBuf,
+    /// The mount can (and should) be read-only.
+    pub read_only: bool,
+}
+
+/// One line as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LineInfo {
+    /// The line name.
+    pub name: String,
+    /// How the node has requested it (`None`: not requested).
+    pub direction: Option<Direction>,
+    /// The physical level, where known.
+    pub level: Option<u8>,
+    /// The bias of a requested input.
+    pub bias: Option<Bias>,
+    /// The debounce of a requested input, e.g. `20ms`.
+    pub debounce: Option<String>,
+    /// The functions granted the line.
+    pub owners: Vec<String>,
+}
+
+/// A hardware helper error.
+#[derive(Debug, thiserror::Error)]
+pub enum HardwareError {
+    /// A bad annotation.
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    /// The grants collide with another function's.
+    #[error("{0}")]
+    Conflict(String),
+    /// No such line on this node.
+    #[error("{0}")]
+    UnknownLine(String),
+    /// A line is in use (by this node in another way, or by another program).
+    #[error("{0}")]
+    Busy(String),
+    /// Only the simulator can do this.
+    #[error("{0}")]
+    NotSimulator(String),
+    /// The line cannot be watched (not requested as an input).
+    #[error("{0}")]
+    NotWatchable(String),
+    /// A function name that cannot name a socket directory.
+    #[error("{0}")]
+    InvalidFunction(String),
+    /// A bad value.
+    #[error("{0}")]
+    Invalid(String),
+    /// `backend = "cdev"` but no chip with a known label.
+    #[error("{0}")]
+    NoChip(String),
+    /// A file system error (the socket directory).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A backend error.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl HardwareError {
+    /// The HTTP status for a deploy refused with this error: 400 for bad grants or a line
+    /// the node does not have, 409 for conflicts and busy lines, 500 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            HardwareError::Grant(_)
+            | HardwareError::UnknownLine(_)
+            | HardwareError::InvalidFunction(_)
+            | HardwareError::Invalid(_)
+            | HardwareError::Backend(BackendError::UnknownLine(_) | BackendError::Invalid(_)) => {
+                400
+            }
+            HardwareError::Conflict(_)
+            | HardwareError::Busy(_)
+            | HardwareError::NotSimulator(_)
+            | HardwareError::NotWatchable(_)
+            | HardwareError::Backend(BackendError::Busy(_) | BackendError::Unsupported(_)) => 409,
+            _ => 500,
+        }
+    }
+}
+
+/// A line this node holds.
+struct HeldLine {
+    handle: Arc<dyn LineHandle>,
+    direction: Direction,
+    config: InputConfig,
+    /// The functions granted it (one for an output; any number for an input).
+    holders: BTreeSet<String>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The grants of attached functions (only lines actually held).
+    functions: BTreeMap<String, Grants>,
+    lines: HashMap<String, HeldLine>,
+}
+
+/// What the socket servers share with `Hardware`.
+pub(crate) struct Shared {
+    gpio: Box<dyn GpioBackend>,
+    i2c: Arc<dyn I2cBackend>,
+    sensors: Arc<SensorRegistry>,
+    bus: Arc<EventBus>,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The grants of an attached function.
+    pub(crate) fn grants(&self, function: &str) -> Option<Grants> {
+        self.state().functions.get(function).cloned()
+    }
+
+    /// The handle of a held line.
+    pub(crate) fn handle(&self, line: &str) -> Option<Arc<dyn LineHandle>> {
+        self.state().lines.get(line).map(|h| Arc::clone(&h.handle))
+    }
+
+    pub(crate) fn has_line(&self, line: &str) -> bool {
+        self.gpio.has_line(line)
+    }
+
+    pub(crate) fn backend_name(&self) -> &'static str {
+        self.gpio.name()
+    }
+
+    pub(crate) fn subscribe(&self, line: &str) -> broadcast::Receiver<EdgeEvent> {
+        self.bus.subscribe(line)
+    }
+
+    pub(crate) fn i2c(&self) -> Arc<dyn I2cBackend> {
+        Arc::clone(&self.i2c)
+    }
+
+    pub(crate) fn sensors(&self) -> Arc<SensorRegistry> {
+        Arc::clone(&self.sensors)
+    }
+
+    /// Removes `function` from the holders of `line`; the last holder of an output sets
+    /// its safe level, and the line is released.
+    fn release(&self, function: &str, line: &str, grant: &LineGrant) {
+        let mut state = self.state();
+        let Some(held) = state.lines.get_mut(line) else {
+            return;
+        };
+        held.holders.remove(function);
+        if !held.holders.is_empty() {
+            return;
+        }
+        if held.direction == Direction::Out
+            && let Err(e) = held.handle.write(grant.safe ^ u8::from(grant.active_low))
+        {
+            warn!(function, line, "cannot set the safe level: {e}");
+        }
+        state.lines.remove(line);
+    }
+
+    /// Adds `function` to the holders of a shared input, or requests the line.
+    async fn acquire(
+        &self,
+        function: &str,
+        line: &str,
+        grant: &LineGrant,
+    ) -> Result<(), HardwareError> {
+        let config = InputConfig {
+            bias: grant.bias,
+            debounce: grant.debounce,
+        };
+        {
+            let mut state = self.state();
+            if let Some(held) = state.lines.get_mut(line) {
+                if held.direction == Direction::In
+                    && grant.direction == Direction::In
+                    && held.config == config
+                {
+                    held.holders.insert(function.to_owned());
+                    return Ok(());
+                }
+                let owners: Vec<&str> = held.holders.iter().map(String::as_str).collect();
+                return Err(HardwareError::Busy(format!(
+                    "{line} is already requested as {} for {}",
+                    held.direction,
+                    owners.join(", ")
+                )));
+            }
+        }
+        let mut tries = 0;
+        let handle = loop {
+            let requested = match grant.direction {
+                Direction::In => self.gpio.request_input(line, config),
+                Direction::Out => self
+                    .gpio
+                    .request_output(line, grant.initial ^ u8::from(grant.active_low)),
+            };
+            match requested {
+                Ok(handle) => break handle,
+                Err(BackendError::Busy(_)) if tries < BUSY_RETRIES => {
+                    tries += 1;
+                    tokio::time::sleep(BUSY_RETRY_DELAY).await;
+                }
+                Err(BackendError::Busy(message)) => return Err(HardwareError::Busy(message)),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.state().lines.insert(
+            line.to_owned(),
+            HeldLine {
+                handle: Arc::from(handle),
+                direction: grant.direction,
+                config,
+                holders: BTreeSet::from([function.to_owned()]),
+            },
+        );
+        Ok(())
+    }
+}
+
+/// A running socket server.
+struct Server {
+    task: JoinHandle<()>,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+/// The hardware helper of a node. Shared as `Arc<Hardware>`.
+pub struct Hardware {
+    shared: Arc<Shared>,
+    socket_dir: PathBuf,
+    servers: Mutex<HashMap<String, Server>>,
+    /// Serializes `attach` and `detach`.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+impl Hardware {
+    /// Chooses the backend (`auto`: the character device when a chip with one of
+    /// `chip_labels` exists, else the simulator; the choice is logged). Starts nothing.
+    pub fn new(config: HardwareConfig) -> Result<Arc<Hardware>, HardwareError> {
+        let bus = Arc::new(EventBus::default());
+        let labels = config.chip_labels.join(", ");
+        let chips = match config.backend {
+            BackendChoice::Simulator => Vec::new(),
+            BackendChoice::Auto | BackendChoice::Cdev => cdev::find_chips(&config.chip_labels),
+        };
+        let (gpio, i2c): (Box<dyn GpioBackend>, Arc<dyn I2cBackend>) = if chips.is_empty() {
+            match config.backend {
+                BackendChoice::Cdev => {
+                    return Err(HardwareError::NoChip(format!(
+                        "hardware backend \"cdev\": no GPIO chip labelled {labels} (is this a \
+                         Raspberry Pi with GPIO support in the kernel?)"
+                    )));
+                }
+                BackendChoice::Auto => info!(
+                    "hardware: no GPIO chip labelled {labels}: using the simulator \
+                     (drive it with `bramble gpio set`)"
+                ),
+                BackendChoice::Simulator => info!("hardware: using the simulator"),
+            }
+            (
+                Box::new(sim::SimGpio::new(&config.sim_lines, Arc::clone(&bus))),
+                Arc::new(sim::SimI2c::new(&config.sim_i2c)),
+            )
+        } else {
+            let gpio = cdev::CdevGpio::open(&chips, Arc::clone(&bus))?;
+            let names: Vec<String> = chips
+                .iter()
+                .map(|c| format!("{} ({})", c.path.display(), c.label))
+                .collect();
+            info!(
+                "hardware: using the GPIO character device: {}",
+                names.join(", ")
+            );
+            (Box::new(gpio), Arc::new(pi::PiI2c::new()))
+        };
+        Ok(Arc::new(Hardware {
+            shared: Arc::new(Shared {
+                gpio,
+                i2c,
+                sensors: Arc::new(SensorRegistry::new(config.w1_dir)),
+                bus,
+                state: Mutex::new(State::default()),
+            }),
+            socket_dir: config.socket_dir,
+            servers: Mutex::new(HashMap::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The backend in use: `simulator` or `gpiocdev`.
+    pub fn backend(&self) -> &'static str {
+        self.shared.gpio.name()
+    }
+
+    /// Parses a function's annotations (see [`grants`] for the keys). `Ok(None)`: the
+    /// function asks for no hardware.
+    pub fn parse_grants(
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<Option<Grants>, GrantError> {
+        grants::parse(annotations)
+    }
+
+    /// Checks that every granted line exists and that the grants do not conflict with the
+    /// other attached functions' (a function never conflicts with its own current grants).
+    /// Changes nothing.
+    pub fn check(&self, function: &str, grants: &Grants) -> Result<(), HardwareError> {
+        validate_function(function)?;
+        for line in grants.gpio.keys() {
+            if !self.shared.gpio.has_line(line) {
+                return Err(HardwareError::UnknownLine(format!(
+                    "{}: no GPIO line named {line} on this node ({} backend; `bramble gpio \
+                     get` lists the lines)",
+                    grants::GPIO_KEY,
+                    self.backend()
+                )));
+            }
+        }
+        let state = self.shared.state();
+        grants::check_conflicts(
+            function,
+            grants,
+            state.functions.iter().map(|(f, g)| (f.as_str(), g)),
+        )
+        .map_err(HardwareError::Conflict)
+    }
+
+    /// Gives `function` its grants: requests its lines (outputs at their `initial` level;
+    /// inputs shared with other functions are joined), starts its socket server if it is
+    /// not running, and returns what to mount. Called again with the same grants it changes
+    /// nothing; with other grants, lines no longer granted (or granted differently) are
+    /// released (outputs at their safe level first) and new ones requested, and the server
+    /// keeps running. On error, the lines this call requested are released again.
+    pub async fn attach(&self, function: &str, grants: Grants) -> Result<Mount, HardwareError> {
+        let _serial = self.lifecycle.lock().await;
+        self.check(function, &grants)?;
+        let old = self.shared.grants(function);
+        let running = self.server_running(function);
+        if running && old.as_ref() == Some(&grants) {
+            return Ok(self.mount(function));
+        }
+        let old = old.unwrap_or_default();
+        for (line, grant) in &old.gpio {
+            if grants.gpio.get(line) != Some(grant) {
+                self.shared.release(function, line, grant);
+            }
+        }
+        let mut acquired: Vec<(&String, &LineGrant)> = Vec::new();
+        for (line, grant) in &grants.gpio {
+            if old.gpio.get(line) == Some(grant) {
+                continue;
+            }
+            if let Err(e) = self.shared.acquire(function, line, grant).await {
+                for (line, grant) in acquired {
+                    self.shared.release(function, line, grant);
+                }
+                let mut kept = old.clone();
+                kept.gpio
+                    .retain(|line, grant| grants.gpio.get(line) == Some(grant));
+                let mut state = self.shared.state();
+                if kept.is_empty() && !running {
+                    state.functions.remove(function);
+                } else {
+                    state.functions.insert(function.to_owned(), kept);
+                }
+                return Err(e);
+            }
+            acquired.push((line, grant));
+        }
+        self.shared
+            .state()
+            .functions
+            .insert(function.to_owned(), grants);
+        if !running && let Err(e) = self.start_server(function) {
+            self.detach_locked(function);
+            return Err(e);
+        }
+        info!(function, backend = self.backend(), "hardware attached");
+        Ok(self.mount(function))
+    }
+
+    /// Puts the function's outputs at their `safe` level. Its lines stay requested and its
+    /// socket stays up (for when its replicas start again). Call it when the function's
+    /// replicas stop, crash or are scaled to zero.
+    /// The mount of a function attached with [`Hardware::attach`], `None` otherwise.
+    pub fn mount_of(&self, function: &str) -> Option<Mount> {
+        let attached = self
+            .servers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(function);
+        if !attached {
+            return None;
+        }
+        let host_path = self.socket_dir.join(function);
+        Some(Mount {
+            socket: host_path.join(SOCKET_NAME),
+            host_path,
+            container_path: PathBuf::from(CONTAINER_DIR),
+            read_only: true,
+        })
+    }
+
+    /// Reads a sensor (for sensor-polling triggers); same registry as the functions' API.
+    pub fn read_sensor(&self, id: &str) -> Result<sensors::Reading, sensors::SensorError> {
+        self.shared.sensors().read(id)
+    }
+
+    pub fn safe_state(&self, function: &str) {
+        let state = self.shared.state();
+        let Some(grants) = state.functions.get(function) else {
+            return;
+        };
+        for (line, grant) in &grants.gpio {
+            if grant.direction != Direction::Out {
+                continue;
+            }
+            if let Some(held) = state.lines.get(line)
+                && let Err(e) = held.handle.write(grant.safe ^ u8::from(grant.active_low))
+            {
+                warn!(function, line, "cannot set the safe level: {e}");
+            }
+        }
+    }
+
+    /// Takes the function's hardware away: safe state, lines released, socket server
+    /// stopped (open connections and watch streams end), socket and its directory removed.
+    /// Does nothing for a function that is not attached.
+    pub async fn detach(&self, function: &str) {
+        let _serial = self.lifecycle.lock().await;
+        self.detach_locked(function);
+    }
+
+    /// `detach` for every function: call it when the daemon stops.
+    pub async fn shutdown(&self) {
+        let _serial = self.lifecycle.lock().await;
+        let mut functions: BTreeSet<String> =
+            self.shared.state().functions.keys().cloned().collect();
+        functions.extend(self.servers().keys().cloned());
+        for function in functions {
+            self.detach_locked(&function);
+        }
+    }
+
+    fn detach_locked(&self, function: &str) {
+        self.safe_state(function);
+        let grants = self.shared.state().functions.remove(function);
+        if let Some(grants) = grants {
+            for (line, grant) in &grants.gpio {
+                self.shared.release(function, line, grant);
+            }
+        }
+        let server = self.servers().remove(function);
+        if let Some(server) = server {
+            server.task.abort();
+            if let Err(e) = std::fs::remove_file(&server.socket)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!(function, "cannot remove {}: {e}", server.socket.display());
+            }
+            // Fails (and stays) if someone put other files there.
+            let _ = std::fs::remove_dir(&server.dir);
+            info!(function, "hardware detached");
+        }
+    }
+
+    /// The edges of `line` (physical levels), for GPIO triggers. The line must be requested
+    /// as an input, i.e. granted as `LINE:in` to some attached function (its bias and
+    /// debounce apply); watching never requests a line by itself. The receiver keeps
+    /// working across detach and re-attach (events simply stop while nobody holds the
+    /// line); a receiver that falls more than 256 events behind gets `Lagged`, and the gap
+    /// shows in the sequence numbers.
+    pub fn watch(&self, line: &str) -> Result<broadcast::Receiver<EdgeEvent>, HardwareError> {
+        let state = self.shared.state();
+        match state.lines.get(line) {
+            Some(held) if held.direction == Direction::In => Ok(self.shared.bus.subscribe(line)),
+            Some(_) => Err(HardwareError::NotWatchable(format!(
+                "{line} is an output: edges can be watched on inputs only"
+            ))),
+            None if !self.shared.gpio.has_line(line) => Err(self.unknown_line(line)),
+            None => Err(HardwareError::NotWatchable(format!(
+                "{line} is not requested as an input: grant it to a function \
+                 ({}={line}:in) to watch it",
+                grants::GPIO_KEY
+            ))),
+        }
+    }
+
+    /// `watch` for the admin API: on the simulator every line can be watched.
+    pub(crate) fn admin_watch(
+        &self,
+        line: &str,
+    ) -> Result<broadcast::Receiver<EdgeEvent>, HardwareError> {
+        if self.shared.gpio.events_for_unrequested_lines() {
+            if !self.shared.gpio.has_line(line) {
+                return Err(self.unknown_line(line));
+            }
+            return Ok(self.shared.bus.subscribe(line));
+        }
+        self.watch(line)
+    }
+
+    /// Every line of the node: direction, physical level (where known), owners.
+    pub fn lines(&self) -> Vec<LineInfo> {
+        let state = self.shared.state();
+        self.shared
+            .gpio
+            .line_names()
+            .into_iter()
+            .map(|name| match state.lines.get(&name) {
+                Some(held) => LineInfo {
+                    level: held.handle.read().ok(),
+                    direction: Some(held.direction),
+                    bias: held.config.bias,
+                    debounce: held
+                        .config
+                        .debounce
+                        .map(|d| humantime::format_duration(d).to_string()),
+                    owners: held.holders.iter().cloned().collect(),
+                    name,
+                },
+                None => LineInfo {
+                    level: self.shared.gpio.peek(&name),
+                    direction: None,
+                    bias: None,
+                    debounce: None,
+                    owners: Vec::new(),
+                    name,
+                },
+            })
+            .collect()
+    }
+
+    /// Drives a simulated line to the physical `level` (0 or 1): a button press in a demo
+    /// or a test. Refused on real hardware (naming the backend) and for outputs.
+    pub fn simulate(&self, line: &str, level: u8) -> Result<(), HardwareError> {
+        if level > 1 {
+            return Err(HardwareError::Invalid(format!(
+                "level {level} is not 0 or 1"
+            )));
+        }
+        {
+            let state = self.shared.state();
+            if let Some(held) = state.lines.get(line)
+                && held.direction == Direction::Out
+            {
+                let owners: Vec<&str> = held.holders.iter().map(String::as_str).collect();
+                return Err(HardwareError::Busy(format!(
+                    "{line} is an output of function {}: the simulator drives inputs only",
+                    owners.join(", ")
+                )));
+            }
+        }
+        self.shared.gpio.simulate(line, level).map_err(|e| match e {
+            BackendError::Unsupported(message) => HardwareError::NotSimulator(message),
+            BackendError::UnknownLine(_) => self.unknown_line(line),
+            BackendError::Busy(message) => HardwareError::Busy(message),
+            other => other.into(),
+        })
+    }
+
+    fn unknown_line(&self, line: &str) -> HardwareError {
+        HardwareError::UnknownLine(format!(
+            "no GPIO line named {line} on this node ({} backend)",
+            self.backend()
+        ))
+    }
+
+    fn servers(&self) -> MutexGuard<'_, HashMap<String, Server>> {
+        self.servers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn server_running(&self, function: &str) -> bool {
+        self.servers()
+            .get(function)
+            .is_some_and(|s| !s.task.is_finished())
+    }
+
+    fn mount(&self, function: &str) -> Mount {
+        let host_path = self.socket_dir.join(function);
+        Mount {
+            socket: host_path.join(SOCKET_NAME),
+            host_path,
+            container_path: PathBuf::from(CONTAINER_DIR),
+            read_only: true,
+        }
+    }
+
+    /// Binds `<socket_dir>/<function>/hw.sock` (replacing a stale socket) and serves it.
+    fn start_server(&self, function: &str) -> Result<(), HardwareError> {
+        let Mount {
+            host_path: dir,
+            socket,
+            ..
+        } = self.mount(function);
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(HardwareError::Invalid(format!(
+                "the socket path {} is longer than a Unix socket path may be ({MAX_SOCKET_PATH} \
+                 bytes): use a shorter socket_dir or function name",
+                socket.display()
+            )));
+        }
+        prepare_dir(&self.socket_dir, &dir)?;
+        match std::fs::remove_file(&socket) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(format!("removing {}", socket.display()), e)),
+        }
+        let listener = UnixListener::bind(&socket)
+            .map_err(|e| io_error(format!("binding {}", socket.display()), e))?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
+            .map_err(|e| io_error(format!("chmod {}", socket.display()), e))?;
+        let router = broker::router(Arc::clone(&self.shared), function);
+        let task = tokio::spawn(broker::serve(listener, router));
+        let previous = self
+            .servers()
+            .insert(function.to_owned(), Server { task, dir, socket });
+        if let Some(previous) = previous {
+            previous.task.abort();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Hardware {
+    fn drop(&mut self) {
+        for server in self.servers().values() {
+            server.task.abort();
+        }
+    }
+}
+
+fn io_error(context: String, source: std::io::Error) -> HardwareError {
+    HardwareError::Io { context, source }
+}
+
+/// Creates the socket directory (0755) and the function's directory in it (0755).
+fn prepare_dir(socket_dir: &Path, dir: &Path) -> Result<(), HardwareError> {
+    std::fs::create_dir_all(socket_dir)
+        .map_err(|e| io_error(format!("creating {}", socket_dir.display()), e))?;
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(HardwareError::Invalid(format!(
+                "{} exists and is not a directory",
+                dir.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(dir)
+            .map_err(|e| io_error(format!("creating {}", dir.display()), e))?,
+        Err(e) => return Err(io_error(format!("inspecting {}", dir.display()), e)),
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| io_error(format!("chmod {}", dir.display()), e))
+}
+
+/// A function name that is safe as a directory name.
+fn validate_function(function: &str) -> Result<(), HardwareError> {
+    let ok = !function.is_empty()
+        && function.len() <= 63
+        && !function.starts_with('.')
+        && function
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(HardwareError::InvalidFunction(format!(
+            "function name {function:?} cannot name a hardware socket (letters, digits, '-', \
+             '_', '.', at most 63)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests;
