@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bramble_runtime::image::no_progress;
 use bramble_runtime::{ContainerSpec, Runtime};
+use bramble_testkit::stats::{Summary, ms};
 use bramble_testkit::{Node, TestEnv, fixture_image, harness};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -125,10 +126,11 @@ async fn bench(requests: usize, concurrency: usize) -> Result<()> {
         ("through bramble (`/function/bench`)", &gw),
         ("direct to the function's IP", &fn_direct),
     ] {
+        let s = Summary::of(&run.latencies);
         println!(
             "| {name} | {:.2} ms | {:.2} ms | {:.0} |",
-            ms(percentile(&run.latencies, 50)),
-            ms(percentile(&run.latencies, 99)),
+            ms(s.p50),
+            ms(s.p99),
             run.rps
         );
     }
@@ -142,13 +144,12 @@ async fn bench(requests: usize, concurrency: usize) -> Result<()> {
             &bare,
         ),
     ] {
-        let mut sorted = samples.clone();
-        sorted.sort();
+        let s = Summary::of(samples);
         println!(
             "| {name} | {:.1} ms | {:.1} ms | {:.1} ms |",
-            ms(percentile(&sorted, 50)),
-            ms(sorted[0]),
-            ms(sorted[sorted.len() - 1])
+            ms(s.p50),
+            ms(s.min),
+            ms(s.max)
         );
     }
     Ok(())
@@ -191,7 +192,6 @@ async fn load(
         latencies.extend(worker.await??);
     }
     let elapsed = started.elapsed();
-    latencies.sort();
     Ok(Run {
         rps: latencies.len() as f64 / elapsed.as_secs_f64(),
         latencies,
@@ -250,15 +250,4 @@ fn expect(status: u16, want: u16) -> Result<()> {
     } else {
         Err(format!("expected {want}, got {status}").into())
     }
-}
-
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() * p) / 100).min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

@@ -74,6 +74,8 @@ pub struct Config {
     /// Stop every function when `bramble up` stops (default: they keep running and are
     /// adopted by the next start).
     pub stop_functions_on_shutdown: bool,
+    /// The hardware helper: backend, socket directory, simulator lines.
+    pub hardware: crate::hardware::HardwareConfig,
 }
 
 /// Limits applied when a function's deployment asks none.
@@ -140,6 +142,7 @@ impl Default for Config {
             memory_budget: "auto".into(),
             image_gc_after: "1h".into(),
             stop_functions_on_shutdown: false,
+            hardware: crate::hardware::HardwareConfig::default(),
         }
     }
 }

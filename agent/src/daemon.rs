@@ -9,8 +9,10 @@ use bramble_runtime::{NetworkConfig, RegistryConfig, Runtime, RuntimeConfig};
 
 use crate::config::Config;
 use crate::function::Defaults;
+use crate::hardware::Hardware;
 use crate::provider::{LocalProvider, ProviderSettings};
 use crate::store::Store;
+use crate::triggers;
 
 /// Why the node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,8 @@ pub enum DaemonError {
     },
     #[error("serving HTTP")]
     Serve(#[source] std::io::Error),
+    #[error("starting the hardware helper")]
+    Hardware(#[from] crate::hardware::HardwareError),
 }
 
 /// The runtime configuration a node configuration implies.
@@ -82,7 +86,13 @@ pub async fn run(
         memory_budget: config.memory_budget_bytes().unwrap_or(None),
         image_gc_after: config.image_gc_after().unwrap_or(None),
     };
-    let provider = LocalProvider::start(runtime, Arc::clone(&store), settings);
+    let mut hardware_config = config.hardware.clone();
+    if hardware_config.socket_dir.is_none() {
+        hardware_config.socket_dir = Some(config.run_dir.join("hw"));
+    }
+    let hardware = Hardware::new(hardware_config)?;
+    let provider =
+        LocalProvider::start(runtime, Arc::clone(&store), Arc::clone(&hardware), settings);
     let stopper = Arc::clone(&provider);
     let gateway_config = GatewayConfig {
         credentials: Credentials {
@@ -104,9 +114,27 @@ pub async fn run(
         },
         ..GatewayConfig::default()
     };
-    let gateway =
-        Gateway::new(provider, gateway_config).map_err(|e| DaemonError::Gateway(e.to_string()))?;
+    let gateway = Gateway::new(Arc::clone(&provider), gateway_config)
+        .map_err(|e| DaemonError::Gateway(e.to_string()))?;
+    gateway.add_admin_routes(crate::hardware::admin::router(Arc::clone(&hardware)));
     gateway.start_workers();
+    let triggers = {
+        let ctx = triggers::Context {
+            dir: config.state_dir.join("triggers"),
+            store: Arc::clone(&store),
+            hardware: Arc::clone(&hardware),
+            gateway: Arc::clone(&gateway),
+        };
+        let provider = Arc::clone(&provider);
+        tokio::spawn(async move {
+            // The GPIO lines of the functions are requested during adoption.
+            while !provider
+                .wait_started(std::time::Duration::from_secs(60))
+                .await
+            {}
+            triggers::run(ctx).await;
+        })
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -142,6 +170,7 @@ pub async fn run(
     if let Some(w) = watchdog {
         w.abort();
     }
+    triggers.abort();
     served.map_err(DaemonError::Serve)?;
     if config.stop_functions_on_shutdown {
         tracing::info!("stopped accepting requests; stopping every function");
@@ -149,6 +178,7 @@ pub async fn run(
     } else {
         tracing::info!("stopped accepting requests; functions keep running");
     }
+    hardware.shutdown().await;
     Ok(())
 }
 

@@ -234,8 +234,11 @@ pub async fn containerd(config: &Config, host: &Host) -> Check {
             &config.containerd_namespace,
             CONTAINERD_TIMEOUT,
         ) {
-            Ok(connection) => connection.version().await.map_err(|e| error_chain(&e)),
-            Err(e) => Err(error_chain(&e)),
+            Ok(connection) => connection
+                .version()
+                .await
+                .map_err(|e| crate::error_chain(&e)),
+            Err(e) => Err(crate::error_chain(&e)),
         }
     } else {
         Err(format!("no socket at {}", socket.display()))
@@ -807,17 +810,6 @@ fn human_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

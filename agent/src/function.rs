@@ -200,6 +200,7 @@ pub fn container_spec(
     replica: u64,
     store: &Store,
     defaults: &Defaults,
+    mounts: Vec<bramble_runtime::BindMount>,
 ) -> ContainerSpec {
     let d = &record.deployment;
     let mut env: Vec<(String, String)> = Vec::new();
@@ -246,7 +247,7 @@ pub fn container_spec(
                 source: store.secret_path(&key.namespace, s),
             })
             .collect(),
-        mounts: Vec::new(),
+        mounts,
         capabilities: Vec::new(),
         log_name: Some(key.to_string()),
     }

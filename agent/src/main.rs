@@ -132,6 +132,15 @@ struct UpArgs {
     /// Stop every function when bramble stops.
     #[arg(long, env = "BRAMBLE_STOP_FUNCTIONS_ON_SHUTDOWN")]
     stop_functions_on_shutdown: Option<bool>,
+    /// GPIO backend: auto (the character device if a Pi chip is found, else the
+    /// simulator), simulator, or cdev.
+    #[arg(long, env = "BRAMBLE_HARDWARE_BACKEND", value_parser = parse_backend)]
+    hardware_backend: Option<bramble_agent::hardware::BackendChoice>,
+}
+
+fn parse_backend(text: &str) -> Result<bramble_agent::hardware::BackendChoice, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("{text:?} is not auto, simulator or cdev"))
 }
 
 impl UpArgs {
@@ -175,6 +184,7 @@ impl UpArgs {
         set!(memory_budget = self.memory_budget);
         set!(image_gc_after = self.image_gc_after);
         set!(stop_functions_on_shutdown = self.stop_functions_on_shutdown);
+        set!(hardware.backend = self.hardware_backend);
         c.validate()?;
         Ok(c)
     }

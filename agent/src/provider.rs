@@ -23,6 +23,7 @@ use futures::StreamExt;
 use tokio::sync::{oneshot, watch};
 
 use crate::function::{self, FunctionKey};
+use crate::hardware::{Grants, Hardware, HardwareError};
 use crate::store::{FunctionRecord, NamespaceRecord, Store, StoreError};
 use crate::supervisor::{self, Command, Context, Handle};
 
@@ -56,24 +57,26 @@ pub struct LocalProvider {
 
 impl From<StoreError> for ProviderError {
     fn from(e: StoreError) -> Self {
-        ProviderError::Internal(format!("saving the state failed: {}", chain(&e)))
+        ProviderError::Internal(format!(
+            "saving the state failed: {}",
+            crate::error_chain(&e)
+        ))
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Bytes as MiB for messages.
 fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes / (1 << 20))
+}
+
+/// The HTTP meaning of a refused hardware grant: 400 for bad grants and unknown lines, 409
+/// for conflicts and busy lines.
+fn hardware_error(e: &HardwareError) -> ProviderError {
+    match e.status() {
+        400 => ProviderError::invalid("annotations", e.to_string()),
+        409 => ProviderError::Conflict(e.to_string()),
+        _ => ProviderError::Internal(format!("hardware: {}", crate::error_chain(e))),
+    }
 }
 
 /// The HTTP meaning of a runtime error.
@@ -95,10 +98,16 @@ impl LocalProvider {
     /// Creates the provider and, in the background, adopts what already runs, starts every
     /// function that should run, and removes leftovers (containers and network attachments
     /// of functions that no longer exist). Waits for containerd if it is not up yet.
-    pub fn start(runtime: Runtime, store: Arc<Store>, settings: ProviderSettings) -> Arc<Self> {
+    pub fn start(
+        runtime: Runtime,
+        store: Arc<Store>,
+        hardware: Arc<Hardware>,
+        settings: ProviderSettings,
+    ) -> Arc<Self> {
         let ctx = Arc::new(Context {
             runtime,
             store,
+            hardware,
             defaults: settings.defaults.clone(),
             ready_timeout: settings.ready_timeout,
             stop_grace: settings.stop_grace,
@@ -151,6 +160,21 @@ impl LocalProvider {
                     by_function.entry(key).or_default().push(c);
                 }
                 _ => orphans.push(c.id),
+            }
+        }
+        // Hardware first: the replicas started below get the socket mounted.
+        for (namespace, name, record) in state.all_functions() {
+            let key = FunctionKey::new(name, namespace);
+            match crate::triggers::hardware_grants(&record.deployment.annotations) {
+                Ok(Some(grants)) => {
+                    if let Err(e) = self.ctx.hardware.attach(&key.to_string(), grants).await {
+                        tracing::error!(function = %key, error = %e, "cannot give the function its hardware; it runs without");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(function = %key, error = %e, "bad hardware annotations; the function runs without hardware");
+                }
             }
         }
         {
@@ -350,11 +374,12 @@ impl LocalProvider {
         }
     }
 
-    /// Checks a deployment, pulls its image, and returns it ready to persist.
+    /// Checks a deployment (settings, secrets, hardware grants and triggers), pulls its
+    /// image, and returns it ready to persist with the hardware it asks for.
     async fn prepare(
         &self,
         mut request: FunctionDeployment,
-    ) -> ProviderResult<(FunctionKey, FunctionDeployment)> {
+    ) -> ProviderResult<(FunctionKey, FunctionDeployment, Option<Grants>)> {
         let namespace = self.namespace_of(request.namespace.as_deref());
         self.require_namespace(&namespace)?;
         request.namespace = Some(namespace.clone());
@@ -373,6 +398,16 @@ impl LocalProvider {
         let image = ImageRef::parse(&request.image)
             .map_err(|e| ProviderError::invalid("image", e.to_string()))?;
         let key = FunctionKey::new(&request.service, &namespace);
+        crate::triggers::parse(&request.annotations)
+            .map_err(|e| ProviderError::invalid("annotations", e.to_string()))?;
+        let grants = crate::triggers::hardware_grants(&request.annotations)
+            .map_err(|e| ProviderError::invalid("annotations", e.to_string()))?;
+        if let Some(grants) = &grants {
+            self.ctx
+                .hardware
+                .check(&key.to_string(), grants)
+                .map_err(|e| hardware_error(&e))?;
+        }
         let progress =
             |p: bramble_runtime::image::Progress| tracing::info!(function = %key, ?p, "image");
         self.ctx
@@ -382,7 +417,43 @@ impl LocalProvider {
             .await
             .map_err(|e| runtime_error("image", &e))?;
         request.image = image.to_string();
-        Ok((key, request))
+        Ok((key, request, grants))
+    }
+
+    /// Gives a function the hardware it asks for now (`None`: takes away the `previous`
+    /// grants), before the change is persisted; [`Self::restore_hardware`] undoes it.
+    async fn apply_hardware(
+        &self,
+        key: &FunctionKey,
+        grants: Option<Grants>,
+        previous: Option<Grants>,
+    ) -> ProviderResult<()> {
+        let function = key.to_string();
+        match grants {
+            Some(grants) => {
+                self.ctx
+                    .hardware
+                    .attach(&function, grants)
+                    .await
+                    .map_err(|e| hardware_error(&e))?;
+            }
+            None if previous.is_some() => self.ctx.hardware.detach(&function).await,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Restores the hardware a function had before a change that could not be persisted.
+    async fn restore_hardware(&self, key: &FunctionKey, previous: Option<Grants>) {
+        let function = key.to_string();
+        match previous {
+            Some(grants) => {
+                if let Err(e) = self.ctx.hardware.attach(&function, grants).await {
+                    tracing::error!(function = %key, error = %e, "cannot restore the function's hardware");
+                }
+            }
+            None => self.ctx.hardware.detach(&function).await,
+        }
     }
 
     /// Admission: refuses a function (new, updated or rescaled) whose memory would take the
@@ -539,7 +610,7 @@ impl Provider for LocalProvider {
                 "function {key} already exists; update it with PUT"
             )));
         }
-        let (key, deployment) = self.prepare(request).await?;
+        let (key, deployment, grants) = self.prepare(request).await?;
         // Containers of an earlier function of the same name, deleted while bramble was down.
         if let Ok(containers) = self.ctx.runtime.list().await {
             for c in containers
@@ -560,7 +631,8 @@ impl Provider for LocalProvider {
             generation: 1,
         };
         let saved = record.clone();
-        self.ctx.store.update(|state| {
+        self.apply_hardware(&key, grants, None).await?;
+        let persisted = self.ctx.store.update(|state| {
             if !state.namespaces.contains_key(&key.namespace) {
                 return Err(ProviderError::invalid(
                     "namespace",
@@ -574,7 +646,11 @@ impl Provider for LocalProvider {
                 .or_default()
                 .insert(key.name.clone(), saved);
             Ok(())
-        })?;
+        });
+        if let Err(e) = persisted {
+            self.restore_hardware(&key, None).await;
+            return Err(e);
+        }
         tracing::info!(function = %key, image = %record.deployment.image, "deployed");
         let handle = supervisor::spawn(Arc::clone(&self.ctx), key.clone(), record, Vec::new());
         self.functions
@@ -597,14 +673,19 @@ impl Provider for LocalProvider {
         else {
             return Err(ProviderError::NotFound(format!("function {key} not found")));
         };
-        let (key, deployment) = self.prepare(request).await?;
+        let (key, deployment, grants) = self.prepare(request).await?;
+        // Parsed when it was deployed; `None` if the annotations no longer parse.
+        let previous = crate::triggers::hardware_grants(&current.deployment.annotations)
+            .ok()
+            .flatten();
         let record = FunctionRecord {
             deployment,
             generation: current.generation + 1,
             ..current
         };
         let saved = record.clone();
-        self.ctx.store.update(|state| {
+        self.apply_hardware(&key, grants, previous.clone()).await?;
+        let persisted = self.ctx.store.update(|state| {
             self.admit(state, &key, &saved, "limits.memory")?;
             match state
                 .functions
@@ -615,7 +696,11 @@ impl Provider for LocalProvider {
                 None => return Err(ProviderError::NotFound(format!("function {key} not found"))),
             }
             Ok(())
-        })?;
+        });
+        if let Err(e) = persisted {
+            self.restore_hardware(&key, previous).await;
+            return Err(e);
+        }
         tracing::info!(function = %key, image = %record.deployment.image, generation = record.generation, "updating");
         if let Some(handle) = self.handle(&key) {
             let _ = handle.commands.send(Command::Update(Box::new(record)));
@@ -646,6 +731,8 @@ impl Provider for LocalProvider {
             let _ = handle.commands.send(Command::Delete(done));
             let _ = finished.await;
         }
+        // After the replicas are gone: outputs to their safe level, lines released.
+        self.ctx.hardware.detach(&key.to_string()).await;
         tracing::info!(function = %key, "deleted");
         Ok(())
     }

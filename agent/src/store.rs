@@ -136,6 +136,8 @@ impl std::fmt::Debug for ApiCredentials {
 pub struct Store {
     dir: PathBuf,
     state: Mutex<State>,
+    /// Bumped after every change that was persisted (see [`Store::changes`]).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -183,6 +185,7 @@ impl Store {
         Ok(Store {
             dir: dir.to_path_buf(),
             state: Mutex::new(state),
+            changes: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -212,8 +215,15 @@ impl Store {
             })?;
             write_atomic(&self.dir.join("state.json"), &bytes, 0o600)?;
             *current = next;
+            self.changes.send_modify(|n| *n += 1);
         }
         Ok(result)
+    }
+
+    /// Wakes up after each persisted change (for what follows the desired state, such as
+    /// the triggers); read [`Store::snapshot`] then.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The API credentials, generated on first use (user `admin`, a random 40-character

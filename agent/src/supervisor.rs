@@ -42,6 +42,9 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 pub(crate) struct Context {
     pub runtime: Runtime,
     pub store: Arc<Store>,
+    /// The hardware helper: functions with grants get its socket mounted, and their outputs
+    /// go to their safe state whenever no replica runs.
+    pub hardware: Arc<crate::hardware::Hardware>,
     pub defaults: Defaults,
     pub ready_timeout: Duration,
     pub stop_grace: Duration,
@@ -285,6 +288,8 @@ struct Supervisor {
     last_exit: Option<String>,
     message: Option<String>,
     oom: std::collections::HashSet<String>,
+    /// Whether a replica ran at the last publish (for safe-state transitions).
+    hardware_live: std::cell::Cell<bool>,
 }
 
 /// Starts the supervisor of a function. `adopted` are its containers found in containerd.
@@ -312,6 +317,7 @@ pub(crate) fn spawn(
         last_exit: None,
         message: None,
         oom: std::collections::HashSet::new(),
+        hardware_live: std::cell::Cell::new(false),
         record,
     };
     supervisor.adopt(adopted);
@@ -474,12 +480,24 @@ impl Supervisor {
 
     /// Creates (if needed) and starts a replica's container, then probes it.
     async fn start_in(&mut self, replica: &mut Replica, record: &FunctionRecord) {
+        let mounts = self
+            .ctx
+            .hardware
+            .mount_of(&self.key.to_string())
+            .map(|m| bramble_runtime::BindMount {
+                source: m.host_path,
+                destination: m.container_path.display().to_string(),
+                read_only: m.read_only,
+            })
+            .into_iter()
+            .collect();
         let spec = function::container_spec(
             &self.key,
             record,
             replica.index,
             &self.ctx.store,
             &self.ctx.defaults,
+            mounts,
         );
         let runtime = &self.ctx.runtime;
         let mut attempt = 0;
@@ -868,6 +886,13 @@ impl Supervisor {
 
     /// Publishes ready addresses and the status.
     fn publish(&self) {
+        // Outputs go to their safe state when the last replica stops, crashes or is removed.
+        let live = self
+            .all_replicas()
+            .any(|r| matches!(r.phase, Phase::Starting | Phase::Ready));
+        if self.hardware_live.replace(live) && !live {
+            self.ctx.hardware.safe_state(&self.key.to_string());
+        }
         let ready: Vec<&Replica> = self
             .replicas
             .iter()

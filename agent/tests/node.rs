@@ -743,15 +743,7 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
     assert_eq!(secrets[0]["name"], "token");
 
     // Scale to zero; the next request is a cold start answered with 200, not a 5xx.
-    let zero = json!({"serviceName": "hello", "replicas": 0}).to_string();
-    expect(
-        &node
-            .api("POST", "/system/scale-function/hello", zero.as_bytes())
-            .await?,
-        200,
-        "scale 0",
-    )?;
-    wait_available(&node, "hello", 0).await?;
+    node.scale("hello", 0).await?;
     let cold = node.call("GET", "/function/hello", &[], b"").await?;
     expect(&cold, 200, "cold invocation")?;
     assert_eq!(cold.text(), "hello v1");
@@ -850,16 +842,8 @@ async fn repeated_cold_starts_are_not_mistaken_for_crashes() -> TestResult {
     let node = node("cold", "").await?;
     deploy(&node, "flip", &json!({})).await?;
     wait_available(&node, "flip", 1).await?;
-    let zero = json!({"serviceName": "flip", "replicas": 0}).to_string();
     for cycle in 0..5 {
-        expect(
-            &node
-                .api("POST", "/system/scale-function/flip", zero.as_bytes())
-                .await?,
-            200,
-            "scale 0",
-        )?;
-        wait_available(&node, "flip", 0).await?;
+        node.scale("flip", 0).await?;
         let started = Instant::now();
         expect(
             &node.call("GET", "/function/flip", &[], b"").await?,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bramble_runtime::image::no_progress;
 use bramble_runtime::{ContainerSpec, Runtime};
+use bramble_testkit::stats::{Summary, ms};
 use bramble_testkit::{TestEnv, fixture_image, harness, http};
 
 fn main() {
@@ -135,8 +136,13 @@ async fn bench(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
             &samples.delete,
         ),
     ] {
-        let (median, min, max) = stats(values);
-        println!("| {name} | {median:.1} ms | {min:.1} ms | {max:.1} ms |");
+        let s = Summary::of(values);
+        println!(
+            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            ms(s.p50),
+            ms(s.min),
+            ms(s.max)
+        );
     }
     Ok(())
 }
@@ -189,15 +195,4 @@ fn wait_ctr_stopped(env: &TestEnv, id: &str) -> Result<(), Box<dyn std::error::E
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
-}
-
-fn stats(values: &[Duration]) -> (f64, f64, f64) {
-    let mut ms: Vec<f64> = values.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
-    let median = if ms.is_empty() { 0.0 } else { ms[ms.len() / 2] };
-    (
-        median,
-        ms.first().copied().unwrap_or(0.0),
-        ms.last().copied().unwrap_or(0.0),
-    )
 }

@@ -3,8 +3,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::path::Path;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 
 /// A response, with header names lowercased.
 #[derive(Clone, Debug)]
@@ -39,9 +41,50 @@ pub async fn request(
     body: &[u8],
     timeout: Duration,
 ) -> std::io::Result<Response> {
+    let target = format!("http://{addr}{path}");
+    exchange(
+        TcpStream::connect(addr),
+        &addr.to_string(),
+        &target,
+        (method, path, headers, body),
+        timeout,
+    )
+    .await
+}
+
+/// [`request`] over a Unix socket (the hardware broker's, the containerd-less way to test
+/// what a function sees).
+pub async fn request_unix(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Response> {
+    let target = format!("unix:{}{path}", socket.display());
+    exchange(
+        UnixStream::connect(socket),
+        "localhost",
+        &target,
+        (method, path, headers, body),
+        timeout,
+    )
+    .await
+}
+
+type Parts<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a [u8]);
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    connect: impl Future<Output = std::io::Result<S>>,
+    host: &str,
+    target: &str,
+    (method, path, headers, body): Parts<'_>,
+    timeout: Duration,
+) -> std::io::Result<Response> {
     tokio::time::timeout(timeout, async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        let mut stream = connect.await?;
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -53,7 +96,7 @@ pub async fn request(
         parse(&raw)
     })
     .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{method} http://{addr}{path}: no answer within {timeout:?}")))?
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{method} {target}: no answer within {timeout:?}")))?
 }
 
 /// `GET` with a 10 s timeout.

@@ -6,6 +6,7 @@ use bramble_runtime::image::build::{BuiltImage, ImageBuilder};
 use bramble_runtime::image::platform::Platform;
 use bramble_runtime::image::reference::ImageRef;
 
+use crate::fixture::{build_static_binary, fixture_dir, workspace_dir};
 use crate::fixture_binary;
 
 /// Where the fixture binary sits in its image.
@@ -17,7 +18,7 @@ pub const FIXTURE_PATH: &str = "/usr/local/bin/fixture-fn";
 /// `/etc/passwd` and `/etc/group` with a user `app` (1000:1000, also in group `staff` 50) so
 /// tests can run it as a named user.
 pub fn fixture_image(dir: &Path, name: &str) -> Result<(PathBuf, BuiltImage), String> {
-    build(dir, name, None)
+    build_image(dir, name, None, false)
 }
 
 /// Like [`fixture_image`], but labelled as built for `platform` (the binary is still this
@@ -28,13 +29,52 @@ pub fn foreign_image(
     platform: &str,
 ) -> Result<(PathBuf, BuiltImage), String> {
     let platform = Platform::parse(platform).map_err(|e| e.to_string())?;
-    build(dir, name, Some(platform))
+    build_image(dir, name, Some(platform), false)
 }
 
-fn build(
+/// The fixture function (this machine's binary, which runs) in an image labelled as built for
+/// `platform`: for a node binary of another architecture run under qemu-user against this
+/// machine's containerd, whose platform check must accept the image (see [`crate::node`]).
+pub fn fixture_image_labelled(
+    dir: &Path,
+    name: &str,
+    platform: Platform,
+) -> Result<(PathBuf, BuiltImage), String> {
+    build_image(dir, name, Some(platform), true)
+}
+
+/// The example function `examples/<example>` (a single std-only source file) compiled
+/// statically for this machine and packaged by bramble's image builder as `name`, the way its
+/// README tells users to: the binary at `/usr/local/bin/<example>` as the entrypoint, port
+/// 8080 exposed.
+pub fn example_image(
+    dir: &Path,
+    example: &str,
+    name: &str,
+) -> Result<(PathBuf, BuiltImage), String> {
+    let source = workspace_dir()
+        .join("examples")
+        .join(example)
+        .join("src/main.rs");
+    let binary = build_static_binary(&source, example, &fixture_dir())
+        .map_err(|e| format!("building the example {example}: {e}"))?;
+    let reference = ImageRef::parse(name).map_err(|e| e.to_string())?;
+    let path = format!("/usr/local/bin/{example}");
+    let out = dir.join(format!("{}.oci.tar", sanitize(name)));
+    let built = ImageBuilder::new(reference)
+        .add_file(&binary, &path, Some(0o755))
+        .entrypoint(vec![path])
+        .expose(8080)
+        .write_oci_archive(&out)
+        .map_err(|e| format!("building image {name}: {e}"))?;
+    Ok((out, built))
+}
+
+fn build_image(
     dir: &Path,
     name: &str,
     platform: Option<Platform>,
+    with_fixture: bool,
 ) -> Result<(PathBuf, BuiltImage), String> {
     let reference = ImageRef::parse(name).map_err(|e| e.to_string())?;
     let etc = dir.join(format!("etc-{}", sanitize(name)));
@@ -52,15 +92,19 @@ fn build(
     let builder = ImageBuilder::new(reference).add_dir(&etc, "/etc");
     let builder = match platform {
         // No binary: the image only has to look foreign, it never runs.
-        Some(platform) => builder
+        Some(platform) if !with_fixture => builder
             .entrypoint(vec!["/usr/local/bin/nothing".to_owned()])
             .platform(platform),
-        None => {
+        platform => {
             let binary = fixture_binary().map_err(|e| format!("building the fixture: {e}"))?;
-            builder
+            let builder = builder
                 .add_file(&binary, FIXTURE_PATH, Some(0o755))
                 .entrypoint(vec![FIXTURE_PATH.to_owned()])
-                .expose(8080)
+                .expose(8080);
+            match platform {
+                Some(platform) => builder.platform(platform),
+                None => builder,
+            }
         }
     };
     let out = dir.join(format!("{}.oci.tar", sanitize(name)));

@@ -22,12 +22,13 @@ pub mod http;
 pub mod images;
 pub mod node;
 pub mod registry;
+pub mod stats;
 
 mod procfs;
 
 pub use containerd::Containerd;
 pub use env::TestEnv;
 pub use fixture::{fixture_binary, is_static_elf};
-pub use images::{fixture_image, foreign_image};
+pub use images::{example_image, fixture_image, foreign_image};
 pub use node::Node;
 pub use registry::{Registry, write_docker_config};

@@ -1,6 +1,26 @@
 //! A real `bramble up` process for end-to-end tests, on a [`TestEnv`]'s private containerd,
 //! network and directories, listening on a free loopback port.
+//!
+//! # Another binary, another architecture
+//!
+//! Two environment variables make every [`Node`] run a different `bramble`, e.g. one
+//! cross-compiled for the Pi, under qemu-user, against this machine's containerd
+//! (`cross/smoke` does this):
+//!
+//! - `BRAMBLE_TEST_BINARY=/ABSOLUTE/PATH` replaces the binary the test passes to
+//!   [`Node::start`] and [`Node::with_fixture`] (tests run in their package's directory, so a
+//!   relative path would not mean what it seems);
+//! - `BRAMBLE_TEST_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu"` runs it through that
+//!   command (words split on whitespace; no binfmt_misc registration needed).
+//!
+//! Before the first start the node runs `RUNNER BINARY version` and fails with what it printed
+//! when that does not answer `bramble …`: a missing binary, a missing runner or a foreign
+//! binary without a runner is an error, never a silent fallback to the host's binary. When the
+//! binary is built for another architecture, [`Node::with_fixture`] labels the fixture image
+//! with that architecture (the fixture inside stays this machine's binary: containerd and runc
+//! run natively here, only bramble is emulated), so the node's platform check accepts it.
 
+use std::ffi::OsString;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -8,6 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use bramble_runtime::image::platform::Platform;
 
 use crate::env::TestEnv;
 use crate::http::{self, Response};
@@ -18,11 +39,18 @@ pub const FIXTURE_IMAGE: &str = "docker.io/library/fixture:test";
 /// How long a node may take to answer `/healthz`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The environment variable naming a `bramble` binary to run instead of the test's.
+pub const BINARY_ENV: &str = "BRAMBLE_TEST_BINARY";
+
+/// The environment variable holding a command that runs the binary (qemu-user).
+pub const RUNNER_ENV: &str = "BRAMBLE_TEST_RUNNER";
+
 /// A running `bramble up`.
 #[derive(Debug)]
 pub struct Node {
     pub env: TestEnv,
     binary: PathBuf,
+    runner: Vec<OsString>,
     config_file: PathBuf,
     state_dir: PathBuf,
     log: PathBuf,
@@ -34,11 +62,16 @@ pub struct Node {
 impl Node {
     /// Writes a configuration for `env` (plus `extra_config` TOML lines at the top level) and
     /// starts `binary up`, waiting until it listens.
+    ///
+    /// [`BINARY_ENV`] and [`RUNNER_ENV`] replace `binary` and run it through a runner (see the
+    /// module documentation).
     pub fn start(binary: &Path, env: TestEnv, extra_config: &str) -> io::Result<Node> {
+        let (binary, runner) = node_command(binary)?;
         let port = free_port()?;
         let state_dir = env.containerd.dir().join("state");
         let mut node = Node {
-            binary: binary.to_path_buf(),
+            binary,
+            runner,
             config_file: env.containerd.dir().join("bramble.toml"),
             log: env.containerd.dir().join("bramble.log"),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -59,9 +92,19 @@ impl Node {
         name: &str,
         extra_config: &str,
     ) -> Result<Node, Box<dyn std::error::Error>> {
+        // Checked before containerd starts: a binary that cannot run fails the test at once.
+        let (node_binary, _) = node_command(binary)?;
+        let platform = node_platform(&node_binary)?;
         let env = TestEnv::new(name)?;
-        let runtime = bramble_runtime::Runtime::new(env.config.clone())?;
-        let (archive, _) = crate::fixture_image(env.scratch(), "fixture:test")?;
+        // The importing runtime takes the node's platform: it refuses images for another one.
+        let mut config = env.config.clone();
+        config.platform = Some(platform.clone());
+        let runtime = bramble_runtime::Runtime::new(config)?;
+        let (archive, _) = if platform == Platform::host() {
+            crate::fixture_image(env.scratch(), "fixture:test")?
+        } else {
+            crate::images::fixture_image_labelled(env.scratch(), "fixture:test", platform)?
+        };
         runtime
             .images()
             .import(&archive, None, &bramble_runtime::image::no_progress)
@@ -104,6 +147,27 @@ impl Node {
         }
     }
 
+    /// Scales `name` to `replicas` through the API and waits until that many are available.
+    pub async fn scale(&self, name: &str, replicas: u64) -> Result<serde_json::Value, String> {
+        let body = serde_json::json!({ "serviceName": name, "replicas": replicas }).to_string();
+        let r = self
+            .api(
+                "POST",
+                &format!("/system/scale-function/{name}"),
+                body.as_bytes(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status != 200 {
+            return Err(format!(
+                "scaling {name} to {replicas}: {} {}",
+                r.status,
+                r.text()
+            ));
+        }
+        self.wait_available(name, replicas).await
+    }
+
     fn write_config(&self) -> io::Result<()> {
         let c = &self.env.config;
         let text = format!(
@@ -130,7 +194,7 @@ impl Node {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(&self.binary)
+        let child = command(&self.binary, &self.runner)
             .arg("up")
             .arg("--config")
             .arg(&self.config_file)
@@ -269,6 +333,191 @@ impl Drop for Node {
     }
 }
 
+/// The binary a node runs: [`BINARY_ENV`] when set, else `default`.
+fn chosen_binary(default: &Path) -> PathBuf {
+    match std::env::var_os(BINARY_ENV) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => default.to_path_buf(),
+    }
+}
+
+/// `binary`, or `runner… binary` when there is a runner.
+fn command(binary: &Path, runner: &[OsString]) -> Command {
+    match runner.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    }
+}
+
+/// The binary and the runner a node uses, checked by running `version` through them.
+fn node_command(default: &Path) -> io::Result<(PathBuf, Vec<OsString>)> {
+    node_command_with(
+        &chosen_binary(default),
+        default,
+        &std::env::var(RUNNER_ENV).unwrap_or_default(),
+    )
+}
+
+/// [`node_command`] for an explicit binary and runner (`default` is the test's binary).
+fn node_command_with(
+    binary: &Path,
+    default: &Path,
+    runner: &str,
+) -> io::Result<(PathBuf, Vec<OsString>)> {
+    let binary = binary.to_path_buf();
+    let from_env = binary != default;
+    let what = if from_env {
+        format!("{BINARY_ENV}={}", binary.display())
+    } else {
+        binary.display().to_string()
+    };
+    let meta = std::fs::metadata(&binary).map_err(|e| {
+        let relative = if binary.is_relative() {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            format!(
+                " (relative to the test's directory {}: give an absolute path)",
+                cwd.display()
+            )
+        } else {
+            String::new()
+        };
+        io::Error::other(format!("{what}: {e}{relative}"))
+    })?;
+    if !meta.is_file() || std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0
+    {
+        return Err(io::Error::other(format!("{what}: not an executable file")));
+    }
+    let runner: Vec<OsString> = runner.split_whitespace().map(OsString::from).collect();
+    if let Some(program) = runner.first()
+        && crate::harness::find_executable(&program.to_string_lossy()).is_none()
+    {
+        return Err(io::Error::other(format!(
+            "{RUNNER_ENV}: `{}` not found (apt install qemu-user-static)",
+            program.to_string_lossy()
+        )));
+    }
+    let platform = node_platform(&binary)?;
+    let how = if runner.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " through `{}`",
+            runner
+                .iter()
+                .map(|w| w.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+    let probe = command(&binary, &runner).arg("version").output();
+    let answered = match &probe {
+        Ok(out) => out.status.success() && out.stdout.starts_with(b"bramble "),
+        Err(_) => false,
+    };
+    if !answered {
+        let detail = match probe {
+            Ok(out) => format!(
+                "{}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => e.to_string(),
+        };
+        let hint = if platform != Platform::host() && runner.is_empty() {
+            format!(
+                " (a {platform} binary needs a runner: set {RUNNER_ENV}, e.g. \"qemu-aarch64-static -L /usr/aarch64-linux-gnu\")"
+            )
+        } else {
+            String::new()
+        };
+        return Err(io::Error::other(format!(
+            "{what} ({platform}){how} does not run `version`: {detail}{hint}"
+        )));
+    }
+    if from_env || !runner.is_empty() {
+        eprintln!(
+            "bramble-testkit: node binary {} ({platform}){how}: {}",
+            binary.display(),
+            probe
+                .as_ref()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default()
+        );
+    }
+    Ok((binary, runner))
+}
+
+/// The platform a `bramble` binary is built for, from its ELF header (32-bit arm, whose ELF
+/// header does not say which version, counts as arm/v7, the oldest Raspberry Pi OS armhf runs).
+pub fn node_platform(binary: &Path) -> io::Result<Platform> {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(64 * 1024);
+    std::fs::File::open(binary)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .map_err(|e| io::Error::other(format!("reading {}: {e}", binary.display())))?;
+    let info = Platform::from_elf(&head)
+        .map_err(|e| io::Error::other(format!("{}: {e}", binary.display())))?;
+    let platform = info.platform;
+    Ok(
+        if platform.architecture() == "arm" && platform.variant().is_none() {
+            Platform::new(platform.os(), "arm", Some("v7"))
+        } else {
+            platform
+        },
+    )
+}
+
 fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(binary: &Path, runner: &str) -> String {
+        node_command_with(binary, Path::new("/default/bramble"), runner)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_binary_that_cannot_run_is_an_error_never_a_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("bramble");
+        let e = error(&missing, "");
+        assert!(
+            e.starts_with(&format!("{BINARY_ENV}={}: ", missing.display())),
+            "{e}"
+        );
+
+        let script = dir.path().join("script");
+        std::fs::write(&script, "#!/bin/sh\necho bramble 0.1.0\n").unwrap();
+        let e = error(&script, "");
+        assert!(e.contains("not an executable file"), "{e}");
+        std::fs::set_permissions(
+            &script,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .unwrap();
+        // Not an ELF file: its platform is unknown.
+        let e = error(&script, "");
+        assert!(e.contains(&script.display().to_string()), "{e}");
+
+        // An ELF binary that is not bramble.
+        let e = error(Path::new("/bin/true"), "");
+        assert!(e.contains("does not run `version`"), "{e}");
+
+        // A runner that does not exist.
+        let e = error(Path::new("/bin/true"), "qemu-nonexistent-static -L /x");
+        assert!(
+            e.contains("qemu-nonexistent-static") && e.contains("not found"),
+            "{e}"
+        );
+    }
 }

@@ -16,8 +16,24 @@ pub(crate) enum GpioCommand {
     Get(Box<GetArgs>),
     /// Drive a simulated input line to 0 or 1 (refused on real hardware).
     Set(Box<SetArgs>),
+    /// Toggle a simulated input line: a button press and release by default, or a burst.
+    Toggle(Box<ToggleArgs>),
     /// Print the edges of a line as they happen, until interrupted.
     Watch(Box<WatchArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ToggleArgs {
+    /// The line name, e.g. GPIO17.
+    line: String,
+    /// How many edges (2: a press and a release).
+    #[arg(long, default_value_t = 2)]
+    times: u32,
+    /// Pause between edges (e.g. 100ms; default none).
+    #[arg(long)]
+    interval: Option<String>,
+    #[command(flatten)]
+    target: Target,
 }
 
 #[derive(clap::Args, Debug)]
@@ -57,6 +73,7 @@ pub(crate) async fn run(command: GpioCommand) -> anyhow::Result<()> {
     match command {
         GpioCommand::Get(args) => get(&args).await,
         GpioCommand::Set(args) => set(&args).await,
+        GpioCommand::Toggle(args) => toggle(&args).await,
         GpioCommand::Watch(args) => watch(&args).await,
     }
 }
@@ -197,6 +214,29 @@ async fn set(args: &SetArgs) -> anyhow::Result<()> {
         )
         .await?;
     out(&format!("{} = {}\n", args.line, args.level))
+}
+
+async fn toggle(args: &ToggleArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.target)?;
+    let mut body = serde_json::json!({ "times": args.times });
+    if let Some(interval) = &args.interval {
+        body["interval"] = interval.as_str().into();
+    }
+    let response = client
+        .send_json(
+            Method::POST,
+            &format!("/system/gpio/{}/toggle", segment(&args.line)),
+            &body,
+        )
+        .await?;
+    let ended: serde_json::Value = response
+        .json()
+        .await
+        .context("reading the gateway's answer")?;
+    out(&format!(
+        "{} toggled {} times, now {}\n",
+        args.line, args.times, ended["level"]
+    ))
 }
 
 /// One event as a line of text; notes edges missed since the previous event of the line.

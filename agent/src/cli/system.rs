@@ -4,6 +4,12 @@
 //! Both are idempotent and report what they did to each file (`created`, `updated`,
 //! `unchanged`, `removed`, `absent`). With `--root DIR` they work on a tree (an image being
 //! built, a test) and touch nothing of the running system: no sysctl, no systemctl.
+//!
+//! The Debian package (`cross/deb`) is made from the same code: `--print-unit` and
+//! `--print-config` give it the unit and the configuration template it ships, and its postinst
+//! runs `install --packaged`, which prepares only what the package does not ship (state
+//! directory, credentials, IP forwarding). On a packaged system plain `install` and
+//! `uninstall` refuse: apt owns the unit, the binary and the configuration there.
 
 use std::io::Read as _;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
@@ -12,7 +18,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 use bramble_agent::config::{Config, DEFAULT_CONFIG_FILE};
-use bramble_agent::store::{Store, write_atomic};
+use bramble_agent::store::{ApiCredentials, Store, write_atomic};
 
 /// The unit file.
 pub(crate) const UNIT_PATH: &str = "/etc/systemd/system/bramble.service";
@@ -20,6 +26,10 @@ pub(crate) const UNIT_PATH: &str = "/etc/systemd/system/bramble.service";
 const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/bramble.service";
 /// Where the running binary is copied to.
 pub(crate) const BINARY_PATH: &str = "/usr/local/bin/bramble";
+/// The unit the Debian package ships (its presence means apt manages bramble here).
+pub(crate) const PACKAGED_UNIT_PATH: &str = "/lib/systemd/system/bramble.service";
+/// The binary the Debian package ships.
+pub(crate) const PACKAGED_BINARY_PATH: &str = "/usr/bin/bramble";
 /// Persistent IP forwarding.
 pub(crate) const SYSCTL_PATH: &str = "/etc/sysctl.d/99-bramble.conf";
 const SYSCTL_TEXT: &str = "# Written by `bramble install`: functions reach the LAN and the Internet through this host.\nnet.ipv4.ip_forward = 1\n";
@@ -42,6 +52,19 @@ pub(crate) struct InstallArgs {
     /// /usr/local/bin/bramble).
     #[arg(long, value_name = "PATH")]
     binary: Option<PathBuf>,
+    /// Print the unit file for --binary (default /usr/local/bin/bramble) and --config, and
+    /// change nothing (the Debian package ships this unit).
+    #[arg(long, conflicts_with_all = ["root", "no_start", "print_config", "packaged"])]
+    print_unit: bool,
+    /// Print the default configuration file (every key, commented out) and change nothing.
+    #[arg(long, conflicts_with_all = ["root", "no_start", "binary", "config", "packaged"])]
+    print_config: bool,
+    /// What the Debian package's postinst runs: the state directory, the API credentials and
+    /// IP forwarding only; no unit, binary or configuration file (the package ships them), no
+    /// systemctl (the maintainer scripts enable and start the service), no password printed
+    /// (dpkg's output is logged).
+    #[arg(long, conflicts_with_all = ["no_start", "binary"])]
+    packaged: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -115,12 +138,32 @@ impl Target {
 }
 
 pub(crate) fn install(args: &InstallArgs) -> anyhow::Result<()> {
-    let mut target = Target::new(args.root.as_deref())?;
     let config_path = absolute(
         args.config
             .as_deref()
             .unwrap_or(Path::new(DEFAULT_CONFIG_FILE)),
     )?;
+    let config_arg =
+        (config_path != Path::new(DEFAULT_CONFIG_FILE)).then_some(config_path.as_path());
+    if args.print_config {
+        print!("{DEFAULT_CONFIG}");
+        return Ok(());
+    }
+    if args.print_unit {
+        let binary = absolute(args.binary.as_deref().unwrap_or(Path::new(BINARY_PATH)))?;
+        let origin = if binary == Path::new(PACKAGED_BINARY_PATH) {
+            UnitOrigin::Package
+        } else {
+            UnitOrigin::Install
+        };
+        print!("{}", unit_text(&binary, config_arg, origin)?);
+        return Ok(());
+    }
+    let mut target = Target::new(args.root.as_deref())?;
+    if args.packaged {
+        return install_packaged(&mut target, &config_path);
+    }
+    refuse_if_packaged(&target, "install")?;
 
     // The configuration first: it says where the state goes.
     let config_file = target.at(&config_path);
@@ -165,39 +208,14 @@ pub(crate) fn install(args: &InstallArgs) -> anyhow::Result<()> {
 
     // The unit.
     let unit = target.at(Path::new(UNIT_PATH));
-    let config_arg =
-        (config_path != Path::new(DEFAULT_CONFIG_FILE)).then_some(config_path.as_path());
-    let unit_outcome = write_file(&unit, unit_text(&binary, config_arg)?.as_bytes(), 0o644)?;
+    let unit_outcome = write_file(
+        &unit,
+        unit_text(&binary, config_arg, UnitOrigin::Install)?.as_bytes(),
+        0o644,
+    )?;
     target.report(unit_outcome, &unit);
 
-    // The state directory and the API credentials, exactly as `bramble up` makes them.
-    let state_dir = target.at(&config.state_dir);
-    let store = Store::open(&state_dir, &config.default_namespace)
-        .with_context(|| format!("preparing {}", state_dir.display()))?;
-    let (credentials, generated) = store.api_credentials()?;
-    let secrets = state_dir.join("secrets");
-    let credential_outcome = if generated {
-        Outcome::Created
-    } else {
-        Outcome::Unchanged
-    };
-    target.report(credential_outcome, &secrets.join("basic-auth-user"));
-    target.report(credential_outcome, &secrets.join("basic-auth-password"));
-
-    // IP forwarding, persistently and (on the running system) now.
-    let sysctl = target.at(Path::new(SYSCTL_PATH));
-    let outcome = write_file(&sysctl, SYSCTL_TEXT.as_bytes(), 0o644)?;
-    target.report(outcome, &sysctl);
-    if target.root.is_none() {
-        enable_ip_forwarding(&mut target);
-    }
-
-    println!(
-        "API credentials: user {} in {}, password in {} (readable by root)",
-        credentials.user,
-        secrets.join("basic-auth-user").display(),
-        secrets.join("basic-auth-password").display()
-    );
+    let (credentials, generated, secrets) = prepare_state_and_forwarding(&mut target, &config)?;
     if generated {
         println!(
             "generated API password (shown once): {}",
@@ -245,8 +263,91 @@ pub(crate) fn install(args: &InstallArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The state directory with the API credentials, exactly as `bramble up` makes them, and IP
+/// forwarding (persistently and, on the running system, now): what both `install` and
+/// `install --packaged` prepare. Returns the credentials, whether they were generated now, and
+/// the secrets directory.
+fn prepare_state_and_forwarding(
+    target: &mut Target,
+    config: &Config,
+) -> anyhow::Result<(ApiCredentials, bool, PathBuf)> {
+    let state_dir = target.at(&config.state_dir);
+    let store = Store::open(&state_dir, &config.default_namespace)
+        .with_context(|| format!("preparing {}", state_dir.display()))?;
+    let (credentials, generated) = store.api_credentials()?;
+    let secrets = state_dir.join("secrets");
+    let credential_outcome = if generated {
+        Outcome::Created
+    } else {
+        Outcome::Unchanged
+    };
+    target.report(credential_outcome, &secrets.join("basic-auth-user"));
+    target.report(credential_outcome, &secrets.join("basic-auth-password"));
+
+    let sysctl = target.at(Path::new(SYSCTL_PATH));
+    let outcome = write_file(&sysctl, SYSCTL_TEXT.as_bytes(), 0o644)?;
+    target.report(outcome, &sysctl);
+    if target.root.is_none() {
+        enable_ip_forwarding(target);
+    }
+
+    println!(
+        "API credentials: user {} in {}, password in {} (readable by root)",
+        credentials.user,
+        secrets.join("basic-auth-user").display(),
+        secrets.join("basic-auth-password").display()
+    );
+    Ok((credentials, generated, secrets))
+}
+
+/// `install --packaged`: what the Debian package does not ship. The configuration file is the
+/// package's conffile; when the administrator removed it, the defaults apply.
+fn install_packaged(target: &mut Target, config_path: &Path) -> anyhow::Result<()> {
+    let config_file = target.at(config_path);
+    let config = Config::load(&config_file, false)?;
+    config
+        .validate()
+        .with_context(|| format!("fix {} first", config_file.display()))?;
+    let (_, generated, secrets) = prepare_state_and_forwarding(target, &config)?;
+    let own_unit = target.at(Path::new(UNIT_PATH));
+    if std::fs::read_to_string(&own_unit).is_ok_and(|u| u.starts_with(INSTALL_HEADER)) {
+        println!(
+            "warning: {} (from an earlier `bramble install`) overrides the package's unit: remove it and {}, then systemctl daemon-reload",
+            own_unit.display(),
+            target.at(Path::new(BINARY_PATH)).display()
+        );
+    }
+    if generated {
+        // Not printed: dpkg's output goes to /var/log/apt/term.log, readable by group adm.
+        println!(
+            "generated the API password: sudo cat {}",
+            secrets.join("basic-auth-password").display()
+        );
+    }
+    Ok(())
+}
+
+/// Plain `install` and `uninstall` would write a second unit over the package's, or remove
+/// files apt owns: refused where the Debian package is installed.
+fn refuse_if_packaged(target: &Target, command: &str) -> anyhow::Result<()> {
+    let unit = target.at(Path::new(PACKAGED_UNIT_PATH));
+    if unit.exists() {
+        let how = if command == "install" {
+            "the package already installed the unit, the binary and /etc/bramble/config.toml; start it with `systemctl enable --now bramble`"
+        } else {
+            "remove it with `apt remove bramble` (state kept) or `apt purge bramble` (state removed)"
+        };
+        bail!(
+            "bramble is installed from its Debian package here ({} exists): {how}",
+            unit.display()
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
     let mut target = Target::new(args.root.as_deref())?;
+    refuse_if_packaged(&target, "uninstall")?;
     let unit = target.at(Path::new(UNIT_PATH));
     if target.systemd()
         && unit.exists()
@@ -334,14 +435,24 @@ pub(crate) fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
 /// that gives the service a mount namespace of its own: the network namespaces bramble
 /// bind-mounts under the run directory must be visible to runc, which containerd starts
 /// outside this service.
-pub(crate) fn unit_text(binary: &Path, config: Option<&Path>) -> anyhow::Result<String> {
+pub(crate) fn unit_text(
+    binary: &Path,
+    config: Option<&Path>,
+    origin: UnitOrigin,
+) -> anyhow::Result<String> {
     let mut exec = format!("{} up", unit_word(binary)?);
     if let Some(config) = config {
         exec.push_str(&format!(" --config {}", unit_word(config)?));
     }
+    let written_by = match origin {
+        UnitOrigin::Install => INSTALL_HEADER,
+        UnitOrigin::Package => {
+            "# Shipped by the bramble Debian package (made by `bramble install --print-unit`)."
+        }
+    };
     Ok(format!(
         "\
-# Written by `bramble install`, which rewrites it; `bramble uninstall` removes it.
+{written_by}
 # Local changes belong in a drop-in: systemctl edit bramble
 #
 # Do not add PrivateTmp=, ProtectSystem=, PrivateMounts=, ReadWritePaths= or any other setting
@@ -374,6 +485,19 @@ OOMScoreAdjust=-500
 WantedBy=multi-user.target
 "
     ))
+}
+
+/// The first line of a unit written by `bramble install`.
+const INSTALL_HEADER: &str =
+    "# Written by `bramble install`, which rewrites it; `bramble uninstall` removes it.";
+
+/// Who puts the unit on the system (only its comment differs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UnitOrigin {
+    /// `bramble install`, into /etc/systemd/system.
+    Install,
+    /// The Debian package, into /lib/systemd/system.
+    Package,
 }
 
 /// A path as one word of a unit's command line: only characters that need no quoting or
@@ -455,6 +579,21 @@ pub(crate) const DEFAULT_CONFIG: &str = r#"# bramble configuration, read by `bra
 #[async]
 #workers = 4
 #max_body = "8Mi"
+
+# The hardware helper: GPIO, I2C and sensors for functions granted them (see the README).
+#[hardware]
+# "auto" (the GPIO character device where a chip below exists, else the simulator),
+# "cdev" or "simulator".
+#backend = "auto"
+# GPIO chips functions may use, by label, in order of preference (never by number).
+#chip_labels = ["pinctrl-rp1", "pinctrl-bcm2711", "pinctrl-bcm2835"]
+# The kernel's 1-Wire devices (DS18B20 temperature sensors).
+#w1_dir = "/sys/bus/w1/devices"
+# Per-function socket directories; default: <run_dir>/hw
+# socket_dir = "/run/bramble/hw"
+# The simulator's lines and I2C devices (register files; a BME280 by default).
+#sim_lines = ["GPIO0", "GPIO1", "GPIO2", "GPIO3", "GPIO4", "GPIO5", "GPIO6", "GPIO7", "GPIO8", "GPIO9", "GPIO10", "GPIO11", "GPIO12", "GPIO13", "GPIO14", "GPIO15", "GPIO16", "GPIO17", "GPIO18", "GPIO19", "GPIO20", "GPIO21", "GPIO22", "GPIO23", "GPIO24", "GPIO25", "GPIO26", "GPIO27"]
+#sim_i2c = [{ bus = 1, address = 0x76, registers = [[0xD0, 0x60]] }]
 "#;
 
 /// Writes `bytes` with `mode` unless the file already has exactly them.
@@ -616,7 +755,8 @@ mod tests {
 
     #[test]
     fn the_unit_has_what_the_node_needs_and_no_private_mount_namespace() {
-        let unit = unit_text(Path::new(BINARY_PATH), None).unwrap();
+        let unit = unit_text(Path::new(BINARY_PATH), None, UnitOrigin::Install).unwrap();
+        assert!(unit.starts_with(INSTALL_HEADER));
         for line in [
             "Type=notify",
             "NotifyAccess=main",
@@ -642,9 +782,20 @@ mod tests {
             );
         }
         assert!(unit.contains("# Do not add PrivateTmp="));
-        let with_config =
-            unit_text(Path::new("/opt/b/bramble"), Some(Path::new("/srv/b.toml"))).unwrap();
+        let with_config = unit_text(
+            Path::new("/opt/b/bramble"),
+            Some(Path::new("/srv/b.toml")),
+            UnitOrigin::Install,
+        )
+        .unwrap();
         assert!(with_config.contains("\nExecStart=/opt/b/bramble up --config /srv/b.toml\n"));
+        // The package's unit differs in its first comment only.
+        let packaged = unit_text(Path::new(BINARY_PATH), None, UnitOrigin::Package).unwrap();
+        assert_eq!(
+            packaged.lines().skip(1).collect::<Vec<_>>(),
+            unit.lines().skip(1).collect::<Vec<_>>()
+        );
+        assert!(packaged.starts_with("# Shipped by the bramble Debian package"));
     }
 
     /// Settings that would give the service a private mount namespace.
@@ -671,7 +822,10 @@ mod tests {
             "relative/bramble",
             "",
         ] {
-            assert!(unit_text(Path::new(bad), None).is_err(), "{bad}");
+            assert!(
+                unit_text(Path::new(bad), None, UnitOrigin::Package).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -740,5 +894,107 @@ mod tests {
 
         assert_eq!(remove(&to).unwrap(), Outcome::Removed);
         assert_eq!(remove(&to).unwrap(), Outcome::Absent);
+    }
+
+    fn install_args(root: &Path) -> InstallArgs {
+        InstallArgs {
+            root: Some(root.to_path_buf()),
+            config: None,
+            no_start: true,
+            binary: None,
+            print_unit: false,
+            print_config: false,
+            packaged: false,
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn packaged_install_prepares_state_only_and_twice_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let args = InstallArgs {
+            packaged: true,
+            no_start: false,
+            ..install_args(root)
+        };
+        install(&args).unwrap();
+        let state = root.join("var/lib/bramble");
+        assert_eq!(mode(&state), 0o755);
+        assert_eq!(mode(&state.join("secrets")), 0o700);
+        for file in ["basic-auth-user", "basic-auth-password"] {
+            assert_eq!(mode(&state.join("secrets").join(file)), 0o600, "{file}");
+        }
+        let password = std::fs::read(state.join("secrets/basic-auth-password")).unwrap();
+        assert!(password.len() >= 16);
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/sysctl.d/99-bramble.conf")).unwrap(),
+            SYSCTL_TEXT
+        );
+        // The package ships these: not written.
+        for shipped in [UNIT_PATH, BINARY_PATH, DEFAULT_CONFIG_FILE] {
+            let path = root.join(shipped.trim_start_matches('/'));
+            assert!(!path.exists(), "{shipped} written");
+        }
+        // Again (an upgrade, dpkg-reconfigure): the credentials stay.
+        install(&args).unwrap();
+        assert_eq!(
+            std::fs::read(state.join("secrets/basic-auth-password")).unwrap(),
+            password
+        );
+        // The conffile's state_dir is honoured.
+        std::fs::create_dir_all(root.join("etc/bramble")).unwrap();
+        std::fs::write(
+            root.join("etc/bramble/config.toml"),
+            "state_dir = \"/srv/bramble\"\n",
+        )
+        .unwrap();
+        install(&args).unwrap();
+        assert!(
+            root.join("srv/bramble/secrets/basic-auth-password")
+                .exists()
+        );
+        // A broken conffile stops the configuration with the key named.
+        std::fs::write(root.join("etc/bramble/config.toml"), "stat_dir = 1\n").unwrap();
+        let e = install(&args).unwrap_err();
+        assert!(format!("{e:#}").contains("stat_dir"), "{e:#}");
+    }
+
+    #[test]
+    fn plain_install_and_uninstall_refuse_on_a_packaged_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let unit = root.join(PACKAGED_UNIT_PATH.trim_start_matches('/'));
+        std::fs::create_dir_all(unit.parent().unwrap()).unwrap();
+        std::fs::write(&unit, "").unwrap();
+        let e = install(&install_args(root)).unwrap_err().to_string();
+        assert!(
+            e.contains("Debian package") && e.contains("systemctl enable --now bramble"),
+            "{e}"
+        );
+        let e = uninstall(&UninstallArgs {
+            root: Some(root.to_path_buf()),
+            purge: true,
+            config: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("apt purge bramble"), "{e}");
+        assert!(!root.join("etc/systemd/system/bramble.service").exists());
+        assert!(!root.join("var/lib/bramble").exists());
+        // What the postinst runs still works.
+        install(&InstallArgs {
+            packaged: true,
+            no_start: false,
+            ..install_args(root)
+        })
+        .unwrap();
+        assert!(
+            root.join("var/lib/bramble/secrets/basic-auth-user")
+                .exists()
+        );
     }
 }

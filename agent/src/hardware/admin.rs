@@ -6,6 +6,7 @@
 //! | `GET /system/gpio`               | `{"backend":"simulator","lines":[LineInfo…]}`            |
 //! | `GET /system/gpio/LINE`          | one `LineInfo`: `{"name","direction","level","bias","debounce","owners"}` |
 //! | `PUT /system/gpio/LINE`          | body `{"level":0\|1}`: drives a simulated line → `{"line","level"}`; 409 on real hardware or for an output |
+//! | `POST /system/gpio/LINE/toggle`  | body `{"times":N,"interval":"1ms"}` (both optional: 2 and no pause): toggles a simulated input N times → `{"line","level"}` |
 //! | `GET /system/gpio/LINE/watch`    | NDJSON edges (physical) until the client disconnects; on real hardware only lines requested as inputs |
 //!
 //! Errors are one line of `text/plain`: 400 bad body, 404 no such line, 409 refused.
@@ -18,7 +19,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -52,6 +53,7 @@ pub fn router(hardware: Arc<Hardware>) -> Router {
         .route("/system/gpio", get(list))
         .route("/system/gpio/{line}", get(get_line).put(set_line))
         .route("/system/gpio/{line}/watch", get(watch))
+        .route("/system/gpio/{line}/toggle", post(toggle))
         .with_state(hardware)
 }
 
@@ -89,6 +91,47 @@ async fn set_line(
 ) -> Result<Json<LineLevel>, ApiError> {
     let level = parse_level(&body)?;
     hardware.simulate(&line, level)?;
+    Ok(Json(LineLevel { line, level }))
+}
+
+/// The body of a toggle.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Toggle {
+    #[serde(default = "two")]
+    times: u32,
+    #[serde(default)]
+    interval: Option<String>,
+}
+
+fn two() -> u32 {
+    2
+}
+
+async fn toggle(
+    State(hardware): State<Arc<Hardware>>,
+    Path(line): Path<String>,
+    body: Bytes,
+) -> Result<Json<LineLevel>, ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let request: Toggle = if body.is_empty() {
+        Toggle {
+            times: two(),
+            interval: None,
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            bad(format!(
+                "the body must be {{\"times\":N,\"interval\":\"1ms\"}}: {e}"
+            ))
+        })?
+    };
+    let interval = match &request.interval {
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| bad(format!("interval {text:?}: {e} (write e.g. \"10ms\")")))?,
+        None => std::time::Duration::ZERO,
+    };
+    let level = hardware.toggle(&line, request.times, interval).await?;
     Ok(Json(LineLevel { line, level }))
 }
 

@@ -328,7 +328,7 @@ pub fn validate_line_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_line(item: &str) -> Result<(String, LineGrant), String> {
+pub(crate) fn parse_line(item: &str) -> Result<(String, LineGrant), String> {
     let mut parts = item.split(':');
     let name = parts.next().unwrap_or_default();
     validate_line_name(name)?;

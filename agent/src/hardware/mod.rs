@@ -67,10 +67,16 @@ pub use grants::{Bias, Direction, GrantError, Grants, LineGrant};
 use sensors::SensorRegistry;
 pub use sim::SimI2cDevice;
 
+/// Where the per-function socket directories are made when the configuration names none.
+pub const DEFAULT_SOCKET_DIR: &str = "/run/bramble/hw";
 /// Where the function's socket directory is mounted in its containers.
 pub const CONTAINER_DIR: &str = "/run/bramble";
 /// The socket's file name, on the host and in the container.
 pub const SOCKET_NAME: &str = "hw.sock";
+/// Most edges one [`Hardware::toggle`] makes.
+pub const MAX_TOGGLES: u32 = 100_000;
+/// Longest a [`Hardware::toggle`] may take.
+const MAX_TOGGLE_TIME: Duration = Duration::from_secs(60);
 /// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 /// How long `attach` retries a line the kernel reports busy (a line just released by this
@@ -97,8 +103,9 @@ pub enum BackendChoice {
 pub struct HardwareConfig {
     /// `auto` (default), `simulator` or `cdev`.
     pub backend: BackendChoice,
-    /// Where the per-function socket directories are made (default `/run/bramble/hw`).
-    pub socket_dir: PathBuf,
+    /// Where the per-function socket directories are made (default `<run_dir>/hw`, i.e.
+    /// `/run/bramble/hw`).
+    pub socket_dir: Option<PathBuf>,
     /// The kernel's 1-Wire devices (default `/sys/bus/w1/devices`).
     pub w1_dir: PathBuf,
     /// Labels of the GPIO chips whose lines functions may use, in order of preference
@@ -114,7 +121,7 @@ impl Default for HardwareConfig {
     fn default() -> Self {
         HardwareConfig {
             backend: BackendChoice::Auto,
-            socket_dir: PathBuf::from("/run/bramble/hw"),
+            socket_dir: None,
             w1_dir: PathBuf::from("/sys/bus/w1/devices"),
             chip_labels: ["pinctrl-rp1", "pinctrl-bcm2711", "pinctrl-bcm2835"]
                 .map(String::from)
@@ -424,7 +431,9 @@ impl Hardware {
                 bus,
                 state: Mutex::new(State::default()),
             }),
-            socket_dir: config.socket_dir,
+            socket_dir: config
+                .socket_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_DIR)),
             servers: Mutex::new(HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
         }))
@@ -521,26 +530,10 @@ impl Hardware {
         Ok(self.mount(function))
     }
 
-    /// Puts the function's outputs at their `safe` level. Its lines stay requested and its
-    /// socket stays up (for when its replicas start again). Call it when the function's
-    /// replicas stop, crash or are scaled to zero.
     /// The mount of a function attached with [`Hardware::attach`], `None` otherwise.
     pub fn mount_of(&self, function: &str) -> Option<Mount> {
-        let attached = self
-            .servers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(function);
-        if !attached {
-            return None;
-        }
-        let host_path = self.socket_dir.join(function);
-        Some(Mount {
-            socket: host_path.join(SOCKET_NAME),
-            host_path,
-            container_path: PathBuf::from(CONTAINER_DIR),
-            read_only: true,
-        })
+        let attached = self.servers().contains_key(function);
+        attached.then(|| self.mount(function))
     }
 
     /// Reads a sensor (for sensor-polling triggers); same registry as the functions' API.
@@ -548,6 +541,9 @@ impl Hardware {
         self.shared.sensors().read(id)
     }
 
+    /// Puts the function's outputs at their `safe` level. Its lines stay requested and its
+    /// socket stays up (for when its replicas start again). Call it when the function's
+    /// replicas stop, crash or are scaled to zero.
     pub fn safe_state(&self, function: &str) {
         let state = self.shared.state();
         let Some(grants) = state.functions.get(function) else {
@@ -573,18 +569,24 @@ impl Hardware {
         self.detach_locked(function);
     }
 
-    /// `detach` for every function: call it when the daemon stops.
+    /// `detach` for every function, when the daemon stops, except that the socket
+    /// directories stay: containers that keep running hold them mounted, and the next start
+    /// binds its sockets in them again.
     pub async fn shutdown(&self) {
         let _serial = self.lifecycle.lock().await;
         let mut functions: BTreeSet<String> =
             self.shared.state().functions.keys().cloned().collect();
         functions.extend(self.servers().keys().cloned());
         for function in functions {
-            self.detach_locked(&function);
+            self.release_locked(&function, false);
         }
     }
 
     fn detach_locked(&self, function: &str) {
+        self.release_locked(function, true);
+    }
+
+    fn release_locked(&self, function: &str, remove_dir: bool) {
         self.safe_state(function);
         let grants = self.shared.state().functions.remove(function);
         if let Some(grants) = grants {
@@ -600,8 +602,10 @@ impl Hardware {
             {
                 warn!(function, "cannot remove {}: {e}", server.socket.display());
             }
-            // Fails (and stays) if someone put other files there.
-            let _ = std::fs::remove_dir(&server.dir);
+            if remove_dir {
+                // Fails (and stays) if someone put other files there.
+                let _ = std::fs::remove_dir(&server.dir);
+            }
             info!(function, "hardware detached");
         }
     }
@@ -701,6 +705,38 @@ impl Hardware {
         })
     }
 
+    /// Toggles a simulated input `times` times, `interval` apart (a button pressed and
+    /// released, a bouncing contact, a burst of edges for a test). At most
+    /// [`MAX_TOGGLES`] edges and a minute in all. Answers the level it ends at.
+    pub async fn toggle(
+        &self,
+        line: &str,
+        times: u32,
+        interval: Duration,
+    ) -> Result<u8, HardwareError> {
+        if times == 0 || times > MAX_TOGGLES {
+            return Err(HardwareError::Invalid(format!(
+                "times {times}: toggle 1 to {MAX_TOGGLES} times"
+            )));
+        }
+        if interval.saturating_mul(times) > MAX_TOGGLE_TIME {
+            return Err(HardwareError::Invalid(format!(
+                "{times} toggles {} apart take longer than {}",
+                humantime::format_duration(interval),
+                humantime::format_duration(MAX_TOGGLE_TIME)
+            )));
+        }
+        let mut level = self.shared.gpio.peek(line).unwrap_or(0);
+        for n in 0..times {
+            if n > 0 && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            level ^= 1;
+            self.simulate(line, level)?;
+        }
+        Ok(level)
+    }
+
     fn unknown_line(&self, line: &str) -> HardwareError {
         HardwareError::UnknownLine(format!(
             "no GPIO line named {line} on this node ({} backend)",
@@ -761,6 +797,15 @@ impl Hardware {
             previous.task.abort();
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for Hardware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hardware")
+            .field("backend", &self.backend())
+            .field("socket_dir", &self.socket_dir)
+            .finish_non_exhaustive()
     }
 }
 

@@ -10,11 +10,14 @@
 //!
 //! * edges of lines nobody requested are published too, and so are changes of outputs, so
 //!   `bramble gpio watch GPIO27` shows an LED being switched in a demo;
-//! * debounce drops an edge that comes less than the period after the last *accepted* edge
-//!   of the line, but still counts it in `line_seqno`, so a watcher sees the drop as a gap
-//!   (the kernel's debouncer swallows bounces before they are counted);
 //! * requesting an input with `pull-up` (`pull-down`) raises (lowers) a line nothing drives,
 //!   without an edge.
+//!
+//! Debounce works like the kernel's (gpiolib-cdev): a debounced input reports a level once it
+//! has been stable for the period — the edge comes that much later, bounces in between are
+//! swallowed before they are counted, and a bounce back to the reported level reports
+//! nothing. Reads of a debounced line return that stable level. The timer runs on the tokio
+//! runtime; outside one (plain unit tests) edges are reported at once.
 //!
 //! **I2C devices** are register files (256 bytes) at `(bus, address)`: a write's first byte
 //! sets the register pointer and the following bytes are written from there; a read returns
@@ -61,11 +64,15 @@ struct SimState {
 
 #[derive(Default)]
 struct SimLine {
+    /// On the wire.
     level: u8,
+    /// Last reported (debounced) level.
+    stable: u8,
     driven: Option<u8>,
     request: Option<SimRequest>,
     line_seqno: u64,
-    last_accepted_ns: Option<u64>,
+    /// When the level of a debounced line will have been stable for the period.
+    settle_at: Option<tokio::time::Instant>,
 }
 
 #[derive(Clone, Copy)]
@@ -111,7 +118,7 @@ impl SimInner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn drive(&self, line: &str, level: u8, now_ns: u64) -> Result<(), BackendError> {
+    fn drive(self: &Arc<Self>, line: &str, level: u8, now_ns: u64) -> Result<(), BackendError> {
         check_level(level)?;
         let mut state = self.state();
         let sim = state
@@ -132,32 +139,71 @@ impl SimInner {
         Ok(())
     }
 
-    /// Sets the level and publishes the edge, unless debounce swallows it.
-    fn change(&self, line: &str, sim: &mut SimLine, level: u8, now_ns: u64) {
+    /// Sets the level and publishes the edge, at once or, on a debounced line, when the level
+    /// has been stable for the debounce period.
+    fn change(self: &Arc<Self>, line: &str, sim: &mut SimLine, level: u8, now_ns: u64) {
         if sim.level == level {
             return;
         }
         sim.level = level;
+        let debounce = sim.request.and_then(|r| r.debounce);
+        match (debounce, tokio::runtime::Handle::try_current()) {
+            (Some(period), Ok(runtime)) => {
+                let timer_running = sim.settle_at.is_some();
+                sim.settle_at = Some(tokio::time::Instant::now() + period);
+                if !timer_running {
+                    runtime.spawn(Arc::clone(self).settle(line.to_owned()));
+                }
+            }
+            _ => self.report(line, sim, now_ns),
+        }
+    }
+
+    /// Publishes the line's level as its new stable level, if it is one.
+    fn report(&self, line: &str, sim: &mut SimLine, now_ns: u64) {
+        if sim.stable == sim.level {
+            return;
+        }
+        sim.stable = sim.level;
         sim.line_seqno += 1;
-        let edge = if level == 1 {
+        let edge = if sim.level == 1 {
             Edge::Rising
         } else {
             Edge::Falling
         };
-        let debounce = sim.request.and_then(|r| r.debounce);
-        if let (Some(period), Some(last)) = (debounce, sim.last_accepted_ns) {
-            let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
-            if now_ns.saturating_sub(last) < period_ns {
-                debug!(
-                    line,
-                    line_seqno = sim.line_seqno,
-                    "simulator: edge dropped by debounce"
-                );
+        self.bus.emit(line, edge, now_ns, sim.line_seqno);
+    }
+
+    /// The debounce timer of `line`: waits until its level has been stable for the period
+    /// (each change moves `settle_at`), then reports it.
+    async fn settle(self: Arc<Self>, line: String) {
+        loop {
+            let due = match self.state().lines.get(&line).and_then(|l| l.settle_at) {
+                Some(due) => due,
+                None => return,
+            };
+            tokio::time::sleep_until(due).await;
+            let mut state = self.state();
+            let Some(sim) = state.lines.get_mut(&line) else {
                 return;
+            };
+            match sim.settle_at {
+                Some(due) if due <= tokio::time::Instant::now() => {
+                    sim.settle_at = None;
+                    if sim.stable != sim.level {
+                        debug!(
+                            line,
+                            level = sim.level,
+                            "simulator: debounced level reported"
+                        );
+                    }
+                    self.report(&line, sim, monotonic_ns());
+                    return;
+                }
+                Some(_) => {}
+                None => return,
             }
         }
-        sim.last_accepted_ns = Some(now_ns);
-        self.bus.emit(line, edge, now_ns, sim.line_seqno);
     }
 
     fn request(
@@ -184,15 +230,16 @@ impl SimInner {
             direction,
             debounce,
         });
-        sim.last_accepted_ns = None;
+        sim.settle_at = None;
+        sim.stable = sim.level;
         match direction {
             Direction::Out => {
                 sim.driven = None;
                 self.change(line, sim, level, monotonic_ns());
             }
             Direction::In if sim.driven.is_none() => match bias {
-                Some(Bias::PullUp) => sim.level = 1,
-                Some(Bias::PullDown) => sim.level = 0,
+                Some(Bias::PullUp) => (sim.level, sim.stable) = (1, 1),
+                Some(Bias::PullDown) => (sim.level, sim.stable) = (0, 0),
                 _ => {}
             },
             Direction::In => {}
@@ -264,7 +311,7 @@ struct SimHandle {
 impl SimHandle {
     fn with_line<T>(
         &self,
-        f: impl FnOnce(&SimInner, &mut SimLine) -> Result<T, BackendError>,
+        f: impl FnOnce(&Arc<SimInner>, &mut SimLine) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
         let mut state = self.inner.state();
         match state.lines.get_mut(&self.line) {
@@ -279,7 +326,7 @@ impl SimHandle {
 
 impl LineHandle for SimHandle {
     fn read(&self) -> Result<u8, BackendError> {
-        self.with_line(|_, sim| Ok(sim.level))
+        self.with_line(|_, sim| Ok(sim.stable))
     }
 
     fn write(&self, level: u8) -> Result<(), BackendError> {
@@ -484,11 +531,11 @@ mod tests {
         assert!(rx.try_recv().unwrap().timestamp_ns > 3_000);
     }
 
-    #[test]
-    fn debounce_drops_edges_and_the_gap_shows() {
+    #[tokio::test(start_paused = true)]
+    async fn debounce_reports_a_level_once_it_is_stable_like_the_kernel() {
         let (sim, bus) = sim();
         let mut rx = bus.subscribe("GPIO17");
-        let _input = sim
+        let input = sim
             .request_input(
                 "GPIO17",
                 InputConfig {
@@ -497,23 +544,47 @@ mod tests {
                 },
             )
             .unwrap();
-        let ms = 1_000_000;
-        sim.drive_at("GPIO17", 1, 100 * ms).unwrap(); // accepted (line_seqno 1)
-        sim.drive_at("GPIO17", 0, 105 * ms).unwrap(); // bounce: dropped (2)
-        sim.drive_at("GPIO17", 1, 110 * ms).unwrap(); // bounce: dropped (3)
-        sim.drive_at("GPIO17", 0, 119 * ms).unwrap(); // still inside 20 ms: dropped (4)
-        sim.drive_at("GPIO17", 1, 125 * ms).unwrap(); // accepted (5)
-        let a = rx.try_recv().unwrap();
-        let b = rx.try_recv().unwrap();
+        let ms = Duration::from_millis;
+        let settle = || async {
+            // Past the period, then let the timer task run.
+            tokio::time::advance(ms(21)).await;
+            tokio::task::yield_now().await;
+        };
+        // A press that bounces: one edge, 20 ms after the last bounce; reads stay 0 until then.
+        for (level, after) in [(1, 0), (0, 5), (1, 5), (0, 9), (1, 6)] {
+            tokio::time::advance(ms(after)).await;
+            sim.simulate("GPIO17", level).unwrap();
+        }
+        tokio::time::advance(ms(19)).await;
+        tokio::task::yield_now().await;
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(input.read().unwrap(), 0, "not stable yet");
+        settle().await;
+        let a = rx.try_recv().unwrap();
         assert_eq!((a.edge, a.line_seqno), (Edge::Rising, 1));
-        assert_eq!((b.edge, b.line_seqno), (Edge::Rising, 5));
+        assert_eq!(input.read().unwrap(), 1);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+
+        // A glitch back to the reported level reports nothing.
+        sim.simulate("GPIO17", 0).unwrap();
+        tokio::time::advance(ms(3)).await;
+        sim.simulate("GPIO17", 1).unwrap();
+        settle().await;
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+
+        // A press and release faster than the period: the release is not lost — the level
+        // ends at 0 and is reported as such.
+        sim.simulate("GPIO17", 0).unwrap();
+        settle().await;
+        sim.simulate("GPIO17", 1).unwrap();
+        tokio::time::advance(ms(2)).await;
+        sim.simulate("GPIO17", 0).unwrap();
+        settle().await;
+        let b = rx.try_recv().unwrap();
+        assert_eq!((b.edge, b.line_seqno), (Edge::Falling, 2));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(input.read().unwrap(), 0);
         assert_eq!(b.seqno, a.seqno + 1, "the node-wide seqno has no gap");
-        assert_eq!(
-            b.line_seqno - a.line_seqno - 1,
-            3,
-            "three edges were dropped"
-        );
     }
 
     #[test]

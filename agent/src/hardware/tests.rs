@@ -35,7 +35,7 @@ fn node() -> Node {
     let socket_dir = tmp.path().join("hw");
     let hw = Hardware::new(HardwareConfig {
         backend: BackendChoice::Simulator,
-        socket_dir: socket_dir.clone(),
+        socket_dir: Some(socket_dir.clone()),
         w1_dir: w1,
         ..HardwareConfig::default()
     })
@@ -146,7 +146,7 @@ fn backend_choice() {
     // This machine has no GPIO chip: auto picks the simulator, cdev refuses clearly.
     let tmp = tempfile::tempdir().unwrap();
     let auto = Hardware::new(HardwareConfig {
-        socket_dir: tmp.path().to_owned(),
+        socket_dir: Some(tmp.path().to_owned()),
         ..HardwareConfig::default()
     })
     .unwrap();
@@ -167,7 +167,7 @@ fn backend_choice() {
     .unwrap();
     assert_eq!(config.backend, BackendChoice::Simulator);
     assert_eq!(config.sim_i2c[0].registers, [[0, 0x12]]);
-    assert_eq!(config.socket_dir, HardwareConfig::default().socket_dir);
+    assert_eq!(config.socket_dir, None);
 }
 
 #[tokio::test]
@@ -544,9 +544,12 @@ async fn safe_state_and_detach() {
         .attach("g", grants(&[("bramble.gpio", "GPIO27:out")]))
         .await
         .unwrap();
-    // shutdown detaches everything.
+    // shutdown releases everything but keeps the socket directory (still mounted in the
+    // containers that keep running; the next start binds its socket there again).
     node.hw.shutdown().await;
     assert!(node.hw.lines().iter().all(|l| l.owners.is_empty()));
+    assert!(!node.socket_dir.join("g").join(SOCKET_NAME).exists());
+    assert!(node.socket_dir.join("g").is_dir());
 }
 
 #[tokio::test]
@@ -680,6 +683,41 @@ async fn admin_routes() {
     assert_eq!(status, 404);
     let (status, _) = call(&sock, "PUT", "/system/gpio/GPIO17", r#"{"level":3}"#).await;
     assert_eq!(status, 400);
+
+    // Toggle: a press and release by default; a burst on request, every edge delivered.
+    let v = call_json(&sock, "POST", "/system/gpio/GPIO17/toggle", "").await;
+    assert_eq!(v, serde_json::json!({"line": "GPIO17", "level": 0}));
+    let edges: Vec<Value> = vec![button.next().await.unwrap(), button.next().await.unwrap()];
+    assert_eq!(
+        (edges[0]["edge"].as_str(), edges[1]["edge"].as_str()),
+        (Some("rising"), Some("falling"))
+    );
+    let v = call_json(
+        &sock,
+        "POST",
+        "/system/gpio/GPIO17/toggle",
+        r#"{"times":101}"#,
+    )
+    .await;
+    assert_eq!(v["level"], 1);
+    let first = button.next().await.unwrap()["line_seqno"].as_u64().unwrap();
+    let mut last = first;
+    for _ in 1..101 {
+        last = button.next().await.unwrap()["line_seqno"].as_u64().unwrap();
+    }
+    assert_eq!(last - first, 100);
+    for (body, status) in [
+        (r#"{"times":0}"#, 400),
+        (r#"{"times":100001}"#, 400),
+        (r#"{"times":1000,"interval":"1s"}"#, 400),
+        (r#"{"times":2,"interval":"soon"}"#, 400),
+        (r#"{"edges":2}"#, 400),
+    ] {
+        let (got, text) = call(&sock, "POST", "/system/gpio/GPIO17/toggle", body).await;
+        assert_eq!(got, status, "{body}: {text}");
+    }
+    let (status, _) = call(&sock, "POST", "/system/gpio/GPIO27/toggle", "").await;
+    assert_eq!(status, 409, "outputs are not driven by the simulator");
     server.abort();
 }
 
