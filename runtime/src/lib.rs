@@ -21,6 +21,8 @@ pub mod logs;
 pub mod metrics;
 mod mount;
 pub mod network;
+#[cfg(test)]
+mod proptests;
 pub mod spec;
 
 use std::path::PathBuf;
@@ -69,6 +71,9 @@ pub struct RuntimeConfig {
     pub log_buffer_bytes: usize,
     /// The host's resolver configuration, copied into functions.
     pub resolv_conf: PathBuf,
+    /// Largest size one image layer may unpack to, and an uncompressed image archive may have
+    /// (a decompression bomb is refused before it fills the disk).
+    pub max_unpacked: u64,
 }
 
 impl RuntimeConfig {
@@ -92,6 +97,7 @@ impl RuntimeConfig {
             call_timeout: Duration::from_secs(15),
             log_buffer_bytes: 256 * 1024,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            max_unpacked: image::DEFAULT_MAX_UNPACKED,
         }
     }
 }
@@ -158,6 +164,7 @@ impl Runtime {
             config.snapshotter.clone(),
             platform,
             config.registries.clone(),
+            config.max_unpacked,
         );
         images.set_scratch_dir(config.run_dir.join("mnt"));
         let events = events::channel();

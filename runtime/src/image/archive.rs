@@ -64,7 +64,8 @@ pub(super) async fn import(
     progress: &ProgressFn<'_>,
 ) -> Result<Vec<String>> {
     let archive_path = path.to_path_buf();
-    let scan = tokio::task::spawn_blocking(move || scan(&archive_path))
+    let limit = service.max_unpacked();
+    let scan = tokio::task::spawn_blocking(move || scan(&archive_path, limit))
         .await
         .map_err(|e| archive_error(path, format!("reader task failed: {e}")))??;
     let plans = plan(service, path, &scan, rename)?;
@@ -88,6 +89,15 @@ pub(super) async fn import(
                         cached: true,
                     });
                 } else if let Some(bytes) = scan.small.get(entry) {
+                    let mut meter = super::bound::Meter::new(
+                        &format!("layer {entry}"),
+                        &descriptor.media_type,
+                        service.max_unpacked(),
+                    );
+                    meter
+                        .feed(bytes)
+                        .and_then(|()| meter.finish())
+                        .map_err(|reason| archive_error(path, reason))?;
                     let chunks = futures::stream::iter([Ok::<_, std::convert::Infallible>(
                         Bytes::copy_from_slice(bytes),
                     )]);
@@ -146,8 +156,29 @@ fn archive_error(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Opens the archive, transparently gunzipping it.
-fn open(path: &Path) -> Result<Box<dyn Read>> {
+/// Reads at most `limit` bytes, then fails (a gzipped archive that decompresses without end).
+struct Bounded<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read = self.read.saturating_add(n as u64);
+        if self.read > self.limit {
+            return Err(std::io::Error::other(super::bound::too_large(
+                "the archive",
+                self.limit,
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// Opens the archive, transparently gunzipping it (at most `limit` bytes decompressed).
+fn open(path: &Path, limit: u64) -> Result<Box<dyn Read>> {
     let mut file = std::fs::File::open(path)
         .map_err(|e| Error::io(format!("opening image archive {}", path.display()), e))?;
     let mut magic = [0u8; 2];
@@ -157,7 +188,11 @@ fn open(path: &Path) -> Result<Box<dyn Read>> {
     let head = std::io::Cursor::new(magic[..n].to_vec());
     let reader = head.chain(file);
     if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(flate2::read::GzDecoder::new(reader)))
+        Ok(Box::new(Bounded {
+            inner: flate2::read::GzDecoder::new(reader),
+            read: 0,
+            limit,
+        }))
     } else {
         Ok(Box::new(reader))
     }
@@ -172,8 +207,8 @@ fn normalise(path: &Path) -> String {
 }
 
 /// Pass 1.
-fn scan(path: &Path) -> Result<Scan> {
-    let mut archive = tar::Archive::new(open(path)?);
+fn scan(path: &Path, limit: u64) -> Result<Scan> {
+    let mut archive = tar::Archive::new(open(path, limit)?);
     let mut small = HashMap::new();
     let mut sizes = HashMap::new();
     let mut kept: u64 = 0;
@@ -181,8 +216,14 @@ fn scan(path: &Path) -> Result<Scan> {
         .entries()
         .map_err(|e| archive_error(path, format!("not a tar archive: {e}")))?;
     for entry in entries {
-        let mut entry =
-            entry.map_err(|e| archive_error(path, format!("corrupt tar archive: {e}")))?;
+        let mut entry = entry.map_err(|e| {
+            let text = e.to_string();
+            if text.contains("max_unpacked") {
+                archive_error(path, text)
+            } else {
+                archive_error(path, format!("corrupt tar archive: {text}"))
+            }
+        })?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
@@ -320,11 +361,20 @@ fn plan(
         return Err(archive_error(path, "the archive contains no image"));
     }
     for plan in &plans {
-        for (entry, _, _) in &plan.layers {
-            if !scan.sizes.contains_key(entry) {
+        for (entry, descriptor, _) in &plan.layers {
+            let Some(&size) = scan.sizes.get(entry) else {
                 return Err(archive_error(
                     path,
                     format!("layer {entry} of {} is not in the archive", plan.name),
+                ));
+            };
+            if u64::try_from(descriptor.size).ok() != Some(size) {
+                return Err(archive_error(
+                    path,
+                    format!(
+                        "layer {entry} of {} is {size} bytes, but its manifest says {}",
+                        plan.name, descriptor.size
+                    ),
                 ));
             }
         }
@@ -487,10 +537,14 @@ async fn stream_entries(
 ) -> Result<()> {
     type Chunks = tokio::sync::mpsc::Receiver<std::result::Result<Bytes, String>>;
     let (entry_tx, mut entry_rx) = tokio::sync::mpsc::channel::<(String, Chunks)>(1);
-    let names: BTreeSet<String> = wanted.keys().cloned().collect();
+    let media_types: HashMap<String, String> = wanted
+        .iter()
+        .map(|(name, (d, _))| (name.clone(), d.media_type.clone()))
+        .collect();
+    let limit = service.max_unpacked();
     let archive_path: PathBuf = path.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || -> Result<()> {
-        let mut archive = tar::Archive::new(open(&archive_path)?);
+        let mut archive = tar::Archive::new(open(&archive_path, limit)?);
         let entries = archive
             .entries()
             .map_err(|e| archive_error(&archive_path, format!("not a tar archive: {e}")))?;
@@ -500,9 +554,13 @@ async fn stream_entries(
             let Ok(name) = entry.path().map(|p| normalise(&p)) else {
                 continue;
             };
-            if !entry.header().entry_type().is_file() || !names.contains(&name) {
+            if !entry.header().entry_type().is_file() {
                 continue;
             }
+            let Some(media_type) = media_types.get(&name) else {
+                continue;
+            };
+            let mut meter = super::bound::Meter::new(&format!("layer {name}"), media_type, limit);
             let (chunk_tx, chunk_rx) = tokio::sync::mpsc::channel(2);
             if entry_tx.blocking_send((name, chunk_rx)).is_err() {
                 return Ok(()); // the writer gave up; it reports why
@@ -510,9 +568,19 @@ async fn stream_entries(
             loop {
                 let mut buf = vec![0u8; CHUNK];
                 match entry.read(&mut buf) {
-                    Ok(0) => break,
+                    Ok(0) => {
+                        if let Err(e) = meter.finish() {
+                            let _ = chunk_tx.blocking_send(Err(e));
+                            return Ok(());
+                        }
+                        break;
+                    }
                     Ok(n) => {
                         buf.truncate(n);
+                        if let Err(e) = meter.feed(&buf) {
+                            let _ = chunk_tx.blocking_send(Err(e));
+                            return Ok(());
+                        }
                         if chunk_tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                             return Ok(());
                         }

@@ -74,8 +74,18 @@ impl CredentialStore {
 
     /// Parses the contents of a Docker `config.json`.
     pub fn parse(text: &[u8]) -> std::result::Result<Self, String> {
-        let config: DockerConfig =
-            serde_json::from_slice(text).map_err(|e| format!("not a Docker config file: {e}"))?;
+        let config: DockerConfig = serde_json::from_slice(text).map_err(|e| {
+            // A type error quotes the value it met, which may be a password: say where instead.
+            if e.classify() == serde_json::error::Category::Data {
+                format!(
+                    "not a Docker config file: unexpected value at line {} column {} (expected {{\"auths\": {{HOST: {{\"auth\": BASE64}}}}}})",
+                    e.line(),
+                    e.column()
+                )
+            } else {
+                format!("not a Docker config file: {e}")
+            }
+        })?;
         let mut by_host = BTreeMap::new();
         for (key, entry) in config.auths {
             let host = normalise_host(&key);

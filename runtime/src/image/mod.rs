@@ -13,6 +13,7 @@ pub mod platform;
 pub mod reference;
 
 mod archive;
+mod bound;
 mod registry;
 mod unpack;
 mod user;
@@ -39,6 +40,7 @@ use oci::{ConfigFile, Descriptor, Manifest, ManifestDocument};
 use platform::Platform;
 use reference::ImageRef;
 
+pub use bound::DEFAULT_MAX_UNPACKED;
 pub(crate) use unpack::remove_quietly as remove_snapshot_quietly;
 pub use user::ResolvedUser;
 
@@ -182,6 +184,8 @@ pub struct ImageService {
     /// One pull or import per image name at a time.
     locks: KeyedLocks,
     users: user::UserCache,
+    /// Largest uncompressed size of one layer (and of an uncompressed image archive).
+    max_unpacked: u64,
 }
 
 impl ImageService {
@@ -190,6 +194,7 @@ impl ImageService {
         snapshotter: String,
         platform: Platform,
         registries: RegistryConfig,
+        max_unpacked: u64,
     ) -> Self {
         Self {
             conn,
@@ -199,7 +204,13 @@ impl ImageService {
             cache: Mutex::new(HashMap::new()),
             locks: KeyedLocks::default(),
             users: user::UserCache::default(),
+            max_unpacked,
         }
+    }
+
+    /// Largest uncompressed size of one layer (and of an uncompressed image archive).
+    pub fn max_unpacked(&self) -> u64 {
+        self.max_unpacked
     }
 
     /// Where image views are mounted briefly to read their account files.
@@ -223,6 +234,7 @@ impl ImageService {
     ) -> Result<Arc<Image>> {
         let name = reference.to_string();
         let _guard = self.locks.lock(&name).await;
+        let mut unusable = None;
         if policy != PullPolicy::Always {
             if let Some(image) = self.get(&name).await? {
                 if image.unpacked {
@@ -230,16 +242,33 @@ impl ImageService {
                 }
                 match self.unpack_present(&name, progress).await {
                     Ok(image) => return Ok(image),
-                    Err(e) if policy == PullPolicy::Never => return Err(e),
+                    Err(e) if policy == PullPolicy::Never || e.is_unavailable() => return Err(e),
                     Err(e) => {
                         tracing::info!(image = %name, error = %e.chain(), "local copy unusable, pulling");
+                        unusable = Some(e);
                     }
                 }
             } else if policy == PullPolicy::Never {
                 return Err(Error::ImageNotPresent { image: name });
             }
         }
-        registry::pull(self, reference, progress).await?;
+        if let Err(pull) = registry::pull(self, reference, progress).await {
+            // Say why the local copy was not used, not only why the pull failed.
+            return Err(match unusable {
+                Some(local) => Error::InvalidImage {
+                    image: name,
+                    reason: format!(
+                        "the local copy cannot be unpacked ({}), and pulling it again failed ({})",
+                        match local {
+                            Error::InvalidImage { reason, .. } => reason,
+                            local => local.chain(),
+                        },
+                        pull.chain()
+                    ),
+                },
+                None => pull,
+            });
+        }
         self.get(&name).await?.ok_or(Error::NotFound {
             kind: "image",
             id: name,
@@ -510,6 +539,7 @@ impl ImageService {
             &manifest,
             &config,
             &image.config_digest,
+            self.max_unpacked,
             progress,
         )
         .await;
@@ -659,6 +689,7 @@ impl ImageService {
             manifest,
             config,
             &manifest.config.digest,
+            self.max_unpacked,
             progress,
         )
         .await?;

@@ -163,7 +163,12 @@ pub(super) async fn pull(
                         .pull_blob_stream(&oci_ref, &to_oci_descriptor(&layer))
                         .await
                         .map_err(|e| registry_error(name, registry, service, e))?;
-                    let chunks = stream.stream.map_err(|e| e.to_string());
+                    let meter = super::bound::Meter::new(
+                        &format!("layer {}", layer.digest),
+                        &layer.media_type,
+                        service.max_unpacked(),
+                    );
+                    let chunks = super::bound::metered(meter, stream.stream);
                     content::write_blob(
                         conn,
                         lease,

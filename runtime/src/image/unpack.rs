@@ -49,6 +49,7 @@ pub(crate) async fn unpack(
     manifest: &Manifest,
     config: &ConfigFile,
     config_digest: &str,
+    max_unpacked: u64,
     progress: &ProgressFn<'_>,
 ) -> Result<String> {
     let chain = chain_ids(&config.rootfs.diff_ids);
@@ -65,6 +66,7 @@ pub(crate) async fn unpack(
                 &config.rootfs.diff_ids[index],
                 chain_id,
                 &parent,
+                max_unpacked,
             )
             .await?;
         }
@@ -98,6 +100,7 @@ async fn apply_layer(
     diff_id: &str,
     chain_id: &str,
     parent: &str,
+    max_unpacked: u64,
 ) -> Result<()> {
     let key = format!("extract-{} {chain_id}", random_suffix());
     let mut snapshots = conn.snapshots();
@@ -137,8 +140,26 @@ async fn apply_layer(
                 APPLY_TIMEOUT,
                 diff.apply(conn.leased_request(apply, lease)),
             )
-            .await?;
-        let applied_digest = applied.applied.map(|d| d.digest).unwrap_or_default();
+            .await
+            .map_err(|e| match e {
+                // A layer containerd cannot apply (corrupt content): say which one.
+                Error::Containerd { .. } => Error::InvalidImage {
+                    image: image.to_owned(),
+                    reason: format!("layer {} cannot be unpacked: {}", layer.digest, e.chain()),
+                },
+                e => e,
+            })?;
+        let (applied_digest, applied_size) = applied
+            .applied
+            .map(|d| (d.digest, d.size))
+            .unwrap_or_default();
+        // Gzip and plain layers were measured on the way in; this catches the rest (zstd).
+        if u64::try_from(applied_size).unwrap_or(0) > max_unpacked {
+            return Err(Error::InvalidImage {
+                image: image.to_owned(),
+                reason: super::bound::too_large(&format!("layer {}", layer.digest), max_unpacked),
+            });
+        }
         if applied_digest != diff_id {
             return Err(Error::InvalidImage {
                 image: image.to_owned(),

@@ -487,6 +487,19 @@ pub(super) struct Primary {
 
 /// The IPv4 address of `ifname` inside the sandbox (or, failing that, the first IPv4 address),
 /// with its gateway (the IP's own, or the default route's).
+/// The host-side interfaces of a result: those outside the sandbox, other than the bridge.
+pub(super) fn host_ports(result: &Value, bridge: &str) -> Result<Vec<String>, NetworkError> {
+    let parsed = CniResult::deserialize(result).map_err(|e| NetworkError::BadResult {
+        reason: format!("does not parse: {e}"),
+    })?;
+    Ok(parsed
+        .interfaces
+        .into_iter()
+        .filter(|i| i.sandbox.is_empty() && i.name != bridge)
+        .map(|i| i.name)
+        .collect())
+}
+
 pub(super) fn primary_ipv4(result: &Value, ifname: &str) -> Result<Primary, NetworkError> {
     let bad = |reason: String| NetworkError::BadResult { reason };
     let parsed = CniResult::deserialize(result).map_err(|e| bad(format!("does not parse: {e}")))?;

@@ -25,6 +25,7 @@
 mod cni;
 mod config;
 mod error;
+mod isolate;
 mod locks;
 mod netns;
 mod store;
@@ -312,6 +313,10 @@ impl Inner {
                     "keeping an existing attachment outside the configured subnet (config changed?)"
                 );
             }
+            // Attached by an earlier bramble, maybe one that did not isolate functions yet.
+            if let Err(e) = self.isolate(&entry.result).await {
+                tracing::warn!(id, "{e}");
+            }
             return Ok(entry.attachment.clone());
         }
         let version = self.cni_version().await?;
@@ -400,6 +405,7 @@ impl Inner {
             reason: "the plugin chain is empty".to_owned(),
         })?;
         let primary = cni::primary_ipv4(&result, IFNAME)?;
+        self.isolate(&result).await?;
         let attachment = Attachment {
             id: id.to_owned(),
             netns: netns.to_path_buf(),
@@ -411,6 +417,18 @@ impl Inner {
         let dir = self.cache_dir();
         blocking(move || store::write(&dir, &entry)).await??;
         Ok(attachment)
+    }
+
+    /// Isolates the function's bridge port (the host side of its veth, named in the CNI
+    /// result), so that functions cannot reach each other except through the gateway.
+    async fn isolate(&self, result: &Value) -> Result<(), NetworkError> {
+        let ports = cni::host_ports(result, &self.config.bridge)?;
+        if ports.is_empty() {
+            return Err(NetworkError::BadResult {
+                reason: "names no host-side interface to isolate".to_owned(),
+            });
+        }
+        blocking(move || ports.iter().try_for_each(|p| isolate::isolate_port(p))).await?
     }
 
     /// Undoes a failed attach: DEL for the chain (errors logged), namespace, leases, cache.

@@ -265,3 +265,35 @@ async fn attach_and_detach_reject_bad_ids_before_touching_anything() {
     network.detach("unknown").await.unwrap();
     assert_eq!(network.gateway(), Ipv4Addr::new(10, 72, 0, 1));
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::super::config::{Subnet, parse_cidr};
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// The `network.subnet` setting: any text is a clear error or a subnet that prints back
+        /// to itself; a CIDR with host bits set is refused with the network it meant.
+        #[test]
+        fn subnets_never_panic_and_round_trip(
+            text in prop_oneof![".{0,30}", "[0-9]{1,4}(\\.[0-9]{1,4}){0,4}(/[0-9]{0,3})?"],
+            addr in any::<u32>(),
+            prefix in 0u8..40,
+        ) {
+            for text in [text, format!("{}/{prefix}", std::net::Ipv4Addr::from(addr))] {
+                match text.parse::<Subnet>() {
+                    Ok(subnet) => {
+                        prop_assert_eq!(subnet.to_string().parse::<Subnet>().unwrap(), subnet);
+                        prop_assert!((8..=30).contains(&subnet.prefix_len));
+                    }
+                    Err(e) => {
+                        prop_assert!(e.contains(&text) || e.contains(&format!("{text:?}")), "{}", e);
+                        prop_assert!(parse_cidr(&text).is_none_or(|(_, p)| p <= 32));
+                    }
+                }
+            }
+        }
+    }
+}
