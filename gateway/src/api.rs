@@ -690,7 +690,7 @@ impl Drop for Spooled {
 // Logs
 // ---------------------------------------------------------------------------------------------
 
-fn parse_log_request(
+pub(crate) fn parse_log_request(
     q: &HashMap<String, String>,
     default_namespace: &str,
 ) -> Result<LogRequest, ApiError> {
@@ -912,10 +912,21 @@ async fn async_function<P: Provider>(State(shared): Gw<P>, request: Request) -> 
     );
     shared.queue.enqueue(&record, body).await.map_err(|e| {
         warn!(error = %e, "cannot queue an async call");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot queue the call: {e}"),
-        )
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) {
+            // Refused, not accepted and lost: the caller can retry once there is space.
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("cannot queue the call, the disk is full: {e}"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot queue the call: {e}"),
+            )
+        }
     })?;
     debug!(call_id = %call_id, function = %format!("{name}.{namespace}"), "async call queued");
     let mut response = empty(StatusCode::ACCEPTED);

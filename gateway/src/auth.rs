@@ -1,8 +1,10 @@
-//! HTTP Basic auth of `/system/*`, compared in constant time.
+//! HTTP Basic auth of `/system/*`, compared in constant time (SHA-256 digests of the given and
+//! expected user and password, so that not even the lengths are compared early).
 
 use base64::Engine as _;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
+use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use crate::config::Credentials;
@@ -27,9 +29,15 @@ pub(crate) fn authorized(credentials: &Credentials, headers: &HeaderMap) -> bool
     };
     let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
     // Both compared, always, so the time taken says nothing about which one was wrong.
-    let user_ok = user.ct_eq(credentials.user.as_bytes());
-    let password_ok = password.ct_eq(credentials.password.as_bytes());
+    let user_ok = same(user, credentials.user.as_bytes());
+    let password_ok = same(password, credentials.password.as_bytes());
     bool::from(user_ok & password_ok)
+}
+
+/// Constant-time equality that also hides the expected length: slices of different lengths
+/// would compare unequal at once, so their SHA-256 digests (always 32 bytes) are compared.
+fn same(given: &[u8], expected: &[u8]) -> subtle::Choice {
+    Sha256::digest(given).ct_eq(&Sha256::digest(expected))
 }
 
 #[cfg(test)]
@@ -74,5 +82,19 @@ mod tests {
         ));
         assert!(!authorized(&c, &with("Basic !!!")));
         assert!(!authorized(&c, &with("Basic")));
+    }
+
+    #[test]
+    fn comparison_is_by_digest_whatever_the_lengths() {
+        for (a, b, equal) in [
+            (&b""[..], &b""[..], true),
+            (b"p:w", b"p:w", true),
+            (b"p:w", b"p:x", false),
+            (b"p", b"p:w", false),
+            (b"p:w:longer", b"p:w", false),
+            (b"", b"x", false),
+        ] {
+            assert_eq!(bool::from(same(a, b)), equal, "{a:?} {b:?}");
+        }
     }
 }

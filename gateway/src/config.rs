@@ -80,6 +80,10 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// The gateway's own version, for `/system/info`.
     pub version: VersionInfo,
+    /// How long a client may take to send a request head (from the connection's start, or
+    /// the end of its previous response): a slow or idle client is disconnected after it, so
+    /// it cannot hold a connection forever (30 s).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -96,6 +100,7 @@ impl Default for GatewayConfig {
             async_workers: 4,
             async_retry: RetryPolicy::default(),
             drain_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
             version: VersionInfo {
                 commit_message: String::new(),
                 sha: String::new(),

@@ -187,7 +187,7 @@ impl<P: Provider> Gateway<P> {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(std::time::Duration::from_secs(30));
+            .header_read_timeout(self.shared.config.header_read_timeout);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {

@@ -45,13 +45,14 @@
 //! | `GET /healthz` | 200 `OK` | 503 with the reason |
 //! | `GET /metrics` | 200 Prometheus text | |
 //! | any `/function/{name[.ns]}[/path]` | the function's | streamed both ways; `name.ns` split on the last `.` |
-//! | `POST /async-function/{name[.ns]}[/path]` | 202 + `X-Call-Id` | |
+//! | `POST /async-function/{name[.ns]}[/path]` | 202 + `X-Call-Id` | 507 when the queue's disk is full |
 //! | `GET /` | 200 text | |
 //!
 //! `/system/*` needs HTTP Basic auth (401, `WWW-Authenticate: Basic realm="Restricted"`,
 //! `invalid credentials`); the others are open. Bodies of `/system/*` above `max_api_body` get
 //! 413; malformed JSON gets 400 naming the field. Everything is validated before the provider
-//! is called; a rejected request changes nothing.
+//! is called; a rejected request changes nothing. A change the node cannot save because its
+//! disk is full gets 507 naming the file, and changes nothing either.
 //!
 //! `/function` errors: 400 impossible name, 404 unknown function, 502 function unreachable,
 //! 503/504 not ready (the provider's message), 504 `Function timed out after Ns`.
@@ -70,6 +71,8 @@ mod config;
 mod gateway;
 mod http_util;
 mod metrics;
+#[cfg(test)]
+mod proptests;
 pub mod provider;
 mod proxy;
 mod queue;

@@ -40,6 +40,9 @@ pub enum ProviderError {
     /// 504: waiting for a function to become ready took longer than allowed.
     #[error("{0}")]
     Timeout(String),
+    /// 507: the change cannot be saved because the node's disk is full; nothing changed.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// 500.
     #[error("{0}")]
     Internal(String),
@@ -62,6 +65,7 @@ impl ProviderError {
             ProviderError::Conflict(_) => 409,
             ProviderError::Unavailable(_) => 503,
             ProviderError::Timeout(_) => 504,
+            ProviderError::InsufficientStorage(_) => 507,
             ProviderError::Internal(_) => 500,
         }
     }

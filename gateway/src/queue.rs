@@ -213,8 +213,9 @@ impl Queue {
             let write = || -> io::Result<()> {
                 let mut file =
                     fs::File::create(&tmp_path).map_err(|e| context("creating", &tmp_path, &e))?;
-                file.write_all(&meta)?;
-                file.write_all(&body)?;
+                file.write_all(&meta)
+                    .and_then(|()| file.write_all(&body))
+                    .map_err(|e| context("writing", &tmp_path, &e))?;
                 file.sync_all()
                     .map_err(|e| context("syncing", &tmp_path, &e))?;
                 drop(file);

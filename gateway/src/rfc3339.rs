@@ -96,7 +96,9 @@ pub(crate) fn parse(text: &str) -> Result<SystemTime, String> {
         - offset_seconds;
     if seconds >= 0 {
         let secs = u64::try_from(seconds).map_err(|_| bad())?;
-        Ok(UNIX_EPOCH + Duration::new(secs, nanos))
+        UNIX_EPOCH
+            .checked_add(Duration::new(secs, nanos))
+            .ok_or_else(bad)
     } else {
         let before =
             Duration::from_secs(seconds.unsigned_abs()) - Duration::from_nanos(u64::from(nanos));

@@ -5,3 +5,4 @@ mod api;
 mod asyncq;
 mod common;
 mod proxy;
+mod robust;
