@@ -66,6 +66,9 @@ pub struct Config {
     pub max_api_body: String,
     /// Largest image archive accepted by `POST /system/images`, as a quantity.
     pub max_upload: String,
+    /// Largest size one image layer may unpack to (and an uncompressed image archive may
+    /// have), as a quantity: a decompression bomb is refused before it fills the disk.
+    pub max_unpacked: String,
     /// Memory all functions may reserve together: `auto` (75 % of the board's RAM), `none`,
     /// or a quantity (`1Gi`). A deploy beyond it is refused with the numbers.
     pub memory_budget: String,
@@ -139,6 +142,7 @@ impl Default for Config {
             async_queue: AsyncSection::default(),
             max_api_body: "1Mi".into(),
             max_upload: "4Gi".into(),
+            max_unpacked: "4Gi".into(),
             memory_budget: "auto".into(),
             image_gc_after: "1h".into(),
             stop_functions_on_shutdown: false,
@@ -237,6 +241,7 @@ impl Config {
             ("log_buffer", &self.log_buffer),
             ("max_api_body", &self.max_api_body),
             ("max_upload", &self.max_upload),
+            ("max_unpacked", &self.max_unpacked),
             ("async.max_body", &self.async_queue.max_body),
         ] {
             if let Err(e) = bramble_gateway::validate::parse_memory(value) {
@@ -267,6 +272,22 @@ impl Config {
         }
         if self.ready_timeout.is_zero() || self.function_timeout.is_zero() {
             return invalid("ready_timeout", "timeouts must be longer than zero".into());
+        }
+        for (key, value) in [
+            ("function_timeout", self.function_timeout),
+            ("ready_timeout", self.ready_timeout),
+            ("stop_grace", self.stop_grace),
+        ] {
+            if value > crate::function::MAX_PERIOD {
+                return invalid(
+                    key,
+                    format!(
+                        "{} is longer than the maximum of {}",
+                        humantime::format_duration(value),
+                        humantime::format_duration(crate::function::MAX_PERIOD)
+                    ),
+                );
+            }
         }
         Ok(())
     }

@@ -55,6 +55,7 @@ pub fn runtime_config(config: &Config) -> RuntimeConfig {
         credentials_file: Some(config.registry_credentials()),
     };
     runtime.log_buffer_bytes = Config::bytes(&config.log_buffer);
+    runtime.max_unpacked = Config::bytes(&config.max_unpacked) as u64;
     runtime
 }
 
@@ -153,9 +154,11 @@ pub async fn run(
         secrets.join("basic-auth-password").display()
     );
     if generated {
+        // Never the password itself: this output is the service's log (journald).
         println!(
-            "generated new API credentials: user {} password {} (shown once)",
-            credentials.user, credentials.password
+            "generated new API credentials for user {}: read the password from {}",
+            credentials.user,
+            secrets.join("basic-auth-password").display()
         );
     }
     tracing::info!(%addr, state_dir = %config.state_dir.display(), "node started");

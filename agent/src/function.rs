@@ -31,6 +31,10 @@ pub const SCALE_MIN: &str = "com.openfaas.scale.min";
 /// Most replicas one function may have on one board.
 pub const MAX_REPLICAS: u64 = 8;
 
+/// Longest period bramble accepts for a timeout, an idle time or a schedule (a year): a
+/// longer one means "never" in practice, and one long enough would overflow a timer.
+pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Identifies a function: name and namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FunctionKey {
@@ -94,6 +98,7 @@ pub fn timeout(deployment: &FunctionDeployment, defaults: &Defaults) -> Duration
     setting(deployment, TIMEOUT_ANNOTATION)
         .and_then(|t| humantime::parse_duration(t).ok())
         .unwrap_or(defaults.timeout)
+        .min(MAX_PERIOD)
 }
 
 /// Idle time after which the function is scaled to zero, when it asked for it.
@@ -104,6 +109,7 @@ pub fn scale_to_zero_after(deployment: &FunctionDeployment) -> Option<Duration> 
         setting(deployment, SCALE_ZERO_DURATION)
             .and_then(|d| humantime::parse_duration(d).ok())
             .unwrap_or(Duration::from_secs(15 * 60))
+            .min(MAX_PERIOD)
     })
 }
 
@@ -124,11 +130,14 @@ pub fn validate_settings(deployment: &FunctionDeployment) -> Result<(), (String,
     ] {
         if let Some(value) = setting(deployment, key) {
             match humantime::parse_duration(value) {
-                Ok(d) if !d.is_zero() => {}
+                Ok(d) if !d.is_zero() && d <= MAX_PERIOD => {}
                 _ => {
                     return Err((
                         format!("annotations.{key}"),
-                        format!("{value:?} is not {what}"),
+                        format!(
+                            "{value:?} is not {what} (more than 0, at most {})",
+                            humantime::format_duration(MAX_PERIOD)
+                        ),
                     ));
                 }
             }

@@ -8,6 +8,8 @@ pub mod doctor;
 pub mod function;
 pub mod hardware;
 pub mod probe;
+#[cfg(test)]
+mod proptests;
 pub mod provider;
 pub mod store;
 mod supervisor;

@@ -123,6 +123,9 @@ struct UpArgs {
     /// Largest uploaded image archive (e.g. 4Gi).
     #[arg(long, env = "BRAMBLE_MAX_UPLOAD")]
     max_upload: Option<String>,
+    /// Largest size an image layer may unpack to (e.g. 4Gi).
+    #[arg(long, env = "BRAMBLE_MAX_UNPACKED")]
+    max_unpacked: Option<String>,
     /// Memory all functions may reserve: auto (75% of RAM), none, or a quantity.
     #[arg(long, env = "BRAMBLE_MEMORY_BUDGET")]
     memory_budget: Option<String>,
@@ -181,6 +184,7 @@ impl UpArgs {
         set!(async_queue.max_body = self.async_max_body);
         set!(max_api_body = self.max_api_body);
         set!(max_upload = self.max_upload);
+        set!(max_unpacked = self.max_unpacked);
         set!(memory_budget = self.memory_budget);
         set!(image_gc_after = self.image_gc_after);
         set!(stop_functions_on_shutdown = self.stop_functions_on_shutdown);

@@ -57,10 +57,14 @@ pub struct LocalProvider {
 
 impl From<StoreError> for ProviderError {
     fn from(e: StoreError) -> Self {
-        ProviderError::Internal(format!(
-            "saving the state failed: {}",
-            crate::error_chain(&e)
-        ))
+        let message = format!("saving the state failed: {}", crate::error_chain(&e));
+        if e.is_disk_full() {
+            ProviderError::InsufficientStorage(format!(
+                "{message}; nothing was changed: free space on the state directory's filesystem and retry"
+            ))
+        } else {
+            ProviderError::Internal(message)
+        }
     }
 }
 
@@ -1094,10 +1098,21 @@ impl Provider for LocalProvider {
                 in_flight: Some(Box::new(guard)),
             });
         }
+        let mut status = handle.status.clone();
+        let failed_before = status.borrow_and_update().unavailable_starts;
         let _ = handle.commands.send(Command::Wake);
-        if handle.route.wait_ready(wait).await
-            && let Some((addr, guard)) = handle.route.pick()
-        {
+        // Wait for a ready replica — unless starting one fails because containerd cannot be
+        // reached: that is a 503 now, not after the whole ready timeout.
+        let ready = tokio::select! {
+            ready = handle.route.wait_ready(wait) => ready,
+            Ok(view) = status.wait_for(|v| v.unavailable_starts > failed_before) => {
+                let reason = view.message.clone().unwrap_or_default();
+                return Err(ProviderError::Unavailable(format!(
+                    "function {key} cannot be started: {reason}"
+                )));
+            }
+        };
+        if ready && let Some((addr, guard)) = handle.route.pick() {
             return Ok(Endpoint {
                 addr,
                 timeout: handle.route.timeout(),

@@ -47,6 +47,14 @@ impl StoreError {
             source,
         }
     }
+
+    /// The write failed because the filesystem (or the quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if matches!(
+            source.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ))
+    }
 }
 
 /// A deployed function as the node wants it.

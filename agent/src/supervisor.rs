@@ -10,6 +10,9 @@
 //! - A replica that exits or is OOM-killed restarts after an exponential backoff
 //!   (250 ms doubling up to 30 s; reset after 30 s of healthy running). The status keeps the
 //!   restart count and the last reason: `oom`, `exit code N`, `signal N`, `unhealthy`.
+//! - A start that fails because containerd cannot be reached (restarting, crashed) is retried
+//!   every second, without backoff and without counting as a restart; a request waiting for
+//!   the replica gets 503 with that reason at once instead of waiting out the ready timeout.
 //! - Scaling to zero stops tasks but keeps containers and network, so the next request starts
 //!   them again in tens of milliseconds.
 //! - An update starts the new generation beside the old one, switches traffic when all new
@@ -36,6 +39,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STABLE_RUN: Duration = Duration::from_secs(30);
 /// How often idle functions are considered for scale-to-zero.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Retry delay of a start that failed because containerd could not be reached: not the
+/// function's fault, so neither a backoff step nor a restart.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
 
 /// Settings every supervisor shares.
 #[derive(Debug)]
@@ -184,6 +190,9 @@ pub(crate) struct StatusView {
     pub message: Option<String>,
     /// Container ids of the replicas in service (for usage and logs).
     pub containers: Vec<String>,
+    /// Starts that failed because containerd could not be reached (a counter: a request
+    /// waiting for a replica answers 503 at once when it grows).
+    pub unavailable_starts: u64,
 }
 
 /// Messages to a supervisor.
@@ -285,6 +294,8 @@ struct Supervisor {
     status: watch::Sender<StatusView>,
     commands: mpsc::UnboundedSender<Command>,
     restarts: u64,
+    /// See [`StatusView::unavailable_starts`].
+    unavailable_starts: u64,
     last_exit: Option<String>,
     message: Option<String>,
     oom: std::collections::HashSet<String>,
@@ -314,6 +325,7 @@ pub(crate) fn spawn(
         status,
         commands: commands.clone(),
         restarts: 0,
+        unavailable_starts: 0,
         last_exit: None,
         message: None,
         oom: std::collections::HashSet::new(),
@@ -529,6 +541,14 @@ impl Supervisor {
                 replica.started_at = Some(Instant::now());
                 self.oom.remove(&replica.id);
                 self.spawn_probe(&replica.id, started.ip);
+            }
+            Err(e) if e.is_unavailable() => {
+                // containerd is down or restarting: retry soon, without growing the backoff
+                // or calling the function crash-looping.
+                tracing::warn!(function = %self.key, container = %replica.id, error = %e.chain(), "cannot start replica: containerd unavailable");
+                self.message = Some(format!("cannot start: {}", e.chain()));
+                self.unavailable_starts += 1;
+                replica.phase = Phase::Backoff(Instant::now() + UNAVAILABLE_RETRY);
             }
             Err(e) => {
                 tracing::warn!(function = %self.key, container = %replica.id, error = %e.chain(), "cannot start replica");
@@ -933,6 +953,7 @@ impl Supervisor {
                 .filter(|r| matches!(r.phase, Phase::Starting | Phase::Ready))
                 .map(|r| r.id.clone())
                 .collect(),
+            unavailable_starts: self.unavailable_starts,
         });
     }
 }

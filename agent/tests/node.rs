@@ -883,16 +883,18 @@ async fn idle_functions_scale_to_zero_and_back() -> TestResult {
         "deploy",
     )?;
     wait_available(&node, "sleepy", 1).await?;
+    // Taken before the call: the node's idle clock starts when the call reaches it.
+    let idle_since = Instant::now();
     expect(
         &node.call("GET", "/function/sleepy", &[], b"").await?,
         200,
         "warm call",
     )?;
-    let idle_since = Instant::now();
     let status = wait_available(&node, "sleepy", 0).await?;
     assert!(
         idle_since.elapsed() >= Duration::from_secs(2),
-        "not scaled down before the idle time"
+        "scaled down {:?} after the call, before the idle time",
+        idle_since.elapsed()
     );
     assert!(
         status.get("replicas").is_none(),

@@ -57,6 +57,8 @@ pub struct Node {
     addr: SocketAddr,
     child: Option<Child>,
     extra_config: String,
+    /// Listen on every address (`0.0.0.0`), as a node on a LAN does, instead of loopback only.
+    listen_everywhere: bool,
 }
 
 impl Node {
@@ -78,6 +80,7 @@ impl Node {
             state_dir,
             child: None,
             extra_config: extra_config.to_owned(),
+            listen_everywhere: false,
             env,
         };
         node.write_config()?;
@@ -168,12 +171,27 @@ impl Node {
         self.wait_available(name, replicas).await
     }
 
+    /// Restarts the node listening on every address (`0.0.0.0:PORT`) like a node on a LAN, so
+    /// that functions can reach it through their bridge's address; [`Node::addr`] stays the
+    /// loopback address.
+    pub fn listen_everywhere(&mut self) -> io::Result<()> {
+        self.kill();
+        self.listen_everywhere = true;
+        self.write_config()?;
+        self.start_again()
+    }
+
     fn write_config(&self) -> io::Result<()> {
         let c = &self.env.config;
+        let listen = if self.listen_everywhere {
+            SocketAddr::from(([0, 0, 0, 0], self.addr.port()))
+        } else {
+            self.addr
+        };
         let text = format!(
             "{extra}\nlisten = \"{addr}\"\nstate_dir = \"{state}\"\nrun_dir = \"{run}\"\ncontainerd_socket = \"{sock}\"\ncontainerd_namespace = \"{ns}\"\n\n[network]\nbridge = \"{bridge}\"\nsubnet = \"{subnet}\"\n",
             extra = self.extra_config,
-            addr = self.addr,
+            addr = listen,
             state = self.state_dir.display(),
             run = c.run_dir.display(),
             sock = c.containerd_socket.display(),

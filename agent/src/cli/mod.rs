@@ -7,6 +7,8 @@ pub(crate) mod doctor;
 pub(crate) mod functions;
 pub(crate) mod gpio;
 pub(crate) mod image;
+#[cfg(test)]
+mod proptests;
 pub(crate) mod secret;
 pub(crate) mod stack;
 pub(crate) mod system;

@@ -547,6 +547,8 @@ pub(crate) const DEFAULT_CONFIG: &str = r#"# bramble configuration, read by `bra
 # Largest JSON body of the API, largest uploaded image archive.
 #max_api_body = "1Mi"
 #max_upload = "4Gi"
+# Largest size one image layer may unpack to (a decompression bomb is refused).
+#max_unpacked = "4Gi"
 # Memory all functions may reserve together: "auto" (75 % of the RAM), "none" or a quantity.
 #memory_budget = "auto"
 # Images no function uses are removed after this long, or "never".

@@ -382,6 +382,12 @@ pub fn parse_schedule_text(text: &str) -> Result<Schedule, String> {
                 humantime::format_duration(MIN_EVERY)
             ));
         }
+        if every > crate::function::MAX_PERIOD {
+            return Err(format!(
+                "@every {period} is longer than {}",
+                humantime::format_duration(crate::function::MAX_PERIOD)
+            ));
+        }
         return Ok(Schedule::Every(every));
     }
     if !text.starts_with('@') && text.split_whitespace().count() != 5 {
@@ -452,6 +458,12 @@ fn parse_sensor(item: &str) -> Result<Trigger, GrantError> {
                     return Err(err(format!(
                         "every={value} is shorter than {}",
                         humantime::format_duration(MIN_SENSOR_EVERY)
+                    )));
+                }
+                if period > crate::function::MAX_PERIOD {
+                    return Err(err(format!(
+                        "every={value} is longer than {}",
+                        humantime::format_duration(crate::function::MAX_PERIOD)
                     )));
                 }
                 every.replace(period).is_some()
