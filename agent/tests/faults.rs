@@ -85,37 +85,8 @@ async fn deploy(node: &Node, body: &Value) -> Result<Response, BoxError> {
         .await?)
 }
 
-fn expect(r: &Response, status: u16, what: &str) -> Result<(), String> {
-    if r.status == status {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what}: expected {status}, got {} {}",
-            r.status,
-            r.text()
-        ))
-    }
-}
-
 async fn status(node: &Node, name: &str) -> Result<Value, BoxError> {
     Ok(node.status(name).await?.unwrap_or_default())
-}
-
-/// Polls `check` (every 25 ms) until it holds; fails after `timeout` naming `what`.
-async fn wait_until<F>(what: &str, timeout: Duration, mut check: F) -> TestResult
-where
-    F: AsyncFnMut() -> Result<bool, BoxError>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 fn ctr(node: &Node, args: &[&str]) -> Result<String, BoxError> {
@@ -134,7 +105,7 @@ fn ctr(node: &Node, args: &[&str]) -> Result<String, BoxError> {
 /// Names of the functions the API lists.
 async fn listed(node: &Node) -> Result<BTreeSet<String>, BoxError> {
     let r = node.api("GET", "/system/functions", b"").await?;
-    expect(&r, 200, "list")?;
+    r.expect(200, "list")?;
     let list: Vec<Value> = serde_json::from_slice(&r.body)?;
     Ok(list
         .iter()
@@ -282,7 +253,7 @@ async fn records(node: &Node, function: &str) -> Result<Vec<String>, BoxError> {
     let r = node
         .call("GET", &format!("/function/{function}/records"), &[], b"")
         .await?;
-    expect(&r, 200, "records")?;
+    r.expect(200, "records")?;
     Ok(r.text()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -366,17 +337,15 @@ impl Load {
 async fn containerd_killed_under_load() -> TestResult {
     // Default ready_timeout (60 s): a request must not wait for it when containerd is gone.
     let (mut node, runtime) = node("ctrd", "").await?;
-    expect(
-        &deploy(&node, &function("warm", &json!({"BODY": "warm"}))).await?,
-        200,
-        "deploy warm",
-    )?;
+    deploy(&node, &function("warm", &json!({"BODY": "warm"})))
+        .await?
+        .expect(200, "deploy warm")?;
     let cold = json!({"service": "cold", "image": FIXTURE,
                       "labels": {"com.openfaas.scale.min": "0"}});
-    expect(&deploy(&node, &cold).await?, 200, "deploy cold")?;
+    deploy(&node, &cold).await?.expect(200, "deploy cold")?;
     node.wait_available("warm", 1).await?;
     let load = Load::start(node.addr(), "/function/warm", 2);
-    wait_until("the load to run", Duration::from_secs(20), async || {
+    harness::wait_until("the load to run", Duration::from_secs(20), async || {
         Ok(load.ok() >= 20)
     })
     .await?;
@@ -440,7 +409,7 @@ async fn containerd_killed_under_load() -> TestResult {
     let accepted = node
         .call("POST", "/async-function/cold/record", &[], b"during-outage")
         .await?;
-    expect(&accepted, 202, "async call during the outage")?;
+    accepted.expect(202, "async call during the outage")?;
     assert_eq!(
         listed(&node).await?,
         BTreeSet::from(["cold".to_owned(), "warm".to_owned()]),
@@ -448,7 +417,7 @@ async fn containerd_killed_under_load() -> TestResult {
     );
     // The running function keeps serving for a while with containerd down.
     let served_before = load.ok();
-    wait_until(
+    harness::wait_until(
         "requests during the outage",
         Duration::from_secs(20),
         async || Ok(load.ok() >= served_before + 100),
@@ -458,13 +427,13 @@ async fn containerd_killed_under_load() -> TestResult {
 
     node.env.containerd.start_again()?;
     let restarted = Instant::now();
-    wait_until("/healthz to recover", Duration::from_secs(30), async || {
+    harness::wait_until("/healthz to recover", Duration::from_secs(30), async || {
         Ok(node.call("GET", "/healthz", &[], b"").await?.status == 200)
     })
     .await?;
     let healthy_after = restarted.elapsed();
     // The async call accepted during the outage runs (and wakes the function).
-    wait_until(
+    harness::wait_until(
         "the async call accepted during the outage to run",
         Duration::from_secs(60),
         async || {
@@ -474,17 +443,15 @@ async fn containerd_killed_under_load() -> TestResult {
     )
     .await?;
     let async_after = restarted.elapsed();
-    expect(
-        &deploy(&node, &function("late", &json!({}))).await?,
-        200,
-        "deploy after the restart",
-    )?;
+    deploy(&node, &function("late", &json!({})))
+        .await?
+        .expect(200, "deploy after the restart")?;
     node.wait_available("late", 1).await?;
     // Task events flow again: a crash after the restart is seen and repaired.
     let pid = task_pid(&runtime, "warm").await?;
     let (served, failures) = load.finish().await?;
     sigkill(i32::try_from(pid)?)?;
-    wait_until("warm to restart", Duration::from_secs(30), async || {
+    harness::wait_until("warm to restart", Duration::from_secs(30), async || {
         let s = status(&node, "warm").await?;
         Ok(s["bramble"]["lastExit"] == "signal 9" && s["availableReplicas"] == 1)
     })
@@ -527,16 +494,12 @@ fn distinct_image(dir: &Path, name: &str) -> Result<(std::path::PathBuf, String)
 
 async fn broken_functions() -> TestResult {
     let (node, runtime) = node("broken", "ready_timeout = \"3s\"").await?;
-    expect(
-        &deploy(&node, &function("steady", &json!({}))).await?,
-        200,
-        "deploy steady",
-    )?;
-    expect(
-        &deploy(&node, &function("victim", &json!({"BODY": "victim"}))).await?,
-        200,
-        "deploy victim",
-    )?;
+    deploy(&node, &function("steady", &json!({})))
+        .await?
+        .expect(200, "deploy steady")?;
+    deploy(&node, &function("victim", &json!({"BODY": "victim"})))
+        .await?
+        .expect(200, "deploy victim")?;
     node.wait_available("steady", 1).await?;
     node.wait_available("victim", 1).await?;
     let load = Load::start(node.addr(), "/function/steady", 1);
@@ -545,7 +508,7 @@ async fn broken_functions() -> TestResult {
     // The function's process is killed: restarted, the status says how it died.
     let killed = Instant::now();
     sigkill(i32::try_from(task_pid(&runtime, "victim").await?)?)?;
-    wait_until("victim to restart", Duration::from_secs(30), async || {
+    harness::wait_until("victim to restart", Duration::from_secs(30), async || {
         let s = status(&node, "victim").await?;
         Ok(s["bramble"]["lastExit"] == "signal 9"
             && s["bramble"]["restarts"] == 1
@@ -556,18 +519,16 @@ async fn broken_functions() -> TestResult {
         "process SIGKILL: serving again after {:?}",
         killed.elapsed()
     ));
-    expect(
-        &node.call("GET", "/function/victim", &[], b"").await?,
-        200,
-        "victim after its process was killed",
-    )?;
+    node.call("GET", "/function/victim", &[], b"")
+        .await?
+        .expect(200, "victim after its process was killed")?;
 
     // Its shim is killed: containerd cleans the task up; the function restarts.
     let id = container_of(&runtime, "victim").await?;
     let shim = shim_of(&id).ok_or(format!("no shim serves {id}"))?;
     let killed = Instant::now();
     sigkill(shim)?;
-    wait_until(
+    harness::wait_until(
         "victim to restart after its shim died",
         Duration::from_secs(30),
         async || {
@@ -588,12 +549,10 @@ async fn broken_functions() -> TestResult {
             .is_some_and(|e| !e.is_empty()),
         "{s}"
     );
-    expect(
-        &node.call("GET", "/function/victim", &[], b"").await?,
-        200,
-        "victim after its shim was killed",
-    )?;
-    wait_until(
+    node.call("GET", "/function/victim", &[], b"")
+        .await?
+        .expect(200, "victim after its shim was killed")?;
+    harness::wait_until(
         "the dead shim's task to be gone",
         Duration::from_secs(10),
         async || Ok(node.env.containerd.shim_pids().len() == 2),
@@ -605,16 +564,16 @@ async fn broken_functions() -> TestResult {
     // each gets a status that says why it does not serve; requests get that reason.
     let started = Instant::now();
     let hang = function("hang", &json!({"START_DELAY_MS": "3600000"}));
-    expect(&deploy(&node, &hang).await?, 200, "deploy hang")?;
+    deploy(&node, &hang).await?.expect(200, "deploy hang")?;
     let sick = function("sick", &json!({"NEVER_HEALTHY": "1"}));
-    expect(&deploy(&node, &sick).await?, 200, "deploy sick")?;
+    deploy(&node, &sick).await?.expect(200, "deploy sick")?;
     let cases = [
         ("hang", "nothing answered on port 8080"),
         ("sick", "its health check answered 503"),
     ];
     for (name, why) in cases {
         let mut last = Value::Null;
-        wait_until(
+        harness::wait_until(
             &format!("{name} to report why it is not ready"),
             Duration::from_secs(30),
             async || {
@@ -646,7 +605,7 @@ async fn broken_functions() -> TestResult {
         );
     }
     // After a few attempts, the state says so.
-    wait_until("crash-looping", Duration::from_secs(40), async || {
+    harness::wait_until("crash-looping", Duration::from_secs(40), async || {
         Ok(
             status(&node, "hang").await?["bramble"]["state"] == "crash-looping"
                 && status(&node, "sick").await?["bramble"]["state"] == "crash-looping",
@@ -700,11 +659,9 @@ async fn broken_functions() -> TestResult {
         &failures[..failures.len().min(5)]
     );
     assert!(served > 0);
-    expect(
-        &node.call("GET", "/function/victim", &[], b"").await?,
-        200,
-        "victim at the end",
-    )?;
+    node.call("GET", "/function/victim", &[], b"")
+        .await?
+        .expect(200, "victim at the end")?;
     eprintln!(
         "{served} requests to steady, 0 failed\n{}",
         report.join("\n")
@@ -773,11 +730,9 @@ async fn full_state_filesystem() -> TestResult {
         env,
         "async = { workers = 1 }",
     )?;
-    expect(
-        &deploy(&node, &function("keeper", &json!({"BODY": "kept"}))).await?,
-        200,
-        "deploy keeper",
-    )?;
+    deploy(&node, &function("keeper", &json!({"BODY": "kept"})))
+        .await?
+        .expect(200, "deploy keeper")?;
     node.wait_available("keeper", 1).await?;
     let before = std::fs::read(node.state_dir().join("state.json"))?;
     let queued: Vec<String> = (0..6).map(|i| format!("queued-{i}")).collect();
@@ -790,7 +745,7 @@ async fn full_state_filesystem() -> TestResult {
                 body.as_bytes(),
             )
             .await?;
-        expect(&r, 202, "async call before the disk fills")?;
+        r.expect(202, "async call before the disk fills")?;
     }
     let filler = tmpfs.fill()?;
 
@@ -826,7 +781,7 @@ async fn full_state_filesystem() -> TestResult {
         "state.json unchanged"
     );
     // Calls accepted before the disk filled all run.
-    wait_until(
+    harness::wait_until(
         "the queued calls to run",
         Duration::from_secs(30),
         async || Ok(records(&node, "keeper").await?.len() >= queued.len()),
@@ -857,11 +812,9 @@ async fn full_state_filesystem() -> TestResult {
     );
     // Space freed: the same deploy works.
     std::fs::remove_file(&filler)?;
-    expect(
-        &deploy(&node, &function("second", &json!({}))).await?,
-        200,
-        "deploy after freeing space",
-    )?;
+    deploy(&node, &function("second", &json!({})))
+        .await?
+        .expect(200, "deploy after freeing space")?;
     node.wait_available("second", 1).await?;
     drop(node);
     drop(tmpfs);
@@ -895,11 +848,9 @@ async fn power_cuts() -> TestResult {
 
     let (mut node, runtime) = node("power", "").await?;
     // The recorder is never touched by the loop: it counts async executions.
-    expect(
-        &deploy(&node, &function("rec", &json!({"BODY": "rec"}))).await?,
-        200,
-        "deploy rec",
-    )?;
+    deploy(&node, &function("rec", &json!({"BODY": "rec"})))
+        .await?
+        .expect(200, "deploy rec")?;
     node.wait_available("rec", 1).await?;
     // name → BODY, as the node must have it (known after each restart).
     let mut model: BTreeMap<String, String> = BTreeMap::from([("rec".into(), "rec".into())]);
@@ -1081,7 +1032,7 @@ async fn power_cuts() -> TestResult {
 
     // Every async call that got its 202 ran at least once.
     let mut missing = Vec::new();
-    wait_until(
+    harness::wait_until(
         "every accepted async call to run",
         Duration::from_secs(60),
         async || {

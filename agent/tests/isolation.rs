@@ -59,18 +59,6 @@ async fn node(name: &str) -> Result<Node, Box<dyn std::error::Error>> {
     Node::with_fixture(Path::new(env!("CARGO_BIN_EXE_bramble")), name, "").await
 }
 
-fn expect(r: &Response, status: u16, what: &str) -> Result<(), String> {
-    if r.status == status {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what}: expected {status}, got {} {}",
-            r.status,
-            r.text()
-        ))
-    }
-}
-
 /// Deploys the fixture as `name` with extra deployment fields and waits until it is ready.
 async fn deploy(node: &Node, name: &str, extra: Value) -> TestResult {
     let mut body = json!({"service": name, "image": FIXTURE});
@@ -80,7 +68,7 @@ async fn deploy(node: &Node, name: &str, extra: Value) -> TestResult {
     let r = node
         .api("POST", "/system/functions", body.to_string().as_bytes())
         .await?;
-    expect(&r, 200, &format!("deploy {name}"))?;
+    r.expect(200, &format!("deploy {name}"))?;
     node.wait_available(name, 1).await?;
     Ok(())
 }
@@ -94,7 +82,7 @@ async fn probe(node: &Node, name: &str, route: &str) -> Result<Response, std::io
 /// The text of a probe that must succeed.
 async fn probe_ok(node: &Node, name: &str, route: &str) -> Result<String, String> {
     let r = probe(node, name, route).await.map_err(|e| e.to_string())?;
-    expect(&r, 200, &format!("{name}{route}"))?;
+    r.expect(200, &format!("{name}{route}"))?;
     Ok(r.text())
 }
 
@@ -174,14 +162,14 @@ async fn functions_reach_the_api_only_with_credentials_and_not_each_other() -> T
         &format!("/connect?addr={b_ip}:8080&timeout_ms=1500"),
     )
     .await?;
-    expect(&r, 502, "a connecting to b's address")?;
+    r.expect(502, "a connecting to b's address")?;
     let r = probe(
         &node,
         "b",
         &format!("/connect?addr={a_ip}:8080&timeout_ms=1500"),
     )
     .await?;
-    expect(&r, 502, "b connecting to a's address")?;
+    r.expect(502, "b connecting to a's address")?;
     for ip in [a_ip, b_ip] {
         tokio::time::timeout(
             Duration::from_secs(5),
@@ -192,7 +180,7 @@ async fn functions_reach_the_api_only_with_credentials_and_not_each_other() -> T
     }
     // A function still reaches itself and its own loopback.
     let r = probe(&node, "a", &format!("/connect?addr={a_ip}:8080")).await?;
-    expect(&r, 200, "a connecting to itself")?;
+    r.expect(200, "a connecting to itself")?;
     Ok(())
 }
 
@@ -243,7 +231,7 @@ async fn functions_have_no_capabilities_no_devices_and_a_read_only_root() -> Tes
         "/dev/sda",
     ] {
         let r = probe(&node, "ro", &format!("/stat?path={host_device}")).await?;
-        expect(&r, 404, host_device)?;
+        r.expect(404, host_device)?;
     }
 
     // Read-only root: nothing written outside /tmp.
@@ -255,10 +243,10 @@ async fn functions_have_no_capabilities_no_devices_and_a_read_only_root() -> Tes
         "/sys/kernel/uevent_helper",
     ] {
         let r = probe(&node, "ro", &format!("/write?path={path}")).await?;
-        expect(&r, 500, &format!("writing {path}"))?;
+        r.expect(500, &format!("writing {path}"))?;
     }
     let r = probe(&node, "ro", "/write?path=/tmp/ok").await?;
-    expect(&r, 200, "writing /tmp/ok")?;
+    r.expect(200, "writing /tmp/ok")?;
     assert_eq!(
         probe_ok(&node, "ro", "/read?path=/tmp/ok").await?,
         "fixture\n"
@@ -282,10 +270,10 @@ async fn functions_cannot_raise_their_limits() -> TestResult {
         "/rlimit?resource=nofile&soft=1024&hard=1048576",
     )
     .await?;
-    expect(&r, 500, "raising RLIMIT_NOFILE")?;
+    r.expect(500, "raising RLIMIT_NOFILE")?;
     assert!(r.text().contains("Operation not permitted"), "{}", r.text());
     let r = probe(&node, "lim", "/rlimit?resource=nofile&soft=512&hard=1024").await?;
-    expect(&r, 200, "lowering RLIMIT_NOFILE")?;
+    r.expect(200, "lowering RLIMIT_NOFILE")?;
 
     // cgroup limits: the cgroup files are read-only (v1 and v2 paths; one of them exists).
     let mut tried = Vec::new();
@@ -302,7 +290,7 @@ async fn functions_cannot_raise_their_limits() -> TestResult {
             continue;
         }
         let r = probe(&node, "lim", &format!("/write?path={path}&data={data}")).await?;
-        expect(&r, 500, &format!("writing {data} to {path}"))?;
+        r.expect(500, &format!("writing {data} to {path}"))?;
         tried.push(path);
     }
     assert!(
@@ -333,7 +321,7 @@ async fn functions_use_only_the_hardware_they_were_granted() -> TestResult {
         &format!("/unix?socket={socket}&path=/v1/gpio/GPIO17"),
     )
     .await?;
-    expect(&r, 200, "reading a granted line")?;
+    r.expect(200, "reading a granted line")?;
     for (method, path, body) in [
         ("GET", "/v1/gpio/GPIO27", ""),
         ("PUT", "/v1/gpio/GPIO17", "%7B%22level%22%3A1%7D"),
@@ -345,11 +333,11 @@ async fn functions_use_only_the_hardware_they_were_granted() -> TestResult {
             &format!("/unix?socket={socket}&method={method}&path={path}&body={body}"),
         )
         .await?;
-        expect(&r, 403, &format!("{method} {path} without a grant"))?;
+        r.expect(403, &format!("{method} {path} without a grant"))?;
     }
     // A function without grants has no socket at all.
     let r = probe(&node, "plain", &format!("/stat?path={socket}")).await?;
-    expect(&r, 404, "the hardware socket of a function without grants")?;
+    r.expect(404, "the hardware socket of a function without grants")?;
     Ok(())
 }
 
@@ -365,7 +353,7 @@ async fn secrets_and_credentials_never_leak() -> TestResult {
                 .as_bytes(),
         )
         .await?;
-    expect(&r, 200, "creating the secret")?;
+    r.expect(200, "creating the secret")?;
     deploy(&node, "sec", json!({"secrets": ["api-key"]})).await?;
 
     // Inside: only the function's user can read it, and nobody can write it.
@@ -384,7 +372,7 @@ async fn secrets_and_credentials_never_leak() -> TestResult {
         value
     );
     let r = probe(&node, "sec", "/write?path=/var/openfaas/secrets/api-key").await?;
-    expect(&r, 500, "overwriting the secret from inside")?;
+    r.expect(500, "overwriting the secret from inside")?;
 
     // On the node: 0600 files in 0700 directories.
     use std::os::unix::fs::PermissionsExt as _;
@@ -475,7 +463,7 @@ async fn secrets_and_credentials_never_leak() -> TestResult {
     let r = node
         .call("GET", "/system/secrets", &[("Authorization", wrong)], b"")
         .await?;
-    expect(&r, 401, "wrong credentials")?;
+    r.expect(401, "wrong credentials")?;
     // The function itself printing its environment does not contain it either (secrets are
     // files, never environment variables).
     let env = probe_ok(&node, "sec", "/env").await?;

@@ -74,20 +74,8 @@ async fn deploy(node: &Node, name: &str, env: &Value) -> Result<(), Box<dyn std:
     let r = node
         .api("POST", "/system/functions", &deployment(name, env))
         .await?;
-    expect(&r, 200, "deploy")?;
+    r.expect(200, "deploy")?;
     Ok(())
-}
-
-fn expect(r: &Response, status: u16, what: &str) -> Result<(), String> {
-    if r.status == status {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what}: expected {status}, got {} {}",
-            r.status,
-            r.text()
-        ))
-    }
 }
 
 fn json_of(r: &Response) -> Value {
@@ -174,13 +162,11 @@ async fn api_conformance_every_route() -> TestResult {
     let node = node("conform", "").await?;
 
     // Open routes and auth.
-    expect(
-        &node.call("GET", "/healthz", &[], b"").await?,
-        200,
-        "healthz",
-    )?;
+    node.call("GET", "/healthz", &[], b"")
+        .await?
+        .expect(200, "healthz")?;
     let unauth = node.call("GET", "/system/functions", &[], b"").await?;
-    expect(&unauth, 401, "no credentials")?;
+    unauth.expect(401, "no credentials")?;
     assert_eq!(
         unauth.header("www-authenticate"),
         Some("Basic realm=\"Restricted\"")
@@ -193,9 +179,11 @@ async fn api_conformance_every_route() -> TestResult {
             b"",
         )
         .await?;
-    expect(&wrong, 401, "wrong credentials")?;
+    wrong.expect(401, "wrong credentials")?;
     for route in ["/system/info", "/system/namespaces", "/system/secrets"] {
-        expect(&node.call("GET", route, &[], b"").await?, 401, route)?;
+        node.call("GET", route, &[], b"")
+            .await?
+            .expect(401, route)?;
     }
 
     // Info.
@@ -212,66 +200,42 @@ async fn api_conformance_every_route() -> TestResult {
     assert_eq!(namespaces, json!([NS]));
     let team = json!({"name": "team", "labels": {"openfaas": "1"}, "annotations": {"owner": "me"}})
         .to_string();
-    expect(
-        &node
-            .api("POST", "/system/namespace/", team.as_bytes())
-            .await?,
-        201,
-        "create namespace",
-    )?;
-    expect(
-        &node
-            .api("POST", "/system/namespace/", team.as_bytes())
-            .await?,
-        409,
-        "create it twice",
-    )?;
+    node.api("POST", "/system/namespace/", team.as_bytes())
+        .await?
+        .expect(201, "create namespace")?;
+    node.api("POST", "/system/namespace/", team.as_bytes())
+        .await?
+        .expect(409, "create it twice")?;
     let unlabelled = json!({"name": "plain", "labels": {}}).to_string();
-    expect(
-        &node
-            .api("POST", "/system/namespace/", unlabelled.as_bytes())
-            .await?,
-        400,
-        "namespace without openfaas label",
-    )?;
+    node.api("POST", "/system/namespace/", unlabelled.as_bytes())
+        .await?
+        .expect(400, "namespace without openfaas label")?;
     let got = json_of(&node.api("GET", "/system/namespace/team", b"").await?);
     assert_eq!(
         (got["name"].as_str(), got["labels"]["openfaas"].as_str()),
         (Some("team"), Some("1"))
     );
     let updated = json!({"name": "team", "labels": {"openfaas": "1", "tier": "b"}}).to_string();
-    expect(
-        &node
-            .api("PUT", "/system/namespace/team", updated.as_bytes())
-            .await?,
-        202,
-        "update namespace",
-    )?;
+    node.api("PUT", "/system/namespace/team", updated.as_bytes())
+        .await?
+        .expect(202, "update namespace")?;
     assert_eq!(
         json_of(&node.api("GET", "/system/namespace/team", b"").await?)["labels"]["tier"],
         "b"
     );
-    expect(
-        &node.api("GET", "/system/namespace/nope", b"").await?,
-        404,
-        "unknown namespace",
-    )?;
+    node.api("GET", "/system/namespace/nope", b"")
+        .await?
+        .expect(404, "unknown namespace")?;
 
     // Secrets: value and rawValue, listed without values, updated, deleted via body or query.
     let secret = json!({"name": "api-key", "namespace": NS, "value": "s3cret"}).to_string();
-    expect(
-        &node
-            .api("POST", "/system/secrets", secret.as_bytes())
-            .await?,
-        200,
-        "create secret",
-    )?;
+    node.api("POST", "/system/secrets", secret.as_bytes())
+        .await?
+        .expect(200, "create secret")?;
     let raw = json!({"name": "raw-key", "rawValue": "AAEC"}).to_string();
-    expect(
-        &node.api("POST", "/system/secrets", raw.as_bytes()).await?,
-        200,
-        "create raw secret",
-    )?;
+    node.api("POST", "/system/secrets", raw.as_bytes())
+        .await?
+        .expect(200, "create raw secret")?;
     let listed = node
         .api("GET", &format!("/system/secrets?namespace={NS}"), b"")
         .await?;
@@ -287,35 +251,23 @@ async fn api_conformance_every_route() -> TestResult {
         .collect();
     assert_eq!(names, ["api-key", "raw-key"]);
     let changed = json!({"name": "api-key", "value": "n3w"}).to_string();
-    expect(
-        &node
-            .api("PUT", "/system/secrets", changed.as_bytes())
-            .await?,
-        200,
-        "update secret",
-    )?;
-    expect(
-        &node
-            .api(
-                "DELETE",
-                "/system/secrets",
-                br#"{"name":"raw-key","namespace":"openfaas-fn"}"#,
-            )
-            .await?,
-        200,
-        "delete (body)",
-    )?;
-    expect(
-        &node
-            .api(
-                "DELETE",
-                &format!("/system/secrets?namespace={NS}"),
-                br#"{"name":"raw-key"}"#,
-            )
-            .await?,
-        404,
-        "delete again",
-    )?;
+    node.api("PUT", "/system/secrets", changed.as_bytes())
+        .await?
+        .expect(200, "update secret")?;
+    node.api(
+        "DELETE",
+        "/system/secrets",
+        br#"{"name":"raw-key","namespace":"openfaas-fn"}"#,
+    )
+    .await?
+    .expect(200, "delete (body)")?;
+    node.api(
+        "DELETE",
+        &format!("/system/secrets?namespace={NS}"),
+        br#"{"name":"raw-key"}"#,
+    )
+    .await?
+    .expect(404, "delete again")?;
 
     // Functions: deploy (with the secret), list, status, PUT fallback, invoke on every method.
     let body =
@@ -323,28 +275,20 @@ async fn api_conformance_every_route() -> TestResult {
         "secrets": ["api-key"], "labels": {"app": "echo"}, "annotations": {"topic": "t"},
         "limits": {"memory": "64Mi", "cpu": "500m"}, "requests": {"memory": "32Mi"}})
         .to_string();
-    expect(
-        &node
-            .api("PUT", "/system/functions", body.as_bytes())
-            .await?,
-        404,
-        "PUT of a new function (faas-cli then POSTs)",
-    )?;
+    node.api("PUT", "/system/functions", body.as_bytes())
+        .await?
+        .expect(404, "PUT of a new function (faas-cli then POSTs)")?;
     let deployed = node
         .api("POST", "/system/functions", body.as_bytes())
         .await?;
-    expect(&deployed, 200, "deploy")?;
+    deployed.expect(200, "deploy")?;
     assert!(
         deployed.body.is_empty(),
         "deploy answers 200 with an empty body"
     );
-    expect(
-        &node
-            .api("POST", "/system/functions", body.as_bytes())
-            .await?,
-        409,
-        "deploy twice",
-    )?;
+    node.api("POST", "/system/functions", body.as_bytes())
+        .await?
+        .expect(409, "deploy twice")?;
     let status = wait_available(&node, "echo", 1).await?;
     for field in [
         "name",
@@ -387,15 +331,13 @@ async fn api_conformance_every_route() -> TestResult {
         "usage has real memory: {usage}"
     );
     assert!(usage["usage"].get("cpu").is_some(), "{usage}");
-    expect(
-        &node.api("GET", "/system/function/nope", b"").await?,
-        404,
-        "unknown function",
-    )?;
+    node.api("GET", "/system/function/nope", b"")
+        .await?
+        .expect(404, "unknown function")?;
 
     for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
         let r = node.call(method, "/function/echo", &[], b"").await?;
-        expect(&r, 200, method)?;
+        r.expect(200, method)?;
         assert_eq!(r.text(), "v1");
         assert!(
             r.header("x-call-id").is_some() && r.header("x-duration-seconds").is_some(),
@@ -406,7 +348,7 @@ async fn api_conformance_every_route() -> TestResult {
     let head = node
         .call("HEAD", "/function/echo.openfaas-fn", &[], b"")
         .await?;
-    expect(&head, 200, "HEAD name.namespace")?;
+    head.expect(200, "HEAD name.namespace")?;
     let headers = node
         .call(
             "GET",
@@ -455,7 +397,7 @@ async fn api_conformance_every_route() -> TestResult {
             b"payload",
         )
         .await?;
-    expect(&accepted, 202, "async")?;
+    accepted.expect(202, "async")?;
     let call_id = accepted
         .header("x-call-id")
         .expect("async answers with X-Call-Id")
@@ -468,29 +410,21 @@ async fn api_conformance_every_route() -> TestResult {
 
     // Scale to zero and back.
     let scale = |n: u64| json!({"serviceName": "echo", "replicas": n, "namespace": NS}).to_string();
-    expect(
-        &node
-            .api(
-                "POST",
-                "/system/scale-function/ignored-path-name",
-                scale(0).as_bytes(),
-            )
-            .await?,
-        200,
-        "scale to 0",
-    )?;
+    node.api(
+        "POST",
+        "/system/scale-function/ignored-path-name",
+        scale(0).as_bytes(),
+    )
+    .await?
+    .expect(200, "scale to 0")?;
     let zero = wait_available(&node, "echo", 0).await?;
     assert!(
         zero.get("replicas").is_none(),
         "replicas 0 is omitted like Go's omitempty: {zero}"
     );
-    expect(
-        &node
-            .api("POST", "/system/scale-function/echo", scale(1).as_bytes())
-            .await?,
-        200,
-        "scale to 1",
-    )?;
+    node.api("POST", "/system/scale-function/echo", scale(1).as_bytes())
+        .await?
+        .expect(200, "scale to 1")?;
     wait_available(&node, "echo", 1).await?;
 
     // Logs: NDJSON with the documented fields, tail and follow.
@@ -502,7 +436,7 @@ async fn api_conformance_every_route() -> TestResult {
         "conformance-line",
     )
     .await?;
-    expect(&logs, 200, "logs")?;
+    logs.expect(200, "logs")?;
     assert!(
         logs.header("content-type")
             .is_some_and(|t| t.contains("application/x-ndjson")),
@@ -522,13 +456,9 @@ async fn api_conformance_every_route() -> TestResult {
     for field in ["name", "namespace", "instance", "timestamp", "text"] {
         assert!(last.get(field).is_some(), "log line lacks {field}: {last}");
     }
-    expect(
-        &node
-            .api("GET", "/system/logs?name=echo&tail=abc", b"")
-            .await?,
-        422,
-        "unparsable query",
-    )?;
+    node.api("GET", "/system/logs?name=echo&tail=abc", b"")
+        .await?
+        .expect(422, "unparsable query")?;
 
     // Metrics after invocations.
     let metrics = node.call("GET", "/metrics", &[], b"").await?.text();
@@ -553,46 +483,30 @@ async fn api_conformance_every_route() -> TestResult {
 
     // Update (PUT) and delete.
     let v2 = json!({"service": "echo", "image": FIXTURE, "envVars": {"BODY": "v2"}, "secrets": ["api-key"]}).to_string();
-    expect(
-        &node.api("PUT", "/system/functions", v2.as_bytes()).await?,
-        200,
-        "update",
-    )?;
+    node.api("PUT", "/system/functions", v2.as_bytes())
+        .await?
+        .expect(200, "update")?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while node.call("GET", "/function/echo", &[], b"").await?.text() != "v2" {
         assert!(Instant::now() < deadline, "update never took effect");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    expect(
-        &node
-            .api("DELETE", "/system/namespace/team", br#"{"name":"team"}"#)
-            .await?,
-        202,
-        "delete namespace",
-    )?;
-    expect(
-        &node
-            .api(
-                "DELETE",
-                "/system/functions",
-                br#"{"functionName":"echo","namespace":"openfaas-fn"}"#,
-            )
-            .await?,
-        200,
-        "delete",
-    )?;
-    expect(
-        &node
-            .api("DELETE", "/system/functions", br#"{"functionName":"echo"}"#)
-            .await?,
-        404,
-        "delete again",
-    )?;
-    expect(
-        &node.call("GET", "/function/echo", &[], b"").await?,
-        404,
-        "invoke a deleted function",
-    )?;
+    node.api("DELETE", "/system/namespace/team", br#"{"name":"team"}"#)
+        .await?
+        .expect(202, "delete namespace")?;
+    node.api(
+        "DELETE",
+        "/system/functions",
+        br#"{"functionName":"echo","namespace":"openfaas-fn"}"#,
+    )
+    .await?
+    .expect(200, "delete")?;
+    node.api("DELETE", "/system/functions", br#"{"functionName":"echo"}"#)
+        .await?
+        .expect(404, "delete again")?;
+    node.call("GET", "/function/echo", &[], b"")
+        .await?
+        .expect(404, "invoke a deleted function")?;
     assert_eq!(
         json_of(&node.api("GET", "/system/functions", b"").await?),
         json!([])
@@ -667,13 +581,9 @@ async fn bad_input_is_refused_and_changes_nothing() -> TestResult {
         assert_eq!(r.status, 400, "{}", r.text());
     }
     let bad_scale = json!({"serviceName": "ghost", "replicas": 1}).to_string();
-    expect(
-        &node
-            .api("POST", "/system/scale-function/ghost", bad_scale.as_bytes())
-            .await?,
-        404,
-        "scale unknown",
-    )?;
+    node.api("POST", "/system/scale-function/ghost", bad_scale.as_bytes())
+        .await?
+        .expect(404, "scale unknown")?;
     // Nothing was created by any of that.
     assert_eq!(
         json_of(&node.api("GET", "/system/functions", b"").await?),
@@ -710,7 +620,7 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
             b"",
         )
         .await?;
-    expect(&accepted, 202, "async")?;
+    accepted.expect(202, "async")?;
     let (head, body) = tokio::time::timeout(Duration::from_secs(30), received).await??;
     assert!(
         head.contains("x-function-status: 200") && body == b"hello v1",
@@ -745,7 +655,7 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
     // Scale to zero; the next request is a cold start answered with 200, not a 5xx.
     node.scale("hello", 0).await?;
     let cold = node.call("GET", "/function/hello", &[], b"").await?;
-    expect(&cold, 200, "cold invocation")?;
+    cold.expect(200, "cold invocation")?;
     assert_eq!(cold.text(), "hello v1");
     assert_eq!(
         json_of(&node.api("GET", "/system/function/hello", b"").await?)["replicas"],
@@ -775,11 +685,9 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
 
     // Update the image configuration; logs show lines; delete.
     let v2 = deployment("hello", &json!({"BODY": "hello v2"}));
-    expect(
-        &node.api("PUT", "/system/functions", &v2).await?,
-        200,
-        "update",
-    )?;
+    node.api("PUT", "/system/functions", &v2)
+        .await?
+        .expect(200, "update")?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while node.call("GET", "/function/hello", &[], b"").await?.text() != "hello v2" {
         assert!(Instant::now() < deadline, "update did not take effect");
@@ -794,17 +702,13 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
         logs.contains("e2e-marker") && logs.contains("listening on"),
         "{logs}"
     );
-    expect(
-        &node
-            .api(
-                "DELETE",
-                "/system/functions",
-                br#"{"functionName":"hello"}"#,
-            )
-            .await?,
-        200,
-        "delete",
-    )?;
+    node.api(
+        "DELETE",
+        "/system/functions",
+        br#"{"functionName":"hello"}"#,
+    )
+    .await?
+    .expect(200, "delete")?;
     let left = std::process::Command::new("ctr")
         .arg("--address")
         .arg(node.env.containerd.socket())
@@ -824,7 +728,7 @@ async fn cold_requests_wait_for_readiness() -> TestResult {
     deploy(&node, "slow", &json!({"HEALTH_DELAY_MS": "1500"})).await?;
     let started = Instant::now();
     let r = node.call("GET", "/function/slow", &[], b"").await?;
-    expect(&r, 200, "first request during a cold start")?;
+    r.expect(200, "first request during a cold start")?;
     assert!(
         started.elapsed() >= Duration::from_millis(1000),
         "it waited for readiness ({:?})",
@@ -845,11 +749,9 @@ async fn repeated_cold_starts_are_not_mistaken_for_crashes() -> TestResult {
     for cycle in 0..5 {
         node.scale("flip", 0).await?;
         let started = Instant::now();
-        expect(
-            &node.call("GET", "/function/flip", &[], b"").await?,
-            200,
-            "cold call",
-        )?;
+        node.call("GET", "/function/flip", &[], b"")
+            .await?
+            .expect(200, "cold call")?;
         let took = started.elapsed();
         assert!(
             took < Duration::from_secs(3),
@@ -857,11 +759,9 @@ async fn repeated_cold_starts_are_not_mistaken_for_crashes() -> TestResult {
         );
     }
     // Let any late exit event arrive, then check nothing was counted as a crash.
-    expect(
-        &node.call("GET", "/function/flip", &[], b"").await?,
-        200,
-        "warm call",
-    )?;
+    node.call("GET", "/function/flip", &[], b"")
+        .await?
+        .expect(200, "warm call")?;
     let status = json_of(&node.api("GET", "/system/function/flip", b"").await?);
     assert!(
         status["bramble"].get("restarts").is_none(),
@@ -875,21 +775,15 @@ async fn idle_functions_scale_to_zero_and_back() -> TestResult {
     let node = node("idle", "").await?;
     let body = json!({"service": "sleepy", "image": FIXTURE,
         "labels": {"com.openfaas.scale.zero": "true"}, "annotations": {"com.openfaas.scale.zero-duration": "2s"}}).to_string();
-    expect(
-        &node
-            .api("POST", "/system/functions", body.as_bytes())
-            .await?,
-        200,
-        "deploy",
-    )?;
+    node.api("POST", "/system/functions", body.as_bytes())
+        .await?
+        .expect(200, "deploy")?;
     wait_available(&node, "sleepy", 1).await?;
     // Taken before the call: the node's idle clock starts when the call reaches it.
     let idle_since = Instant::now();
-    expect(
-        &node.call("GET", "/function/sleepy", &[], b"").await?,
-        200,
-        "warm call",
-    )?;
+    node.call("GET", "/function/sleepy", &[], b"")
+        .await?
+        .expect(200, "warm call")?;
     let status = wait_available(&node, "sleepy", 0).await?;
     assert!(
         idle_since.elapsed() >= Duration::from_secs(2),
@@ -901,11 +795,9 @@ async fn idle_functions_scale_to_zero_and_back() -> TestResult {
         "desired replicas went to 0: {status}"
     );
     assert_eq!(status["bramble"]["state"], "scaled-to-zero");
-    expect(
-        &node.call("GET", "/function/sleepy", &[], b"").await?,
-        200,
-        "cold call",
-    )?;
+    node.call("GET", "/function/sleepy", &[], b"")
+        .await?
+        .expect(200, "cold call")?;
     // Functions without the label are never scaled down.
     deploy(&node, "awake", &json!({})).await?;
     wait_available(&node, "awake", 1).await?;
@@ -922,19 +814,15 @@ async fn timeouts_and_broken_functions_get_clear_errors() -> TestResult {
     let body =
         json!({"service": "slowpoke", "image": FIXTURE, "annotations": {"bramble.timeout": "1s"}})
             .to_string();
-    expect(
-        &node
-            .api("POST", "/system/functions", body.as_bytes())
-            .await?,
-        200,
-        "deploy",
-    )?;
+    node.api("POST", "/system/functions", body.as_bytes())
+        .await?
+        .expect(200, "deploy")?;
     wait_available(&node, "slowpoke", 1).await?;
     let started = Instant::now();
     let r = node
         .call("GET", "/function/slowpoke/sleep?ms=3000", &[], b"")
         .await?;
-    expect(&r, 504, "function timeout")?;
+    r.expect(504, "function timeout")?;
     assert!(
         started.elapsed() < Duration::from_millis(2500),
         "cut at the function's timeout"
@@ -963,11 +851,9 @@ async fn timeouts_and_broken_functions_get_clear_errors() -> TestResult {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The rest of the board keeps serving.
-    expect(
-        &node.call("GET", "/function/slowpoke", &[], b"").await?,
-        200,
-        "other function",
-    )?;
+    node.call("GET", "/function/slowpoke", &[], b"")
+        .await?
+        .expect(200, "other function")?;
     Ok(())
 }
 

@@ -89,22 +89,6 @@ async fn status(node: &Node, name: &str) -> Result<Value, Box<dyn std::error::Er
     Ok(node.status(name).await?.unwrap_or_default())
 }
 
-async fn wait_until<F>(what: &str, timeout: Duration, mut check: F) -> TestResult
-where
-    F: AsyncFnMut() -> Result<bool, Box<dyn std::error::Error>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("timed out waiting for {what}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn wait_available(node: &Node, name: &str, want: u64) -> TestResult {
     node.wait_available(name, want).await?;
     Ok(())
@@ -210,7 +194,7 @@ async fn sigkill_during_deploys() -> TestResult {
             200
         );
     }
-    wait_until("orphan cleanup", Duration::from_secs(20), async || {
+    harness::wait_until("orphan cleanup", Duration::from_secs(20), async || {
         Ok(runtime.list().await?.len() == functions.len())
     })
     .await?;
@@ -313,7 +297,7 @@ async fn crash_loops_and_oom() -> TestResult {
         .call("GET", "/function/hungry/alloc?mb=64", &[], b"")
         .await?;
     assert_ne!(r.status, 200, "allocating past the limit cannot succeed");
-    wait_until(
+    harness::wait_until(
         "the OOM to show in the status",
         Duration::from_secs(20),
         async || Ok(status(&node, "hungry").await?["bramble"]["lastExit"] == "oom"),
@@ -387,7 +371,7 @@ async fn updates_under_load() -> TestResult {
             .status,
         200
     );
-    wait_until("v2 to serve", Duration::from_secs(30), async || {
+    harness::wait_until("v2 to serve", Duration::from_secs(30), async || {
         Ok(bodies.lock().unwrap().contains("v2"))
     })
     .await?;
@@ -401,7 +385,7 @@ async fn updates_under_load() -> TestResult {
             .status,
         200
     );
-    wait_until("the rollback", Duration::from_secs(30), async || {
+    harness::wait_until("the rollback", Duration::from_secs(30), async || {
         Ok(status(&node, "svc").await?["bramble"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("rolled back")))
@@ -502,7 +486,7 @@ async fn unused_images_are_collected() -> TestResult {
             .map(|i| i.name)
             .collect())
     };
-    wait_until(
+    harness::wait_until(
         "the unused images to be removed",
         Duration::from_secs(20),
         async || Ok(!names().await?.contains("docker.io/library/spare:1")),
@@ -522,7 +506,7 @@ async fn unused_images_are_collected() -> TestResult {
             .status,
         200
     );
-    wait_until(
+    harness::wait_until(
         "the old image to be removed",
         Duration::from_secs(30),
         async || {
@@ -641,7 +625,7 @@ async fn orphans_are_removed_at_start() -> TestResult {
     drop(runtime);
     let node = Node::start(Path::new(env!("CARGO_BIN_EXE_bramble")), env, "")?;
     let runtime = Runtime::new(node.env.config.clone())?;
-    wait_until(
+    harness::wait_until(
         "orphans to be removed",
         Duration::from_secs(30),
         async || {

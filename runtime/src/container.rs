@@ -206,6 +206,13 @@ impl Runtime {
             .images()
             .resolve_user(&image, spec.user.as_deref())
             .await?;
+        // An existing container keeps its files and network: refused before touching them.
+        if self.record_exists(&spec.id).await? {
+            return Err(Error::AlreadyExists {
+                kind: "container",
+                id: spec.id.clone(),
+            });
+        }
         // Only the namespace now; the CNI chain runs in `start`, alongside the task's creation.
         let netns = self.network().prepare(&spec.id).await?;
         let result = self.create_prepared(spec, &image, &user, &netns).await;
@@ -573,6 +580,23 @@ impl Runtime {
                 labels: c.labels.into_iter().collect(),
             })
             .collect())
+    }
+
+    /// Whether containerd has a container record `id` (managed by bramble or not).
+    async fn record_exists(&self, id: &str) -> Result<bool> {
+        let conn = &self.inner.conn;
+        let mut containers = conn.containers();
+        match conn
+            .call(
+                "Containers.Get",
+                containers.get(conn.request(GetContainerRequest { id: id.to_owned() })),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// One managed container, if it exists.

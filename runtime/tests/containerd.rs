@@ -812,6 +812,29 @@ async fn bad_input_changes_nothing() -> TestResult {
             "a refused run left a network attachment ({expected})"
         );
     }
+    // A second run of a running container's id is refused and leaves the first one alone:
+    // its files, its network and its task.
+    let addr = run_healthy(&s.runtime, &good).await?;
+    let attachments = s.runtime.network().attachments()?;
+    let err = s.runtime.run(&good).await.unwrap_err();
+    assert!(
+        matches!(err, Error::AlreadyExists { .. }),
+        "a duplicate run: {err:?}"
+    );
+    assert_eq!(s.runtime.network().attachments()?, attachments);
+    assert_eq!(
+        http::get(addr, "/").await?.status,
+        200,
+        "the first one serves on"
+    );
+    let hosts = s.env.config.run_dir.join("containers/good/hosts");
+    assert!(
+        hosts.exists(),
+        "the duplicate run removed the first one's {}",
+        hosts.display()
+    );
+    s.runtime.delete("good", Duration::from_secs(5)).await?;
+
     let garbage = s.env.scratch().join("garbage.tar");
     std::fs::write(&garbage, b"this is not a tarball")?;
     let err = s

@@ -172,6 +172,28 @@ pub fn enter_private_network_namespace() -> Result<(), String> {
     }
 }
 
+/// Polls `check` every 25 ms until it holds (for states with no readiness signal to wait on);
+/// fails after `timeout`, naming `what`.
+pub async fn wait_until<F>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: F,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    F: AsyncFnMut() -> Result<bool, Box<dyn std::error::Error>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
 /// A trial whose body is async (run with [`block_on`]).
 pub fn async_trial<F, Fut, E>(name: &'static str, body: F) -> Trial
 where

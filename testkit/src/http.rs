@@ -30,6 +30,20 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// `Ok` when the status is `status`; otherwise an error naming `what`, the status and the
+    /// body.
+    pub fn expect(&self, status: u16, what: &str) -> Result<(), String> {
+        if self.status == status {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what}: expected {status}, got {} {}",
+                self.status,
+                self.text()
+            ))
+        }
+    }
 }
 
 /// Sends one request and reads the whole response, within `timeout`.
