@@ -5,12 +5,13 @@
 //! [`TaskEvent::Resync`] tells consumers that the stream is complete again from that point and
 //! that they should re-list what they may have missed.
 //! containerd can report one OOM kill several times (five on cgroup v1 here); each OOM is
-//! delivered once per task start.
+//! delivered once per task start. The pump remembers which tasks it reported an OOM for until
+//! the task is deleted, so that memory does not grow with containers that come and go.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use containerd_client::events::{TaskExit, TaskOom, TaskStart};
+use containerd_client::events::{TaskDelete, TaskExit, TaskOom, TaskStart};
 use containerd_client::services::v1::{PublishRequest, SubscribeRequest};
 use prost::Message;
 use serde::Serialize;
@@ -165,6 +166,15 @@ fn decode(
                 at,
             })
         }
+        "/tasks/delete" => {
+            // Not on exit: containerd can deliver an OOM's duplicates after the exit; a task's
+            // delete comes from the same shim after all of them, and no OOM can follow it.
+            let e = TaskDelete::decode(value).ok()?;
+            if e.id.is_empty() || e.id == e.container_id {
+                oom_seen.remove(&e.container_id);
+            }
+            None
+        }
         "/tasks/oom" => {
             let e = TaskOom::decode(value).ok()?;
             oom_seen
@@ -215,6 +225,58 @@ mod tests {
             decode("/tasks/oom", Some(&oom), &mut seen).is_some(),
             "a new start resets the dedupe"
         );
+    }
+
+    #[test]
+    fn a_deleted_task_is_forgotten() {
+        let mut seen = HashSet::new();
+        let oom = |id: &str| {
+            any(&TaskOom {
+                container_id: id.into(),
+            })
+        };
+        let delete = |container: &str, exec: &str| {
+            any(&TaskDelete {
+                container_id: container.into(),
+                id: exec.into(),
+                pid: 7,
+                exit_status: 137,
+                exited_at: None,
+            })
+        };
+        for id in ["a", "b"] {
+            assert!(decode("/tasks/oom", Some(&oom(id)), &mut seen).is_some());
+        }
+        let exit = any(&TaskExit {
+            container_id: "a".into(),
+            id: "a".into(),
+            pid: 7,
+            exit_status: 137,
+            exited_at: None,
+        });
+        decode("/tasks/exit", Some(&exit), &mut seen);
+        assert_eq!(
+            decode("/tasks/oom", Some(&oom("a")), &mut seen),
+            None,
+            "a duplicate arriving after the exit is still suppressed"
+        );
+        // An exec'd process's delete is not the task's.
+        assert_eq!(
+            decode("/tasks/delete", Some(&delete("a", "probe")), &mut seen),
+            None
+        );
+        assert!(seen.contains("a"));
+        assert_eq!(
+            decode("/tasks/delete", Some(&delete("a", "")), &mut seen),
+            None,
+            "a delete is not reported"
+        );
+        assert!(!seen.contains("a"), "the deleted task is forgotten");
+        assert!(seen.contains("b"), "other tasks are kept");
+        decode("/tasks/delete", Some(&delete("b", "b")), &mut seen);
+        assert!(seen.is_empty(), "{seen:?}");
+        // A container of the same name later gets its OOM reported.
+        assert!(decode("/tasks/oom", Some(&oom("a")), &mut seen).is_some());
     }
 
     #[test]

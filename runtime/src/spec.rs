@@ -14,6 +14,16 @@ use crate::image::ResolvedUser;
 /// CFS period used to express CPU limits (100 ms, the kernel default).
 pub const CPU_PERIOD_US: u64 = 100_000;
 
+/// Size of the writable `/tmp` of a read-only root filesystem when the function has no memory
+/// limit (64 MiB). With a memory limit, `/tmp` may be as large as that limit (its pages are
+/// charged to the function's memory anyway).
+pub const DEFAULT_TMP_BYTES: u64 = 64 << 20;
+
+/// The size of the `/tmp` tmpfs of a read-only root filesystem, in bytes.
+pub fn tmp_size_bytes(limits: &Limits) -> u64 {
+    limits.memory_bytes.unwrap_or(DEFAULT_TMP_BYTES)
+}
+
 /// Resource limits of a container. `None` means unlimited.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -111,8 +121,10 @@ pub(crate) fn build(input: &SpecInput<'_>) -> Value {
         bind_ro(input.resolv_file, "/etc/resolv.conf"),
     ];
     if input.read_only_rootfs {
-        // Memory-backed and charged to the function's memory cgroup.
-        mounts.push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}));
+        // Memory-backed and charged to the function's memory cgroup; bounded by its own size
+        // too, so a function without a memory limit cannot fill the board's RAM through it.
+        let size = format!("size={}", tmp_size_bytes(input.limits));
+        mounts.push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", size]}));
     }
     if let Some(dir) = input.secrets_dir {
         mounts.push(bind_ro(dir, SECRETS_MOUNT));
@@ -382,6 +394,50 @@ mod tests {
             json!([{"allow": false, "access": "rwm"}])
         );
         assert_eq!(json["process"]["capabilities"]["effective"], json!([]));
+    }
+
+    /// The options of the spec's `/tmp` mount, if it has one.
+    fn tmp_options(json: &Value) -> Option<Vec<String>> {
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(json.clone()).unwrap();
+        spec.mounts()
+            .as_ref()?
+            .iter()
+            .find(|m| m.destination() == Path::new("/tmp"))
+            .map(|m| m.options().clone().unwrap_or_default())
+    }
+
+    #[test]
+    fn tmp_of_a_read_only_root_is_a_bounded_tmpfs() {
+        let user = ResolvedUser::default();
+        let limited = Limits {
+            memory_bytes: Some(48 << 20),
+            ..Default::default()
+        };
+        let options = tmp_options(&build(&input(&user, &limited, &[], &[]))).unwrap();
+        assert!(
+            options.contains(&format!("size={}", 48u64 << 20)),
+            "the memory limit bounds /tmp: {options:?}"
+        );
+        for option in ["nosuid", "nodev", "mode=1777"] {
+            assert!(options.iter().any(|o| o == option), "{option}: {options:?}");
+        }
+
+        let unlimited = Limits::default();
+        let options = tmp_options(&build(&input(&user, &unlimited, &[], &[]))).unwrap();
+        assert!(
+            options.contains(&"size=67108864".to_owned()),
+            "64 MiB without a memory limit: {options:?}"
+        );
+        assert_eq!(
+            options.iter().filter(|o| o.starts_with("size=")).count(),
+            1,
+            "{options:?}"
+        );
+
+        // A writable root has no /tmp mount: /tmp is the image's, in the container's snapshot.
+        let mut writable = input(&user, &limited, &[], &[]);
+        writable.read_only_rootfs = false;
+        assert_eq!(tmp_options(&build(&writable)), None);
     }
 
     #[test]
