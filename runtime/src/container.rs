@@ -1106,7 +1106,7 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_staged_owned_by_the_function_user() {
+    fn secrets_are_staged_owned_by_the_function_user() -> Result<(), String> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("src");
@@ -1117,7 +1117,10 @@ mod tests {
             additional_gids: vec![],
         };
         if !nix::unistd::Uid::effective().is_root() {
-            return; // chown needs root; the integration tests cover this path as root
+            return bramble_testkit::harness::cannot_run_here(
+                "secrets_are_staged_owned_by_the_function_user",
+                "staging chowns to the function's user, which needs root",
+            );
         }
         let staged = stage_secrets(
             dir.path(),
@@ -1141,5 +1144,6 @@ mod tests {
             std::fs::read_to_string(staged.join("api-key")).unwrap(),
             "s3cret"
         );
+        Ok(())
     }
 }

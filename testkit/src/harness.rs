@@ -106,6 +106,18 @@ pub fn in_ci() -> bool {
         .is_some_and(|v| !v.is_empty() && v != OsStr::new("false") && v != OsStr::new("0"))
 }
 
+/// For a unit test (or part of one) that cannot run on this machine because a tool or a
+/// privilege is missing: in CI an error naming what is missing, so the run fails; elsewhere a
+/// note on stderr and `Ok`, after which the test skips that part.
+pub fn cannot_run_here(what: &str, reason: &str) -> Result<(), String> {
+    if in_ci() {
+        Err(format!("{what}: requirement not met in CI: {reason}"))
+    } else {
+        eprintln!("note: {what} skipped here: {reason}");
+        Ok(())
+    }
+}
+
 /// Runs the integration tests of one test binary and exits the process.
 ///
 /// `needs` lists what every trial of this binary requires. The process enters a private network

@@ -1201,6 +1201,7 @@ mod tests {
     use std::os::unix::fs::symlink;
     use std::process::Command;
 
+    use bramble_testkit::harness::cannot_run_here;
     use flate2::read::GzDecoder;
     use oci_spec::image::{Arch, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os};
     use serde_json::{Value, json};
@@ -1847,7 +1848,7 @@ mod tests {
     }
 
     #[test]
-    fn real_static_binary() {
+    fn real_static_binary() -> Result<(), String> {
         // Debian's ldconfig is static-pie.
         let ldconfig = Path::new("/sbin/ldconfig");
         let is_static = fs::read(ldconfig)
@@ -1855,8 +1856,10 @@ mod tests {
             .and_then(|b| Platform::from_elf(&b).ok())
             .is_some_and(|info| info.is_static());
         if !is_static {
-            println!("note: no static /sbin/ldconfig here, skipped");
-            return;
+            return cannot_run_here(
+                "real_static_binary",
+                "/sbin/ldconfig is missing or not a static executable (Debian's is)",
+            );
         }
         let dir = tempfile::tempdir().unwrap();
         let built = ImageBuilder::new(ImageRef::parse("ldconfig").unwrap())
@@ -1864,6 +1867,7 @@ mod tests {
             .write_oci_archive(&dir.path().join("ldconfig.tar"))
             .unwrap();
         assert_eq!(built.platform, Platform::host());
+        Ok(())
     }
 
     #[test]
@@ -2140,9 +2144,9 @@ mod tests {
             .is_ok_and(|o| o.status.success())
     }
 
-    /// Cross-checks with skopeo and umoci when they are installed.
+    /// Cross-checks with skopeo and umoci (in CI they must be installed).
     #[test]
-    fn external_tools_accept_the_archive() {
+    fn external_tools_accept_the_archive() -> Result<(), String> {
         let f = fixture();
         let out = f.out_dir.join("hello.tar");
         let built = sample_builder(&f.src, &f.extra)
@@ -2188,7 +2192,10 @@ mod tests {
                 .unwrap();
             assert!(status.success());
         } else {
-            println!("note: skopeo is not installed, skipped the skopeo cross-check");
+            cannot_run_here(
+                "the skopeo cross-check",
+                "skopeo is not installed (scripts/setup --test)",
+            )?;
         }
 
         if tool("umoci") {
@@ -2229,7 +2236,11 @@ mod tests {
             assert_eq!(config["process"]["cwd"], "/app");
             assert_eq!(config["process"]["args"], json!(["/app/run.sh", "--flag"]));
         } else {
-            println!("note: umoci is not installed, skipped the umoci cross-check");
+            cannot_run_here(
+                "the umoci cross-check",
+                "umoci is not installed (scripts/setup --test)",
+            )?;
         }
+        Ok(())
     }
 }
