@@ -1,18 +1,31 @@
 //! Cold start of a function container: from "run" to its first successful HTTP answer, next
-//! to a bare containerd create+start of the same image (`ctr run -d`), in one run.
+//! to bare containerd create+start of the same image, in one run. Two baselines:
+//!
+//! - in-process: `Containers.Create`, `Snapshots.Prepare`, `Tasks.Create`, `Tasks.Start` over
+//!   the runtime's own gRPC connection, nothing else (no network, no files, no log capture, no
+//!   readiness): the floor under bramble's create + start;
+//! - `ctr run -d`: the same done by a whole `ctr` process (Go start-up, image lookup), as an
+//!   operator would run it.
 //!
 //! `cargo bench -p bramble-runtime --bench cold_start [-- RUNS]` as root. Runs in a private
 //! network namespace with a private containerd, like the integration tests. The fixture image
 //! is present (imported once before measuring).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bramble_runtime::image::no_progress;
+use bramble_runtime::image::{Image, no_progress};
 use bramble_runtime::{ContainerSpec, Runtime};
 use bramble_testkit::stats::{Summary, ms};
 use bramble_testkit::{TestEnv, fixture_image, harness, http};
+use containerd_client::services::v1::container::Runtime as CtrRuntime;
+use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
+use containerd_client::services::v1::{
+    Container as CtrContainer, CreateContainerRequest, CreateTaskRequest, StartRequest,
+};
+use serde_json::{Value, json};
 
 fn main() {
     let runs: usize = std::env::args()
@@ -41,6 +54,7 @@ struct Samples {
     ready: Vec<Duration>,
     total: Vec<Duration>,
     ctr: Vec<Duration>,
+    bare: Vec<Duration>,
     restart: Vec<Duration>,
     delete: Vec<Duration>,
 }
@@ -83,8 +97,15 @@ async fn bench(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
         runtime.delete(&id, Duration::from_secs(5)).await?;
         let t5 = Instant::now();
 
-        // Bare containerd: the Go client's create + start of the same image, no network setup,
-        // no readiness (the whole `ctr` process, as an operator would run it).
+        // Bare containerd in-process, over the runtime's own connection: the honest floor.
+        let bare_id = format!("bare{i}");
+        let b0 = Instant::now();
+        bare_create_start(&runtime, &image, &bare_id).await?;
+        let b1 = Instant::now();
+        runtime.delete(&bare_id, Duration::ZERO).await?;
+
+        // Bare containerd through `ctr`: the Go client's create + start of the same image, no
+        // network setup, no readiness (the whole `ctr` process, as an operator would run it).
         let ctr_id = format!("ctr{i}");
         let c0 = Instant::now();
         ctr(&env, &["run", "-d", "--null-io", &image.name, &ctr_id])?;
@@ -104,6 +125,7 @@ async fn bench(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
         samples.restart.push(w1 - w0);
         samples.delete.push(t5 - t4);
         samples.ctr.push(c1 - c0);
+        samples.bare.push(b1 - b0);
     }
 
     println!(
@@ -124,7 +146,11 @@ async fn bench(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
         ("first HTTP 200 after start", &samples.ready),
         ("**bramble run → first HTTP 200**", &samples.total),
         (
-            "**bare containerd create+start (`ctr run -d`)**",
+            "**bare containerd create+start, in-process** (Containers.Create, Snapshots.Prepare, Tasks.Create, Tasks.Start; no network, no readiness)",
+            &samples.bare,
+        ),
+        (
+            "bare containerd create+start by a `ctr run -d` process (Go start-up, image lookup)",
             &samples.ctr,
         ),
         (
@@ -145,6 +171,108 @@ async fn bench(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// Type URL of a runtime spec in a container record.
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// `Containers.Create`, `Snapshots.Prepare`, `Tasks.Create` and `Tasks.Start` of `image` over
+/// the runtime's own containerd connection: what any client must do to start a container, and
+/// nothing else. The task gets a fresh, empty network namespace and no stdio.
+async fn bare_create_start(
+    runtime: &Runtime,
+    image: &Image,
+    id: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let conn = runtime.connection();
+    let config = runtime.config();
+    let spec = serde_json::to_vec(&bare_spec(image, &runtime.cgroup_path(id)))?;
+    let container = CtrContainer {
+        id: id.to_owned(),
+        image: image.name.clone(),
+        runtime: Some(CtrRuntime {
+            name: config.runtime.clone(),
+            options: None,
+        }),
+        spec: Some(prost_types::Any {
+            type_url: SPEC_TYPE_URL.into(),
+            value: spec,
+        }),
+        snapshotter: config.snapshotter.clone(),
+        snapshot_key: id.to_owned(),
+        ..Default::default()
+    };
+    conn.containers()
+        .create(conn.request(CreateContainerRequest {
+            container: Some(container),
+        }))
+        .await?;
+    let mounts = conn
+        .snapshots()
+        .prepare(conn.request(PrepareSnapshotRequest {
+            snapshotter: config.snapshotter.clone(),
+            key: id.to_owned(),
+            parent: image.top_chain_id.clone(),
+            labels: HashMap::new(),
+        }))
+        .await?
+        .into_inner()
+        .mounts;
+    let mut tasks = conn.tasks();
+    tasks
+        .create(conn.request(CreateTaskRequest {
+            container_id: id.to_owned(),
+            rootfs: mounts,
+            ..Default::default()
+        }))
+        .await?;
+    tasks
+        .start(conn.request(StartRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        }))
+        .await?;
+    Ok(())
+}
+
+/// A minimal runtime spec for `image`, like `ctr`'s default one: the image's command, env and
+/// working directory as root, the standard mounts, new namespaces, all devices denied.
+fn bare_spec(image: &Image, cgroups_path: &str) -> Value {
+    let args: Vec<&String> = image
+        .config
+        .entrypoint
+        .iter()
+        .chain(&image.config.cmd)
+        .collect();
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": image.config.env,
+            "cwd": image.config.working_dir.as_deref().unwrap_or("/"),
+            "noNewPrivileges": true,
+        },
+        "root": {"path": "rootfs"},
+        "hostname": "bare",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        ],
+        "linux": {
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                {"type": "network"},
+            ],
+            "cgroupsPath": cgroups_path,
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+        },
+    })
 }
 
 /// Polls `/` until the function answers 200 (its first successful answer).

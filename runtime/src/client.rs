@@ -85,8 +85,10 @@ impl Connection {
         &self.socket
     }
 
-    /// A request carrying the namespace header.
-    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
+    /// A request carrying the namespace header. Public only for the cold-start benchmark, which
+    /// measures bare containerd calls over this very connection.
+    #[doc(hidden)]
+    pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request
             .metadata_mut()
@@ -103,7 +105,8 @@ impl Connection {
         request
     }
 
-    pub(crate) fn containers(&self) -> ContainersClient<Channel> {
+    #[doc(hidden)]
+    pub fn containers(&self) -> ContainersClient<Channel> {
         ContainersClient::new(self.channel.clone())
     }
     pub(crate) fn content(&self) -> ContentClient<Channel> {
@@ -123,10 +126,12 @@ impl Connection {
     pub(crate) fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel.clone())
     }
-    pub(crate) fn snapshots(&self) -> SnapshotsClient<Channel> {
+    #[doc(hidden)]
+    pub fn snapshots(&self) -> SnapshotsClient<Channel> {
         SnapshotsClient::new(self.channel.clone())
     }
-    pub(crate) fn tasks(&self) -> TasksClient<Channel> {
+    #[doc(hidden)]
+    pub fn tasks(&self) -> TasksClient<Channel> {
         TasksClient::new(self.channel.clone())
     }
     pub(crate) fn version_client(&self) -> VersionClient<Channel> {

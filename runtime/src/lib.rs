@@ -195,6 +195,13 @@ impl Runtime {
         self.inner.conn.version().await
     }
 
+    /// The runtime's containerd connection, for the cold-start benchmark's bare-containerd
+    /// baseline (the same channel bramble's own calls use). Not an API.
+    #[doc(hidden)]
+    pub fn connection(&self) -> &client::Connection {
+        &self.inner.conn
+    }
+
     /// Image operations.
     pub fn images(&self) -> &ImageService {
         &self.inner.images
