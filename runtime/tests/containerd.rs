@@ -7,11 +7,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bramble_runtime::cgroup::Cgroups;
+use bramble_runtime::image::platform::Platform;
 use bramble_runtime::image::reference::ImageRef;
 use bramble_runtime::image::{Image, PullPolicy, RegistryConfig, no_progress};
+use bramble_runtime::logs::LogLine;
 use bramble_runtime::{ContainerSpec, Error, Limits, Runtime, Secret, TaskEvent, TaskStatus};
 use bramble_testkit::harness::{self, Need};
-use bramble_testkit::{Registry, TestEnv, fixture_image, foreign_image, http, write_docker_config};
+use bramble_testkit::{
+    Registry, TestEnv, fixture_image, foreign_image, http, multi_platform_layout,
+    write_docker_config,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -56,6 +61,14 @@ fn main() {
         harness::async_trial(
             "platform_mismatch_refused_before_anything_is_created",
             platform_mismatch_refused,
+        ),
+        harness::async_trial(
+            "multi_platform_index_pull_chooses_the_hosts_manifest",
+            multi_platform_index_pull,
+        ),
+        harness::async_trial(
+            "device_cgroup_denies_devices_outside_the_default_set",
+            device_cgroup_denies_other_devices,
         ),
         harness::async_trial(
             "logs_are_readable_within_100ms",
@@ -210,7 +223,7 @@ async fn pull_from_registry_anonymous_then_offline() -> TestResult {
     assert_eq!(http::get(addr, "/").await?.status, 200);
 
     // Present + IfNotPresent: no request reaches the registry.
-    let before = registry.request_count();
+    let before = registry.request_count()?;
     let again = s
         .runtime
         .images()
@@ -218,7 +231,7 @@ async fn pull_from_registry_anonymous_then_offline() -> TestResult {
         .await?;
     assert_eq!(again.manifest_digest, image.manifest_digest);
     assert_eq!(
-        registry.request_count(),
+        registry.request_count()?,
         before,
         "IfNotPresent must not touch the registry when the image is present"
     );
@@ -408,6 +421,15 @@ async fn read_only_rootfs_and_read_only_secrets() -> TestResult {
         200,
         "/tmp is writable"
     );
+    let mounts = http::get(addr, "/read?path=/proc/mounts").await?.text();
+    let tmp = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("/tmp"))
+        .ok_or(format!("no /tmp mount in\n{mounts}"))?;
+    assert!(
+        tmp.starts_with("tmpfs ") && tmp.contains("size=65536k"),
+        "/tmp is a 64 MiB tmpfs without a memory limit: {tmp}"
+    );
 
     let secret = http::get(addr, "/read?path=/var/openfaas/secrets/api-key").await?;
     assert_eq!(
@@ -493,7 +515,6 @@ async fn containerd_restart_keeps_function_served() -> TestResult {
     let mut events = s.runtime.subscribe();
     let addr = run_healthy(&s.runtime, &spec("steady", &s.image)).await?;
 
-    while events.try_recv().is_ok() {} // only what happens after the restart counts
     s.env.containerd.kill();
     let started = Instant::now();
     let err = s.runtime.version().await.unwrap_err();
@@ -503,6 +524,8 @@ async fn containerd_restart_keeps_function_served() -> TestResult {
         started.elapsed() < Duration::from_secs(3),
         "calls fail fast while containerd is down"
     );
+    // No Resync can be sent while containerd is down: what is queued now is from before.
+    while events.try_recv().is_ok() {}
     assert_eq!(
         http::get(addr, "/").await?.status,
         200,
@@ -510,11 +533,25 @@ async fn containerd_restart_keeps_function_served() -> TestResult {
     );
 
     s.env.containerd.start_again()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.runtime.version().await.is_err() {
-        assert!(Instant::now() < deadline, "runtime did not reconnect");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The event stream comes back and says so; from then on calls work again.
+    let resync = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.recv().await {
+                Ok(TaskEvent::Resync) => return Ok(()),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(resync, Ok(Ok(()))),
+        "no Resync event after containerd came back: {resync:?}"
+    );
+    s.runtime
+        .version()
+        .await
+        .map_err(|e| format!("the runtime did not reconnect: {e}"))?;
     let listed = s.runtime.list().await?;
     assert_eq!(
         listed
@@ -525,16 +562,6 @@ async fn containerd_restart_keeps_function_served() -> TestResult {
         Some(TaskStatus::Running)
     );
     assert_eq!(http::get(addr, "/").await?.status, 200);
-    // The event stream came back and said so.
-    let resync = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(TaskEvent::Resync) = events.recv().await {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(resync.is_ok(), "no Resync event after containerd came back");
     s.runtime.delete("steady", Duration::from_secs(5)).await?;
     Ok(())
 }
@@ -581,6 +608,136 @@ async fn platform_mismatch_refused() -> TestResult {
     Ok(())
 }
 
+/// A multi-platform image (an index of linux/amd64, linux/arm64 and linux/arm/v7 manifests, each
+/// built by bramble's builder; only this machine's holds the runnable fixture) pushed to a
+/// registry: this machine's manifest is chosen and runs; a machine the index has no manifest
+/// for is refused before anything is written.
+async fn multi_platform_index_pull() -> TestResult {
+    let registry = Registry::start(None)?;
+    let s = setup("multi").await?;
+    let host = s.runtime.images().platform().clone();
+    let dir = s.env.scratch();
+    let mut images = Vec::new();
+    // This machine's platform is not the first entry: it must be chosen, not merely taken.
+    for platform in ["linux/arm/v7", "linux/arm64", "linux/amd64"] {
+        let name = format!("multi-{}:1", platform.replace('/', "-"));
+        images.push(if Platform::parse(platform)? == host {
+            fixture_image(dir, &name)?
+        } else {
+            foreign_image(dir, &name, platform)?
+        });
+    }
+    let native = images
+        .iter()
+        .map(|(_, built)| built)
+        .find(|built| built.platform == host)
+        .ok_or(format!(
+            "this machine ({host}) is none of the index's platforms"
+        ))?
+        .clone();
+    let (layout, index_digest) = multi_platform_layout(dir, "multi:1", &images)?;
+    let pushed = registry.push_oci_layout(&layout, "team/multi:1")?;
+    let reference = ImageRef::parse(&pushed)?;
+
+    // A Pi Zero (arm/v6) runs none of them: refused, naming both sides, nothing written.
+    let zero_platform = Platform::parse("linux/arm/v6")?;
+    let mut config = s.env.config.clone();
+    config.platform = Some(zero_platform.clone());
+    let zero = Runtime::new(config)?;
+    let images_before = s.runtime.images().list().await?.len();
+    let content_before = ctr(&s.env, &["content", "ls", "--quiet"])?;
+    let snapshots_before = ctr(&s.env, &["snapshots", "ls"])?;
+    let err = zero
+        .images()
+        .ensure(&reference, PullPolicy::Always, &no_progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PlatformMismatch { .. }), "{err:?}");
+    let text = err.to_string();
+    for platform in ["linux/arm/v6", "linux/amd64", "linux/arm64", "linux/arm/v7"] {
+        assert!(text.contains(platform), "{platform} not named: {text}");
+    }
+    assert!(text.contains(&pushed), "{text}");
+    assert_eq!(s.runtime.images().list().await?.len(), images_before);
+    assert_eq!(
+        ctr(&s.env, &["content", "ls", "--quiet"])?,
+        content_before,
+        "a refused pull wrote content"
+    );
+    assert_eq!(ctr(&s.env, &["snapshots", "ls"])?, snapshots_before);
+    drop(zero);
+
+    // This machine gets its own manifest out of the index, and it runs.
+    let image = s
+        .runtime
+        .images()
+        .ensure(&reference, PullPolicy::IfNotPresent, &no_progress)
+        .await?;
+    assert_eq!(
+        image.target_digest, index_digest,
+        "the record names the index"
+    );
+    assert_eq!(image.manifest_digest, native.manifest_digest);
+    assert_eq!(image.platform, host);
+    let addr = run_healthy(&s.runtime, &spec("multi", &image)).await?;
+    assert_eq!(http::get(addr, "/").await?.status, 200);
+    // Only this machine's layer was fetched.
+    let content = ctr(&s.env, &["content", "ls", "--quiet"])?;
+    assert!(content.contains(&native.layer_digest), "{content}");
+    for (_, other) in images.iter().filter(|(_, b)| b.platform != host) {
+        assert!(
+            !content.contains(&other.layer_digest),
+            "the {} layer was fetched too",
+            other.platform
+        );
+    }
+    s.runtime.delete("multi", Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+/// The device cgroup denies every device outside runc's default set even where a node exists:
+/// nodes made from outside in the function's root filesystem (not mounted `nodev`; the function
+/// itself holds no CAP_MKNOD) are only usable when the cgroup allows them.
+async fn device_cgroup_denies_other_devices() -> TestResult {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let s = setup("devices").await?;
+    let addr = run_healthy(&s.runtime, &spec("nodev", &s.image)).await?;
+    let pid = s
+        .runtime
+        .get("nodev")
+        .await?
+        .and_then(|c| c.task)
+        .map(|t| t.pid)
+        .ok_or("no task")?;
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let mode = Mode::from_bits_truncate(0o666);
+    // 1:3 is /dev/null (allowed), 1:11 is /dev/kmsg: writable without any capability, so only
+    // the device cgroup keeps the function from writing into the host's kernel log.
+    mknod(&root.join("null-copy"), SFlag::S_IFCHR, mode, makedev(1, 3))?;
+    mknod(
+        &root.join("kmsg-copy"),
+        SFlag::S_IFCHR,
+        mode,
+        makedev(1, 11),
+    )?;
+
+    let allowed = http::get(addr, "/write?path=/null-copy").await?;
+    assert_eq!(
+        (allowed.status, allowed.text().as_str()),
+        (200, "ok"),
+        "an allowed device node in the root filesystem opens"
+    );
+    let denied = http::get(addr, "/write?path=/kmsg-copy&data=bramble-test").await?;
+    assert_eq!(denied.status, 500, "{}", denied.text());
+    assert!(
+        denied.text().contains("Operation not permitted"),
+        "{}",
+        denied.text()
+    );
+    s.runtime.delete("nodev", Duration::from_secs(5)).await?;
+    Ok(())
+}
+
 async fn logs_are_readable_within_100ms() -> TestResult {
     let s = setup("logs").await?;
     let mut spec = spec("chatty", &s.image);
@@ -605,15 +762,7 @@ async fn logs_are_readable_within_100ms() -> TestResult {
         let asked = Instant::now();
         let reply = http::get(addr, &format!("/log?line={marker}&stream={stream}")).await?;
         assert_eq!(reply.status, 200);
-        let line = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                let line = live.recv().await.expect("log stream open");
-                if line.text == marker {
-                    return line;
-                }
-            }
-        })
-        .await?;
+        let line = next_line_reading(&mut live, &marker).await?;
         let latency = asked.elapsed();
         assert!(
             latency < Duration::from_millis(100),
@@ -691,23 +840,15 @@ async fn restarted_runtime_adopts_running_containers() -> TestResult {
         "no second address"
     );
 
-    http::get(addr, "/log?line=after-adoption").await?;
     let buffer = runtime
         .logs()
         .get("survivor")
         .expect("log capture re-attached");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !buffer
-        .read(None, None)
-        .iter()
-        .any(|l| l.text == "after-adoption")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "output after adoption not captured"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (_, mut live) = buffer.follow(None, Some(0));
+    http::get(addr, "/log?line=after-adoption").await?;
+    next_line_reading(&mut live, "after-adoption")
+        .await
+        .map_err(|e| format!("output after adoption not captured: {e}"))?;
     runtime.delete("survivor", Duration::from_secs(5)).await?;
     Ok(())
 }
@@ -845,6 +986,26 @@ async fn bad_input_changes_nothing() -> TestResult {
         .unwrap_err();
     assert!(matches!(err, Error::Archive { .. }), "{err:?}");
     Ok(())
+}
+
+/// The next line of a followed log buffer that reads `text` (5 s at most).
+async fn next_line_reading(
+    live: &mut tokio::sync::broadcast::Receiver<LogLine>,
+    text: &str,
+) -> Result<LogLine, Box<dyn std::error::Error>> {
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let line = live.recv().await?;
+            if line.text == text {
+                return Ok::<_, tokio::sync::broadcast::error::RecvError>(line);
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(line) => Ok(line?),
+        Err(_) => Err(format!("no log line {text:?} within 5 s").into()),
+    }
 }
 
 /// `ctr` against the test's containerd, in its namespace.

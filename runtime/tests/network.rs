@@ -13,15 +13,14 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bramble_runtime::network::{Attachment, Network, NetworkConfig, NetworkError};
 use bramble_testkit::harness::{self, Need, Trial};
 use nix::mount::{MntFlags, umount2};
 use nix::sched::{CloneFlags, setns};
 use nix::sys::statfs::{NSFS_MAGIC, statfs};
+use tokio::task::JoinHandle;
 
 type TestResult<T = ()> = Result<T, Box<dyn Error>>;
 
@@ -233,42 +232,22 @@ fn in_netns<T: Send + 'static>(
 
 /// Listens on `addr` inside `netns`, answers one connection with "pong" (10 s deadline).
 fn serve_once(netns: &Path, addr: SocketAddrV4) -> TestResult<JoinHandle<Result<(), String>>> {
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    let netns = netns.to_path_buf();
-    let handle = std::thread::spawn(move || {
-        let bound = enter_netns(&netns).and_then(|()| {
-            let listener = TcpListener::bind(addr)?;
-            listener.set_nonblocking(true)?;
-            Ok(listener)
-        });
-        let listener = match bound {
-            Ok(l) => {
-                let _ = ready_tx.send(Ok(()));
-                l
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(format!("listen on {addr}: {e}")));
-                return Err(e.to_string());
-            }
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-                    return stream.write_all(b"pong").map_err(|e| e.to_string());
-                }
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => return Err(format!("accept on {addr}: {e}")),
-            }
-        }
-    });
-    ready_rx.recv_timeout(Duration::from_secs(10))??;
-    Ok(handle)
+    let listener = in_netns(netns, move || {
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    })
+    .map_err(|e| format!("listen on {addr}: {e}"))?;
+    // The socket stays in the namespace it was made in; the runtime only waits on it.
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    Ok(tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .map_err(|_| format!("no connection on {addr} within 10 s"))?
+            .map_err(|e| format!("accept on {addr}: {e}"))?;
+        stream.write_all(b"pong").await.map_err(|e| e.to_string())
+    }))
 }
 
 /// Connects to `addr` and reads the whole reply.
@@ -280,8 +259,8 @@ fn request(addr: SocketAddrV4) -> std::io::Result<String> {
     Ok(reply)
 }
 
-fn join_server(server: JoinHandle<Result<(), String>>) -> TestResult {
-    server.join().map_err(|_| "server thread panicked")??;
+async fn join_server(server: JoinHandle<Result<(), String>>) -> TestResult {
+    server.await??;
     Ok(())
 }
 
@@ -364,7 +343,7 @@ async fn attach_gives_reachable_namespaces() -> TestResult {
     let server = serve_once(&a.netns, addr_a)?;
     let reply = tokio::task::spawn_blocking(move || request(addr_a)).await??;
     ensure!(reply == "pong", "host → fn-a answered {reply:?}");
-    join_server(server)?;
+    join_server(server).await?;
 
     // Not from one function to another: their bridge ports are isolated (the node is the
     // only way between them). The host still reaches the listener afterwards.
@@ -375,7 +354,7 @@ async fn attach_gives_reachable_namespaces() -> TestResult {
     ensure!(direct.is_err(), "fn-b reached fn-a directly");
     let reply = tokio::task::spawn_blocking(move || request(addr_a)).await??;
     ensure!(reply == "pong", "host → fn-a answered {reply:?}");
-    join_server(server)?;
+    join_server(server).await?;
 
     net.detach("fn-a").await?;
     net.detach("fn-b").await?;

@@ -70,6 +70,90 @@ pub fn example_image(
     Ok((out, built))
 }
 
+/// An OCI image-layout directory `dir/<name>.oci` holding one multi-platform image: an image
+/// index listing the manifest of each of `images` (OCI archives written by bramble's builder,
+/// such as [`fixture_image`] and [`foreign_image`] make) with its platform, and every blob.
+/// `index.json` names that index `tag`. Push it with
+/// [`Registry::push_oci_layout`](crate::Registry::push_oci_layout).
+///
+/// Returns the layout's path and the `sha256:` digest of the image index.
+pub fn multi_platform_layout(
+    dir: &Path,
+    tag: &str,
+    images: &[(PathBuf, BuiltImage)],
+) -> Result<(PathBuf, String), String> {
+    use sha2::{Digest, Sha256};
+
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let layout = dir.join(format!("{}.oci", sanitize(tag)));
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).map_err(|e| format!("creating {}: {e}", blobs.display()))?;
+    let write = |path: &Path, data: &[u8]| {
+        std::fs::write(path, data).map_err(|e| format!("writing {}: {e}", path.display()))
+    };
+    let mut manifests = Vec::new();
+    for (archive, built) in images {
+        let unpack = |e: std::io::Error| format!("unpacking {}: {e}", archive.display());
+        let file = std::fs::File::open(archive).map_err(unpack)?;
+        let mut descriptor = None;
+        for entry in tar::Archive::new(file).entries().map_err(unpack)? {
+            let mut entry = entry.map_err(unpack)?;
+            let path = entry.path().map_err(unpack)?.into_owned();
+            if let Ok(blob) = path.strip_prefix("blobs/sha256")
+                && entry.header().entry_type().is_file()
+            {
+                entry.unpack(blobs.join(blob)).map_err(unpack)?;
+            } else if path == Path::new("index.json") {
+                let index: serde_json::Value =
+                    serde_json::from_reader(&mut entry).map_err(|e| unpack(e.into()))?;
+                descriptor = index["manifests"].get(0).cloned();
+            }
+        }
+        let mut descriptor = descriptor
+            .ok_or_else(|| format!("{} has no manifest in index.json", archive.display()))?;
+        if let Some(fields) = descriptor.as_object_mut() {
+            fields.remove("annotations");
+        }
+        let platform = &built.platform;
+        let mut fields = serde_json::json!({
+            "os": platform.os(),
+            "architecture": platform.architecture(),
+        });
+        if let Some(variant) = platform.variant() {
+            fields["variant"] = variant.into();
+        }
+        descriptor["platform"] = fields;
+        manifests.push(descriptor);
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": manifests,
+    });
+    let index_bytes = index.to_string().into_bytes();
+    let hex: String = Sha256::digest(&index_bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    write(&blobs.join(&hex), &index_bytes)?;
+    let digest = format!("sha256:{hex}");
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": OCI_INDEX,
+            "digest": digest,
+            "size": index_bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    write(&layout.join("index.json"), top.to_string().as_bytes())?;
+    write(
+        &layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    Ok((layout, digest))
+}
+
 fn build_image(
     dir: &Path,
     name: &str,

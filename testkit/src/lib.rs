@@ -8,7 +8,8 @@
 //!   requests it served; [`write_docker_config`] for credentials.
 //! - [`fixture`]: the statically linked fixture function binary ([`fixture_binary`]), built with
 //!   plain `rustc` and cached under `target/fixture`; [`images`] packages it as an OCI image
-//!   with bramble's own builder.
+//!   with bramble's own builder ([`multi_platform_layout`] combines several into one
+//!   multi-platform image).
 //! - [`http`]: a minimal async HTTP client and the readiness wait on `/_/health`.
 //! - [`node`]: [`Node`], a real `bramble up` process on a [`TestEnv`], with its API at hand.
 //! - [`env`]: [`TestEnv`], a private containerd with a runtime configuration (namespace,
@@ -29,6 +30,6 @@ mod procfs;
 pub use containerd::Containerd;
 pub use env::TestEnv;
 pub use fixture::{fixture_binary, is_static_elf};
-pub use images::{example_image, fixture_image, foreign_image};
+pub use images::{example_image, fixture_image, foreign_image, multi_platform_layout};
 pub use node::Node;
 pub use registry::{Registry, write_docker_config};

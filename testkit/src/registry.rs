@@ -2,7 +2,8 @@
 //!
 //! [`Registry::start`] runs `docker-registry serve` with its own configuration, storage and log
 //! in a temporary directory, on a free loopback port, optionally with htpasswd (bcrypt) basic
-//! auth. Images are pushed with `skopeo` ([`Registry::push_oci_archive`]); the registry's access
+//! auth. Images are pushed with `skopeo` ([`Registry::push_oci_archive`],
+//! [`Registry::push_oci_layout`] for multi-platform images); the registry's access
 //! log tells how many requests it served ([`Registry::request_count`]), so tests can check that a
 //! pull did (or did not) reach the registry.
 
@@ -30,6 +31,9 @@ const PROBE_MARKER: &str = "bramble-testkit-probe";
 
 /// Path prefix of the log-flush requests of [`Registry::request_count`]; excluded from the count.
 const SYNC_PATH: &str = "/bramble-testkit-sync/";
+
+/// How long [`Registry::request_count`] waits for the access-log line of its marker request.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often [`Registry::start`] picks a new port when another process took the chosen one.
 const PORT_ATTEMPTS: usize = 5;
@@ -275,25 +279,43 @@ impl Registry {
     /// Uses the registry's credentials, if any; credentials of the machine (docker config,
     /// containers auth.json) are ignored.
     pub fn push_oci_archive(&self, archive: &Path, repo_and_tag: &str) -> io::Result<String> {
-        let archive_text = archive.to_string_lossy();
-        if archive_text.contains(':') {
+        self.skopeo_push("oci-archive", archive, repo_and_tag, false)
+    }
+
+    /// Pushes the image of an OCI image-layout directory whose `index.json` names one image,
+    /// which may itself be an image index: `skopeo copy --all` pushes the index with every
+    /// manifest it lists (a multi-platform image, see [`crate::images::multi_platform_layout`]).
+    /// Returns the pushed reference `127.0.0.1:PORT/<repo_and_tag>`.
+    pub fn push_oci_layout(&self, layout: &Path, repo_and_tag: &str) -> io::Result<String> {
+        self.skopeo_push("oci", layout, repo_and_tag, true)
+    }
+
+    fn skopeo_push(
+        &self,
+        transport: &str,
+        source: &Path,
+        repo_and_tag: &str,
+        all: bool,
+    ) -> io::Result<String> {
+        let source_text = source.to_string_lossy();
+        if source_text.contains(':') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("skopeo cannot take an oci-archive path containing ':' ({archive_text})"),
+                format!("skopeo cannot take an {transport} path containing ':' ({source_text})"),
             ));
         }
+        let source = format!("{transport}:{source_text}");
         let reference = format!("{}/{repo_and_tag}", self.host());
         let binary =
             crate::harness::find_executable("skopeo").unwrap_or_else(|| PathBuf::from("skopeo"));
         let mut command = Command::new(&binary);
         // --insecure-policy: do not depend on /etc/containers/policy.json.
+        command.args(["--insecure-policy", "copy"]);
+        if all {
+            command.arg("--all");
+        }
         command
-            .args([
-                "--insecure-policy",
-                "copy",
-                "--dest-tls-verify=false",
-                "--dest-authfile",
-            ])
+            .args(["--dest-tls-verify=false", "--dest-authfile"])
             .arg(&self.authfile);
         if let Some((user, password)) = self.credentials() {
             command
@@ -301,7 +323,7 @@ impl Registry {
                 .arg(format!("{user}:{password}"));
         }
         command
-            .arg(format!("oci-archive:{archive_text}"))
+            .arg(&source)
             .arg(format!("docker://{reference}"))
             .env("PATH", procfs::daemon_path())
             .stdin(Stdio::null());
@@ -312,7 +334,7 @@ impl Registry {
             Ok(reference)
         } else {
             Err(io::Error::other(format!(
-                "skopeo copy oci-archive:{archive_text} docker://{reference} failed ({}):\n{}\nregistry log:\n{}",
+                "skopeo copy {source} docker://{reference} failed ({}):\n{}\nregistry log:\n{}",
                 output.status,
                 String::from_utf8_lossy(&output.stderr).trim(),
                 self.log_tail(ERROR_LOG_LINES)
@@ -326,27 +348,48 @@ impl Registry {
     /// distribution writes the access-log line of a request right after its handler, which can
     /// be a moment after the client has read the full response. While the registry runs, this
     /// therefore first sends a marker request and waits for its line, so every request that was
-    /// answered before the call is counted.
-    pub fn request_count(&self) -> usize {
+    /// answered before the call is counted. When that marker request fails or its line does not
+    /// appear within [`FLUSH_TIMEOUT`], the count could be stale: that is an error, not a
+    /// number.
+    pub fn request_count(&self) -> io::Result<usize> {
         if self.child.is_some() {
-            self.flush_access_log();
+            self.flush_access_log()?;
         }
-        fs::read_to_string(&self.log)
-            .map(|log| log.lines().filter(|l| is_counted_access_line(l)).count())
-            .unwrap_or(0)
+        let log = fs::read_to_string(&self.log)
+            .map_err(|e| procfs::context(format!("reading {}", self.log.display()), &e))?;
+        Ok(log.lines().filter(|l| is_counted_access_line(l)).count())
     }
 
-    fn flush_access_log(&self) {
+    fn flush_access_log(&self) -> io::Result<()> {
         let n = self.syncs.fetch_add(1, Ordering::Relaxed);
         let path = format!("{SYNC_PATH}{}-{n}", std::process::id());
-        if http_get(self.addr(), &path).is_err() {
-            return;
-        }
+        http_get(self.addr(), &path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "counting registry requests: the log-flush request GET {path} to {} failed: {e}; log {}:\n{}",
+                    self.host(),
+                    self.log.display(),
+                    self.log_tail(ERROR_LOG_LINES)
+                ),
+            )
+        })?;
         let needle = format!("\"GET {path} ");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        loop {
             if fs::read_to_string(&self.log).is_ok_and(|l| l.contains(&needle)) {
-                return;
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "counting registry requests: the access-log line of GET {path} did not appear within {} ms, so the count could be stale; log {}:\n{}",
+                        FLUSH_TIMEOUT.as_millis(),
+                        self.log.display(),
+                        self.log_tail(ERROR_LOG_LINES)
+                    ),
+                ));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -457,6 +500,49 @@ mod tests {
         assert!(!is_counted_access_line(
             r#"time="2026-11-25T10:09:58Z" level=info msg="response completed" http.request.uri=/v2/"#
         ));
+    }
+
+    /// A `Registry` whose process runs but does not serve: its port refuses connections.
+    fn unreachable_registry() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("registry.log");
+        // Served requests before the flush: a stale count would be 1.
+        fs::write(
+            &log,
+            "127.0.0.1 - - [25/Nov/2026:10:09:58 +0000] \"GET /v2/ HTTP/1.1\" 200 2 \"\" \"x\"\n",
+        )
+        .unwrap();
+        let child = Command::new("sleep")
+            .arg("60")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Registry {
+            authfile: dir.path().join("empty-auth.json"),
+            log,
+            dir,
+            port: free_port().unwrap(),
+            credentials: None,
+            child: Some(child),
+            syncs: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn request_count_is_an_error_when_the_flush_fails() {
+        let registry = unreachable_registry();
+        let err = registry.request_count().unwrap_err().to_string();
+        assert!(
+            err.contains("log-flush request") && err.contains(&registry.host()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn request_count_of_a_stopped_registry_reads_the_log() {
+        let mut registry = unreachable_registry();
+        registry.stop();
+        assert_eq!(registry.request_count().unwrap(), 1);
     }
 
     #[test]

@@ -532,11 +532,8 @@ fn registry_push_inspect_count_stop() -> TestResult {
         "host {}",
         registry.host()
     );
-    ensure!(
-        registry.request_count() == 0,
-        "fresh registry counted {}",
-        registry.request_count()
-    );
+    let fresh = registry.request_count().map_err(fail)?;
+    ensure!(fresh == 0, "fresh registry counted {fresh}");
 
     let reference = registry
         .push_oci_archive(&archive, "testkit/sleeper:v1")
@@ -545,7 +542,7 @@ fn registry_push_inspect_count_stop() -> TestResult {
         reference == format!("{}/testkit/sleeper:v1", registry.host()),
         "reference {reference}"
     );
-    let after_push = registry.request_count();
+    let after_push = registry.request_count().map_err(fail)?;
     ensure!(
         after_push > 0,
         "push not counted:\n{}",
@@ -562,13 +559,13 @@ fn registry_push_inspect_count_stop() -> TestResult {
         String::from_utf8_lossy(&inspect.stdout).contains("\"Digest\": \"sha256:"),
         "inspect output"
     );
-    let after_inspect = registry.request_count();
+    let after_inspect = registry.request_count().map_err(fail)?;
     ensure!(
         after_inspect > after_push,
         "inspect not counted ({after_inspect} after {after_push})"
     );
     ensure!(
-        registry.request_count() == after_inspect,
+        registry.request_count().map_err(fail)? == after_inspect,
         "counting changed the count"
     );
 
@@ -589,7 +586,7 @@ fn registry_push_inspect_count_stop() -> TestResult {
         "{addr} still accepts connections after stop"
     );
     ensure!(
-        registry.request_count() == after_inspect,
+        registry.request_count().map_err(fail)? == after_inspect,
         "count changed after stop"
     );
     let dir = registry.dir().to_path_buf();
@@ -610,7 +607,7 @@ fn registry_basic_auth() -> TestResult {
         .push_oci_archive(&archive, "private/sleeper:v1")
         .map_err(fail)?;
 
-    let before = registry.request_count();
+    let before = registry.request_count().map_err(fail)?;
     let anonymous = skopeo_inspect(&registry, &reference, &[])?;
     ensure!(
         !anonymous.status.success(),
@@ -621,7 +618,7 @@ fn registry_basic_auth() -> TestResult {
         stderr.contains("unauthorized") || stderr.contains("authentication required"),
         "unexpected error: {stderr}"
     );
-    let after_anonymous = registry.request_count();
+    let after_anonymous = registry.request_count().map_err(fail)?;
     ensure!(after_anonymous > before, "rejected request not counted");
 
     let wrong = skopeo_inspect(&registry, &reference, &["--creds", "tester:wrong"])?;
@@ -648,7 +645,7 @@ fn registry_basic_auth() -> TestResult {
         "inspect via docker config"
     );
     ensure!(
-        registry.request_count() > after_anonymous,
+        registry.request_count().map_err(fail)? > after_anonymous,
         "authorized requests not counted"
     );
     Ok(())

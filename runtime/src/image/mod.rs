@@ -462,33 +462,13 @@ impl ImageService {
         })
     }
 
-    /// The index entry this machine should run: the best-ranked compatible platform.
+    /// The index entry this machine should run (see [`choose_manifest`]).
     pub(crate) fn choose_manifest<'d>(
         &self,
         image: &str,
         manifests: &'d [Descriptor],
     ) -> Result<&'d Descriptor> {
-        manifests
-            .iter()
-            .filter(|m| oci::is_manifest_media_type(&m.media_type) || m.media_type.is_empty())
-            .filter_map(|m| {
-                let platform = m.platform.as_ref()?.to_platform();
-                self.platform.run_rank(&platform).map(|rank| (rank, m))
-            })
-            .min_by_key(|(rank, _)| *rank)
-            .map(|(_, m)| m)
-            .ok_or_else(|| Error::PlatformMismatch {
-                image: image.to_owned(),
-                available: manifests
-                    .iter()
-                    .filter_map(|m| {
-                        m.platform
-                            .as_ref()
-                            .map(oci::DescriptorPlatform::to_platform)
-                    })
-                    .collect(),
-                host: self.platform.clone(),
-            })
+        choose_manifest(&self.platform, image, manifests)
     }
 
     /// Refuses an image this machine cannot run.
@@ -705,6 +685,45 @@ impl ImageService {
     }
 }
 
+/// The entry of an image index that `host` should run: among the image manifests with a
+/// platform `host` can run ([`Platform::run_rank`]), the best-ranked one (the first of equals).
+/// Entries that are not image manifests (nested indexes) or carry no platform are never chosen;
+/// buildx attestation manifests (`unknown/unknown`) cannot run anywhere. When nothing fits, the
+/// error names every platform the index offers (attestations left out) and the host's.
+pub(crate) fn choose_manifest<'d>(
+    host: &Platform,
+    image: &str,
+    manifests: &'d [Descriptor],
+) -> Result<&'d Descriptor> {
+    manifests
+        .iter()
+        .filter(|m| oci::is_manifest_media_type(&m.media_type) || m.media_type.is_empty())
+        .filter_map(|m| {
+            let platform = m.platform.as_ref()?.to_platform();
+            host.run_rank(&platform).map(|rank| (rank, m))
+        })
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, m)| m)
+        .ok_or_else(|| Error::PlatformMismatch {
+            image: image.to_owned(),
+            available: manifests
+                .iter()
+                .filter_map(|m| {
+                    m.platform
+                        .as_ref()
+                        .map(oci::DescriptorPlatform::to_platform)
+                })
+                .filter(|p| p.os() != "unknown")
+                .fold(Vec::new(), |mut platforms, p| {
+                    if !platforms.contains(&p) {
+                        platforms.push(p);
+                    }
+                    platforms
+                }),
+            host: host.clone(),
+        })
+}
+
 /// The layer labels containerd expects: `containerd.io/uncompressed=<diff id>`.
 pub(crate) fn layer_labels(diff_id: &str) -> HashMap<String, String> {
     [("containerd.io/uncompressed".to_owned(), diff_id.to_owned())]
@@ -726,5 +745,152 @@ mod tests {
         assert_eq!("never".parse::<PullPolicy>().unwrap(), PullPolicy::Never);
         let e = "sometimes".parse::<PullPolicy>().unwrap_err().to_string();
         assert!(e.contains("sometimes") && e.contains("IfNotPresent"), "{e}");
+    }
+
+    /// An index entry: an image manifest for `platform` (`os/arch[/variant]` as written in
+    /// indexes, not normalised), its digest naming the platform so tests can tell entries apart.
+    fn entry(platform: &str) -> Descriptor {
+        entry_of(oci::OCI_MANIFEST, platform)
+    }
+
+    fn entry_of(media_type: &str, platform: &str) -> Descriptor {
+        let mut parts = platform.split('/');
+        let os = parts.next().unwrap().to_owned();
+        let architecture = parts.next().unwrap().to_owned();
+        let variant = parts.next().map(str::to_owned);
+        Descriptor {
+            media_type: media_type.to_owned(),
+            digest: format!("sha256:{platform}"),
+            size: 500,
+            platform: Some(oci::DescriptorPlatform {
+                architecture,
+                os,
+                variant,
+            }),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// The digest of the entry `host` chooses from `index`.
+    fn chosen(host: &str, index: &[Descriptor]) -> String {
+        let host = Platform::parse(host).unwrap();
+        choose_manifest(&host, "img", index)
+            .map(|d| d.digest.trim_start_matches("sha256:").to_owned())
+            .unwrap_or_else(|e| panic!("{host} chose nothing: {e}"))
+    }
+
+    /// The three platforms of a typical multi-arch function image, in every order.
+    #[test]
+    fn each_pi_and_pc_platform_gets_its_own_manifest() {
+        let platforms = ["linux/amd64", "linux/arm64", "linux/arm/v7"];
+        for rotation in 0..3 {
+            let mut order = platforms.to_vec();
+            order.rotate_left(rotation);
+            let index: Vec<Descriptor> = order.iter().map(|p| entry(p)).collect();
+            for host in platforms {
+                assert_eq!(chosen(host, &index), host, "order {order:?}");
+            }
+            // A Pi 3/4/5 running a 32-bit system reports arm/v8 and takes the v7 image.
+            assert_eq!(chosen("linux/arm/v8", &index), "linux/arm/v7");
+        }
+    }
+
+    #[test]
+    fn variants_follow_containerds_matching_rules() {
+        // A 64-bit Pi runs 32-bit arm images, preferring the newest variant.
+        let arm32 = [
+            entry("linux/arm/v5"),
+            entry("linux/arm/v7"),
+            entry("linux/arm/v6"),
+        ];
+        assert_eq!(chosen("linux/arm64", &arm32), "linux/arm/v7");
+        assert_eq!(chosen("linux/arm64", &arm32[..1]), "linux/arm/v5");
+        // An arm/v7 host runs v7 and older, never v8 or arm64; a Pi Zero (v6) not v7.
+        assert_eq!(chosen("linux/arm/v7", &arm32), "linux/arm/v7");
+        assert_eq!(chosen("linux/arm/v6", &arm32), "linux/arm/v6");
+        let v7_host = Platform::parse("linux/arm/v7").unwrap();
+        assert!(choose_manifest(&v7_host, "img", &[entry("linux/arm/v8")]).is_err());
+        assert!(choose_manifest(&v7_host, "img", &[entry("linux/arm64")]).is_err());
+        // `arm` without a variant counts as v7.
+        assert_eq!(chosen("linux/arm/v7", &[entry("linux/arm")]), "linux/arm");
+        let v6_host = Platform::parse("linux/arm/v6").unwrap();
+        assert!(choose_manifest(&v6_host, "img", &[entry("linux/arm")]).is_err());
+        // arm64/v8 is arm64; an exact arm64 beats the 32-bit fallback.
+        let index = [entry("linux/arm/v7"), entry("linux/arm64/v8")];
+        assert_eq!(chosen("linux/arm64", &index), "linux/arm64/v8");
+        // Aliases as some tools write them.
+        assert_eq!(
+            chosen("linux/arm64", &[entry("linux/aarch64")]),
+            "linux/aarch64"
+        );
+        assert_eq!(
+            chosen("linux/amd64", &[entry("linux/x86_64")]),
+            "linux/x86_64"
+        );
+        // amd64 microarchitecture levels: a plain (v1) host cannot run a v3 build.
+        let amd64_host = Platform::parse("linux/amd64").unwrap();
+        assert!(choose_manifest(&amd64_host, "img", &[entry("linux/amd64/v3")]).is_err());
+        let index = [entry("linux/amd64/v3"), entry("linux/amd64")];
+        assert_eq!(chosen("linux/amd64", &index), "linux/amd64");
+        // The os must match.
+        assert!(choose_manifest(&amd64_host, "img", &[entry("windows/amd64")]).is_err());
+    }
+
+    #[test]
+    fn attestations_nested_indexes_and_platformless_entries_are_never_chosen() {
+        let mut no_platform = entry("linux/amd64");
+        no_platform.platform = None;
+        let mut nested = entry_of(oci::OCI_INDEX, "linux/amd64");
+        nested.digest = "sha256:nested".into();
+        let index = [
+            entry("unknown/unknown"),
+            nested,
+            no_platform,
+            entry_of(oci::DOCKER_MANIFEST, "linux/arm64"),
+        ];
+        // The Docker schema 2 manifest is a manifest like any other.
+        assert_eq!(chosen("linux/arm64", &index), "linux/arm64");
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        assert!(choose_manifest(&amd64, "img", &index).is_err());
+    }
+
+    #[test]
+    fn an_index_without_the_hosts_platform_names_what_it_offers_and_the_host() {
+        let host = Platform::parse("linux/arm/v6").unwrap();
+        let index = [
+            entry("linux/amd64"),
+            entry("linux/arm64"),
+            entry("linux/arm/v7"),
+            entry("linux/arm64"),
+            entry("unknown/unknown"),
+        ];
+        let err = choose_manifest(&host, "docker.io/library/fn:1", &index).unwrap_err();
+        let Error::PlatformMismatch {
+            image,
+            available,
+            host: reported,
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(image, "docker.io/library/fn:1");
+        assert_eq!(reported, &host);
+        let available: Vec<String> = available.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            available,
+            ["linux/amd64", "linux/arm64", "linux/arm/v7"],
+            "each platform once, attestations left out"
+        );
+        let text = err.to_string();
+        for platform in ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6"] {
+            assert!(text.contains(platform), "{platform} missing: {text}");
+        }
+        assert!(text.contains("docker.io/library/fn:1"), "{text}");
+
+        let empty = choose_manifest(&host, "img", &[]).unwrap_err().to_string();
+        assert!(
+            empty.contains("no platform at all") && empty.contains("linux/arm/v6"),
+            "{empty}"
+        );
     }
 }
