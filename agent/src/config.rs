@@ -270,8 +270,13 @@ impl Config {
         if self.async_queue.workers == 0 {
             return invalid("async.workers", "must be at least 1".into());
         }
-        if self.ready_timeout.is_zero() || self.function_timeout.is_zero() {
-            return invalid("ready_timeout", "timeouts must be longer than zero".into());
+        for (key, value) in [
+            ("function_timeout", self.function_timeout),
+            ("ready_timeout", self.ready_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(key, "must be longer than zero".into());
+            }
         }
         for (key, value) in [
             ("function_timeout", self.function_timeout),
@@ -311,6 +316,27 @@ impl Config {
                 .map(Some)
                 .map_err(|e| format!("{text:?} is not a duration ({e}) nor `never`")),
         }
+    }
+
+    /// Every key of the configuration file, dotted for tables (`network.bridge`); options
+    /// are included whether set or not.
+    pub fn keys() -> Vec<String> {
+        fn walk(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        walk(&format!("{prefix}{k}."), v, out);
+                    }
+                }
+                _ => out.push(prefix.trim_end_matches('.').to_owned()),
+            }
+        }
+        let mut out = Vec::new();
+        // `None` options serialize as `null` in JSON (TOML would leave them out).
+        if let Ok(value) = serde_json::to_value(Config::default()) {
+            walk("", &value, &mut out);
+        }
+        out
     }
 
     /// The registry credentials file in effect.
@@ -422,6 +448,83 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("state_dir"));
+    }
+
+    #[test]
+    fn a_zero_timeout_names_its_own_key() {
+        let error = |c: Config| c.validate().unwrap_err().to_string();
+        let e = error(Config {
+            function_timeout: Duration::ZERO,
+            ..Config::default()
+        });
+        assert!(
+            e.contains("function_timeout: must be longer than zero"),
+            "{e}"
+        );
+        assert!(!e.contains("ready_timeout"), "{e}");
+        let e = error(Config {
+            ready_timeout: Duration::ZERO,
+            ..Config::default()
+        });
+        assert!(e.contains("ready_timeout: must be longer than zero"), "{e}");
+        assert!(!e.contains("function_timeout"), "{e}");
+        let e = Config::parse("function_timeout = \"0s\"")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("function_timeout"), "{e}");
+    }
+
+    /// The keys the README's configuration table documents (its first column).
+    fn readme_table() -> Vec<Vec<String>> {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("the README has a Configuration section");
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                l.trim_matches('|')
+                    .split(" | ")
+                    .map(|cell| cell.trim().to_owned())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_documents_every_key_and_only_real_ones() {
+        let all: std::collections::BTreeSet<String> = Config::keys().into_iter().collect();
+        // Nested tables are there, options included.
+        for key in [
+            "network.subnet",
+            "defaults.memory",
+            "registry.credentials",
+            "async.workers",
+            "hardware.backend",
+            "hardware.socket_dir",
+            "max_unpacked",
+        ] {
+            assert!(all.contains(key), "{key} not in {all:?}");
+        }
+        let documented: std::collections::BTreeSet<String> = readme_table()
+            .iter()
+            .map(|row| row[0].trim_matches('`').to_owned())
+            .collect();
+        let missing: Vec<&String> = all.difference(&documented).collect();
+        assert!(
+            missing.is_empty(),
+            "keys missing in README.md's configuration table: {missing:?}"
+        );
+        let unknown: Vec<&String> = documented.difference(&all).collect();
+        assert!(
+            unknown.is_empty(),
+            "README.md's configuration table documents keys that do not exist: {unknown:?}"
+        );
     }
 
     #[test]

@@ -153,26 +153,31 @@ pub async fn run(
         secrets.join("basic-auth-user").display(),
         secrets.join("basic-auth-password").display()
     );
-    if generated {
-        // Never the password itself: this output is the service's log (journald).
-        println!(
-            "generated new API credentials for user {}: read the password from {}",
-            credentials.user,
-            secrets.join("basic-auth-password").display()
-        );
+    if let Some(notice) = credentials_notice(
+        generated,
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        &credentials,
+        &secrets.join("basic-auth-password"),
+    ) {
+        println!("{notice}");
     }
     tracing::info!(%addr, state_dir = %config.state_dir.display(), "node started");
-    crate::systemd::notify("READY=1");
-    let probe_addr = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
-    let watchdog = crate::systemd::spawn_watchdog(move || gateway_answers(probe_addr));
+    let probe_addr = probe_addr(addr);
+    // Ready for systemd (Type=notify) once the gateway answers a request, not merely listens;
+    // then the watchdog pings while it keeps answering.
+    let liveness = tokio::spawn(async move {
+        while !gateway_answers(probe_addr).await {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        crate::systemd::notify("READY=1");
+        crate::systemd::watchdog(move || gateway_answers(probe_addr)).await;
+    });
     let shutdown = async move {
         shutdown.await;
         crate::systemd::notify("STOPPING=1");
     };
     let served = gateway.serve(listener, shutdown).await;
-    if let Some(w) = watchdog {
-        w.abort();
-    }
+    liveness.abort();
     triggers.abort();
     served.map_err(DaemonError::Serve)?;
     if config.stop_functions_on_shutdown {
@@ -183,6 +188,49 @@ pub async fn run(
     }
     hardware.shutdown().await;
     Ok(())
+}
+
+/// What `bramble up` says about credentials it has just generated (`None` when it found
+/// them): the password itself only on an interactive first start (stdout a terminal), once;
+/// otherwise, where stdout is a log (journald, a file), only the file to read it from.
+pub fn credentials_notice(
+    generated: bool,
+    interactive: bool,
+    credentials: &crate::store::ApiCredentials,
+    password_file: &std::path::Path,
+) -> Option<String> {
+    if !generated {
+        return None;
+    }
+    Some(if interactive {
+        format!(
+            "generated new API credentials (shown once; kept in {}): user {}, password {}",
+            password_file.display(),
+            credentials.user,
+            credentials.password
+        )
+    } else {
+        format!(
+            "generated new API credentials for user {}: read the password from {}",
+            credentials.user,
+            password_file.display()
+        )
+    })
+}
+
+/// Where the node reaches its own gateway: the listening address, or loopback when it listens
+/// on every address.
+fn probe_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
 }
 
 /// The watchdog's liveness check: the gateway accepts and answers a request (its own `/`).
@@ -203,4 +251,50 @@ async fn gateway_answers(addr: std::net::SocketAddr) -> bool {
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ApiCredentials;
+    use std::path::Path;
+
+    #[test]
+    fn a_generated_password_is_shown_only_on_a_terminal() {
+        let credentials = ApiCredentials {
+            user: "admin".into(),
+            password: "pw-0123456789".into(),
+        };
+        let file = Path::new("/var/lib/bramble/secrets/basic-auth-password");
+        // A first start in a terminal: the password, once, with where it is kept.
+        let shown = credentials_notice(true, true, &credentials, file).unwrap();
+        assert!(
+            shown.contains("pw-0123456789")
+                && shown.contains("shown once")
+                && shown.contains(&file.display().to_string()),
+            "{shown}"
+        );
+        // Under systemd (journald) or redirected to a file: the file, never the password.
+        let logged = credentials_notice(true, false, &credentials, file).unwrap();
+        assert!(!logged.contains("pw-0123456789"), "{logged}");
+        assert!(
+            logged.contains("admin") && logged.contains(&file.display().to_string()),
+            "{logged}"
+        );
+        // Credentials found from an earlier start: nothing more to say, terminal or not.
+        assert_eq!(credentials_notice(false, true, &credentials, file), None);
+        assert_eq!(credentials_notice(false, false, &credentials, file), None);
+    }
+
+    #[test]
+    fn the_node_probes_itself_where_it_listens() {
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(probe_addr(addr("0.0.0.0:8080")), addr("127.0.0.1:8080"));
+        assert_eq!(probe_addr(addr("[::]:8080")), addr("[::1]:8080"));
+        assert_eq!(
+            probe_addr(addr("192.168.1.5:8080")),
+            addr("192.168.1.5:8080")
+        );
+        assert_eq!(probe_addr(addr("127.0.0.1:9")), addr("127.0.0.1:9"));
+    }
 }

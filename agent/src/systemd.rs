@@ -45,21 +45,22 @@ pub fn watchdog_interval() -> Option<Duration> {
 
 /// Pings the watchdog at half its interval while `alive` says the node works (the gateway
 /// answers and the runtime task runs); a node that hangs stops pinging and systemd restarts it.
-pub fn spawn_watchdog<F, Fut>(alive: F) -> Option<tokio::task::JoinHandle<()>>
+/// Returns at once when systemd expects no pings.
+pub async fn watchdog<F, Fut>(alive: F)
 where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
 {
-    let interval = watchdog_interval()? / 2;
-    Some(tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        loop {
-            ticker.tick().await;
-            if alive().await {
-                notify("WATCHDOG=1");
-            }
+    let Some(interval) = watchdog_interval() else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(interval / 2);
+    loop {
+        ticker.tick().await;
+        if alive().await {
+            notify("WATCHDOG=1");
         }
-    }))
+    }
 }
 
 #[cfg(test)]

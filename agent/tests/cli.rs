@@ -38,6 +38,14 @@ fn main() {
             "errors_are_one_line_and_exit_1",
             errors_are_one_line_and_exit_1,
         ),
+        harness::async_trial(
+            "an_image_built_and_imported_by_the_cli_serves_and_write_commands_speak_json",
+            an_image_built_and_imported_by_the_cli_serves_and_write_commands_speak_json,
+        ),
+        harness::async_trial(
+            "gpio_set_get_and_watch_on_a_simulator_node",
+            gpio_set_get_and_watch_on_a_simulator_node,
+        ),
     ];
     harness::main(&needs, trials);
 }
@@ -867,5 +875,353 @@ async fn errors_are_one_line_and_exit_1() -> TestResult {
         "cannot reach the bramble gateway at http://127.0.0.1:9",
         "unreachable",
     )?;
+    Ok(())
+}
+
+/// One JSON object on one line.
+fn json_line(text: &str) -> Result<Value, String> {
+    if text.lines().count() != 1 || !text.ends_with('\n') {
+        return Err(format!("expected one line of JSON, got {text:?}"));
+    }
+    serde_json::from_str(text).map_err(|e| format!("{e}: {text:?}"))
+}
+
+async fn an_image_built_and_imported_by_the_cli_serves_and_write_commands_speak_json() -> TestResult
+{
+    const BUILT: &str = "docker.io/library/built:1";
+    let node = node("cli-images").await?;
+    let dir = tempfile::tempdir()?;
+    let binary = bramble_testkit::fixture_binary()?;
+    let archive = dir.path().join("x.tar");
+    let (binary, archive_arg) = (binary.to_str().unwrap(), archive.to_str().unwrap());
+
+    // Built without Docker from the static fixture binary (a local command: no --gateway).
+    let build = |args: &[&str]| run(command(&node, &[&["image", "build"], args].concat()), b"");
+    let out = ok(
+        build(&[
+            "--binary",
+            binary,
+            "--name",
+            "built:1",
+            "--output",
+            archive_arg,
+        ]),
+        "image build",
+    )?;
+    assert!(
+        out.starts_with(&format!("built {BUILT} for linux/")),
+        "{out}"
+    );
+    let size = std::fs::metadata(&archive)?.len();
+    assert!(
+        out.contains(&format!("({size} bytes, manifest sha256:")),
+        "{out}"
+    );
+    let json_archive = dir.path().join("y.tar");
+    let built = json_line(&ok(
+        build(&[
+            "--binary",
+            binary,
+            "--name",
+            "built:1",
+            "--output",
+            json_archive.to_str().unwrap(),
+            "--json",
+        ]),
+        "image build --json",
+    )?)?;
+    assert_eq!(built["image"], BUILT, "{built}");
+    assert_eq!(
+        built["size"],
+        std::fs::metadata(&json_archive)?.len(),
+        "{built}"
+    );
+    assert!(
+        built["manifest"].as_str().unwrap().starts_with("sha256:"),
+        "{built}"
+    );
+
+    // Uploaded through the API: the way to deploy with no registry.
+    assert_eq!(
+        ok(
+            bramble(&node, &["image", "import", archive_arg]),
+            "image import"
+        )?,
+        format!("imported {BUILT}\n")
+    );
+    let imported = json_line(&ok(
+        bramble(
+            &node,
+            &[
+                "image",
+                "import",
+                archive_arg,
+                "--name",
+                "built:2",
+                "--json",
+            ],
+        ),
+        "image import --json",
+    )?)?;
+    assert_eq!(
+        imported,
+        serde_json::json!({"images": ["docker.io/library/built:2"], "action": "imported"})
+    );
+    let list = ok(bramble(&node, &["image", "list"]), "image list")?;
+    assert!(
+        list.lines().any(|l| l.starts_with(&format!("{BUILT} "))),
+        "{list}"
+    );
+    let images: Value = serde_json::from_str(&ok(
+        bramble(&node, &["image", "list", "--json"]),
+        "image list --json",
+    )?)?;
+    assert!(
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == BUILT),
+        "{images}"
+    );
+
+    // Deployed and invoked; deploy says whether it created or updated.
+    let deployed = json_line(&ok(
+        bramble(
+            &node,
+            &[
+                "deploy",
+                "--name",
+                "built",
+                "--image",
+                BUILT,
+                "--env",
+                "BODY=from the cli",
+                "--json",
+            ],
+        ),
+        "deploy --json",
+    )?)?;
+    assert_eq!(
+        deployed,
+        serde_json::json!({"function": "built", "image": BUILT, "action": "deployed"})
+    );
+    assert_eq!(
+        ok(bramble(&node, &["invoke", "built", "-m", "GET"]), "invoke")?,
+        "from the cli"
+    );
+    let updated = json_line(&ok(
+        bramble(
+            &node,
+            &[
+                "deploy",
+                "--name",
+                "built",
+                "--image",
+                BUILT,
+                "--env",
+                "BODY=again",
+                "--json",
+            ],
+        ),
+        "deploy --json again",
+    )?)?;
+    assert_eq!(updated["action"], "updated", "{updated}");
+    wait_for(
+        &node,
+        &["invoke", "built", "-m", "GET"],
+        "the update",
+        |o| o == "again",
+    )?;
+
+    // The other write commands.
+    let queued = json_line(&ok(
+        bramble(&node, &["invoke", "built", "--async", "--json"]),
+        "invoke --async --json",
+    )?)?;
+    assert_eq!(queued["function"], "built", "{queued}");
+    assert!(
+        queued["callId"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty() && id != "-"),
+        "{queued}"
+    );
+    fails(
+        &bramble(&node, &["invoke", "built", "--json"]),
+        "--async",
+        "--json without --async",
+    )?;
+    assert_eq!(
+        json_line(&ok(
+            bramble(&node, &["scale", "built", "0", "--json"]),
+            "scale --json"
+        )?)?,
+        serde_json::json!({"function": "built", "replicas": 0, "action": "scaled"})
+    );
+
+    // An image in use is not removed; once unused it is.
+    fails(
+        &bramble(&node, &["image", "rm", "built:1"]),
+        "is used by: built.openfaas-fn",
+        "image rm while used",
+    )?;
+    assert!(
+        ok(bramble(&node, &["image", "list"]), "image list")?.contains(BUILT),
+        "a refused rm keeps the image"
+    );
+    assert_eq!(
+        json_line(&ok(
+            bramble(&node, &["rm", "built", "--json"]),
+            "rm --json"
+        )?)?,
+        serde_json::json!({"function": "built", "action": "removed"})
+    );
+    assert_eq!(
+        ok(bramble(&node, &["image", "rm", "built:1"]), "image rm")?,
+        "removed built:1\n"
+    );
+    assert_eq!(
+        json_line(&ok(
+            bramble(&node, &["image", "rm", "built:2", "--json"]),
+            "image rm --json"
+        )?)?,
+        serde_json::json!({"image": "built:2", "action": "removed"})
+    );
+    let list = ok(bramble(&node, &["image", "list"]), "image list after rm")?;
+    assert!(!list.contains("/built:"), "{list}");
+
+    // Secrets: the result names the secret, never the value.
+    let created = ok(
+        bramble(
+            &node,
+            &[
+                "secret",
+                "create",
+                "k",
+                "--from-literal",
+                "s3cret",
+                "--json",
+            ],
+        ),
+        "secret create --json",
+    )?;
+    assert_eq!(
+        json_line(&created)?,
+        serde_json::json!({"secret": "k", "action": "created"})
+    );
+    assert_eq!(
+        json_line(&ok(
+            bramble(&node, &["secret", "rm", "k", "--json"]),
+            "secret rm --json"
+        )?)?,
+        serde_json::json!({"secret": "k", "action": "removed"})
+    );
+    Ok(())
+}
+
+/// Lines of a child's output, as they come.
+fn lines_of(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn gpio_set_get_and_watch_on_a_simulator_node() -> TestResult {
+    let node = Node::with_fixture(
+        Path::new(BRAMBLE),
+        "cli-gpio",
+        "hardware = { backend = \"simulator\" }",
+    )
+    .await?;
+
+    assert_eq!(
+        ok(bramble(&node, &["gpio", "set", "GPIO17", "1"]), "gpio set")?,
+        "GPIO17 = 1\n"
+    );
+    let text = ok(bramble(&node, &["gpio", "get", "GPIO17"]), "gpio get")?;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "backend: simulator", "{text}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        [
+            "LINE",
+            "DIRECTION",
+            "LEVEL",
+            "BIAS",
+            "DEBOUNCE",
+            "FUNCTIONS"
+        ],
+        "{text}"
+    );
+    let row: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!((row[0], row[2]), ("GPIO17", "1"), "{text}");
+    let json: Value = serde_json::from_str(&ok(
+        bramble(&node, &["gpio", "get", "GPIO17", "--json"]),
+        "gpio get --json",
+    )?)?;
+    assert_eq!(json["backend"], "simulator", "{json}");
+    let listed = json["lines"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{json}");
+    assert_eq!(
+        (&listed[0]["name"], &listed[0]["level"]),
+        (&"GPIO17".into(), &1.into())
+    );
+    assert_eq!(
+        json_line(&ok(
+            bramble(&node, &["gpio", "set", "GPIO17", "1", "--json"]),
+            "gpio set --json"
+        )?)?,
+        serde_json::json!({"line": "GPIO17", "level": 1})
+    );
+    fails(
+        &bramble(&node, &["gpio", "get", "GPIO99"]),
+        "no GPIO line named GPIO99",
+        "unknown line",
+    )?;
+
+    // watch prints the edge of a set made after it started.
+    let gateway = format!("http://{}", node.addr());
+    let mut child = command(&node, &["gpio", "watch", "GPIO17", "--gateway", &gateway])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = lines_of(child.stdout.take().ok_or("no stdout")?);
+    let stderr = lines_of(child.stderr.take().ok_or("no stderr")?);
+    let result = (|| -> Result<String, String> {
+        // Printed once the node answered the watch: it is subscribed from then on.
+        let said = stderr
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "gpio watch never said it was watching".to_owned())?;
+        if said != "watching GPIO17 (Ctrl-C to stop)" {
+            return Err(format!("gpio watch said {said:?}"));
+        }
+        ok(
+            bramble(&node, &["gpio", "set", "GPIO17", "0"]),
+            "gpio set 0",
+        )?;
+        stdout
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "gpio watch printed no edge".to_owned())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let edge = result?;
+    let fields: Vec<&str> = edge.split(' ').collect();
+    assert_eq!(fields.len(), 6, "{edge}");
+    assert!(fields[0].parse::<f64>().is_ok(), "a timestamp: {edge}");
+    assert_eq!(&fields[1..4], ["GPIO17", "falling", "level=0"], "{edge}");
+    assert!(
+        fields[4].starts_with("seqno=") && fields[5].starts_with("line_seqno="),
+        "{edge}"
+    );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The operator commands of a board, run as the real binary: `bramble doctor` against a
 //! private containerd, `bramble install` / `bramble uninstall` into a temporary root checked
-//! by `systemd-analyze verify`.
+//! by `systemd-analyze verify`, and `bramble up`'s systemd notifications to a socket of the
+//! test's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -10,8 +11,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bramble_agent::config::Config;
-use bramble_testkit::Containerd;
 use bramble_testkit::harness::{self, Need, Trial};
+use bramble_testkit::{Containerd, Node, TestEnv};
 use serde_json::Value;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -32,6 +33,10 @@ fn main() {
         Trial::test("doctor_reports_a_reachable_containerd", || {
             harness::block_on(doctor_reports_a_reachable_containerd())
         }),
+        harness::async_trial(
+            "up_notifies_ready_watchdog_and_stopping",
+            up_notifies_ready_watchdog_and_stopping,
+        ),
         trial(
             "doctor_names_containerd_and_the_fix_when_it_is_missing",
             doctor_names_containerd_and_the_fix_when_it_is_missing,
@@ -134,6 +139,92 @@ async fn doctor_reports_a_reachable_containerd() -> TestResult {
             .contains(&version)
     );
     assert_eq!(check(&report, "configuration")["status"], "ok");
+    Ok(())
+}
+
+/// The next notification on `socket`, within `timeout`.
+async fn notification(
+    socket: &tokio::net::UnixDatagram,
+    timeout: Duration,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(timeout, socket.recv(&mut buf))
+        .await
+        .map_err(|_| format!("no notification within {timeout:?}"))??;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// `bramble up` as systemd runs a `Type=notify` unit with `WatchdogSec=`: READY=1 once its
+/// gateway answers, WATCHDOG=1 at half the interval while it works, STOPPING=1 on SIGTERM.
+/// Its output (the journal, under systemd) names the password file, never the password.
+async fn up_notifies_ready_watchdog_and_stopping() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&path)?;
+    // A 400 ms watchdog: a ping every 200 ms.
+    let watchdog = Duration::from_millis(400);
+    let mut node = Node::start_with_env(
+        Path::new(BRAMBLE),
+        TestEnv::new("notify")?,
+        "",
+        vec![
+            ("NOTIFY_SOCKET".into(), path.clone().into()),
+            (
+                "WATCHDOG_USEC".into(),
+                watchdog.as_micros().to_string().into(),
+            ),
+        ],
+    )?;
+
+    let first = notification(&socket, Duration::from_secs(30)).await?;
+    assert_eq!(
+        first,
+        "READY=1",
+        "the first notification\n{}",
+        node.log_tail(20)
+    );
+    let health = node.call("GET", "/healthz", &[], b"").await?;
+    assert_eq!(
+        health.status, 200,
+        "the gateway answers once READY=1 is sent"
+    );
+
+    // Repeated pings, each within ten intervals, and nothing but pings meanwhile.
+    for _ in 0..5 {
+        let message = notification(&socket, watchdog * 10).await?;
+        assert_eq!(message, "WATCHDOG=1", "after READY=1");
+    }
+
+    let status = node.stop()?;
+    assert!(
+        status.success(),
+        "bramble up after SIGTERM: {status}\n{}",
+        node.log_tail(20)
+    );
+    let mut after = Vec::new();
+    loop {
+        let message = notification(&socket, Duration::from_secs(5)).await?;
+        if message == "STOPPING=1" {
+            break;
+        }
+        assert_eq!(message, "WATCHDOG=1", "before STOPPING=1 (after {after:?})");
+        after.push(message);
+    }
+
+    let (user, password) = node.credentials()?;
+    let log = node.log_tail(200);
+    assert!(
+        !log.contains(&password),
+        "the generated password was printed:\n{log}"
+    );
+    let password_file = node.state_dir().join("secrets/basic-auth-password");
+    assert!(
+        log.contains(&format!(
+            "generated new API credentials for user {user}: read the password from {}",
+            password_file.display()
+        )),
+        "{log}"
+    );
     Ok(())
 }
 

@@ -470,13 +470,6 @@ async fn unused_images_are_collected() -> TestResult {
         deploy(&node, &function("user", &json!({}))).await?.status,
         200
     );
-    // Another name nothing uses.
-    let (archive, _) = fixture_image(node.env.scratch(), "spare:1")?;
-    runtime
-        .images()
-        .import(&archive, None, &no_progress)
-        .await?;
-    wait_available(&node, "user", 1).await?;
     let names = async || -> Result<BTreeSet<String>, Box<dyn std::error::Error>> {
         Ok(runtime
             .images()
@@ -486,12 +479,36 @@ async fn unused_images_are_collected() -> TestResult {
             .map(|i| i.name)
             .collect())
     };
+    // Another name nothing uses: kept for the grace time (5 s) from its import, then removed.
+    let grace = Duration::from_secs(5);
+    let (archive, _) = fixture_image(node.env.scratch(), "spare:1")?;
+    let imported = std::time::Instant::now();
+    runtime
+        .images()
+        .import(&archive, None, &no_progress)
+        .await?;
+    // Still there shortly before the grace time has passed (polled: a removal at any moment
+    // of the grace time fails here).
+    while imported.elapsed() < grace - Duration::from_millis(500) {
+        assert!(
+            names().await?.contains("docker.io/library/spare:1"),
+            "the unused image was removed {:?} after its import, before the grace time of {grace:?}",
+            imported.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     harness::wait_until(
         "the unused images to be removed",
         Duration::from_secs(20),
         async || Ok(!names().await?.contains("docker.io/library/spare:1")),
     )
     .await?;
+    assert!(
+        imported.elapsed() >= grace,
+        "removed {:?} after its import, within the grace time of {grace:?}",
+        imported.elapsed()
+    );
+    wait_available(&node, "user", 1).await?;
     // Moving the function to another image frees the first one.
     let moved = json!({"service": "user", "image": "docker.io/library/next:1"}).to_string();
     assert!(names().await?.contains(FIXTURE), "an image in use is kept");

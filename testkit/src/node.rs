@@ -57,6 +57,8 @@ pub struct Node {
     addr: SocketAddr,
     child: Option<Child>,
     extra_config: String,
+    /// Environment variables of the `bramble up` process, on top of the test's.
+    process_env: Vec<(OsString, OsString)>,
     /// Listen on every address (`0.0.0.0`), as a node on a LAN does, instead of loopback only.
     listen_everywhere: bool,
 }
@@ -68,6 +70,17 @@ impl Node {
     /// [`BINARY_ENV`] and [`RUNNER_ENV`] replace `binary` and run it through a runner (see the
     /// module documentation).
     pub fn start(binary: &Path, env: TestEnv, extra_config: &str) -> io::Result<Node> {
+        Node::start_with_env(binary, env, extra_config, Vec::new())
+    }
+
+    /// [`Node::start`] with environment variables for the process (this start and every
+    /// [`Node::start_again`]), e.g. systemd's `NOTIFY_SOCKET` and `WATCHDOG_USEC`.
+    pub fn start_with_env(
+        binary: &Path,
+        env: TestEnv,
+        extra_config: &str,
+        process_env: Vec<(OsString, OsString)>,
+    ) -> io::Result<Node> {
         let (binary, runner) = node_command(binary)?;
         let port = free_port()?;
         let state_dir = env.containerd.dir().join("state");
@@ -80,6 +93,7 @@ impl Node {
             state_dir,
             child: None,
             extra_config: extra_config.to_owned(),
+            process_env,
             listen_everywhere: false,
             env,
         };
@@ -217,6 +231,7 @@ impl Node {
             .arg("--config")
             .arg(&self.config_file)
             .env("BRAMBLE_LOG", "info,bramble_agent=debug")
+            .envs(self.process_env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())

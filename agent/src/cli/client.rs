@@ -32,18 +32,8 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(target: &Target) -> anyhow::Result<Client> {
-        let base = target
-            .gateway
-            .clone()
-            .or_else(|| std::env::var("BRAMBLE_URL").ok())
-            .or_else(|| std::env::var("OPENFAAS_URL").ok())
-            .unwrap_or_else(|| "http://127.0.0.1:8080".into())
-            .trim_end_matches('/')
-            .to_owned();
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            bail!("gateway {base:?} is not an http:// or https:// URL");
-        }
-        let (auth, credentials_hint) = credentials(&target.state_dir);
+        let base = gateway_url(target.gateway.as_deref(), &environment)?;
+        let (auth, credentials_hint) = credentials(&target.state_dir, &environment);
         let http = reqwest::Client::builder()
             .user_agent(concat!("bramble-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
@@ -127,12 +117,37 @@ impl Client {
     }
 }
 
-/// Credentials from the environment, or from the local node's files (root only).
-fn credentials(state_dir: &Path) -> (Option<(String, String)>, String) {
-    if let (Ok(user), Ok(password)) = (
-        std::env::var("BRAMBLE_USER"),
-        std::env::var("BRAMBLE_PASSWORD"),
-    ) {
+/// The gateway's URL when no flag names one.
+pub(crate) const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
+
+/// A variable of the process environment (an empty one counts as unset).
+fn environment(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The gateway's base URL: `--gateway`, else `$BRAMBLE_URL`, else `$OPENFAAS_URL`, else
+/// [`DEFAULT_GATEWAY`]; without a trailing slash.
+fn gateway_url(flag: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+    let base = flag
+        .map(str::to_owned)
+        .or_else(|| env("BRAMBLE_URL"))
+        .or_else(|| env("OPENFAAS_URL"))
+        .unwrap_or_else(|| DEFAULT_GATEWAY.into())
+        .trim_end_matches('/')
+        .to_owned();
+    if !base.starts_with("http://") && !base.starts_with("https://") {
+        bail!("gateway {base:?} is not an http:// or https:// URL");
+    }
+    Ok(base)
+}
+
+/// Credentials from the environment, or from the local node's files (root only), and a hint
+/// saying where they came from (never the values).
+fn credentials(
+    state_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Option<(String, String)>, String) {
+    if let (Some(user), Some(password)) = (env("BRAMBLE_USER"), env("BRAMBLE_PASSWORD")) {
         return (
             Some((user, password)),
             "from $BRAMBLE_USER and $BRAMBLE_PASSWORD".into(),
@@ -153,5 +168,73 @@ fn credentials(state_dir: &Path) -> (Option<(String, String)>, String) {
                 secrets.join("basic-auth-password").display()
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn the_gateway_flag_beats_bramble_url_beats_openfaas_url_beats_the_default() {
+        let both = [
+            ("BRAMBLE_URL", "http://bramble:1/"),
+            ("OPENFAAS_URL", "http://openfaas:2"),
+        ];
+        assert_eq!(
+            gateway_url(Some("http://flag:3/"), &env(&both)).unwrap(),
+            "http://flag:3"
+        );
+        assert_eq!(gateway_url(None, &env(&both)).unwrap(), "http://bramble:1");
+        assert_eq!(
+            gateway_url(None, &env(&[("OPENFAAS_URL", "https://openfaas:2")])).unwrap(),
+            "https://openfaas:2"
+        );
+        assert_eq!(gateway_url(None, &env(&[])).unwrap(), DEFAULT_GATEWAY);
+        assert_eq!(DEFAULT_GATEWAY, "http://127.0.0.1:8080");
+        let e = gateway_url(Some("pi.local:8080"), &env(&both)).unwrap_err();
+        assert!(
+            e.to_string().contains("\"pi.local:8080\" is not an http"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn credentials_come_from_the_environment_or_the_local_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir(&secrets).unwrap();
+        std::fs::write(secrets.join("basic-auth-user"), "admin\n").unwrap();
+        std::fs::write(secrets.join("basic-auth-password"), "file-pass\n").unwrap();
+
+        let (auth, hint) = credentials(dir.path(), &env(&[]));
+        assert_eq!(auth, Some(("admin".into(), "file-pass".into())));
+        assert_eq!(hint, format!("read from {}", secrets.display()));
+
+        let vars = [("BRAMBLE_USER", "ops"), ("BRAMBLE_PASSWORD", "env-pass")];
+        let (auth, hint) = credentials(dir.path(), &env(&vars));
+        assert_eq!(auth, Some(("ops".into(), "env-pass".into())));
+        assert_eq!(hint, "from $BRAMBLE_USER and $BRAMBLE_PASSWORD");
+        // Only one of the two variables: the files count.
+        let (auth, _) = credentials(dir.path(), &env(&vars[..1]));
+        assert_eq!(auth, Some(("admin".into(), "file-pass".into())));
+
+        // No password file: no credentials, and the hint says which file and what to do.
+        std::fs::remove_file(secrets.join("basic-auth-password")).unwrap();
+        let (auth, hint) = credentials(dir.path(), &env(&[]));
+        assert_eq!(auth, None);
+        assert!(
+            hint.contains("set $BRAMBLE_USER and $BRAMBLE_PASSWORD")
+                && hint.contains(&secrets.join("basic-auth-password").display().to_string()),
+            "{hint}"
+        );
     }
 }

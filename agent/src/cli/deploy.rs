@@ -9,7 +9,7 @@ use bramble_gateway::types::{FunctionDeployment, FunctionResources};
 use reqwest::{Method, StatusCode};
 
 use super::client::{Client, Target};
-use super::functions::out;
+use super::functions::report;
 use super::key_value;
 use super::stack::{self, StackFunction};
 
@@ -76,6 +76,10 @@ pub(crate) struct DeployArgs {
     /// (TAG-BRANCH-SHA) or describe (TAG-`git describe`), run in the function's handler directory.
     #[arg(long, value_enum, value_name = "FORMAT")]
     tag: Option<TagFormat>,
+    /// Print one JSON object per function: {"function","namespace","image","action"} with
+    /// action "deployed" (created) or "updated".
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -117,7 +121,7 @@ pub(crate) async fn run(args: DeployArgs) -> anyhow::Result<()> {
         read_only_root_filesystem: args.readonly,
         ..FunctionDeployment::default()
     };
-    deploy(&client, &deployment).await
+    deploy(&client, &deployment, args.json).await
 }
 
 /// `deploy -f`: every selected function of the stack, checked before the first is sent.
@@ -154,13 +158,13 @@ async fn deploy_stack(file: &Path, args: DeployArgs) -> anyhow::Result<()> {
     let client = Client::new(&target)?;
 
     if let [only] = deployments.as_slice() {
-        return deploy(&client, only)
+        return deploy(&client, only, args.json)
             .await
             .with_context(|| format!("deploying {}", only.service));
     }
     let mut failed = Vec::new();
     for deployment in &deployments {
-        if let Err(e) = deploy(&client, deployment).await {
+        if let Err(e) = deploy(&client, deployment, args.json).await {
             // No gateway there: the next ones would fail the same way.
             let unreachable = e.chain().any(|c| {
                 c.downcast_ref::<reqwest::Error>()
@@ -251,8 +255,13 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
         .collect())
 }
 
-/// Updates the function, or creates it when it does not exist (faas-cli's behaviour).
-pub(crate) async fn deploy(client: &Client, deployment: &FunctionDeployment) -> anyhow::Result<()> {
+/// Updates the function, or creates it when it does not exist (faas-cli's behaviour), and
+/// says which it did.
+pub(crate) async fn deploy(
+    client: &Client,
+    deployment: &FunctionDeployment,
+    json: bool,
+) -> anyhow::Result<()> {
     let update = client
         .request(Method::PUT, "/system/functions")
         .json(deployment)
@@ -260,22 +269,26 @@ pub(crate) async fn deploy(client: &Client, deployment: &FunctionDeployment) -> 
         .await;
     let update =
         update.with_context(|| format!("cannot reach the bramble gateway at {}", client.base()))?;
-    if update.status() == StatusCode::NOT_FOUND {
+    let action = if update.status() == StatusCode::NOT_FOUND {
         client
             .send_json(Method::POST, "/system/functions", deployment)
             .await?;
-        out(&format!(
-            "deployed {} ({})\n",
-            deployment.service, deployment.image
-        ))?;
+        "deployed"
     } else {
         client.check(update).await?;
-        out(&format!(
-            "updated {} ({})\n",
-            deployment.service, deployment.image
-        ))?;
-    }
-    Ok(())
+        "updated"
+    };
+    let value = serde_json::json!({
+        "function": deployment.service,
+        "namespace": deployment.namespace,
+        "image": deployment.image,
+        "action": action,
+    });
+    report(
+        json,
+        &format!("{action} {} ({})\n", deployment.service, deployment.image),
+        &value,
+    )
 }
 
 #[cfg(test)]

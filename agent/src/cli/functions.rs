@@ -1,6 +1,7 @@
 //! `bramble list|describe|invoke|logs|rm|scale`: the function commands, over the OpenFaaS API
 //! like faas-cli's. Read commands print a table or text for people and, with `--json`, the
-//! gateway's JSON unchanged for machines.
+//! gateway's JSON unchanged for machines; write commands print a line for people and, with
+//! `--json`, one JSON object per line saying what was done.
 
 use std::io::{IsTerminal as _, Write as _};
 
@@ -72,6 +73,9 @@ pub(crate) struct RmArgs {
     /// Namespace (default: the node's default).
     #[arg(long, short = 'n')]
     namespace: Option<String>,
+    /// Print the result as JSON: {"function","action":"removed"}.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -101,6 +105,9 @@ pub(crate) struct InvokeArgs {
     /// Content type of the body.
     #[arg(long, default_value = "text/plain")]
     content_type: String,
+    /// With --async: print {"function","callId"} (a synchronous call prints the answer).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -140,6 +147,9 @@ pub(crate) struct ScaleArgs {
     /// Namespace (default: the node's default).
     #[arg(long, short = 'n')]
     namespace: Option<String>,
+    /// Print the result as JSON: {"function","replicas","action":"scaled"}.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -450,6 +460,9 @@ async fn invoke(args: &InvokeArgs) -> anyhow::Result<()> {
     if args.asynchronous && method != Method::POST {
         bail!("--async calls are POST requests (got -m {method})");
     }
+    if args.json && !args.asynchronous {
+        bail!("--json prints the call id of an --async call; a synchronous call prints the answer");
+    }
     let target = match &args.namespace {
         Some(ns) => format!("{}.{ns}", args.name),
         None => args.name.clone(),
@@ -505,7 +518,8 @@ async fn invoke(args: &InvokeArgs) -> anyhow::Result<()> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_owned();
-        return out(&format!("{call_id}\n"));
+        let value = serde_json::json!({"function": target, "callId": call_id});
+        return report(args.json, &format!("{call_id}\n"), &value);
     }
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
@@ -655,7 +669,12 @@ async fn remove(args: &RmArgs) -> anyhow::Result<()> {
     client
         .send_json(Method::DELETE, "/system/functions", &body)
         .await?;
-    out(&format!("removed {}\n", args.name))
+    let value = serde_json::json!({
+        "function": args.name,
+        "namespace": args.namespace,
+        "action": "removed",
+    });
+    report(args.json, &format!("removed {}\n", args.name), &value)
 }
 
 async fn scale(args: &ScaleArgs) -> anyhow::Result<()> {
@@ -678,10 +697,17 @@ async fn scale(args: &ScaleArgs) -> anyhow::Result<()> {
     } else {
         "replicas"
     };
-    out(&format!(
-        "scaled {} to {} {plural}\n",
-        args.name, args.replicas
-    ))
+    let value = serde_json::json!({
+        "function": args.name,
+        "namespace": args.namespace,
+        "replicas": args.replicas,
+        "action": "scaled",
+    });
+    report(
+        args.json,
+        &format!("scaled {} to {} {plural}\n", args.name, args.replicas),
+        &value,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -701,6 +727,21 @@ pub(crate) fn out_bytes(bytes: &[u8]) -> anyhow::Result<()> {
 
 pub(crate) fn out(text: &str) -> anyhow::Result<()> {
     out_bytes(text.as_bytes())
+}
+
+/// The result of a write command: `text` for people, or with `--json` `value` on one line
+/// (keys whose value is `null` left out).
+pub(crate) fn report(json: bool, text: &str, value: &serde_json::Value) -> anyhow::Result<()> {
+    if !json {
+        return out(text);
+    }
+    let mut value = value.clone();
+    if let Some(map) = value.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    let mut line = serde_json::to_string(&value).context("printing JSON")?;
+    line.push('\n');
+    out(&line)
 }
 
 #[cfg(test)]

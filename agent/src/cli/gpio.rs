@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde::Deserialize;
 
 use super::client::{Client, Target};
-use super::functions::{out, table};
+use super::functions::{out, report, table};
 
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum GpioCommand {
@@ -32,6 +32,9 @@ pub(crate) struct ToggleArgs {
     /// Pause between edges (e.g. 100ms; default none).
     #[arg(long)]
     interval: Option<String>,
+    /// Print the gateway's JSON: {"line","level"}.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -54,6 +57,9 @@ pub(crate) struct SetArgs {
     /// The physical level: 0 (low) or 1 (high).
     #[arg(value_parser = clap::value_parser!(u8).range(0..=1))]
     level: u8,
+    /// Print the gateway's JSON: {"line","level"}.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -206,14 +212,22 @@ async fn get(args: &GetArgs) -> anyhow::Result<()> {
 
 async fn set(args: &SetArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.target)?;
-    client
+    let response = client
         .send_json(
             Method::PUT,
             &format!("/system/gpio/{}", segment(&args.line)),
             &serde_json::json!({ "level": args.level }),
         )
         .await?;
-    out(&format!("{} = {}\n", args.line, args.level))
+    let value: serde_json::Value = response
+        .json()
+        .await
+        .context("reading the gateway's answer")?;
+    report(
+        args.json,
+        &format!("{} = {}\n", args.line, args.level),
+        &value,
+    )
 }
 
 async fn toggle(args: &ToggleArgs) -> anyhow::Result<()> {
@@ -233,10 +247,14 @@ async fn toggle(args: &ToggleArgs) -> anyhow::Result<()> {
         .json()
         .await
         .context("reading the gateway's answer")?;
-    out(&format!(
-        "{} toggled {} times, now {}\n",
-        args.line, args.times, ended["level"]
-    ))
+    report(
+        args.json,
+        &format!(
+            "{} toggled {} times, now {}\n",
+            args.line, args.times, ended["level"]
+        ),
+        &ended,
+    )
 }
 
 /// One event as a line of text; notes edges missed since the previous event of the line.

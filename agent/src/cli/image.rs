@@ -10,6 +10,7 @@ use bramble_runtime::image::reference::ImageRef;
 use reqwest::Method;
 
 use super::client::{Client, Target};
+use super::functions::report;
 use super::key_value;
 
 #[derive(clap::Subcommand, Debug)]
@@ -23,6 +24,9 @@ pub(crate) enum ImageCommand {
         /// Name the image (when the archive holds exactly one).
         #[arg(long)]
         name: Option<String>,
+        /// Print the result as JSON: {"images":[...],"action":"imported"}.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -37,6 +41,9 @@ pub(crate) enum ImageCommand {
     /// Remove an image from the board (refused while a function uses it).
     Rm {
         name: String,
+        /// Print the result as JSON: {"image","action":"removed"}.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -80,16 +87,22 @@ pub(crate) struct BuildArgs {
     /// Where to write the archive.
     #[arg(long, short = 'o')]
     output: PathBuf,
+    /// Print the result as JSON: {"image","platform","archive","size","manifest"}.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) async fn run(command: ImageCommand) -> anyhow::Result<()> {
     match command {
         ImageCommand::Build(args) => build(*args),
-        ImageCommand::Import { file, name, target } => {
-            import(&Client::new(&target)?, file, name).await
-        }
+        ImageCommand::Import {
+            file,
+            name,
+            json,
+            target,
+        } => import(&Client::new(&target)?, file, name, json).await,
         ImageCommand::List { target, json } => list(&Client::new(&target)?, json).await,
-        ImageCommand::Rm { name, target } => {
+        ImageCommand::Rm { name, json, target } => {
             let client = Client::new(&target)?;
             client
                 .send_json(
@@ -98,8 +111,8 @@ pub(crate) async fn run(command: ImageCommand) -> anyhow::Result<()> {
                     &serde_json::json!({"name": name}),
                 )
                 .await?;
-            println!("removed {name}");
-            Ok(())
+            let value = serde_json::json!({"image": name, "action": "removed"});
+            report(json, &format!("removed {name}\n"), &value)
         }
     }
 }
@@ -138,18 +151,30 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         .expose(args.expose)
         .write_oci_archive(&args.output)
         .context("building the image")?;
-    println!(
-        "built {} for {}: {} ({} bytes, manifest {})",
+    let value = serde_json::json!({
+        "image": built.name.to_string(),
+        "platform": built.platform.to_string(),
+        "archive": args.output.display().to_string(),
+        "size": built.archive_size,
+        "manifest": built.manifest_digest,
+    });
+    let text = format!(
+        "built {} for {}: {} ({} bytes, manifest {})\n",
         built.name,
         built.platform,
         args.output.display(),
         built.archive_size,
         built.manifest_digest
     );
-    Ok(())
+    report(args.json, &text, &value)
 }
 
-async fn import(client: &Client, file: PathBuf, name: Option<String>) -> anyhow::Result<()> {
+async fn import(
+    client: &Client,
+    file: PathBuf,
+    name: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
     let handle = tokio::fs::File::open(&file)
         .await
         .with_context(|| format!("opening {}", file.display()))?;
@@ -176,10 +201,13 @@ async fn import(client: &Client, file: PathBuf, name: Option<String>) -> anyhow:
         .json()
         .await
         .context("reading the gateway's answer")?;
-    for image in imported.images {
-        println!("imported {image}");
-    }
-    Ok(())
+    let text: String = imported
+        .images
+        .iter()
+        .map(|image| format!("imported {image}\n"))
+        .collect();
+    let value = serde_json::json!({"images": imported.images, "action": "imported"});
+    report(json, &text, &value)
 }
 
 async fn list(client: &Client, json: bool) -> anyhow::Result<()> {

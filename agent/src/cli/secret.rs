@@ -9,7 +9,7 @@ use bramble_gateway::types::Secret;
 use reqwest::Method;
 
 use super::client::{Client, Target};
-use super::functions::{out, table};
+use super::functions::{out, report, table};
 
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum SecretCommand {
@@ -37,6 +37,9 @@ pub(crate) struct CreateArgs {
     /// Namespace (default: the node's default).
     #[arg(long, short = 'n')]
     namespace: Option<String>,
+    /// Print the result as JSON: {"secret","namespace","action":"created"} (never the value).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -60,6 +63,9 @@ pub(crate) struct RmArgs {
     /// Namespace (default: the node's default).
     #[arg(long, short = 'n')]
     namespace: Option<String>,
+    /// Print the result as JSON: {"secret","namespace","action":"removed"}.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -128,11 +134,20 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         from_stdin(bytes)
     };
     let client = Client::new(&args.target)?;
-    let body = secret(args.name.clone(), args.namespace, value)?;
+    let body = secret(args.name.clone(), args.namespace.clone(), value)?;
     client
         .send_json(Method::POST, "/system/secrets", &body)
         .await?;
-    out(&format!("created secret {}\n", args.name))
+    let result = serde_json::json!({
+        "secret": args.name,
+        "namespace": args.namespace,
+        "action": "created",
+    });
+    report(
+        args.json,
+        &format!("created secret {}\n", args.name),
+        &result,
+    )
 }
 
 async fn list(args: &ListArgs) -> anyhow::Result<()> {
@@ -196,7 +211,16 @@ async fn remove(args: &RmArgs) -> anyhow::Result<()> {
         request = request.query(&[("namespace", ns)]);
     }
     client.send(request).await?;
-    out(&format!("removed secret {}\n", args.name))
+    let result = serde_json::json!({
+        "secret": args.name,
+        "namespace": args.namespace,
+        "action": "removed",
+    });
+    report(
+        args.json,
+        &format!("removed secret {}\n", args.name),
+        &result,
+    )
 }
 
 #[cfg(test)]
