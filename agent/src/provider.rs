@@ -2,8 +2,11 @@
 //!
 //! Every change is validated first, then persisted, then handed to the function's supervisor:
 //! a rejected request changes nothing, and an accepted one survives a restart. Deploys and
-//! updates pull the image before anything is persisted, so a bad or foreign image is refused
-//! with the registry's or the platform check's message.
+//! updates are checked against the memory budget before their image is pulled or their
+//! hardware attached (and again when they are saved), then pull the image before anything is
+//! persisted, so a bad or foreign image is refused with the registry's or the platform check's
+//! message. An update is saved together with the record it replaces, so that its rollout
+//! can be resumed — and rolled back — after a crash.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -100,8 +103,8 @@ fn runtime_error(field: &str, e: &RuntimeError) -> ProviderError {
 
 impl LocalProvider {
     /// Creates the provider and, in the background, adopts what already runs, starts every
-    /// function that should run, and removes leftovers (containers and network attachments
-    /// of functions that no longer exist). Waits for containerd if it is not up yet.
+    /// function that should run, and removes leftovers (containers, writable snapshots,
+    /// network namespaces, IP leases and attachments of containers that no longer exist). Waits for containerd if it is not up yet.
     pub fn start(
         runtime: Runtime,
         store: Arc<Store>,
@@ -214,23 +217,14 @@ impl LocalProvider {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e.chain(), "cannot check for orphan snapshots"),
         }
-        // Network attachments without a container (a crash between attach and create).
-        match (runtime.list().await, runtime.network().attachments()) {
-            (Ok(containers), Ok(attachments)) => {
-                for a in attachments
-                    .into_iter()
-                    .filter(|a| !containers.iter().any(|c| c.id == a.id))
-                {
-                    tracing::info!(id = %a.id, ip = %a.ip, "releasing an orphan network attachment");
-                    if let Err(e) = runtime.network().detach(&a.id).await {
-                        tracing::warn!(id = %a.id, error = %e, "cannot release orphan attachment");
-                    }
-                }
+        // Namespaces, IP leases and attachments without a container (a crash between
+        // preparing the namespace and recording the container, or in the middle of CNI ADD).
+        match runtime.remove_orphan_networks().await {
+            Ok(released) if !released.is_empty() => {
+                tracing::info!(?released, "released orphan networks");
             }
-            (Err(e), _) => {
-                tracing::warn!(error = %e.chain(), "cannot check for orphan attachments");
-            }
-            (_, Err(e)) => tracing::warn!(error = %e, "cannot check for orphan attachments"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e.chain(), "cannot check for orphan networks"),
         }
     }
 
@@ -276,7 +270,11 @@ impl LocalProvider {
             .store
             .snapshot()
             .all_functions()
-            .map(|(_, _, r)| r.deployment.image.clone())
+            // A pending rollout's previous record: its image is what a rollback recreates.
+            .flat_map(|(_, _, r)| {
+                std::iter::once(r.deployment.image.clone())
+                    .chain(r.previous.as_ref().map(|p| p.deployment.image.clone()))
+            })
             .collect();
         // Containers keep their image in use too: an old generation draining during an
         // update, which a rollback would recreate.
@@ -378,12 +376,13 @@ impl LocalProvider {
         }
     }
 
-    /// Checks a deployment (settings, secrets, hardware grants and triggers), pulls its
-    /// image, and returns it ready to persist with the hardware it asks for.
-    async fn prepare(
+    /// Checks a deployment (settings, secrets, hardware grants and triggers) without side
+    /// effects, and returns it with its image reference normalised and the hardware it asks
+    /// for. [`Self::fetch_image`] then makes the image present.
+    fn check(
         &self,
         mut request: FunctionDeployment,
-    ) -> ProviderResult<(FunctionKey, FunctionDeployment, Option<Grants>)> {
+    ) -> ProviderResult<(FunctionKey, FunctionDeployment, ImageRef, Option<Grants>)> {
         let namespace = self.namespace_of(request.namespace.as_deref());
         self.require_namespace(&namespace)?;
         request.namespace = Some(namespace.clone());
@@ -412,16 +411,22 @@ impl LocalProvider {
                 .check(&key.to_string(), grants)
                 .map_err(|e| hardware_error(&e))?;
         }
+        request.image = image.to_string();
+        Ok((key, request, image, grants))
+    }
+
+    /// Pulls a checked deployment's image per the pull policy (nothing when it is present and
+    /// the policy allows).
+    async fn fetch_image(&self, key: &FunctionKey, image: &ImageRef) -> ProviderResult<()> {
         let progress =
             |p: bramble_runtime::image::Progress| tracing::info!(function = %key, ?p, "image");
         self.ctx
             .runtime
             .images()
-            .ensure(&image, self.settings.pull_policy, &progress)
+            .ensure(image, self.settings.pull_policy, &progress)
             .await
             .map_err(|e| runtime_error("image", &e))?;
-        request.image = image.to_string();
-        Ok((key, request, grants))
+        Ok(())
     }
 
     /// Gives a function the hardware it asks for now (`None`: takes away the `previous`
@@ -614,7 +619,17 @@ impl Provider for LocalProvider {
                 "function {key} already exists; update it with PUT"
             )));
         }
-        let (key, deployment, grants) = self.prepare(request).await?;
+        let (key, deployment, image, grants) = self.check(request)?;
+        let record = FunctionRecord {
+            replicas: function::initial_replicas(&deployment),
+            deployment,
+            created_at: SystemTime::now(),
+            generation: 1,
+            previous: None,
+        };
+        // Refused for memory before anything is pulled or attached; checked again when saved.
+        self.admit(&self.ctx.store.snapshot(), &key, &record, "limits.memory")?;
+        self.fetch_image(&key, &image).await?;
         // Containers of an earlier function of the same name, deleted while bramble was down.
         if let Ok(containers) = self.ctx.runtime.list().await {
             for c in containers
@@ -628,12 +643,6 @@ impl Provider for LocalProvider {
                     .map_err(|e| runtime_error("service", &e))?;
             }
         }
-        let record = FunctionRecord {
-            replicas: function::initial_replicas(&deployment),
-            deployment,
-            created_at: SystemTime::now(),
-            generation: 1,
-        };
         let saved = record.clone();
         self.apply_hardware(&key, grants, None).await?;
         let persisted = self.ctx.store.update(|state| {
@@ -677,16 +686,26 @@ impl Provider for LocalProvider {
         else {
             return Err(ProviderError::NotFound(format!("function {key} not found")));
         };
-        let (key, deployment, grants) = self.prepare(request).await?;
+        let (key, deployment, image, grants) = self.check(request)?;
         // Parsed when it was deployed; `None` if the annotations no longer parse.
         let previous = crate::triggers::hardware_grants(&current.deployment.annotations)
             .ok()
             .flatten();
+        // The rollback target: what serves now — during an unfinished rollout, the record
+        // that rollout would roll back to (the supervisor corrects this if it just finished).
+        let serving = current
+            .previous
+            .clone()
+            .unwrap_or_else(|| Box::new(current.settled()));
         let record = FunctionRecord {
             deployment,
             generation: current.generation + 1,
+            previous: Some(serving),
             ..current
         };
+        // Refused for memory before anything is pulled or attached; checked again when saved.
+        self.admit(&self.ctx.store.snapshot(), &key, &record, "limits.memory")?;
+        self.fetch_image(&key, &image).await?;
         let saved = record.clone();
         self.apply_hardware(&key, grants, previous.clone()).await?;
         let persisted = self.ctx.store.update(|state| {

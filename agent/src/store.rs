@@ -70,6 +70,25 @@ pub struct FunctionRecord {
     /// Incremented by every update; part of container ids, so old and new replicas can run
     /// side by side during an update.
     pub generation: u64,
+    /// While an update rolls out: the record that served before it. It is saved in the same
+    /// write as the new record, so a daemon killed in the middle of the rollout resumes it
+    /// after its restart (the old generation serving meanwhile) and can still roll back to
+    /// it. `None` once the new generation serves or the update was rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Box<FunctionRecord>>,
+}
+
+impl FunctionRecord {
+    /// The record without its pending rollout.
+    pub fn settled(&self) -> FunctionRecord {
+        FunctionRecord {
+            deployment: self.deployment.clone(),
+            replicas: self.replicas,
+            created_at: self.created_at,
+            generation: self.generation,
+            previous: None,
+        }
+    }
 }
 
 /// A namespace.
@@ -384,6 +403,7 @@ mod tests {
             replicas: 1,
             created_at: SystemTime::UNIX_EPOCH,
             generation: 1,
+            previous: None,
         }
     }
 
@@ -423,6 +443,50 @@ mod tests {
                 .mode()
                 & 0o777,
             0o700
+        );
+    }
+
+    #[test]
+    fn a_pending_rollout_is_saved_with_its_record_and_older_states_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "ns").unwrap();
+        let old = record("f");
+        let mut new = record("f");
+        new.deployment.image = "y".into();
+        new.generation = 2;
+        new.previous = Some(Box::new(old.clone()));
+        store
+            .update(|s| {
+                s.functions
+                    .entry("ns".into())
+                    .or_default()
+                    .insert("f".into(), new.clone());
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let again = Store::open(dir.path(), "ns").unwrap().snapshot();
+        let saved = again.function("f", "ns").unwrap();
+        assert_eq!(saved, &new);
+        assert_eq!(saved.previous.as_deref(), Some(&old));
+        assert_eq!(saved.settled().previous, None);
+        assert_eq!(saved.settled().generation, 2);
+
+        // A state.json written before rollouts were saved has no `previous`.
+        let mut raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+        raw["functions"]["ns"]["f"]
+            .as_object_mut()
+            .unwrap()
+            .remove("previous")
+            .unwrap();
+        std::fs::write(dir.path().join("state.json"), raw.to_string()).unwrap();
+        let older = Store::open(dir.path(), "ns").unwrap().snapshot();
+        assert_eq!(older.function("f", "ns").unwrap().previous, None);
+        // And a settled record writes no `previous` at all.
+        assert!(
+            !serde_json::to_string(&old)
+                .unwrap()
+                .contains("\"previous\"")
         );
     }
 

@@ -18,6 +18,13 @@
 //! - An update starts the new generation beside the old one, switches traffic when all new
 //!   replicas are ready, then stops the old ones; if the new version never becomes ready it is
 //!   removed and the old one keeps serving (rolled back).
+//! - A rollout survives a crash of the daemon: the new record is saved together with the one
+//!   that served before it ([`FunctionRecord::previous`]), in one atomic write. A supervisor
+//!   started with such a record resumes the rollout: it adopts the old generation's containers
+//!   and keeps them serving, adopts (or starts) the new generation's, switches when those are
+//!   ready, and rolls back to the previous record when they never are. The saved rollout is
+//!   settled (cleared, or replaced by the previous record) when the switch or the rollback
+//!   happens.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -275,11 +282,10 @@ impl Replica {
     }
 }
 
-/// An update in progress.
+/// An update in progress; the supervisor's `record` is the one still serving meanwhile.
 #[derive(Debug)]
 struct Rollout {
     record: FunctionRecord,
-    previous: FunctionRecord,
     replicas: Vec<Replica>,
     deadline: Instant,
 }
@@ -304,6 +310,7 @@ struct Supervisor {
 }
 
 /// Starts the supervisor of a function. `adopted` are its containers found in containerd.
+/// A `record` with a pending rollout ([`FunctionRecord::previous`]) resumes that rollout.
 pub(crate) fn spawn(
     ctx: Arc<Context>,
     key: FunctionKey,
@@ -316,11 +323,40 @@ pub(crate) fn spawn(
         &ctx.defaults,
     )));
     let (status, status_rx) = watch::channel(StatusView::default());
+    let generation = record.generation;
+    let replicas = record.replicas;
+    let (serving, rollout, unsettled) = match record.previous {
+        // The replicas wanted now apply to the old generation too while the rollout resumes.
+        Some(previous) if replicas > 0 => {
+            tracing::info!(function = %key, generation, "resuming an interrupted update");
+            let rollout = Rollout {
+                record: FunctionRecord {
+                    previous: None,
+                    ..record
+                },
+                replicas: Vec::new(),
+                deadline: Instant::now() + ctx.ready_timeout,
+            };
+            let serving = FunctionRecord {
+                replicas,
+                ..previous.settled()
+            };
+            (serving, Some(rollout), false)
+        }
+        // Scaled to zero meanwhile: nothing serves to protect; the new record applies.
+        previous => {
+            let settled = FunctionRecord {
+                previous: None,
+                ..record
+            };
+            (settled, None, previous.is_some())
+        }
+    };
     let mut supervisor = Supervisor {
         key,
         ctx,
         replicas: Vec::new(),
-        rollout: None,
+        rollout,
         route: Arc::clone(&route),
         status,
         commands: commands.clone(),
@@ -330,9 +366,12 @@ pub(crate) fn spawn(
         message: None,
         oom: std::collections::HashSet::new(),
         hardware_live: std::cell::Cell::new(false),
-        record,
+        record: serving,
     };
     supervisor.adopt(adopted);
+    if unsettled {
+        supervisor.persist_if_generation(generation, |r| r.previous = None);
+    }
     tokio::spawn(supervisor.run(receiver));
     Handle {
         route,
@@ -400,7 +439,12 @@ impl Supervisor {
                     self.set_desired(1);
                 }
             }
-            Command::Scale(replicas) => self.record.replicas = replicas,
+            Command::Scale(replicas) => {
+                self.record.replicas = replicas;
+                if let Some(rollout) = &mut self.rollout {
+                    rollout.record.replicas = replicas;
+                }
+            }
             Command::Update(record) => self.begin_update(*record).await,
             Command::Exited {
                 container,
@@ -416,14 +460,23 @@ impl Supervisor {
         }
     }
 
-    /// Takes over containers that already exist (daemon restart).
+    /// Takes over containers that already exist (daemon restart): those of the serving
+    /// generation and, while a rollout resumes, those of the new one.
     fn adopt(&mut self, containers: Vec<Container>) {
+        let rolling_out = self
+            .rollout
+            .as_ref()
+            .map(|r| (r.record.generation, r.record.replicas.max(1)));
+        let mut new_generation = Vec::new();
         for c in containers {
             let Some((_, generation, index)) = FunctionKey::parse_container_id(&c.id) else {
                 continue;
             };
             let running = c.task.is_some_and(|t| t.status == TaskStatus::Running);
-            if generation != self.record.generation || index >= function::MAX_REPLICAS {
+            let of_rollout = rolling_out.is_some_and(|(g, count)| g == generation && index < count);
+            if !(of_rollout || generation == self.record.generation)
+                || index >= function::MAX_REPLICAS
+            {
                 // A leftover of an interrupted update or of an old generation.
                 self.remove_in_background(c.id);
                 continue;
@@ -438,9 +491,27 @@ impl Supervisor {
                 replica.started_at = Some(Instant::now());
                 self.spawn_probe(&replica.id, ip);
             }
-            self.replicas.push(replica);
+            if of_rollout {
+                new_generation.push(replica);
+            } else {
+                self.replicas.push(replica);
+            }
         }
         self.replicas.sort_by_key(|r| r.index);
+        if let Some(rollout) = &mut self.rollout {
+            for index in 0..rollout.record.replicas.max(1) {
+                if !new_generation.iter().any(|r| r.index == index) {
+                    new_generation.push(Replica::new(&self.key, rollout.record.generation, index));
+                }
+            }
+            new_generation.sort_by_key(|r| r.index);
+            rollout.replicas = new_generation;
+            let timeout = function::timeout(&rollout.record.deployment, &self.ctx.defaults);
+            self.route.timeout_ms.store(
+                u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// Brings the replicas of the current generation (and of a rollout) to what is desired.
@@ -713,7 +784,9 @@ impl Supervisor {
         });
     }
 
-    async fn begin_update(&mut self, record: FunctionRecord) {
+    /// `saved` is the record as the provider saved it, with the rollback target it chose.
+    async fn begin_update(&mut self, saved: FunctionRecord) {
+        let record = saved.settled();
         // A rollout still in progress is superseded by the newer one.
         if let Some(old) = self.rollout.take() {
             for r in old.replicas {
@@ -725,17 +798,28 @@ impl Supervisor {
                 .unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        let previous = std::mem::replace(&mut self.record, record.clone());
         if self.replicas.iter().all(|r| r.phase != Phase::Ready) {
             // Nothing serving (scaled to zero, or broken): nothing to protect; replace at once.
+            self.record = record;
             for r in std::mem::take(&mut self.replicas) {
                 self.remove_in_background(r.id);
             }
             self.message = None;
+            self.persist_if_generation(self.record.generation, |r| r.previous = None);
             return;
         }
-        // Keep the old generation serving under its own record until the new one is ready.
-        self.record = previous.clone();
+        // Keep the old generation serving under its own record until the new one is ready. The
+        // saved rollback target must be that record: the provider's guess is wrong when a
+        // rollout finished between its write and this command.
+        let serving = self.record.settled();
+        let guessed = saved.previous.as_deref().is_some_and(|p| {
+            p.generation == serving.generation && p.deployment == serving.deployment
+        });
+        if !guessed {
+            self.persist_if_generation(record.generation, |r| {
+                r.previous = Some(Box::new(serving));
+            });
+        }
         let count = record.replicas.max(1);
         let replicas = (0..count)
             .map(|i| Replica::new(&self.key, record.generation, i))
@@ -743,10 +827,31 @@ impl Supervisor {
         tracing::info!(function = %self.key, generation = record.generation, "rolling out an update");
         self.rollout = Some(Rollout {
             record,
-            previous,
             replicas,
             deadline: Instant::now() + self.ctx.ready_timeout,
         });
+    }
+
+    /// Changes the saved record of this function if it is still generation `generation`: a
+    /// newer update saved meanwhile is left alone (its own rollout settles it). A failed write
+    /// is logged and shown in the status; the saved rollout then resumes after a restart.
+    fn persist_if_generation(&mut self, generation: u64, change: impl FnOnce(&mut FunctionRecord)) {
+        let key = self.key.clone();
+        let result = self.ctx.store.update(|state| {
+            if let Some(record) = state
+                .functions
+                .get_mut(&key.namespace)
+                .and_then(|f| f.get_mut(&key.name))
+                .filter(|r| r.generation == generation)
+            {
+                change(record);
+            }
+            Ok::<_, StoreError>(())
+        });
+        if let Err(e) = result {
+            tracing::error!(function = %self.key, error = %e, "cannot save the state of the update");
+            self.message = Some(format!("cannot save the state of the update: {e}"));
+        }
     }
 
     /// Switches traffic to the new generation once all its replicas are ready.
@@ -768,6 +873,7 @@ impl Supervisor {
         // Publish first: new requests go to the new replicas; the old ones finish what they
         // are serving, then stop with their grace period.
         self.publish();
+        self.persist_if_generation(self.record.generation, |r| r.previous = None);
         for r in old {
             match r.ip {
                 Some(ip) => self.stop_after_drain(r.id, SocketAddr::from((ip, 8080)), true),
@@ -800,21 +906,14 @@ impl Supervisor {
         for r in rollout.replicas {
             self.remove_in_background(r.id);
         }
-        let (key, previous) = (self.key.clone(), rollout.previous.clone());
-        let reverted = self.ctx.store.update(|state| {
-            if let Some(record) = state
-                .functions
-                .get_mut(&key.namespace)
-                .and_then(|f| f.get_mut(&key.name))
-            {
-                *record = previous;
-            }
-            Ok::<_, StoreError>(())
+        // The record that keeps serving is saved again, with the replicas wanted now.
+        let previous = self.record.settled();
+        self.persist_if_generation(rollout.record.generation, |r| {
+            *r = FunctionRecord {
+                replicas: r.replicas,
+                ..previous
+            };
         });
-        if let Err(e) = reverted {
-            tracing::error!(function = %self.key, error = %e, "could not persist the rollback");
-        }
-        self.record = rollout.previous;
         self.message = Some(why);
     }
 

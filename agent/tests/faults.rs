@@ -10,10 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bramble_runtime::image::build::ImageBuilder;
@@ -22,7 +19,7 @@ use bramble_runtime::image::reference::ImageRef;
 use bramble_runtime::{Runtime, TaskStatus};
 use bramble_testkit::harness::{self, Need};
 use bramble_testkit::http::Response;
-use bramble_testkit::{Node, TestEnv, fixture_binary, fixture_image};
+use bramble_testkit::{Load, LoadReport, Node, TestEnv, fixture_binary, fixture_image};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
@@ -71,7 +68,7 @@ fn main() {
 async fn node(name: &str, extra_config: &str) -> Result<(Node, Runtime), BoxError> {
     let node =
         Node::with_fixture(Path::new(env!("CARGO_BIN_EXE_bramble")), name, extra_config).await?;
-    let runtime = Runtime::new(node.env.config.clone())?;
+    let runtime = Runtime::new(node.runtime_config())?;
     Ok((node, runtime))
 }
 
@@ -134,9 +131,10 @@ fn state_file(node: &Node) -> Result<BTreeMap<String, String>, BoxError> {
         .unwrap_or_default())
 }
 
-/// Containers, writable snapshots and network attachments of the namespace: one container per
-/// replica of a function the node knows, a writable snapshot per container and no attachment
-/// without a container. `Err` says what differs.
+/// Containers, writable snapshots and the network of the namespace: one container per function
+/// the node knows (one replica each, running), a writable snapshot, a pinned network
+/// namespace and one IP lease per container, and no attachment without a container. `Err`
+/// says what differs.
 async fn leftovers(
     node: &Node,
     runtime: &Runtime,
@@ -162,6 +160,20 @@ async fn leftovers(
     if !attachments.is_subset(&containers) {
         return Ok(Err(format!(
             "network attachments without container: {attachments:?} vs {containers:?}"
+        )));
+    }
+    // Every replica runs here: each has exactly its pinned namespace and one address.
+    let namespaces: BTreeSet<String> = runtime.network().namespaces()?.into_iter().collect();
+    if namespaces != containers {
+        return Ok(Err(format!(
+            "pinned network namespaces {namespaces:?} differ from containers {containers:?}"
+        )));
+    }
+    let leases = runtime.network().leases()?;
+    let holders: BTreeSet<String> = leases.iter().map(|l| l.id.clone()).collect();
+    if holders != containers || leases.len() != containers.len() {
+        return Ok(Err(format!(
+            "IP leases {leases:?} are not one per container of {containers:?}"
         )));
     }
     let active: BTreeSet<String> = ctr(node, &["snapshots", "ls"])?
@@ -259,75 +271,6 @@ async fn records(node: &Node, function: &str) -> Result<Vec<String>, BoxError> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|v| v["body"].as_str().map(str::to_owned))
         .collect())
-}
-
-/// Clients sending `GET path` in a loop until [`Load::finish`], counting answers.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    clients: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, path: &str, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let clients = (0..clients)
-            .map(|_| {
-                let (stop, ok, failures, path) =
-                    (stop.clone(), ok.clone(), failures.clone(), path.to_owned());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match bramble_testkit::http::request(
-                            addr,
-                            "GET",
-                            &path,
-                            &[],
-                            b"",
-                            Duration::from_secs(10),
-                        )
-                        .await
-                        {
-                            Ok(r) if r.status == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => {
-                                failures
-                                    .lock()
-                                    .unwrap()
-                                    .push(format!("{} {}", r.status, r.text()));
-                            }
-                            Err(e) => failures.lock().unwrap().push(e.to_string()),
-                        }
-                        // A steady load, not a flood of the shared 2-core machine.
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            clients,
-        }
-    }
-
-    fn ok(&self) -> usize {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Stops the clients; returns the successful count and the failures.
-    async fn finish(self) -> Result<(usize, Vec<String>), BoxError> {
-        self.stop.store(true, Ordering::Relaxed);
-        for c in self.clients {
-            c.await?;
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        Ok((self.ok.load(Ordering::Relaxed), failures))
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,7 +392,11 @@ async fn containerd_killed_under_load() -> TestResult {
     node.wait_available("late", 1).await?;
     // Task events flow again: a crash after the restart is seen and repaired.
     let pid = task_pid(&runtime, "warm").await?;
-    let (served, failures) = load.finish().await?;
+    let LoadReport {
+        ok: served,
+        failures,
+        ..
+    } = load.finish().await?;
     sigkill(i32::try_from(pid)?)?;
     harness::wait_until("warm to restart", Duration::from_secs(30), async || {
         let s = status(&node, "warm").await?;
@@ -651,7 +598,11 @@ async fn broken_functions() -> TestResult {
     report.push(format!("corrupt layer: deploy refused: {}", r.text()));
 
     // The rest of the board kept serving throughout.
-    let (served, failures) = load.finish().await?;
+    let LoadReport {
+        ok: served,
+        failures,
+        ..
+    } = load.finish().await?;
     assert!(
         failures.is_empty(),
         "{} requests to a healthy function failed: {:?}",
@@ -1011,18 +962,27 @@ async fn power_cuts() -> TestResult {
         for (name, body) in &on_disk {
             assert_eq!(Some(body), model.get(name), "{context}: {name}");
         }
-        // No half functions: each one serves its version; nothing else is left.
+        // No half functions: each one serves its version; nothing else is left. An update the
+        // cut interrupted resumes: the old version serves until the new one is ready.
         for (name, body) in &model {
-            node.wait_available(name, 1)
-                .await
-                .map_err(|e| format!("{context}: {e}"))?;
+            harness::wait_until(
+                &format!("{name} to be ready and not updating"),
+                Duration::from_secs(60),
+                async || {
+                    let s = status(&node, name).await?;
+                    Ok(s["bramble"]["state"] == "ready" && s["availableReplicas"] == 1)
+                },
+            )
+            .await
+            .map_err(|e| format!("{context}: {e}\n{}", node.log_tail(30)))?;
             let r = node
                 .call("GET", &format!("/function/{name}"), &[], b"")
                 .await?;
             assert_eq!(
                 (r.status, r.text()),
                 (200, body.clone()),
-                "{context}: {name} does not serve its version"
+                "{context}: {name} does not serve its version\n{}",
+                node.log_tail(40)
             );
         }
         wait_consistent(&node, &runtime, &names)

@@ -4,8 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bramble_runtime::image::no_progress;
@@ -13,7 +11,8 @@ use bramble_runtime::image::reference::ImageRef;
 use bramble_runtime::{ContainerSpec, Runtime, TaskStatus};
 use bramble_testkit::harness::{self, Need};
 use bramble_testkit::http::Response;
-use bramble_testkit::{Node, TestEnv, fixture_image};
+use bramble_testkit::node::runtime_config_of;
+use bramble_testkit::{Load, Node, Registry, TestEnv, fixture_image};
 use serde_json::{Value, json};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -26,6 +25,9 @@ fn main() {
         Need::Binary("containerd"),
         Need::Binary("runc"),
         Need::Binary("iptables"),
+        Need::Binary("ctr"),
+        Need::Binary("docker-registry"),
+        Need::Binary("skopeo"),
         Need::CniPlugins,
     ];
     let trials = vec![
@@ -44,6 +46,10 @@ fn main() {
         harness::async_trial(
             "updates_under_load_lose_no_request_and_broken_ones_roll_back",
             updates_under_load,
+        ),
+        harness::async_trial(
+            "sigkill_during_updates_loses_no_request_and_still_rolls_back",
+            sigkill_during_updates,
         ),
         harness::async_trial(
             "the_memory_budget_refuses_and_creates_nothing",
@@ -71,7 +77,7 @@ async fn node(
 ) -> Result<(Node, Runtime), Box<dyn std::error::Error>> {
     let node =
         Node::with_fixture(Path::new(env!("CARGO_BIN_EXE_bramble")), name, extra_config).await?;
-    let runtime = Runtime::new(node.env.config.clone())?;
+    let runtime = Runtime::new(node.runtime_config())?;
     Ok((node, runtime))
 }
 
@@ -94,8 +100,9 @@ async fn wait_available(node: &Node, name: &str, want: u64) -> TestResult {
     Ok(())
 }
 
-/// Containers, writable snapshots and network attachments of the namespace must all be the
-/// same set: nothing leaked, nothing duplicated.
+/// Containers, writable snapshots, pinned network namespaces and IP leases of the namespace
+/// must all be the same set (every container here has run, so each holds one address), and
+/// no attachment may lack its container: nothing leaked, nothing duplicated.
 async fn assert_consistent(
     node: &Node,
     runtime: &Runtime,
@@ -117,6 +124,17 @@ async fn assert_consistent(
     assert!(
         attachments.is_subset(&containers),
         "attachments without container: {attachments:?} vs {containers:?}"
+    );
+    let namespaces: BTreeSet<String> = runtime.network().namespaces()?.into_iter().collect();
+    assert_eq!(
+        namespaces, containers,
+        "pinned network namespaces and containers differ"
+    );
+    let leases = runtime.network().leases()?;
+    let holders: BTreeSet<String> = leases.iter().map(|l| l.id.clone()).collect();
+    assert!(
+        holders == containers && leases.len() == containers.len(),
+        "IP leases are not one per container: {leases:?} vs {containers:?}"
     );
     let snapshots = ctr(node, &["snapshots", "ls"])?;
     let active: BTreeSet<String> = snapshots
@@ -195,7 +213,8 @@ async fn sigkill_during_deploys() -> TestResult {
         );
     }
     harness::wait_until("orphan cleanup", Duration::from_secs(20), async || {
-        Ok(runtime.list().await?.len() == functions.len())
+        Ok(runtime.list().await?.len() == functions.len()
+            && runtime.network().holders()?.len() == functions.len())
     })
     .await?;
     assert_consistent(&node, &runtime, functions.len()).await
@@ -323,92 +342,50 @@ async fn updates_under_load() -> TestResult {
     wait_available(&node, "svc", 1).await?;
 
     // A steady request loop (4 concurrent clients, bounded by the test's duration).
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let bodies = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok, failures, bodies, addr) = (
-            stop.clone(),
-            ok.clone(),
-            failures.clone(),
-            bodies.clone(),
-            node.addr(),
-        );
-        clients.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match bramble_testkit::http::request(
-                    addr,
-                    "GET",
-                    "/function/svc",
-                    &[],
-                    b"",
-                    Duration::from_secs(10),
-                )
-                .await
-                {
-                    Ok(r) if r.status == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                        bodies.lock().unwrap().insert(r.text());
-                    }
-                    Ok(r) => failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("{} {}", r.status, r.text())),
-                    Err(e) => failures.lock().unwrap().push(e.to_string()),
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    // A good update: switched over without a failed request.
-    let v2 = function("svc", &json!({"BODY": "v2"}));
-    assert_eq!(
-        node.api("PUT", "/system/functions", v2.to_string().as_bytes())
-            .await?
-            .status,
-        200
-    );
-    harness::wait_until("v2 to serve", Duration::from_secs(30), async || {
-        Ok(bodies.lock().unwrap().contains("v2"))
+    let load = Load::start(node.addr(), "/function/svc", 4);
+    harness::wait_until("the load to run", Duration::from_secs(20), async || {
+        Ok(load.ok() >= 20)
     })
     .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A good update: switched over without a failed request.
+    update(&node, &function("svc", &json!({"BODY": "v2"}))).await?;
+    harness::wait_until("v2 to serve", Duration::from_secs(30), async || {
+        Ok(load.bodies().contains("v2"))
+    })
+    .await?;
+    let served = load.ok();
+    harness::wait_until("v2 to serve a while", Duration::from_secs(20), async || {
+        Ok(load.ok() >= served + 50)
+    })
+    .await?;
 
     // A broken update (never healthy): rolled back, v2 keeps serving, nothing fails.
     let broken = function("svc", &json!({"BODY": "v3", "NEVER_HEALTHY": "1"}));
-    assert_eq!(
-        node.api("PUT", "/system/functions", broken.to_string().as_bytes())
-            .await?
-            .status,
-        200
-    );
-    harness::wait_until("the rollback", Duration::from_secs(30), async || {
-        Ok(status(&node, "svc").await?["bramble"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("rolled back")))
-    })
+    update(&node, &broken).await?;
+    wait_rolled_back(&node, "svc").await?;
+    let served = load.ok();
+    harness::wait_until(
+        "v2 to serve after the rollback",
+        Duration::from_secs(20),
+        async || Ok(load.ok() >= served + 50),
+    )
     .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await?;
-    }
-    let failures = failures.lock().unwrap().clone();
+    let report = load.finish().await?;
     assert!(
-        failures.is_empty(),
+        report.failures.is_empty(),
         "{} failed requests during the updates: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
+        report.failures.len(),
+        &report.failures[..report.failures.len().min(5)]
     );
-    let bodies = bodies.lock().unwrap().clone();
-    assert!(!bodies.contains("v3"), "the broken version never served");
     assert!(
-        ok.load(Ordering::Relaxed) > 100,
+        !report.bodies.contains("v3"),
+        "the broken version never served"
+    );
+    assert!(
+        report.ok > 100,
         "the load loop ran ({} requests)",
-        ok.load(Ordering::Relaxed)
+        report.ok
     );
     let s = status(&node, "svc").await?;
     assert_eq!(
@@ -422,11 +399,154 @@ async fn updates_under_load() -> TestResult {
     Ok(())
 }
 
+async fn update(node: &Node, body: &Value) -> TestResult {
+    node.api("PUT", "/system/functions", body.to_string().as_bytes())
+        .await?
+        .expect(200, "update")?;
+    Ok(())
+}
+
+/// Waits until the status reports the update rolled back.
+async fn wait_rolled_back(node: &Node, name: &str) -> TestResult {
+    harness::wait_until("the rollback", Duration::from_secs(60), async || {
+        Ok(status(node, name).await?["bramble"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rolled back")))
+    })
+    .await
+    .map_err(|e| format!("{e}\n{}", node.log_tail(30)).into())
+}
+
+/// Kills the daemon (SIGKILL) while an update rolls out, under a steady request loop that
+/// runs whenever the daemon is up: the old version keeps serving across the restart, a good
+/// update completes afterwards, and a broken one is still rolled back.
+async fn sigkill_during_updates() -> TestResult {
+    let (mut node, runtime) = node("killupdate", "ready_timeout = \"8s\"").await?;
+    deploy(&node, &function("svc", &json!({"BODY": "v1"})))
+        .await?
+        .expect(200, "deploy")?;
+    wait_available(&node, "svc", 1).await?;
+    let mut reports = Vec::new();
+
+    // A good update whose new version takes 4 s to pass its health check: killed half-way.
+    let load = Load::start(node.addr(), "/function/svc", 3);
+    let slow = function("svc", &json!({"BODY": "v2", "HEALTH_DELAY_MS": "4000"}));
+    update(&node, &slow).await?;
+    wait_updating(&node, &runtime, "svc", 2).await?;
+    reports.push(load.finish().await?);
+    node.kill();
+    node.start_again()?;
+    let load = Load::start(node.addr(), "/function/svc", 3);
+    harness::wait_until("v2 to serve", Duration::from_secs(30), async || {
+        Ok(load.bodies().contains("v2"))
+    })
+    .await?;
+    let s = status(&node, "svc").await?;
+    assert_eq!(
+        (&s["envVars"]["BODY"], &s["bramble"]["state"]),
+        (&json!("v2"), &json!("ready")),
+        "{s}"
+    );
+
+    // A broken update (never healthy): killed half-way, rolled back after the restart.
+    let broken = function("svc", &json!({"BODY": "v3", "NEVER_HEALTHY": "1"}));
+    update(&node, &broken).await?;
+    wait_updating(&node, &runtime, "svc", 3).await?;
+    reports.push(load.finish().await?);
+    node.kill();
+    node.start_again()?;
+    let load = Load::start(node.addr(), "/function/svc", 3);
+    wait_rolled_back(&node, "svc").await?;
+    let served = load.ok();
+    harness::wait_until(
+        "v2 to serve after the rollback",
+        Duration::from_secs(20),
+        async || Ok(load.ok() >= served + 50),
+    )
+    .await?;
+    reports.push(load.finish().await?);
+
+    let failures: Vec<&String> = reports.iter().flat_map(|r| &r.failures).collect();
+    let ok: usize = reports.iter().map(|r| r.ok).sum();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed around the crashes: {:?}",
+        failures.len(),
+        ok + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        reports.iter().all(|r| r.ok > 0),
+        "every load phase was served: {reports:?}"
+    );
+    // The old version served right after each restart, and the broken one never did.
+    assert!(reports[1].bodies.contains("v1"), "{:?}", reports[1].bodies);
+    assert!(
+        reports.iter().all(|r| !r.bodies.contains("v3")),
+        "the broken version never served"
+    );
+    let s = status(&node, "svc").await?;
+    assert_eq!(
+        s["envVars"]["BODY"], "v2",
+        "the record was rolled back: {s}"
+    );
+    assert!(
+        s["bramble"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("update to") && m.contains("failed")),
+        "the update is reported failed: {s}"
+    );
+    // The saved state is settled: no rollout left to resume.
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(node.state_dir().join("state.json"))?)?;
+    assert_eq!(
+        saved["functions"]["openfaas-fn"]["svc"]["previous"],
+        Value::Null,
+        "{saved}"
+    );
+    harness::wait_until(
+        "the broken replica and its network to go",
+        Duration::from_secs(20),
+        async || Ok(runtime.list().await?.len() == 1 && runtime.network().holders()?.len() == 1),
+    )
+    .await?;
+    assert_consistent(&node, &runtime, 1).await
+}
+
+/// Waits until `name` rolls out `generation`: its new container runs beside the old one.
+async fn wait_updating(node: &Node, runtime: &Runtime, name: &str, generation: u64) -> TestResult {
+    let prefix = format!("{name}.openfaas-fn-{generation}-");
+    harness::wait_until(
+        "the rollout to start",
+        Duration::from_secs(20),
+        async || {
+            let running = runtime.list().await?.into_iter().any(|c| {
+                c.id.starts_with(&prefix) && c.task.is_some_and(|t| t.status == TaskStatus::Running)
+            });
+            Ok(running && status(node, name).await?["bramble"]["state"] == "updating")
+        },
+    )
+    .await
+}
+
 async fn memory_budget() -> TestResult {
     let (node, runtime) = node("budget", "memory_budget = \"100Mi\"").await?;
+    // An image only a registry has: a deploy refused for memory must not pull it.
+    let registry = Registry::start(None)?;
+    let (archive, _) = fixture_image(node.env.scratch(), "remote:1")?;
+    let remote = registry.push_oci_archive(&archive, "team/remote:1")?;
+    let pushed = registry.request_count();
+    let pulled = async || -> Result<bool, Box<dyn std::error::Error>> {
+        Ok(runtime
+            .images()
+            .list()
+            .await?
+            .iter()
+            .any(|i| i.name == remote))
+    };
     let small = json!({"service": "small", "image": FIXTURE, "limits": {"memory": "64Mi"}});
     assert_eq!(deploy(&node, &small).await?.status, 200);
-    let big = json!({"service": "big", "image": FIXTURE, "limits": {"memory": "64Mi"}});
+    let big = json!({"service": "big", "image": remote, "limits": {"memory": "64Mi"}});
     let r = deploy(&node, &big).await?;
     assert_eq!(r.status, 400, "{}", r.text());
     for number in ["64 MiB", "36 MiB", "100 MiB"] {
@@ -448,8 +568,21 @@ async fn memory_budget() -> TestResult {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().starts_with("replicas:"), "{}", r.text());
     // Functions without a limit get the default (128Mi here), which does not fit either.
-    let r = deploy(&node, &function("defaulted", &json!({}))).await?;
+    let defaulted = json!({"service": "defaulted", "image": remote});
+    let r = deploy(&node, &defaulted).await?;
     assert_eq!(r.status, 400, "{}", r.text());
+    // An update beyond the budget is refused before its image is pulled too.
+    let grown = json!({"service": "small", "image": remote, "limits": {"memory": "128Mi"}});
+    let r = node
+        .api("PUT", "/system/functions", grown.to_string().as_bytes())
+        .await?;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        registry.request_count(),
+        pushed,
+        "refused deploys and updates asked the registry nothing"
+    );
+    assert!(!pulled().await?, "no image record was created");
     wait_available(&node, "small", 1).await?;
     assert!(
         runtime
@@ -459,6 +592,11 @@ async fn memory_budget() -> TestResult {
             .all(|c| c.id.starts_with("small.")),
         "refused functions created no container"
     );
+    assert_eq!(status(&node, "small").await?["image"], FIXTURE);
+    // Within the budget the same image is pulled: the refusals above did need a pull.
+    let fits = json!({"service": "small", "image": remote, "limits": {"memory": "64Mi"}});
+    update(&node, &fits).await?;
+    assert!(registry.request_count() > pushed && pulled().await?);
     Ok(())
 }
 
@@ -605,7 +743,8 @@ async fn stop_functions_on_shutdown() -> TestResult {
 
 async fn orphans_are_removed_at_start() -> TestResult {
     let env = TestEnv::new("orphans")?;
-    let runtime = Runtime::new(env.config.clone())?;
+    // The node's own network, so that the leases made here are in the node's lease directory.
+    let runtime = Runtime::new(runtime_config_of(&env))?;
     let (archive, _) = fixture_image(env.scratch(), "fixture:test")?;
     let image = runtime
         .images()
@@ -622,6 +761,18 @@ async fn orphans_are_removed_at_start() -> TestResult {
     };
     runtime.run(&ghost).await?;
     runtime.network().attach("lonely").await?;
+    // A crash between preparing a container's namespace and recording the container: a
+    // pinned namespace and nothing else.
+    runtime.network().prepare("halfway.openfaas-fn-1-0").await?;
+    // A crash in the middle of CNI ADD: namespace and IP lease, but no attachment record.
+    runtime.network().attach("midadd").await?;
+    std::fs::remove_file(env.config.network.state_dir.join("cache/midadd.json"))?;
+    let namespaces = runtime.network().namespaces()?;
+    for id in ["halfway.openfaas-fn-1-0", "lonely", "midadd"] {
+        assert!(namespaces.iter().any(|n| n == id), "{namespaces:?}");
+    }
+    let leases = runtime.network().leases()?;
+    assert!(leases.iter().any(|l| l.id == "midadd"), "{leases:?}");
     let out = std::process::Command::new("ctr")
         .arg("--address")
         .arg(env.containerd.socket())
@@ -641,7 +792,7 @@ async fn orphans_are_removed_at_start() -> TestResult {
     );
     drop(runtime);
     let node = Node::start(Path::new(env!("CARGO_BIN_EXE_bramble")), env, "")?;
-    let runtime = Runtime::new(node.env.config.clone())?;
+    let runtime = Runtime::new(node.runtime_config())?;
     harness::wait_until(
         "orphans to be removed",
         Duration::from_secs(30),
@@ -649,6 +800,8 @@ async fn orphans_are_removed_at_start() -> TestResult {
             let snapshots = ctr(&node, &["snapshots", "ls"])?;
             Ok(runtime.list().await?.is_empty()
                 && runtime.network().attachments()?.is_empty()
+                && runtime.network().namespaces()?.is_empty()
+                && runtime.network().leases()?.is_empty()
                 && !snapshots.contains("stray"))
         },
     )

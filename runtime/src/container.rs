@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::container::Runtime as CtrRuntime;
 use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest};
@@ -27,6 +27,12 @@ use crate::{LOG_LABEL, MANAGED_LABEL, Runtime, validate_id};
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// Creating a task spawns a shim and runs `runc create`; slow on a Pi with a busy SD card.
 const TASK_CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// containerd cleans up after a task creation whose caller went away (a daemon killed in the
+/// middle of it) for a couple of seconds; a new creation of the same task meanwhile fails on
+/// the leftover bundle directory. It is retried this long.
+const INTERRUPTED_CREATE_WAIT: Duration = Duration::from_secs(10);
+/// Pause between those retries.
+const INTERRUPTED_CREATE_RETRY: Duration = Duration::from_millis(200);
 /// How long to wait for a task after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// PATH when the image sets none.
@@ -424,11 +430,26 @@ impl Runtime {
         };
         let mut tasks = conn.tasks();
         let result = async {
-            let create_task = conn.call_within(
-                "Tasks.Create",
-                TASK_CREATE_TIMEOUT,
-                tasks.create(conn.request(create)),
-            );
+            let create_task = async {
+                let deadline = Instant::now() + INTERRUPTED_CREATE_WAIT;
+                loop {
+                    let mut tasks = conn.tasks();
+                    match conn
+                        .call_within(
+                            "Tasks.Create",
+                            TASK_CREATE_TIMEOUT,
+                            tasks.create(conn.request(create.clone())),
+                        )
+                        .await
+                    {
+                        Err(e) if is_interrupted_create(&e) && Instant::now() < deadline => {
+                            tracing::debug!(container = id, error = %e.chain(), "containerd still cleans up an interrupted task creation; retrying");
+                            tokio::time::sleep(INTERRUPTED_CREATE_RETRY).await;
+                        }
+                        other => break other,
+                    }
+                }
+            };
             let (attached, created) = tokio::join!(self.network().attach(id), create_task);
             let (attachment, _) = (attached?, created?);
             let hostname = std::fs::read_to_string(dir.join("hostname"))
@@ -684,6 +705,29 @@ impl Runtime {
         Ok(orphans)
     }
 
+    /// Releases the network state of ids that have no container record: pinned namespaces,
+    /// IP leases and attachments left by a crash between preparing a container's namespace
+    /// and recording the container, or in the middle of a CNI ADD. Each id is checked and
+    /// released under its container lock, so a create or start running meanwhile is never
+    /// taken for an orphan. Returns the ids released; one that cannot be released is logged
+    /// and left for the next sweep.
+    pub async fn remove_orphan_networks(&self) -> Result<Vec<String>> {
+        let mut released = Vec::new();
+        for id in self.network().holders()? {
+            let _guard = self.inner.locks.lock(&id).await;
+            if self.record_exists(&id).await? {
+                continue;
+            }
+            tracing::info!(id = %id, "releasing the network of a container that does not exist");
+            match self.network().detach(&id).await {
+                Ok(()) => released.push(id),
+                // Kept for the next start; the other ids are still released.
+                Err(e) => tracing::warn!(id = %id, error = %e, "cannot release an orphan network"),
+            }
+        }
+        Ok(released)
+    }
+
     /// After a daemon restart: lists managed containers and re-attaches the log capture of
     /// every running task, so output keeps flowing into the buffers.
     pub async fn adopt(&self) -> Result<Vec<Container>> {
@@ -901,6 +945,14 @@ impl Runtime {
     }
 }
 
+/// A task creation refused because the bundle of an earlier, interrupted creation of the same
+/// task is still there (`failed to start shim: mkdir …: file exists`): containerd removes it
+/// shortly, after which the creation succeeds.
+fn is_interrupted_create(e: &Error) -> bool {
+    matches!(e, Error::Containerd { call: "Tasks.Create", message, .. }
+        if message.contains("mkdir") && message.contains("file exists"))
+}
+
 fn task_state(p: &containerd_client::types::v1::Process) -> TaskState {
     let status = TaskStatus::from_ctr(p.status);
     TaskState {
@@ -1033,6 +1085,27 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_leftover_bundle_is_an_interrupted_create() {
+        let error = |call, message: &str| Error::Containerd {
+            call,
+            code: tonic::Code::Unknown,
+            message: message.to_owned(),
+        };
+        assert!(is_interrupted_create(&error(
+            "Tasks.Create",
+            "failed to start shim: mkdir /run/containerd/io.containerd.runtime.v2.task/ns/f-1-0: file exists"
+        )));
+        assert!(!is_interrupted_create(&error(
+            "Tasks.Create",
+            "failed to create shim task: OCI runtime create failed"
+        )));
+        assert!(!is_interrupted_create(&error(
+            "Snapshots.Prepare",
+            "mkdir /x: file exists"
+        )));
+    }
 
     #[test]
     fn env_merges_with_ours_winning_and_a_default_path() {

@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use events::TaskEvent;
 pub use image::{Image, ImageService, PullPolicy, RegistryConfig};
 pub use metrics::Usage;
-pub use network::{Attachment, Network, NetworkConfig};
+pub use network::{Attachment, Lease, Network, NetworkConfig};
 pub use spec::{BindMount, Limits};
 
 /// Label set on every container bramble creates; [`Runtime::list`] only shows these.

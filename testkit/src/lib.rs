@@ -11,6 +11,7 @@
 //!   with bramble's own builder ([`multi_platform_layout`] combines several into one
 //!   multi-platform image).
 //! - [`http`]: a minimal async HTTP client and the readiness wait on `/_/health`.
+//! - [`load`]: [`Load`], a steady request loop counting successes, failures and bodies.
 //! - [`node`]: [`Node`], a real `bramble up` process on a [`TestEnv`], with its API at hand.
 //! - [`env`]: [`TestEnv`], a private containerd with a runtime configuration (namespace,
 //!   bridge, subnet, state directory) unique to one test.
@@ -21,6 +22,7 @@ pub mod fixture;
 pub mod harness;
 pub mod http;
 pub mod images;
+pub mod load;
 pub mod node;
 pub mod registry;
 pub mod stats;
@@ -31,5 +33,6 @@ pub use containerd::Containerd;
 pub use env::TestEnv;
 pub use fixture::{fixture_binary, is_static_elf};
 pub use images::{example_image, fixture_image, foreign_image, multi_platform_layout};
+pub use load::{Load, LoadReport};
 pub use node::Node;
 pub use registry::{Registry, write_docker_config};

@@ -130,6 +130,12 @@ impl Node {
         Ok(Node::start(binary, env, extra_config)?)
     }
 
+    /// The runtime configuration the node itself uses, for a runtime that inspects what the
+    /// node made (see [`runtime_config_of`]).
+    pub fn runtime_config(&self) -> bramble_runtime::RuntimeConfig {
+        runtime_config_of(&self.env)
+    }
+
     /// A function's status (`GET /system/function/NAME`), `None` when it does not exist.
     pub async fn status(&self, name: &str) -> io::Result<Option<serde_json::Value>> {
         let r = self
@@ -364,6 +370,16 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The runtime configuration a node started on `env` uses: `env`'s, but with the network
+/// name every node gives its network (bramble's default; the configuration file has no key
+/// for it). The host-local lease directory is named after it, so a runtime that lists or
+/// makes leases the node must see needs this configuration rather than `env.config`.
+pub fn runtime_config_of(env: &TestEnv) -> bramble_runtime::RuntimeConfig {
+    let mut config = env.config.clone();
+    config.network.name = bramble_runtime::NetworkConfig::default().name;
+    config
 }
 
 /// The binary a node runs: [`BINARY_ENV`] when set, else `default`.

@@ -30,8 +30,9 @@ mod locks;
 mod netns;
 mod store;
 
+use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +68,15 @@ pub struct Attachment {
     pub gateway: Ipv4Addr,
     /// Prefix length of the function subnet.
     pub prefix_len: u8,
+}
+
+/// An address host-local leased (a file named by the address under the IPAM directory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The leased address.
+    pub ip: IpAddr,
+    /// The container id holding it.
+    pub id: String,
 }
 
 /// Serialises the first chain ADD in this process: the `firewall` plugin creates its shared
@@ -184,6 +194,42 @@ impl Network {
     /// namespaces are still alive; [`Network::attach`] does.
     pub fn attachments(&self) -> Result<Vec<Attachment>, NetworkError> {
         store::list(&self.inner.cache_dir())
+    }
+
+    /// Ids with a network namespace file, pinned or not, sorted.
+    pub fn namespaces(&self) -> Result<Vec<String>, NetworkError> {
+        netns::list(&self.inner.netns_dir())
+    }
+
+    /// The addresses host-local has leased, sorted by address, each with the id holding it.
+    pub fn leases(&self) -> Result<Vec<Lease>, NetworkError> {
+        let lease_dir = self.inner.lease_dir();
+        let mut leases: Vec<Lease> = store::all_leases(&lease_dir)
+            .map_err(|e| NetworkError::io(format!("read leases in {}", lease_dir.display()), e))?
+            .into_iter()
+            .map(|(ip, id)| Lease { ip, id })
+            .collect();
+        leases.sort_by_key(|l| l.ip);
+        Ok(leases)
+    }
+
+    /// Every id this network holds something for: a namespace file, an IP lease or an
+    /// attachment record. A container that no longer exists leaves such ids behind when the
+    /// daemon crashed between preparing its namespace and recording the container, or in the
+    /// middle of a CNI ADD; [`Network::detach`] releases them. Ids that are not valid
+    /// container ids (nothing bramble made) are logged and left alone.
+    pub fn holders(&self) -> Result<BTreeSet<String>, NetworkError> {
+        let mut ids: BTreeSet<String> = self.namespaces()?.into_iter().collect();
+        ids.extend(self.leases()?.into_iter().map(|l| l.id));
+        ids.extend(self.attachments()?.into_iter().map(|a| a.id));
+        ids.retain(|id| {
+            let valid = validate_id(id).is_ok();
+            if !valid {
+                tracing::warn!(id = %id, dir = %self.inner.config.state_dir.display(), "leaving alone a network namespace or lease that bramble did not make");
+            }
+            valid
+        });
+        Ok(ids)
     }
 
     /// The bridge address: the first host of the subnet, every function's default gateway.

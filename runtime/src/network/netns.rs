@@ -148,9 +148,39 @@ pub(super) fn remove(path: &Path) -> Result<(), NetworkError> {
     }
 }
 
+/// Names of the namespace files in `dir` (pinned or not), sorted; a missing `dir` has none.
+pub(super) fn list(dir: &Path) -> Result<Vec<String>, NetworkError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(NetworkError::io(format!("list {}", dir.display()), e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| NetworkError::io(format!("list {}", dir.display()), e))?;
+        match entry.file_name().into_string() {
+            Ok(name) => names.push(name),
+            Err(name) => {
+                tracing::warn!(file = ?name, dir = %dir.display(), "skipping a namespace file whose name is not UTF-8");
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_namespace_files_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(list(&dir.path().join("missing")).unwrap().is_empty());
+        std::fs::write(dir.path().join("b"), "").unwrap();
+        std::fs::write(dir.path().join("a"), "").unwrap();
+        assert_eq!(list(dir.path()).unwrap(), ["a", "b"]);
+    }
 
     #[test]
     fn plain_files_and_missing_paths_are_not_live() {

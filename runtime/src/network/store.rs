@@ -189,31 +189,45 @@ fn with_lease_lock<T: Default>(
     f()
 }
 
-/// Lease files (named by IP) whose first line is `id`.
-fn matching_leases(lease_dir: &Path, id: &str) -> io::Result<Vec<PathBuf>> {
+/// Every lease file (named by IP) with the id on its first line, sorted by path.
+fn read_leases(lease_dir: &Path) -> io::Result<Vec<(PathBuf, IpAddr, String)>> {
     let mut leases = Vec::new();
     for entry in fs::read_dir(lease_dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        if name
-            .to_str()
-            .and_then(|n| n.parse::<IpAddr>().ok())
-            .is_none()
-        {
+        let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
             continue; // lock, last_reserved_ip.N
-        }
+        };
         let content = match fs::read_to_string(entry.path()) {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
             Err(e) => return Err(e),
         };
-        if content.lines().next().map(str::trim) == Some(id) {
-            leases.push(entry.path());
-        }
+        let owner = content.lines().next().map(str::trim).unwrap_or_default();
+        leases.push((entry.path(), ip, owner.to_owned()));
     }
     leases.sort();
     Ok(leases)
+}
+
+/// Lease files (named by IP) whose first line is `id`.
+fn matching_leases(lease_dir: &Path, id: &str) -> io::Result<Vec<PathBuf>> {
+    Ok(read_leases(lease_dir)?
+        .into_iter()
+        .filter(|(_, _, owner)| owner == id)
+        .map(|(path, _, _)| path)
+        .collect())
+}
+
+/// Every lease in `lease_dir` as (address, owner id), sorted by address file name.
+pub(super) fn all_leases(lease_dir: &Path) -> io::Result<Vec<(IpAddr, String)>> {
+    with_lease_lock(lease_dir, || {
+        Ok(read_leases(lease_dir)?
+            .into_iter()
+            .map(|(_, ip, owner)| (ip, owner))
+            .collect())
+    })
 }
 
 /// The lease files naming `id`.
@@ -358,5 +372,12 @@ mod tests {
             ]
         );
         assert!(leases_of(&leases, "fn1").unwrap().is_empty());
+        assert_eq!(
+            all_leases(&leases).unwrap(),
+            [
+                ("10.72.0.3".parse().unwrap(), "fn10".to_owned()),
+                ("10.72.0.5".parse().unwrap(), "other".to_owned())
+            ]
+        );
     }
 }
