@@ -331,6 +331,27 @@ async fn api_conformance_every_route() -> TestResult {
         "usage has real memory: {usage}"
     );
     assert!(usage["usage"].get("cpu").is_some(), "{usage}");
+    // `usage.cpu` is millicores averaged over about the last minute (measured from the
+    // replica's start while it is younger): after a second of one busy core (at least 500 ms
+    // of CPU under the 500m limit), even the first read shows it. At least 500 ms / 125 s =
+    // 4 millicores (a value in cores would be below 1), at most one core (1000) and a margin.
+    node.call("GET", "/function/echo/burn?ms=1000", &[], b"")
+        .await?
+        .expect(200, "burn CPU")?;
+    let usage = json_of(
+        &node
+            .api(
+                "GET",
+                &format!("/system/function/echo?namespace={NS}&usage=1"),
+                b"",
+            )
+            .await?,
+    );
+    let cpu = usage["usage"]["cpu"].as_f64().unwrap_or(0.0);
+    assert!(
+        (4.0..1500.0).contains(&cpu),
+        "usage.cpu after a second of CPU: {usage}"
+    );
     node.api("GET", "/system/function/nope", b"")
         .await?
         .expect(404, "unknown function")?;
