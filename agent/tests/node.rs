@@ -158,6 +158,62 @@ async fn callback_listener() -> Result<
     Ok((addr, rx))
 }
 
+/// A `GET /system/logs?...&follow=true` read over HTTP as it streams.
+struct FollowedLogs {
+    stream: tokio::net::TcpStream,
+    seen: Vec<u8>,
+}
+
+impl FollowedLogs {
+    /// Sends the request and waits for the response head (200, NDJSON).
+    async fn open(node: &Node, query: &str) -> Result<FollowedLogs, Box<dyn std::error::Error>> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(node.addr()).await?;
+        let request = format!(
+            "GET /system/logs?{query}&follow=true HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
+            node.auth_header()?
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut logs = FollowedLogs {
+            stream,
+            seen: Vec::new(),
+        };
+        let head = logs.read_until("\r\n\r\n").await?;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_lowercase().contains("application/x-ndjson"),
+            "{head}"
+        );
+        Ok(logs)
+    }
+
+    /// Reads until `needle` has arrived (10 s at most); answers everything read so far.
+    async fn read_until(&mut self, needle: &str) -> Result<String, Box<dyn std::error::Error>> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&self.seen).contains(needle) {
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "{needle:?} did not arrive on the followed logs: {}",
+                        String::from_utf8_lossy(&self.seen)
+                    )
+                })??;
+            if n == 0 {
+                return Err(format!(
+                    "the followed logs ended before {needle:?}: {}",
+                    String::from_utf8_lossy(&self.seen)
+                )
+                .into());
+            }
+            self.seen.extend_from_slice(&buf[..n]);
+        }
+        Ok(String::from_utf8_lossy(&self.seen).into_owned())
+    }
+}
+
 async fn api_conformance_every_route() -> TestResult {
     let node = node("conform", "").await?;
 
@@ -481,6 +537,37 @@ async fn api_conformance_every_route() -> TestResult {
         .await?
         .expect(422, "unparsable query")?;
 
+    // since: lines from that instant on. The conformance line was already there before it.
+    let since = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    node.call("GET", "/function/echo/log?line=after-since", &[], b"")
+        .await?;
+    let recent = wait_log(
+        &node,
+        &format!("/system/logs?name=echo&namespace={NS}&since={since}"),
+        "after-since",
+    )
+    .await?
+    .text();
+    assert!(
+        !recent.contains("conformance-line"),
+        "since={since} still gave an older line: {recent}"
+    );
+
+    // follow: the response stays open and brings a line printed after it started.
+    let mut follow = FollowedLogs::open(&node, &format!("name=echo&namespace={NS}&tail=1")).await?;
+    follow.read_until("after-since").await?;
+    node.call("GET", "/function/echo/log?line=followed-line", &[], b"")
+        .await?
+        .expect(200, "log while following")?;
+    let seen = follow.read_until("followed-line").await?;
+    let line: Value = serde_json::from_str(
+        seen.lines()
+            .find(|l| l.contains("followed-line"))
+            .ok_or("no followed line")?,
+    )?;
+    assert_eq!(line["text"], "followed-line", "{line}");
+    drop(follow);
+
     // Metrics after invocations.
     let metrics = node.call("GET", "/metrics", &[], b"").await?.text();
     assert!(
@@ -654,7 +741,12 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
         "/system/secrets",
         br#"{"name":"token","value":"t"}"#,
     )
-    .await?;
+    .await?
+    .expect(200, "create secret")?;
+    let lab = json!({"name": "lab", "labels": {"openfaas": "1"}, "annotations": {"room": "shed"}});
+    node.api("POST", "/system/namespace/", lab.to_string().as_bytes())
+        .await?
+        .expect(201, "create namespace")?;
     let status = node.stop()?;
     assert!(status.success(), "SIGTERM ends bramble cleanly: {status}");
     assert_eq!(
@@ -672,6 +764,18 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
     );
     let secrets = json_of(&node.api("GET", "/system/secrets", b"").await?);
     assert_eq!(secrets[0]["name"], "token");
+    let got = node.api("GET", "/system/namespace/lab", b"").await?;
+    got.expect(200, "namespace after the restart")?;
+    let got = json_of(&got);
+    assert_eq!(
+        (&got["name"], &got["annotations"]["room"]),
+        (&json!("lab"), &json!("shed")),
+        "{got}"
+    );
+    assert_eq!(
+        json_of(&node.api("GET", "/system/namespaces", b"").await?),
+        json!([NS, "lab"])
+    );
 
     // Scale to zero; the next request is a cold start answered with 200, not a 5xx.
     node.scale("hello", 0).await?;
@@ -704,15 +808,44 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
         "one container after adoption: {containers}"
     );
 
-    // Update the image configuration; logs show lines; delete.
-    let v2 = deployment("hello", &json!({"BODY": "hello v2"}));
-    node.api("PUT", "/system/functions", &v2)
+    // Update to another image (uploaded, a distinct one whose `/` answers its own BODY);
+    // logs show lines; delete.
+    const V2: &str = "docker.io/library/fixture:v2";
+    let uploaded = node
+        .upload_fixture_variant("fixture:v2", &[("BODY", "hello from image v2")])
+        .await?;
+    uploaded.expect(200, "upload the second image")?;
+    assert_eq!(
+        json_of(&uploaded)["images"],
+        json!([V2]),
+        "{}",
+        uploaded.text()
+    );
+    let v2 = json!({"service": "hello", "image": V2, "envVars": {}}).to_string();
+    node.api("PUT", "/system/functions", v2.as_bytes())
         .await?
         .expect(200, "update")?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while node.call("GET", "/function/hello", &[], b"").await?.text() != "hello v2" {
+    while node.call("GET", "/function/hello", &[], b"").await?.text() != "hello from image v2" {
         assert!(Instant::now() < deadline, "update did not take effect");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = wait_available(&node, "hello", 1).await?;
+    assert_eq!(status["image"], V2, "{status}");
+    let env = node
+        .call("GET", "/function/hello/env", &[], b"")
+        .await?
+        .text();
+    assert!(
+        env.contains("BODY=hello from image v2\n"),
+        "the new image's configuration: {env}"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            node.call("GET", "/function/hello", &[], b"").await?.text(),
+            "hello from image v2",
+            "every request goes to the new image once it took over"
+        );
     }
     node.call("GET", "/function/hello/log?line=e2e-marker", &[], b"")
         .await?;
@@ -990,3 +1123,4 @@ fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
