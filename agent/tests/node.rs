@@ -1,6 +1,6 @@
 //! End-to-end tests of `bramble up`: a real node process on a private containerd, real CNI in
 //! a private network namespace, the fixture function image, driven over HTTP like faas-cli,
-//! the go-sdk and curl drive it.
+//! the go-sdk and curl drive it; and `scripts/demo`, the README's command that runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
@@ -54,6 +54,10 @@ fn main() {
         harness::async_trial(
             "proxy_streams_large_bodies_and_events",
             proxy_streams_large_bodies_and_events,
+        ),
+        harness::async_trial(
+            "demo_fails_clearly_when_hello_does_not_answer",
+            demo_fails_clearly_when_hello_does_not_answer,
         ),
     ];
     harness::main(&needs, trials);
@@ -1124,3 +1128,179 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// `scripts/demo`, run from a copy of the repository's scripts whose every outside command
+/// (apt's `dpkg-query`, `cargo`, `rustc`, `ctr`, `curl`, and `target/release/bramble`) is a
+/// stub, so that what the demo does with each answer of `/function/hello` can be seen without
+/// building a release or touching the machine's containerd and port 8080.
+struct Demo {
+    dir: tempfile::TempDir,
+}
+
+impl Demo {
+    fn new() -> Result<Demo, Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir()?;
+        let root = bramble_testkit::fixture::workspace_dir();
+        let scripts = dir.path().join("scripts");
+        std::fs::create_dir_all(&scripts)?;
+        for script in ["demo", "setup"] {
+            std::fs::copy(root.join("scripts").join(script), scripts.join(script))?;
+        }
+        let pidfile = dir.path().join("bramble.pid");
+        let stubs = [
+            ("bin/dpkg-query", "echo 'install ok installed'".to_owned()),
+            ("bin/cargo", "exit 0".to_owned()),
+            (
+                "bin/rustc",
+                "echo 'host: x86_64-unknown-linux-gnu'".to_owned(),
+            ),
+            ("bin/ctr", "exit 0".to_owned()),
+            (
+                "bin/curl",
+                r#"out=/dev/null; url=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -o) out=$2; shift ;;
+        -w|--max-time) shift ;;
+        http*) url=$1 ;;
+    esac
+    shift
+done
+case "$url" in
+    */healthz) exit 0 ;;
+    */function/hello)
+        if [ "$STUB_HELLO_STATUS" = 000 ]; then
+            echo "curl: (7) Failed to connect to 127.0.0.1 port 8080: Connection refused" >&2
+            printf 000
+            exit 7
+        fi
+        printf '%s' "$STUB_HELLO_BODY" >"$out"
+        printf '%s' "$STUB_HELLO_STATUS" ;;
+    *) exit 7 ;;
+esac"#
+                    .to_owned(),
+            ),
+            (
+                "target/release/bramble",
+                format!(
+                    "if [ \"$1\" = up ]; then\n    echo 'bramble (stub) listening on 0.0.0.0:8080'\n    echo $$ >{}\n    exec sleep 600\nfi\nexit 0",
+                    pidfile.display()
+                ),
+            ),
+        ];
+        for (path, body) in stubs {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().ok_or("no parent")?)?;
+            std::fs::write(&path, format!("#!/bin/bash\n{body}\n"))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(Demo { dir })
+    }
+
+    /// The demo, started with `/function/hello` answering `status` and `body` (`000`: no
+    /// connection).
+    fn start(&self, status: &str, body: &str) -> std::io::Result<tokio::process::Child> {
+        let path = format!(
+            "{}:{}",
+            self.dir.path().join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        tokio::process::Command::new("bash")
+            .arg(self.dir.path().join("scripts/demo"))
+            .env("PATH", path)
+            .env("STUB_HELLO_STATUS", status)
+            .env("STUB_HELLO_BODY", body)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+    }
+
+    /// The stub `bramble up` the demo started last, while it runs.
+    fn bramble(&self) -> Option<nix::unistd::Pid> {
+        std::fs::read_to_string(self.dir.path().join("bramble.pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok())
+            // The stub execs `sleep 600`: a reused pid is someone else's process.
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c == b"sleep\x00600\x00")
+            })
+            .map(nix::unistd::Pid::from_raw)
+    }
+
+    fn bramble_running(&self) -> bool {
+        self.bramble().is_some()
+    }
+}
+
+impl Drop for Demo {
+    /// A failed test leaves no stub behind.
+    fn drop(&mut self) {
+        if let Some(pid) = self.bramble() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+async fn demo_fails_clearly_when_hello_does_not_answer() -> TestResult {
+    use tokio::io::AsyncBufReadExt as _;
+    let demo = Demo::new()?;
+    const BANNER: &str = "bramble is serving the function hello";
+    for (status, body, want) in [
+        (
+            "503",
+            "function hello.openfaas-fn is not ready after 60s: crash-looping",
+            "demo failed: http://127.0.0.1:8080/function/hello answered 503: function hello.openfaas-fn is not ready after 60s: crash-looping",
+        ),
+        (
+            "000",
+            "",
+            "demo failed: http://127.0.0.1:8080/function/hello never answered: curl: (7) Failed to connect",
+        ),
+    ] {
+        let child = demo.start(status, body)?;
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .map_err(|_| format!("the demo did not end with hello answering {status}"))??;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(stderr.contains(want), "{status}: {stderr}");
+        assert!(
+            stderr.contains("the last lines bramble printed")
+                && stderr.contains("bramble (stub) listening on 0.0.0.0:8080"),
+            "the node's log tail comes with the failure: {stderr}"
+        );
+        assert!(!stdout.contains(BANNER), "success claimed: {stdout}");
+        assert!(!demo.bramble_running(), "bramble up left running");
+    }
+
+    // When hello answers, the banner comes, and Ctrl-C (here SIGTERM) stops bramble.
+    let mut child = demo.start("200", "Hello from bramble")?;
+    let stdout = child.stdout.take().ok_or("stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains(BANNER) {
+                return Ok(());
+            }
+        }
+        Err(std::io::Error::other("the demo ended without its banner"))
+    })
+    .await
+    .map_err(|_| "no banner within 60 s")??;
+    assert!(demo.bramble_running(), "bramble up runs after the banner");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().ok_or("demo pid")?)?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    assert!(!status.success(), "{status}");
+    assert!(
+        !demo.bramble_running(),
+        "bramble up left running after Ctrl-C"
+    );
+    Ok(())
+}
