@@ -30,6 +30,8 @@ use crate::hardware::{Grants, Hardware, HardwareError};
 use crate::store::{FunctionRecord, NamespaceRecord, Store, StoreError};
 use crate::supervisor::{self, Command, Context, Handle};
 
+mod cpu;
+
 /// Settings of the provider.
 #[derive(Clone, Debug)]
 pub struct ProviderSettings {
@@ -54,8 +56,8 @@ pub struct LocalProvider {
     locks: KeyedLocks,
     /// Set once the existing containers are adopted and every supervisor runs.
     started: watch::Sender<bool>,
-    /// Last CPU reading per function, to turn the counter into a rate.
-    cpu: std::sync::Mutex<HashMap<FunctionKey, (Instant, f64)>>,
+    /// CPU counter samples per task, for `usage.cpu` (see [`cpu`]).
+    cpu: std::sync::Mutex<cpu::CpuSamples>,
 }
 
 impl From<StoreError> for ProviderError {
@@ -125,11 +127,13 @@ impl LocalProvider {
             functions: RwLock::new(HashMap::new()),
             locks: KeyedLocks::default(),
             started: watch::channel(false).0,
-            cpu: std::sync::Mutex::new(HashMap::new()),
+            cpu: std::sync::Mutex::default(),
         });
         // Subscribe before adopting, so no exit between the two is missed.
         let events = provider.ctx.runtime.subscribe();
         tokio::spawn(Arc::clone(&provider).pump_events(events));
+        let cpu_events = provider.ctx.runtime.subscribe();
+        tokio::spawn(cpu::sample(Arc::downgrade(&provider), cpu_events));
         tokio::spawn(Arc::clone(&provider).adopt_and_start());
         if let Some(after) = provider.settings.image_gc_after {
             tokio::spawn(Arc::clone(&provider).collect_images(after));
@@ -539,33 +543,32 @@ impl LocalProvider {
         }
     }
 
-    /// CPU (cores) and memory of a function's replicas in service.
+    /// CPU (millicores over about the last minute, see [`cpu`]) and memory of a function's
+    /// replicas in service.
     async fn usage_of(&self, key: &FunctionKey) -> FunctionUsage {
         let Some(handle) = self.handle(key) else {
             return FunctionUsage::default();
         };
         let containers = handle.status.borrow().containers.clone();
-        let mut cpu_seconds = 0.0;
+        let mut readings = Vec::with_capacity(containers.len());
         let mut memory = 0.0;
         for id in &containers {
             if let Ok(Some(u)) = self.ctx.runtime.usage(id).await {
-                cpu_seconds += u.cpu_ns as f64 / 1e9;
+                readings.push((id, u.cpu_ns));
                 memory += u.memory_bytes as f64;
             }
         }
         let now = Instant::now();
-        let mut samples = self
+        let samples = self
             .cpu
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let cores = match samples.insert(key.clone(), (now, cpu_seconds)) {
-            Some((then, before)) if now > then && cpu_seconds >= before => {
-                (cpu_seconds - before) / now.duration_since(then).as_secs_f64()
-            }
-            _ => 0.0,
-        };
+        let millicores = readings
+            .iter()
+            .filter_map(|(id, cpu_ns)| samples.millicores(id, now, *cpu_ns))
+            .fold(0.0, |total, m| total + m);
         FunctionUsage {
-            cpu: cores,
+            cpu: millicores,
             total_memory_bytes: memory,
         }
     }

@@ -1,6 +1,6 @@
 //! End-to-end tests of `bramble up`: a real node process on a private containerd, real CNI in
 //! a private network namespace, the fixture function image, driven over HTTP like faas-cli,
-//! the go-sdk and curl drive it.
+//! the go-sdk and curl drive it; and `scripts/demo`, the README's command that runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
@@ -54,6 +54,10 @@ fn main() {
         harness::async_trial(
             "proxy_streams_large_bodies_and_events",
             proxy_streams_large_bodies_and_events,
+        ),
+        harness::async_trial(
+            "demo_fails_clearly_when_hello_does_not_answer",
+            demo_fails_clearly_when_hello_does_not_answer,
         ),
     ];
     harness::main(&needs, trials);
@@ -156,6 +160,62 @@ async fn callback_listener() -> Result<
         }
     });
     Ok((addr, rx))
+}
+
+/// A `GET /system/logs?...&follow=true` read over HTTP as it streams.
+struct FollowedLogs {
+    stream: tokio::net::TcpStream,
+    seen: Vec<u8>,
+}
+
+impl FollowedLogs {
+    /// Sends the request and waits for the response head (200, NDJSON).
+    async fn open(node: &Node, query: &str) -> Result<FollowedLogs, Box<dyn std::error::Error>> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(node.addr()).await?;
+        let request = format!(
+            "GET /system/logs?{query}&follow=true HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
+            node.auth_header()?
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut logs = FollowedLogs {
+            stream,
+            seen: Vec::new(),
+        };
+        let head = logs.read_until("\r\n\r\n").await?;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_lowercase().contains("application/x-ndjson"),
+            "{head}"
+        );
+        Ok(logs)
+    }
+
+    /// Reads until `needle` has arrived (10 s at most); answers everything read so far.
+    async fn read_until(&mut self, needle: &str) -> Result<String, Box<dyn std::error::Error>> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&self.seen).contains(needle) {
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "{needle:?} did not arrive on the followed logs: {}",
+                        String::from_utf8_lossy(&self.seen)
+                    )
+                })??;
+            if n == 0 {
+                return Err(format!(
+                    "the followed logs ended before {needle:?}: {}",
+                    String::from_utf8_lossy(&self.seen)
+                )
+                .into());
+            }
+            self.seen.extend_from_slice(&buf[..n]);
+        }
+        Ok(String::from_utf8_lossy(&self.seen).into_owned())
+    }
 }
 
 async fn api_conformance_every_route() -> TestResult {
@@ -331,6 +391,27 @@ async fn api_conformance_every_route() -> TestResult {
         "usage has real memory: {usage}"
     );
     assert!(usage["usage"].get("cpu").is_some(), "{usage}");
+    // `usage.cpu` is millicores averaged over about the last minute (measured from the
+    // replica's start while it is younger): after a second of one busy core (at least 500 ms
+    // of CPU under the 500m limit), even the first read shows it. At least 500 ms / 125 s =
+    // 4 millicores (a value in cores would be below 1), at most one core (1000) and a margin.
+    node.call("GET", "/function/echo/burn?ms=1000", &[], b"")
+        .await?
+        .expect(200, "burn CPU")?;
+    let usage = json_of(
+        &node
+            .api(
+                "GET",
+                &format!("/system/function/echo?namespace={NS}&usage=1"),
+                b"",
+            )
+            .await?,
+    );
+    let cpu = usage["usage"]["cpu"].as_f64().unwrap_or(0.0);
+    assert!(
+        (4.0..1500.0).contains(&cpu),
+        "usage.cpu after a second of CPU: {usage}"
+    );
     node.api("GET", "/system/function/nope", b"")
         .await?
         .expect(404, "unknown function")?;
@@ -459,6 +540,37 @@ async fn api_conformance_every_route() -> TestResult {
     node.api("GET", "/system/logs?name=echo&tail=abc", b"")
         .await?
         .expect(422, "unparsable query")?;
+
+    // since: lines from that instant on. The conformance line was already there before it.
+    let since = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    node.call("GET", "/function/echo/log?line=after-since", &[], b"")
+        .await?;
+    let recent = wait_log(
+        &node,
+        &format!("/system/logs?name=echo&namespace={NS}&since={since}"),
+        "after-since",
+    )
+    .await?
+    .text();
+    assert!(
+        !recent.contains("conformance-line"),
+        "since={since} still gave an older line: {recent}"
+    );
+
+    // follow: the response stays open and brings a line printed after it started.
+    let mut follow = FollowedLogs::open(&node, &format!("name=echo&namespace={NS}&tail=1")).await?;
+    follow.read_until("after-since").await?;
+    node.call("GET", "/function/echo/log?line=followed-line", &[], b"")
+        .await?
+        .expect(200, "log while following")?;
+    let seen = follow.read_until("followed-line").await?;
+    let line: Value = serde_json::from_str(
+        seen.lines()
+            .find(|l| l.contains("followed-line"))
+            .ok_or("no followed line")?,
+    )?;
+    assert_eq!(line["text"], "followed-line", "{line}");
+    drop(follow);
 
     // Metrics after invocations.
     let metrics = node.call("GET", "/metrics", &[], b"").await?.text();
@@ -633,7 +745,12 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
         "/system/secrets",
         br#"{"name":"token","value":"t"}"#,
     )
-    .await?;
+    .await?
+    .expect(200, "create secret")?;
+    let lab = json!({"name": "lab", "labels": {"openfaas": "1"}, "annotations": {"room": "shed"}});
+    node.api("POST", "/system/namespace/", lab.to_string().as_bytes())
+        .await?
+        .expect(201, "create namespace")?;
     let status = node.stop()?;
     assert!(status.success(), "SIGTERM ends bramble cleanly: {status}");
     assert_eq!(
@@ -651,6 +768,18 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
     );
     let secrets = json_of(&node.api("GET", "/system/secrets", b"").await?);
     assert_eq!(secrets[0]["name"], "token");
+    let got = node.api("GET", "/system/namespace/lab", b"").await?;
+    got.expect(200, "namespace after the restart")?;
+    let got = json_of(&got);
+    assert_eq!(
+        (&got["name"], &got["annotations"]["room"]),
+        (&json!("lab"), &json!("shed")),
+        "{got}"
+    );
+    assert_eq!(
+        json_of(&node.api("GET", "/system/namespaces", b"").await?),
+        json!([NS, "lab"])
+    );
 
     // Scale to zero; the next request is a cold start answered with 200, not a 5xx.
     node.scale("hello", 0).await?;
@@ -683,15 +812,44 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
         "one container after adoption: {containers}"
     );
 
-    // Update the image configuration; logs show lines; delete.
-    let v2 = deployment("hello", &json!({"BODY": "hello v2"}));
-    node.api("PUT", "/system/functions", &v2)
+    // Update to another image (uploaded, a distinct one whose `/` answers its own BODY);
+    // logs show lines; delete.
+    const V2: &str = "docker.io/library/fixture:v2";
+    let uploaded = node
+        .upload_fixture_variant("fixture:v2", &[("BODY", "hello from image v2")])
+        .await?;
+    uploaded.expect(200, "upload the second image")?;
+    assert_eq!(
+        json_of(&uploaded)["images"],
+        json!([V2]),
+        "{}",
+        uploaded.text()
+    );
+    let v2 = json!({"service": "hello", "image": V2, "envVars": {}}).to_string();
+    node.api("PUT", "/system/functions", v2.as_bytes())
         .await?
         .expect(200, "update")?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while node.call("GET", "/function/hello", &[], b"").await?.text() != "hello v2" {
+    while node.call("GET", "/function/hello", &[], b"").await?.text() != "hello from image v2" {
         assert!(Instant::now() < deadline, "update did not take effect");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = wait_available(&node, "hello", 1).await?;
+    assert_eq!(status["image"], V2, "{status}");
+    let env = node
+        .call("GET", "/function/hello/env", &[], b"")
+        .await?
+        .text();
+    assert!(
+        env.contains("BODY=hello from image v2\n"),
+        "the new image's configuration: {env}"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            node.call("GET", "/function/hello", &[], b"").await?.text(),
+            "hello from image v2",
+            "every request goes to the new image once it took over"
+        );
     }
     node.call("GET", "/function/hello/log?line=e2e-marker", &[], b"")
         .await?;
@@ -968,4 +1126,181 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// `scripts/demo`, run from a copy of the repository's scripts whose every outside command
+/// (apt's `dpkg-query`, `cargo`, `rustc`, `ctr`, `curl`, and `target/release/bramble`) is a
+/// stub, so that what the demo does with each answer of `/function/hello` can be seen without
+/// building a release or touching the machine's containerd and port 8080.
+struct Demo {
+    dir: tempfile::TempDir,
+}
+
+impl Demo {
+    fn new() -> Result<Demo, Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir()?;
+        let root = bramble_testkit::fixture::workspace_dir();
+        let scripts = dir.path().join("scripts");
+        std::fs::create_dir_all(&scripts)?;
+        for script in ["demo", "setup"] {
+            std::fs::copy(root.join("scripts").join(script), scripts.join(script))?;
+        }
+        let pidfile = dir.path().join("bramble.pid");
+        let stubs = [
+            ("bin/dpkg-query", "echo 'install ok installed'".to_owned()),
+            ("bin/cargo", "exit 0".to_owned()),
+            (
+                "bin/rustc",
+                "echo 'host: x86_64-unknown-linux-gnu'".to_owned(),
+            ),
+            ("bin/ctr", "exit 0".to_owned()),
+            (
+                "bin/curl",
+                r#"out=/dev/null; url=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -o) out=$2; shift ;;
+        -w|--max-time) shift ;;
+        http*) url=$1 ;;
+    esac
+    shift
+done
+case "$url" in
+    */healthz) exit 0 ;;
+    */function/hello)
+        if [ "$STUB_HELLO_STATUS" = 000 ]; then
+            echo "curl: (7) Failed to connect to 127.0.0.1 port 8080: Connection refused" >&2
+            printf 000
+            exit 7
+        fi
+        printf '%s' "$STUB_HELLO_BODY" >"$out"
+        printf '%s' "$STUB_HELLO_STATUS" ;;
+    *) exit 7 ;;
+esac"#
+                    .to_owned(),
+            ),
+            (
+                "target/release/bramble",
+                format!(
+                    "if [ \"$1\" = up ]; then\n    echo 'bramble (stub) listening on 0.0.0.0:8080'\n    echo $$ >{}\n    exec sleep 600\nfi\nexit 0",
+                    pidfile.display()
+                ),
+            ),
+        ];
+        for (path, body) in stubs {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().ok_or("no parent")?)?;
+            std::fs::write(&path, format!("#!/bin/bash\n{body}\n"))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(Demo { dir })
+    }
+
+    /// The demo, started with `/function/hello` answering `status` and `body` (`000`: no
+    /// connection).
+    fn start(&self, status: &str, body: &str) -> std::io::Result<tokio::process::Child> {
+        let path = format!(
+            "{}:{}",
+            self.dir.path().join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        tokio::process::Command::new("bash")
+            .arg(self.dir.path().join("scripts/demo"))
+            .env("PATH", path)
+            .env("STUB_HELLO_STATUS", status)
+            .env("STUB_HELLO_BODY", body)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+    }
+
+    /// The stub `bramble up` the demo started last, while it runs.
+    fn bramble(&self) -> Option<nix::unistd::Pid> {
+        std::fs::read_to_string(self.dir.path().join("bramble.pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok())
+            // The stub execs `sleep 600`: a reused pid is someone else's process.
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c == b"sleep\x00600\x00")
+            })
+            .map(nix::unistd::Pid::from_raw)
+    }
+
+    fn bramble_running(&self) -> bool {
+        self.bramble().is_some()
+    }
+}
+
+impl Drop for Demo {
+    /// A failed test leaves no stub behind.
+    fn drop(&mut self) {
+        if let Some(pid) = self.bramble() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+async fn demo_fails_clearly_when_hello_does_not_answer() -> TestResult {
+    use tokio::io::AsyncBufReadExt as _;
+    let demo = Demo::new()?;
+    const BANNER: &str = "bramble is serving the function hello";
+    for (status, body, want) in [
+        (
+            "503",
+            "function hello.openfaas-fn is not ready after 60s: crash-looping",
+            "demo failed: http://127.0.0.1:8080/function/hello answered 503: function hello.openfaas-fn is not ready after 60s: crash-looping",
+        ),
+        (
+            "000",
+            "",
+            "demo failed: http://127.0.0.1:8080/function/hello never answered: curl: (7) Failed to connect",
+        ),
+    ] {
+        let child = demo.start(status, body)?;
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .map_err(|_| format!("the demo did not end with hello answering {status}"))??;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(stderr.contains(want), "{status}: {stderr}");
+        assert!(
+            stderr.contains("the last lines bramble printed")
+                && stderr.contains("bramble (stub) listening on 0.0.0.0:8080"),
+            "the node's log tail comes with the failure: {stderr}"
+        );
+        assert!(!stdout.contains(BANNER), "success claimed: {stdout}");
+        assert!(!demo.bramble_running(), "bramble up left running");
+    }
+
+    // When hello answers, the banner comes, and Ctrl-C (here SIGTERM) stops bramble.
+    let mut child = demo.start("200", "Hello from bramble")?;
+    let stdout = child.stdout.take().ok_or("stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains(BANNER) {
+                return Ok(());
+            }
+        }
+        Err(std::io::Error::other("the demo ended without its banner"))
+    })
+    .await
+    .map_err(|_| "no banner within 60 s")??;
+    assert!(demo.bramble_running(), "bramble up runs after the banner");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().ok_or("demo pid")?)?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    assert!(!status.success(), "{status}");
+    assert!(
+        !demo.bramble_running(),
+        "bramble up left running after Ctrl-C"
+    );
+    Ok(())
 }

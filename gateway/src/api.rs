@@ -72,6 +72,11 @@ pub(crate) fn router<P: Provider>(shared: &Arc<Shared<P>>, admin: &[Router]) -> 
                 .post(import_images::<P>)
                 .delete(remove_image::<P>),
         )
+        // Unknown paths under /system answer 404 only to a client with credentials: without
+        // them, 401 like every other /system route (nothing is learnt about what exists).
+        .route("/system", any(not_found))
+        .route("/system/", any(not_found))
+        .route("/system/{*rest}", any(not_found))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(shared),
             require_auth::<P>,

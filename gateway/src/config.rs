@@ -80,6 +80,10 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// The gateway's own version, for `/system/info`.
     pub version: VersionInfo,
+    /// PEM certificates trusted for `https://` callback URLs besides the system's CA
+    /// certificates (which `SSL_CERT_FILE` or `SSL_CERT_DIR` replace, as with OpenSSL), for
+    /// receivers with a private CA. `None` (the default): the system's only.
+    pub callback_ca_file: Option<PathBuf>,
     /// How long a client may take to send a request head (from the connection's start, or
     /// the end of its previous response): a slow or idle client is disconnected after it, so
     /// it cannot hold a connection forever (30 s).
@@ -101,6 +105,7 @@ impl Default for GatewayConfig {
             async_retry: RetryPolicy::default(),
             drain_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            callback_ca_file: None,
             version: VersionInfo {
                 commit_message: String::new(),
                 sha: String::new(),

@@ -42,6 +42,8 @@ pub(crate) struct Shared<P: Provider> {
     pub(crate) provider: Arc<P>,
     pub(crate) config: GatewayConfig,
     pub(crate) client: HttpClient,
+    /// The client callbacks are POSTed with (`http://` and `https://`).
+    pub(crate) callbacks: reqwest::Client,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) queue: Queue,
     /// `uname -m`, for `/system/info`.
@@ -106,6 +108,8 @@ impl<P: Provider> Gateway<P> {
                 "max_api_body and max_async_body must be more than 0".to_owned(),
             ));
         }
+        let callbacks = crate::queue::callback_client(config.callback_ca_file.as_deref())
+            .map_err(GatewayError::Config)?;
         let (queue, jobs) =
             Queue::open(&config.queue_dir).map_err(|source| GatewayError::Queue {
                 path: config.queue_dir.clone(),
@@ -116,6 +120,7 @@ impl<P: Provider> Gateway<P> {
             provider,
             config,
             client: new_client(),
+            callbacks,
             metrics: Arc::new(Metrics::default()),
             queue,
             arch: machine_arch(),

@@ -61,9 +61,10 @@
 //!
 //! `POST /async-function/...` stores the call on disk (fsynced) before answering 202, then a
 //! worker runs it through [`Gateway::invoke`], retrying 502/503/504 with exponential backoff
-//! ([`RetryPolicy`]), and POSTs the result to `X-Callback-Url` if given. Delivery is **at least
-//! once**: a crash after a call ran but before its record was deleted runs it again on the next
-//! start.
+//! ([`RetryPolicy`]), and POSTs the result to `X-Callback-Url` (`http://` or `https://`) if
+//! given. Delivery is **at least once**: a crash after a call ran but before its record was
+//! deleted runs it again on the next start. Records are `0600` in a `0700` directory: they hold
+//! the requests' headers and bodies.
 
 mod api;
 mod auth;

@@ -267,7 +267,7 @@ proptest! {
     fn callback_urls(text in prop_oneof![".{0,60}", "(http|https|ftp)?(://)?[a-z0-9.:@\\[\\]]{0,20}(/[ -~]{0,20})?"]) {
         if let Ok(value) = HeaderValue::from_str(&text) {
             match crate::queue::validate_callback_url(&value) {
-                Ok(url) => prop_assert!(url.starts_with("http://")),
+                Ok(url) => prop_assert!(url.starts_with("http://") || url.starts_with("https://")),
                 Err(e) => prop_assert!(!e.is_empty()),
             }
         }

@@ -348,7 +348,7 @@ impl Drop for Tracked {
 
 /// What went wrong with a client request, most specific last: hyper-util's top-level error
 /// ("client error (Connect)") is left out when it has causes.
-pub(crate) fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = Vec::new();
     let mut next = std::error::Error::source(e);
     while let Some(cause) = next {

@@ -8,12 +8,16 @@
 //! available (502/503/504) with exponential backoff, posts the result to the callback URL if
 //! there is one, and only then deletes the file.
 //!
+//! The directory and its subdirectories are `0700` and every record `0600`: a record holds the
+//! request's headers (an `Authorization` included) and body.
+//!
 //! Delivery is **at least once**: a crash after the function ran but before the file was
 //! deleted runs the call again on the next start. A new gateway on the same directory resumes
 //! every pending call in the order they were accepted.
 
 use std::fs;
 use std::io::{self, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -158,13 +162,40 @@ fn context(what: &str, path: &Path, e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
+/// Mode of the queue's directories: records hold request headers and bodies.
+const DIR_MODE: u32 = 0o700;
+/// Mode of a record.
+const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` `0700` (missing parents with the default mode), and tightens it to `0700` if
+/// it exists with a wider mode (a queue left by an older version).
+fn private_dir(dir: &Path) -> io::Result<()> {
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).map_err(|e| context("creating", parent, &e))?;
+    }
+    match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(context("creating", dir, &e)),
+    }
+    let mode = fs::metadata(dir)
+        .map_err(|e| context("reading", dir, &e))?
+        .permissions()
+        .mode();
+    if mode & 0o777 != DIR_MODE {
+        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+            .map_err(|e| context("restricting", dir, &e))?;
+    }
+    Ok(())
+}
+
 impl Queue {
     /// Opens (creating) `dir`, drops half-written records and queues every pending one.
     pub(crate) fn open(dir: &Path) -> io::Result<(Queue, mpsc::UnboundedReceiver<String>)> {
         let pending = dir.join("pending");
         let tmp = dir.join("tmp");
-        for d in [&pending, &tmp] {
-            fs::create_dir_all(d).map_err(|e| context("creating", d, &e))?;
+        for d in [dir, &pending, &tmp] {
+            private_dir(d)?;
         }
         for entry in fs::read_dir(&tmp).map_err(|e| context("reading", &tmp, &e))? {
             let path = entry?.path();
@@ -211,8 +242,12 @@ impl Queue {
         let pending = self.pending.clone();
         let written = tokio::task::spawn_blocking(move || {
             let write = || -> io::Result<()> {
-                let mut file =
-                    fs::File::create(&tmp_path).map_err(|e| context("creating", &tmp_path, &e))?;
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(FILE_MODE)
+                    .open(&tmp_path)
+                    .map_err(|e| context("creating", &tmp_path, &e))?;
                 file.write_all(&meta)
                     .and_then(|()| file.write_all(&body))
                     .map_err(|e| context("writing", &tmp_path, &e))?;
@@ -430,26 +465,28 @@ async fn deliver_callback<P: Provider>(
     let mut backoff = policy.initial_backoff;
     let attempts = policy.callback_attempts.max(1);
     for attempt in 1..=attempts {
-        let mut request = Request::new(Body::from(body.clone()));
-        *request.method_mut() = Method::POST;
-        match url.parse::<Uri>() {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(e) => {
-                warn!(call_id = %record.call_id, error = %e, "invalid callback URL; callback dropped");
-                return;
-            }
-        }
-        *request.headers_mut() = headers.clone();
-        let outcome =
-            tokio::time::timeout(policy.callback_timeout, shared.client.request(request)).await;
+        let outcome = shared
+            .callbacks
+            .post(url)
+            .headers(headers.clone())
+            .body(body.clone())
+            .timeout(policy.callback_timeout)
+            .send()
+            .await;
         let problem = match outcome {
-            Ok(Ok(response)) if !response.status().is_server_error() => {
+            Ok(response) if !response.status().is_server_error() => {
                 debug!(call_id = %record.call_id, status = response.status().as_u16(), "callback delivered");
                 return;
             }
-            Ok(Ok(response)) => format!("callback answered {}", response.status()),
-            Ok(Err(e)) => crate::proxy::error_chain(&e),
-            Err(_) => format!("no answer within {}", human(policy.callback_timeout)),
+            Ok(response) => format!("callback answered {}", response.status()),
+            Err(e) if e.is_timeout() => {
+                format!("no answer within {}", human(policy.callback_timeout))
+            }
+            Err(e) if e.is_builder() => {
+                warn!(call_id = %record.call_id, error = %crate::proxy::error_chain(&e), "invalid callback URL; callback dropped");
+                return;
+            }
+            Err(e) => crate::proxy::error_chain(&e),
         };
         if attempt == attempts {
             warn!(call_id = %record.call_id, function = %record.label(), error = %problem, attempts, "callback dropped");
@@ -461,7 +498,33 @@ async fn deliver_callback<P: Provider>(
     }
 }
 
-/// Checks `X-Callback-Url`: an absolute `http://` URL.
+/// The client callbacks are sent with: `http://` and `https://` (rustls, the system's CA
+/// certificates plus those in `ca_file`), no proxy (callbacks go where the URL says, as
+/// function calls do), no redirects followed (a 3xx answer counts as delivered).
+pub(crate) fn callback_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(path) = ca_file {
+        let pem = fs::read(path)
+            .map_err(|e| format!("callback_ca_file: reading {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("callback_ca_file: {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "callback_ca_file: {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot set up the callback client: {e}"))
+}
+
+/// Checks `X-Callback-Url`: an absolute `http://` or `https://` URL with a host.
 pub(crate) fn validate_callback_url(value: &HeaderValue) -> Result<String, String> {
     let text = value
         .to_str()
@@ -470,14 +533,10 @@ pub(crate) fn validate_callback_url(value: &HeaderValue) -> Result<String, Strin
     let uri: Uri = text
         .parse()
         .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{text:?}: https callbacks are not supported (the gateway has no TLS client); use an http:// URL"
-            ));
-        }
-        _ => return Err(format!("{text:?} is not an absolute http:// URL")),
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!(
+            "{text:?} is not an absolute http:// or https:// URL"
+        ));
     }
     match uri.authority() {
         Some(a) if !a.host().is_empty() => Ok(text.to_owned()),
@@ -500,7 +559,10 @@ mod tests {
             check("http://receiver.local/"),
             Ok("http://receiver.local/".to_owned())
         );
-        assert!(check("https://x.example/").unwrap_err().contains("https"));
+        assert_eq!(
+            check("https://receiver.example:8443/cb"),
+            Ok("https://receiver.example:8443/cb".to_owned())
+        );
         assert!(check("/relative").unwrap_err().contains("absolute"));
         assert!(check("ftp://x/").unwrap_err().contains("absolute"));
         assert!(check("http://").is_err());

@@ -91,7 +91,8 @@ pub struct FunctionDeployment {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionUsage {
-    /// CPU in use, in cores (OpenFaaS reports a rate, not a total).
+    /// CPU in use by the replicas, in millicores (1000 = one core) averaged over about the
+    /// last minute, as OpenFaaS reports it (`rate(pod_cpu_usage_seconds_total[1m]) * 1000`).
     pub cpu: f64,
     pub total_memory_bytes: f64,
 }

@@ -18,7 +18,19 @@ pub const FIXTURE_PATH: &str = "/usr/local/bin/fixture-fn";
 /// `/etc/passwd` and `/etc/group` with a user `app` (1000:1000, also in group `staff` 50) so
 /// tests can run it as a named user.
 pub fn fixture_image(dir: &Path, name: &str) -> Result<(PathBuf, BuiltImage), String> {
-    build_image(dir, name, None, false)
+    build_image(dir, name, None, false, &[])
+}
+
+/// A second, distinct image of the fixture function: like [`fixture_image`] (labelled as built
+/// for `platform` when given, see [`fixture_image_labelled`]) with `env` set in the image's
+/// configuration, e.g. a `BODY` its `/` answers.
+pub fn fixture_image_with_env(
+    dir: &Path,
+    name: &str,
+    platform: Option<Platform>,
+    env: &[(&str, &str)],
+) -> Result<(PathBuf, BuiltImage), String> {
+    build_image(dir, name, platform, true, env)
 }
 
 /// Like [`fixture_image`], but labelled as built for `platform` (the binary is still this
@@ -29,7 +41,7 @@ pub fn foreign_image(
     platform: &str,
 ) -> Result<(PathBuf, BuiltImage), String> {
     let platform = Platform::parse(platform).map_err(|e| e.to_string())?;
-    build_image(dir, name, Some(platform), false)
+    build_image(dir, name, Some(platform), false, &[])
 }
 
 /// The fixture function (this machine's binary, which runs) in an image labelled as built for
@@ -40,7 +52,7 @@ pub fn fixture_image_labelled(
     name: &str,
     platform: Platform,
 ) -> Result<(PathBuf, BuiltImage), String> {
-    build_image(dir, name, Some(platform), true)
+    build_image(dir, name, Some(platform), true, &[])
 }
 
 /// The example function `examples/<example>` (a single std-only source file) compiled
@@ -159,6 +171,7 @@ fn build_image(
     name: &str,
     platform: Option<Platform>,
     with_fixture: bool,
+    env: &[(&str, &str)],
 ) -> Result<(PathBuf, BuiltImage), String> {
     let reference = ImageRef::parse(name).map_err(|e| e.to_string())?;
     let etc = dir.join(format!("etc-{}", sanitize(name)));
@@ -173,7 +186,10 @@ fn build_image(
         "root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
     )
     .map_err(|e| format!("writing group: {e}"))?;
-    let builder = ImageBuilder::new(reference).add_dir(&etc, "/etc");
+    let builder = env.iter().fold(
+        ImageBuilder::new(reference).add_dir(&etc, "/etc"),
+        |builder, (key, value)| builder.env(*key, *value),
+    );
     let builder = match platform {
         // No binary: the image only has to look foreign, it never runs.
         Some(platform) if !with_fixture => builder

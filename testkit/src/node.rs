@@ -136,6 +136,23 @@ impl Node {
         runtime_config_of(&self.env)
     }
 
+    /// Builds a second, distinct fixture image named `name` with `env` in its configuration
+    /// (see [`crate::images::fixture_image_with_env`]), for this node's platform, and uploads
+    /// it through `POST /system/images`; answers the upload's response.
+    pub async fn upload_fixture_variant(
+        &self,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Response, Box<dyn std::error::Error>> {
+        let platform = node_platform(&self.binary)?;
+        let label = (platform != Platform::host()).then_some(platform);
+        let (archive, _) =
+            crate::images::fixture_image_with_env(self.env.scratch(), name, label, env)?;
+        Ok(self
+            .api("POST", "/system/images", &std::fs::read(&archive)?)
+            .await?)
+    }
+
     /// A function's status (`GET /system/function/NAME`), `None` when it does not exist.
     pub async fn status(&self, name: &str) -> io::Result<Option<serde_json::Value>> {
         let r = self

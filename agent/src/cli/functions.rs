@@ -341,10 +341,10 @@ fn resources(r: Option<&FunctionResources>) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
-/// Cores as Kubernetes millicores, like limits are written: `12.5m`.
-fn millicores(cores: f64) -> String {
-    if cores.is_finite() && cores >= 0.0 {
-        format!("{:.1}m", cores * 1000.0)
+/// Millicores (`usage.cpu`) as limits are written: `12.5m`.
+fn millicores(m: f64) -> String {
+    if m.is_finite() && m >= 0.0 {
+        format!("{m:.1}m")
     } else {
         "-".into()
     }
@@ -796,7 +796,7 @@ mod tests {
             cpu: None,
         });
         f.usage = Some(FunctionUsage {
-            cpu: 0.0125,
+            cpu: 12.5,
             total_memory_bytes: 3.5 * 1024.0 * 1024.0,
         });
         f.env_vars = [("MESSAGE".into(), "hi".into())].into();

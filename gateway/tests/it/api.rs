@@ -344,6 +344,33 @@ async fn basic_auth_guards_every_system_route_and_nothing_else() {
     );
     assert!(h.provider.state.lock().unwrap().functions.is_empty());
 
+    // Paths under /system that do not exist: 401 without credentials (a client without them
+    // learns nothing about which routes exist), 404 with them; wrong methods alike.
+    for (method, path) in [
+        ("GET", "/system"),
+        ("GET", "/system/"),
+        ("GET", "/system/nosuch"),
+        ("POST", "/system/function/x/y"),
+        ("DELETE", "/system/info"),
+    ] {
+        let r = h.send(method, path, &[], "").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Basic realm=\"Restricted\""),
+            "{method} {path}"
+        );
+        let r = h.admin(method, path, "").await;
+        let want = if method == "DELETE" {
+            StatusCode::METHOD_NOT_ALLOWED
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        assert_eq!(r.status, want, "{method} {path} with credentials");
+    }
+    // Outside /system an unknown path is a plain 404.
+    assert_eq!(h.get("/nosuch").await.status, StatusCode::NOT_FOUND);
+
     // With the right credentials, in order, every route succeeds.
     for (method, path, body) in SYSTEM_ROUTES {
         let r = h.admin(method, path, body).await;
@@ -1018,6 +1045,24 @@ async fn gateway_refuses_empty_credentials_and_an_unusable_queue_dir() {
         "{err}"
     );
     assert!(err.to_string().contains("a-file/queue"), "{err}");
+
+    // A CA file for https callbacks that is missing or holds no certificate.
+    for (content, want) in [(None, "reading"), (Some("not a certificate"), "no PEM")] {
+        let ca = dir.path().join("ca.pem");
+        let _ = std::fs::remove_file(&ca);
+        if let Some(content) = content {
+            std::fs::write(&ca, content).unwrap();
+        }
+        let mut config = test_config(&dir.path().join("queue"));
+        config.callback_ca_file = Some(ca);
+        let err = bramble_gateway::Gateway::new(MemProvider::new(None), config).unwrap_err();
+        assert!(
+            matches!(err, bramble_gateway::GatewayError::Config(_))
+                && err.to_string().contains("callback_ca_file")
+                && err.to_string().contains(want),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -106,19 +106,62 @@ async fn a_call_is_on_disk_before_the_202_and_its_result_is_called_back() {
 }
 
 #[tokio::test]
+async fn queued_calls_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // The usual umask: with it, files and directories made without an explicit mode are
+    // world-readable, which is what the queue must not be.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    // A queue left by an older version, world-readable.
+    let queue = dir.path().join("queue");
+    std::fs::create_dir_all(queue.join("pending")).unwrap();
+    for d in [&queue, &queue.join("pending")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let provider = MemProvider::new(None);
+    provider.add_function("fn", "openfaas-fn");
+    // Workers not started: the record stays on disk to be looked at.
+    let gateway = Gateway::new(provider, test_config(&queue)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let g = Arc::clone(&gateway);
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let r = send_with(
+        &client(),
+        &format!("http://{addr}/async-function/fn"),
+        "POST",
+        &[("authorization", "Bearer function-token")],
+        axum::body::Body::from("private payload"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    for d in [queue.clone(), queue.join("pending"), queue.join("tmp")] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    let files = pending_files(&queue);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let record = String::from_utf8_lossy(&std::fs::read(&files[0]).unwrap()).into_owned();
+    assert!(
+        record.contains("Bearer function-token") && record.ends_with("private payload"),
+        "the record holds the credentials and the body: {record}"
+    );
+    assert_eq!(mode(&files[0]), 0o600);
+}
+
+#[tokio::test]
 async fn bad_async_requests_are_refused_and_nothing_is_queued() {
     let h = Harness::start(MemProvider::new(None)).await;
     h.provider.add_function("fn", "openfaas-fn");
     for (url, want) in [
         (
             "/done",
-            "X-Callback-Url: \"/done\" is not an absolute http:// URL",
+            "X-Callback-Url: \"/done\" is not an absolute http:// or https:// URL",
         ),
         (
             "ftp://host/x",
-            "X-Callback-Url: \"ftp://host/x\" is not an absolute http:// URL",
+            "X-Callback-Url: \"ftp://host/x\" is not an absolute http:// or https:// URL",
         ),
-        ("https://host/x", "https callbacks are not supported"),
         ("http://", "X-Callback-Url: "),
     ] {
         let r = h
@@ -144,6 +187,99 @@ async fn bad_async_requests_are_refused_and_nothing_is_queued() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(pending_files(&h.queue_dir).is_empty());
     assert_eq!(h.provider.endpoint_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn https_callbacks_reach_receivers_whose_certificate_is_trusted() {
+    let fixture = Fixture::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(certs.path());
+    let (receiver, mut callbacks) = tls_callback_receiver(StatusCode::OK, &cert, &key).await;
+    let cb_url = format!("https://127.0.0.1:{}/secure?job=1", receiver.port());
+
+    // A gateway that trusts the receiver's CA delivers the result over TLS.
+    let h = Harness::start_with(MemProvider::new(Some(fixture.addr)), |c| {
+        fast_retries(c);
+        c.callback_ca_file = Some(ca.clone());
+    })
+    .await;
+    h.provider.add_function("fn", "openfaas-fn");
+    let r = h
+        .send(
+            "POST",
+            "/async-function/fn/echo",
+            &[("x-callback-url", &cb_url)],
+            "over tls",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let call_id = r.header("x-call-id").unwrap().to_owned();
+    let cb = next_callback(&mut callbacks).await;
+    assert_eq!(cb.path, "/secure?job=1");
+    assert_eq!(
+        (cb.header("x-function-status"), cb.header("x-call-id")),
+        ("200", call_id.as_str())
+    );
+    assert_eq!(&cb.body[..], b"over tls");
+    wait_queue_empty(&h.queue_dir).await;
+
+    // One that does not (only the system's CAs) refuses the certificate: nothing arrives.
+    let untrusting = Harness::start_with(MemProvider::new(Some(fixture.addr)), |c| {
+        fast_retries(c);
+        c.async_retry.callback_attempts = 2;
+    })
+    .await;
+    untrusting.provider.add_function("fn", "openfaas-fn");
+    let r = untrusting
+        .send(
+            "POST",
+            "/async-function/fn/echo",
+            &[("x-callback-url", &cb_url)],
+            "x",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    // The record is removed only after the callback attempts are over.
+    wait_queue_empty(&untrusting.queue_dir).await;
+    assert_eq!(untrusting.provider.endpoint_calls.load(Ordering::SeqCst), 1);
+    assert!(
+        callbacks.try_recv().is_err(),
+        "a callback went to a receiver whose certificate is not trusted"
+    );
+}
+
+#[tokio::test]
+async fn at_most_async_workers_calls_execute_at_once() {
+    let fixture = Fixture::start().await;
+    let h = Harness::start_with(MemProvider::new(Some(fixture.addr)), |c| {
+        c.async_workers = 2;
+    })
+    .await;
+    h.provider.add_function("fn", "openfaas-fn");
+    let (callback_addr, mut callbacks) = callback_receiver(StatusCode::OK).await;
+    let cb_url = format!("http://{callback_addr}/cb");
+    const CALLS: usize = 6;
+    for _ in 0..CALLS {
+        let r = h
+            .send(
+                "POST",
+                "/async-function/fn/sleep?ms=300",
+                &[("x-callback-url", &cb_url)],
+                "",
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+    }
+    for _ in 0..CALLS {
+        let cb = next_callback(&mut callbacks).await;
+        assert_eq!(cb.header("x-function-status"), "200");
+        assert_eq!(&cb.body[..], b"slept 300 ms");
+    }
+    wait_queue_empty(&h.queue_dir).await;
+    // The function counts the requests it answers at once: never more than the workers, and
+    // the workers do run side by side (six 300 ms calls, two at a time).
+    assert_eq!(fixture.stat("max_in_flight").await, 2);
+    assert_eq!(fixture.stat("in_flight").await, 0);
 }
 
 #[tokio::test]

@@ -158,6 +158,25 @@ async fn forwards_method_path_query_and_adds_proxy_headers() {
 }
 
 #[tokio::test]
+async fn sequential_calls_reuse_kept_alive_connections_to_the_function() {
+    let (h, f) = with_fixture().await;
+    const CALLS: u64 = 20;
+    for _ in 0..CALLS {
+        let r = h.get("/function/fn").await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (StatusCode::OK, "hello from fixture-fn\n")
+        );
+    }
+    // Asked directly, which opens one more connection of its own.
+    let connections = f.stat("connections").await - 1;
+    assert!(
+        (1..=2).contains(&connections),
+        "{CALLS} sequential calls opened {connections} connections to the function"
+    );
+}
+
+#[tokio::test]
 async fn name_dot_namespace_is_split_on_the_last_dot() {
     let fixture = Fixture::start().await;
     let h = Harness::start(MemProvider::new(Some(fixture.addr))).await;

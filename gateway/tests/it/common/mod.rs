@@ -78,10 +78,33 @@ impl Fixture {
         }
     }
 
+    /// A counter of the fixture's `/stats` answer (`connections`, `in_flight`,
+    /// `max_in_flight`), asked directly (this opens one connection of its own).
+    pub async fn stat(&self, key: &str) -> u64 {
+        let r = send_with(
+            &client(),
+            &format!("http://{}/stats", self.addr),
+            "GET",
+            &[("connection", "close")],
+            Body::empty(),
+        )
+        .await;
+        fixture_stat(&r.text(), key)
+    }
+
     /// Kills the function and waits until it is gone.
     pub async fn kill(&mut self) {
         self.child.kill().await.expect("kill fixture-fn");
     }
+}
+
+/// The counter `key` in a fixture `/stats` answer (`connections=C in_flight=I ...`).
+pub fn fixture_stat(stats: &str, key: &str) -> u64 {
+    stats
+        .split_whitespace()
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in the fixture's stats: {stats:?}"))
 }
 
 // -------------------------------------------------------------------------------------------
@@ -807,13 +830,9 @@ impl Callback {
     }
 }
 
-/// An HTTP server on loopback that sends every request it gets to the returned channel and
-/// answers `status`.
-pub async fn callback_receiver(
-    status: StatusCode,
-) -> (SocketAddr, mpsc::UnboundedReceiver<Callback>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+/// A router that sends every request it gets to `tx` and answers `status`.
+fn recording_app(status: StatusCode, tx: mpsc::UnboundedSender<Callback>) -> axum::Router {
+    axum::Router::new().fallback(move |request: axum::extract::Request| {
         let tx = tx.clone();
         async move {
             let (parts, body) = request.into_parts();
@@ -829,10 +848,152 @@ pub async fn callback_receiver(
             });
             status
         }
-    });
+    })
+}
+
+/// An HTTP server on loopback that sends every request it gets to the returned channel and
+/// answers `status`.
+pub async fn callback_receiver(
+    status: StatusCode,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Callback>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = recording_app(status, tx);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, rx)
+}
+
+/// A test CA and a server certificate it signed for `127.0.0.1`, made with `openssl` in
+/// `dir`: (CA certificate, server certificate, server key), PEM files.
+pub fn test_certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("running openssl (install it: apt-get install openssl): {e}")
+            });
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bramble test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// Like [`callback_receiver`], over TLS with `cert` and `key` (PEM files).
+pub async fn tls_callback_receiver(
+    status: StatusCode,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Callback>) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .expect("server certificate")
+        .collect::<Result<_, _>>()
+        .expect("server certificate");
+    let key = PrivateKeyDer::from_pem_file(key).expect("server key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server TLS configuration");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = recording_app(status, tx);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing to serve.
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
     (addr, rx)
 }
 
