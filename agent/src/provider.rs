@@ -178,7 +178,8 @@ impl LocalProvider {
             let key = FunctionKey::new(name, namespace);
             match crate::triggers::hardware_grants(&record.deployment.annotations) {
                 Ok(Some(grants)) => {
-                    if let Err(e) = self.ctx.hardware.attach(&key.to_string(), grants).await {
+                    // Adopted: its grants stay reserved even if its lines cannot be had now.
+                    if let Err(e) = self.ctx.hardware.adopt(&key.to_string(), grants).await {
                         tracing::error!(function = %key, error = %e, "cannot give the function its hardware; it runs without");
                     }
                 }

@@ -1,21 +1,41 @@
 //! The rig of the hardware end-to-end tests and of the GPIO trigger benchmark: a real
 //! `bramble up` ([`Node`]) with the fixture function image, and a way to make edges on a
-//! GPIO input that works the same on the simulator and on a Raspberry Pi.
+//! GPIO input and to see a GPIO output that works the same on the simulator and on a
+//! Raspberry Pi.
 //!
 //! # Wiring
 //!
-//! By default the node uses the **simulator** (`hardware.backend = "simulator"`): the input
-//! line is `GPIO17`, driven through the admin API (`PUT /system/gpio/GPIO17`, `POST
-//! .../toggle`), and the output line is `GPIO27`, read back through the admin API.
+//! The tests see the board as one **output** line jumpered to one **input** line
+//! ([`Wiring::Jumper`]): edges are made on the input by setting the output, and the
+//! output's level is read through the input. By default the pair is `GPIO27` → `GPIO17` on
+//! the simulator, which wires them like a jumper (`hardware.sim_jumpers`); with
+//! [`JUMPER_ENV`] set to `OUTPUT:INPUT` (e.g. `BRAMBLE_HW_JUMPER=GPIO27:GPIO17`) the node
+//! uses the GPIO character device (`hardware.backend = "cdev"`) and the same code drives two
+//! real pins jumpered together. So CI runs the very code that runs on the Pi.
 //!
-//! On a Pi, set [`JUMPER_ENV`] to `OUTPUT:INPUT` (e.g. `BRAMBLE_HW_JUMPER=GPIO27:GPIO17`)
-//! with a jumper wire between those two pins. The node then uses the GPIO character device
-//! (`hardware.backend = "cdev"`); edges are made by a helper function granted the output
-//! (`hw-driver`), and outputs are read back through the input by another (`hw-probe`), both
-//! over their broker sockets from the host. See `hardware-tests/README.md`.
+//! [`Rig::start`] deploys two helper functions, whose sockets the rig uses from the host:
+//!
+//! * `hw-probe`, granted the input as [`INPUT_GRANT`] (`in:pull-up`): the output's level is
+//!   read through it. The input's idle level is its pull-up's, [`IDLE`] (1). Functions that
+//!   share the input must ask for it with the same bias and debounce (`pull-up`, none).
+//! * `hw-driver`, granted the output as `out:initial=1:safe=1`: the input at its idle level
+//!   from the start, so deploying the rig makes no edge, and stopping the driver makes none.
+//!
+//! The output belongs to one function at a time: a test that needs its own function on
+//! the output calls [`Rig::take_output`], which deletes the driver (no edge: its safe level
+//! is the idle level) and makes the test's function the one [`Rig::drive`] goes through.
+//! [`Rig::delete`] of that function leaves the output to nobody: the level of a released
+//! output is the kernel's business (Raspberry Pi OS keeps driving it unless `strict_gpiod`
+//! is set, upstream kernels make it an input that the input's pull-up raises, and so does
+//! the simulator), so tests never read it.
+//!
+//! [`Wiring::Simulator`] ([`Rig::start_unwired`]) is the simulator without a wire: `GPIO17`
+//! is driven and `GPIO27` read through the admin API. Only what cannot work on jumpered pins
+//! uses it (the LED example, whose LED would drive its own button), and the benchmark,
+//! which makes its edges in the simulator.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bramble_testkit::Node;
@@ -35,21 +55,33 @@ pub const NS: &str = "openfaas-fn";
 pub const FIXTURE: &str = bramble_testkit::node::FIXTURE_IMAGE;
 /// How long a test waits for something a function should see.
 pub const WAIT: Duration = Duration::from_secs(30);
+/// How the probe (and every function sharing the input with it) asks for the input.
+pub const INPUT_GRANT: &str = "in:pull-up";
+/// The input's level when nothing pulls it down: its pull-up's.
+pub const IDLE: u8 = 1;
 
-const DRIVER: &str = "hw-driver";
-const PROBE: &str = "hw-probe";
+/// The helper function the rig drives the output through until a test takes it.
+pub const DRIVER: &str = "hw-driver";
+/// The helper function the rig reads the input through.
+pub const PROBE: &str = "hw-probe";
 
 /// How edges are made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wiring {
-    /// The simulator: `GPIO17` is the input, `GPIO27` the output.
+    /// The simulator without a wire: `GPIO17` is the input, driven through the admin API;
+    /// `GPIO27` the output, read through it.
     Simulator,
-    /// Real pins: `output` is jumpered to `input`.
-    Jumper { output: String, input: String },
+    /// `output` jumpered to `input`: real pins, or (`simulated`) the simulator's jumper.
+    Jumper {
+        output: String,
+        input: String,
+        simulated: bool,
+    },
 }
 
 impl Wiring {
-    /// From [`JUMPER_ENV`]; the simulator when it is unset or empty.
+    /// From [`JUMPER_ENV`]; the simulator's `GPIO27` → `GPIO17` jumper when it is unset or
+    /// empty.
     pub fn from_env() -> std::result::Result<Wiring, String> {
         Wiring::parse(&std::env::var(JUMPER_ENV).unwrap_or_default())
     }
@@ -58,13 +90,18 @@ impl Wiring {
     pub fn parse(value: &str) -> std::result::Result<Wiring, String> {
         let value = value.trim();
         if value.is_empty() {
-            return Ok(Wiring::Simulator);
+            return Ok(Wiring::Jumper {
+                output: "GPIO27".to_owned(),
+                input: "GPIO17".to_owned(),
+                simulated: true,
+            });
         }
         match value.split_once(':') {
             Some((output, input)) if !output.is_empty() && !input.is_empty() && output != input => {
                 Ok(Wiring::Jumper {
                     output: output.to_owned(),
                     input: input.to_owned(),
+                    simulated: false,
                 })
             }
             _ => Err(format!(
@@ -90,11 +127,36 @@ impl Wiring {
         }
     }
 
+    /// Whether the output drives the input (real or simulated jumper).
+    pub fn is_jumper(&self) -> bool {
+        matches!(self, Wiring::Jumper { .. })
+    }
+
+    /// Whether these are real pins.
+    pub fn is_real(&self) -> bool {
+        matches!(
+            self,
+            Wiring::Jumper {
+                simulated: false,
+                ..
+            }
+        )
+    }
+
     /// The node configuration for this wiring.
-    pub fn config(&self) -> &'static str {
+    pub fn config(&self) -> String {
         match self {
-            Wiring::Simulator => "hardware.backend = \"simulator\"\n",
-            Wiring::Jumper { .. } => "hardware.backend = \"cdev\"\n",
+            Wiring::Simulator => "hardware.backend = \"simulator\"\n".to_owned(),
+            Wiring::Jumper {
+                output,
+                input,
+                simulated: true,
+            } => format!(
+                "hardware.backend = \"simulator\"\nhardware.sim_jumpers = [[\"{output}\", \"{input}\"]]\n"
+            ),
+            Wiring::Jumper {
+                simulated: false, ..
+            } => "hardware.backend = \"cdev\"\n".to_owned(),
         }
     }
 
@@ -102,7 +164,16 @@ impl Wiring {
     pub fn describe(&self) -> String {
         match self {
             Wiring::Simulator => "simulator (GPIO27 out, GPIO17 in)".to_owned(),
-            Wiring::Jumper { output, input } => format!("real pins: {output} jumpered to {input}"),
+            Wiring::Jumper {
+                output,
+                input,
+                simulated: true,
+            } => format!("simulator, {output} wired to {input}"),
+            Wiring::Jumper {
+                output,
+                input,
+                simulated: false,
+            } => format!("real pins: {output} jumpered to {input}"),
         }
     }
 }
@@ -129,28 +200,65 @@ pub fn bramble_binary() -> Result<PathBuf> {
     }
 }
 
+/// The function the rig drives the output through.
+#[derive(Debug, Clone)]
+struct Owner {
+    function: String,
+    active_low: bool,
+}
+
 /// A node and a way to make edges.
 #[derive(Debug)]
 pub struct Rig {
     pub node: Node,
     pub wiring: Wiring,
-    driver_deployed: AtomicBool,
-    probe_deployed: AtomicBool,
+    /// Who owns the output now (jumper wirings; `None`: nobody, it was deleted).
+    owner: Mutex<Option<Owner>>,
 }
 
 impl Rig {
-    /// A node named `name` with the fixture image, configured for the wiring in the
-    /// environment plus `extra_config` (top-level TOML keys; dotted keys for sections).
+    /// A node named `name` with the fixture image, wired as the environment says (see
+    /// [`Wiring::from_env`]), plus `extra_config` (top-level TOML keys; dotted keys for
+    /// sections). On a jumper, the probe and the driver are deployed and ready.
     pub async fn start(name: &str, extra_config: &str) -> Result<Rig> {
-        let wiring = Wiring::from_env()?;
+        Rig::start_wired(Wiring::from_env()?, name, extra_config).await
+    }
+
+    /// [`Rig::start`] on the simulator without a wire ([`Wiring::Simulator`]).
+    pub async fn start_unwired(name: &str, extra_config: &str) -> Result<Rig> {
+        Rig::start_wired(Wiring::Simulator, name, extra_config).await
+    }
+
+    /// [`Rig::start`] with this wiring.
+    pub async fn start_wired(wiring: Wiring, name: &str, extra_config: &str) -> Result<Rig> {
         let config = format!("{}{extra_config}", wiring.config());
         let node = Node::with_fixture(&bramble_binary()?, name, &config).await?;
-        Ok(Rig {
+        let rig = Rig {
             node,
             wiring,
-            driver_deployed: AtomicBool::new(false),
-            probe_deployed: AtomicBool::new(false),
-        })
+            owner: Mutex::new(None),
+        };
+        if let Wiring::Jumper { output, input, .. } = &rig.wiring {
+            // The probe first: its pull-up gives the input its idle level, which the driver
+            // then holds, so that no edge is made.
+            rig.deploy_ready(
+                PROBE,
+                &json!({ "bramble.gpio": format!("{input}:{INPUT_GRANT}") }),
+                &json!({}),
+            )
+            .await?;
+            rig.deploy_ready(
+                DRIVER,
+                &json!({ "bramble.gpio": format!("{output}:out:initial={IDLE}:safe={IDLE}") }),
+                &json!({}),
+            )
+            .await?;
+            rig.set_owner(Some(Owner {
+                function: DRIVER.to_owned(),
+                active_low: false,
+            }));
+        }
+        Ok(rig)
     }
 
     /// Deploys the fixture as `name` and waits until the answer is 200 (not until ready).
@@ -169,6 +277,54 @@ impl Rig {
     pub async fn deploy_ready(&self, name: &str, annotations: &Value, env: &Value) -> Result {
         self.deploy(name, annotations, env).await?;
         self.node.wait_available(name, 1).await?;
+        Ok(())
+    }
+
+    /// Deploys the fixture as `name` with `grant` as its `bramble.gpio` (it must give it
+    /// the output line), ready, and drives the wire through it from now on. On a jumper the
+    /// driver gives the output up first: it is deleted (its safe level is the idle level,
+    /// so the input sees no edge).
+    pub async fn take_output(&self, name: &str, grant: &str) -> Result {
+        let output = self.wiring.output().to_owned();
+        let Some(options) = grant
+            .split(',')
+            .find_map(|item| item.strip_prefix(&format!("{output}:out")))
+        else {
+            return Err(format!("{grant:?} does not grant {output} as an output").into());
+        };
+        if self.wiring.is_jumper() {
+            match self.owner() {
+                Some(owner) if owner.function == DRIVER => self.delete(DRIVER).await?,
+                Some(owner) => {
+                    return Err(format!(
+                        "{output} belongs to {}: delete it before {name} takes it",
+                        owner.function
+                    )
+                    .into());
+                }
+                None => {}
+            }
+        }
+        self.deploy_ready(name, &json!({ "bramble.gpio": grant }), &json!({}))
+            .await?;
+        self.set_owner(Some(Owner {
+            function: name.to_owned(),
+            active_low: options.split(':').any(|o| o == "active-low"),
+        }));
+        Ok(())
+    }
+
+    /// Deletes function `name`; if it owned the output, nobody does now.
+    pub async fn delete(&self, name: &str) -> Result {
+        let body = json!({ "functionName": name }).to_string();
+        let r = self
+            .node
+            .api("DELETE", "/system/functions", body.as_bytes())
+            .await?;
+        expect(&r, 200, &format!("deleting {name}"))?;
+        if self.owner().is_some_and(|o| o.function == name) {
+            self.set_owner(None);
+        }
         Ok(())
     }
 
@@ -204,7 +360,8 @@ impl Rig {
             .await?)
     }
 
-    /// Drives the input line to `level` (physical).
+    /// Drives the input line to `level` (physical): through the admin API (simulator), or
+    /// by setting the output through the function that owns it (jumper).
     pub async fn drive(&self, level: u8) -> Result {
         let body = json!({ "level": level }).to_string();
         match &self.wiring {
@@ -214,17 +371,28 @@ impl Rig {
                 expect(&r, 200, "driving the simulated input")
             }
             Wiring::Jumper { output, .. } => {
-                self.ensure_helper(DRIVER, &format!("{output}:out"), &self.driver_deployed)
-                    .await?;
+                let owner = self.owner().ok_or_else(|| {
+                    format!("nobody owns {output} (its function was deleted): cannot drive it")
+                })?;
+                let logical = level ^ u8::from(owner.active_low);
+                let body = json!({ "level": logical }).to_string();
                 let r = self
-                    .broker(DRIVER, "PUT", &format!("/v1/gpio/{output}"), &body)
+                    .broker(&owner.function, "PUT", &format!("/v1/gpio/{output}"), &body)
                     .await?;
-                expect(&r, 200, "driving the output jumpered to the input")
+                expect(
+                    &r,
+                    200,
+                    &format!(
+                        "{} driving the output jumpered to the input",
+                        owner.function
+                    ),
+                )
             }
         }
     }
 
-    /// Makes `times` edges on the input, as fast as the wiring allows.
+    /// Makes exactly `times` edges on the input, from the level it is at, as fast as the
+    /// wiring allows.
     pub async fn toggle(&self, times: u32) -> Result {
         match &self.wiring {
             Wiring::Simulator => {
@@ -233,12 +401,8 @@ impl Rig {
                 let r = self.node.api("POST", &path, body.as_bytes()).await?;
                 expect(&r, 200, "toggling the simulated input")
             }
-            Wiring::Jumper { output, .. } => {
-                self.drive(1).await?;
-                let r = self
-                    .broker(DRIVER, "GET", &format!("/v1/gpio/{output}"), "")
-                    .await?;
-                let mut level = json_body(&r)?["level"].as_u64().unwrap_or(1) as u8;
+            Wiring::Jumper { .. } => {
+                let mut level = self.output_level().await?;
                 for _ in 0..times {
                     level ^= 1;
                     self.drive(level).await?;
@@ -249,7 +413,7 @@ impl Rig {
     }
 
     /// The physical level of the output line: from the admin API (simulator), or read
-    /// through the jumpered input (real pins).
+    /// through the jumpered input by the probe (jumper).
     pub async fn output_level(&self) -> Result<u8> {
         let (r, what) = match &self.wiring {
             Wiring::Simulator => {
@@ -257,8 +421,6 @@ impl Rig {
                 (self.node.api("GET", &path, b"").await?, "the output line")
             }
             Wiring::Jumper { input, .. } => {
-                self.ensure_helper(PROBE, &format!("{input}:in:pull-up"), &self.probe_deployed)
-                    .await?;
                 let path = format!("/v1/gpio/{input}");
                 (
                     self.broker(PROBE, "GET", &path, "").await?,
@@ -340,7 +502,10 @@ impl Rig {
         }
     }
 
-    /// A request to a function's broker socket from the host.
+    /// A request to a function's broker socket from the host (as root: the socket
+    /// directory is root-only). The node binds the socket when it attaches the function,
+    /// which after a restart is a moment after its API answers: a socket that refuses
+    /// connections is tried again for up to [`WAIT`].
     async fn broker(
         &self,
         function: &str,
@@ -353,26 +518,44 @@ impl Rig {
         } else {
             &[("Content-Type", "application/json")]
         };
-        Ok(http::request_unix(
-            &self.socket(function),
-            method,
-            path,
-            headers,
-            body.as_bytes(),
-            Duration::from_secs(10),
-        )
-        .await?)
+        let socket = self.socket(function);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let answer = http::request_unix(
+                &socket,
+                method,
+                path,
+                headers,
+                body.as_bytes(),
+                Duration::from_secs(10),
+            )
+            .await;
+            match answer {
+                Ok(r) => return Ok(r),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    ) && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    return Err(format!("{method} {path} on {}: {e}", socket.display()).into());
+                }
+            }
+        }
     }
 
-    /// Deploys a helper function granted `grant` once.
-    async fn ensure_helper(&self, name: &str, grant: &str, deployed: &AtomicBool) -> Result {
-        if deployed.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        self.deploy_ready(name, &json!({ "bramble.gpio": grant }), &json!({}))
-            .await?;
-        deployed.store(true, Ordering::SeqCst);
-        Ok(())
+    fn owner(&self) -> Option<Owner> {
+        self.owner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_owner(&self, owner: Option<Owner>) {
+        *self.owner.lock().unwrap_or_else(PoisonError::into_inner) = owner;
     }
 }
 
@@ -417,11 +600,23 @@ mod tests {
 
     #[test]
     fn wiring_is_read_from_the_environment_text() {
-        assert_eq!(Wiring::parse(""), Ok(Wiring::Simulator));
-        assert_eq!(Wiring::parse(" "), Ok(Wiring::Simulator));
-        let jumper = Wiring::parse("GPIO27:GPIO17").unwrap();
-        assert_eq!((jumper.output(), jumper.input()), ("GPIO27", "GPIO17"));
-        assert!(jumper.config().contains("cdev"));
+        // Unset: the simulator's jumper, with the same lines as the documented Pi wiring.
+        for unset in ["", " "] {
+            let w = Wiring::parse(unset).unwrap();
+            assert!(w.is_jumper() && !w.is_real(), "{w:?}");
+            assert_eq!((w.output(), w.input()), ("GPIO27", "GPIO17"));
+            assert!(w.config().contains("hardware.backend = \"simulator\"\n"));
+            assert!(
+                w.config()
+                    .contains("hardware.sim_jumpers = [[\"GPIO27\", \"GPIO17\"]]\n")
+            );
+        }
+        let jumper = Wiring::parse("GPIO22:GPIO23").unwrap();
+        assert_eq!((jumper.output(), jumper.input()), ("GPIO22", "GPIO23"));
+        assert!(jumper.is_real());
+        assert_eq!(jumper.config(), "hardware.backend = \"cdev\"\n");
+        assert!(!Wiring::Simulator.is_jumper());
+        assert!(!Wiring::Simulator.config().contains("sim_jumpers"));
         for bad in ["GPIO27", "GPIO27:", ":GPIO17", "GPIO17:GPIO17"] {
             let e = Wiring::parse(bad).unwrap_err();
             assert!(e.contains("OUTPUT:INPUT"), "{bad}: {e}");

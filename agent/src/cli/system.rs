@@ -596,6 +596,8 @@ pub(crate) const DEFAULT_CONFIG: &str = r#"# bramble configuration, read by `bra
 # The simulator's lines and I2C devices (register files; a BME280 by default).
 #sim_lines = ["GPIO0", "GPIO1", "GPIO2", "GPIO3", "GPIO4", "GPIO5", "GPIO6", "GPIO7", "GPIO8", "GPIO9", "GPIO10", "GPIO11", "GPIO12", "GPIO13", "GPIO14", "GPIO15", "GPIO16", "GPIO17", "GPIO18", "GPIO19", "GPIO20", "GPIO21", "GPIO22", "GPIO23", "GPIO24", "GPIO25", "GPIO26", "GPIO27"]
 #sim_i2c = [{ bus = 1, address = 0x76, registers = [[0xD0, 0x60]] }]
+# Pairs of simulated lines wired together like a jumper: an output on one drives the other.
+#sim_jumpers = []
 "#;
 
 /// Writes `bytes` with `mode` unless the file already has exactly them.

@@ -60,9 +60,14 @@ pub struct EdgeEvent {
     /// Node-wide sequence number of the events of the hardware helper (all lines), from 1.
     pub seqno: u64,
     /// Sequence number of edges on this line (the kernel's, on real lines), from 1. A gap
-    /// means edges were not delivered: dropped by a slow watcher, by the kernel's buffer,
-    /// or (simulator) swallowed by debounce.
+    /// means edges were not delivered: dropped by a slow watcher or by the kernel's buffer.
+    /// On real lines the numbering starts again at 1 each time the line is requested.
     pub line_seqno: u64,
+    /// Which request of the line numbered `line_seqno` (a new number each time a real line
+    /// is requested; 0 where the numbering never restarts: the simulator). Not sent to
+    /// functions.
+    #[serde(skip)]
+    pub request: u64,
 }
 
 impl EdgeEvent {
@@ -84,8 +89,9 @@ pub struct EventBus {
 }
 
 impl EventBus {
-    /// Publishes an edge of `line`, numbering it node-wide.
-    pub fn emit(&self, line: &str, edge: Edge, timestamp_ns: u64, line_seqno: u64) {
+    /// Publishes an edge of `line`, numbering it node-wide; `line_seqno` is numbered by the
+    /// line's request `request` (see [`EdgeEvent::request`]).
+    pub fn emit(&self, line: &str, edge: Edge, timestamp_ns: u64, line_seqno: u64, request: u64) {
         let seqno = self.seqno.fetch_add(1, Ordering::Relaxed) + 1;
         let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sender) = channels.get(line) {
@@ -97,6 +103,7 @@ impl EventBus {
                 timestamp_ns,
                 seqno,
                 line_seqno,
+                request,
             });
         }
     }
@@ -239,12 +246,12 @@ mod tests {
     #[test]
     fn bus_numbers_events_and_fans_out_per_line() {
         let bus = EventBus::default();
-        bus.emit("GPIO1", Edge::Rising, 5, 1); // nobody watches: numbered, not delivered
+        bus.emit("GPIO1", Edge::Rising, 5, 1, 0); // nobody watches: numbered, not delivered
         let mut a = bus.subscribe("GPIO17");
         let mut b = bus.subscribe("GPIO17");
         let mut other = bus.subscribe("GPIO27");
-        bus.emit("GPIO17", Edge::Rising, 10, 1);
-        bus.emit("GPIO17", Edge::Falling, 20, 2);
+        bus.emit("GPIO17", Edge::Rising, 10, 1, 7);
+        bus.emit("GPIO17", Edge::Falling, 20, 2, 7);
         for rx in [&mut a, &mut b] {
             let e1 = rx.try_recv().unwrap();
             let e2 = rx.try_recv().unwrap();
@@ -253,9 +260,13 @@ mod tests {
                 (Edge::Rising, 1, 2, 1)
             );
             assert_eq!(
-                (e2.edge, e2.level, e2.seqno, e2.timestamp_ns),
-                (Edge::Falling, 0, 3, 20)
+                (e2.edge, e2.level, e2.seqno, e2.timestamp_ns, e2.request),
+                (Edge::Falling, 0, 3, 20, 7)
             );
+            // The request is bramble's own: functions never see it.
+            let json = serde_json::to_value(&e2).unwrap();
+            assert!(json.get("request").is_none(), "{json}");
+            assert_eq!(json["line_seqno"], 2);
         }
         assert!(other.try_recv().is_err());
         let e = EdgeEvent {
@@ -265,6 +276,7 @@ mod tests {
             timestamp_ns: 1,
             seqno: 1,
             line_seqno: 1,
+            request: 0,
         };
         let l = e.clone().logical(true);
         assert_eq!((l.edge, l.level), (Edge::Falling, 0));

@@ -18,16 +18,22 @@
 //! ```
 //!
 //! Mounting the directory rather than the socket file keeps working when the agent restarts
-//! and binds a new socket at the same path. The directory is mode 0755 and the socket 0666,
-//! so a non-root container user can connect. The routes are in [`broker`].
+//! and binds a new socket at the same path. `socket_dir` is root-only (0700), so no user of
+//! the host but root can reach any function's socket; the function's directory (0755) and
+//! socket (0666) are open, so that a non-root user inside the container, where the mount
+//! starts at the function's directory, can connect. The routes are in [`broker`].
 //!
 //! # Life cycle (what the node calls)
 //!
 //! * [`Hardware::parse_grants`] on deploy, then [`Hardware::check`] (lines exist, no
-//!   conflict with the grants of the other functions) to refuse a bad deploy early.
-//! * [`Hardware::attach`] when the function is deployed or updated, and again after a
-//!   daemon restart: requests the lines (outputs at their `initial` level), starts the
-//!   socket server, returns the [`Mount`]. Idempotent with the same grants.
+//!   conflict with the grants of the other deployed functions) to refuse a bad deploy early.
+//! * [`Hardware::attach`] when the function is deployed or updated: requests the lines
+//!   (outputs at their `initial` level), starts the socket server, returns the [`Mount`].
+//!   Idempotent with the same grants. From then on the grants are reserved for the function
+//!   (another deploy cannot take its output) until it is detached.
+//! * [`Hardware::adopt`] for each deployed function after a daemon restart: reserves its
+//!   grants, then `attach`. The grants stay reserved even when the lines cannot be requested
+//!   (a line busy in another program), since the function stays deployed.
 //! * [`Hardware::safe_state`] when the function's replicas stop or crash (the outputs go to
 //!   their `safe` level; lines and socket stay).
 //! * [`Hardware::detach`] when the function is deleted (or loses its grants): safe state,
@@ -49,7 +55,7 @@ pub mod pi;
 pub mod sensors;
 pub mod sim;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -115,6 +121,9 @@ pub struct HardwareConfig {
     pub sim_lines: Vec<String>,
     /// The simulator's I2C devices (default: a BME280 at `1:0x76`).
     pub sim_i2c: Vec<SimI2cDevice>,
+    /// Pairs of simulated lines wired together, like a jumper wire between two pins: an
+    /// output on one drives the other (default: none). See [`sim`].
+    pub sim_jumpers: Vec<[String; 2]>,
 }
 
 impl Default for HardwareConfig {
@@ -128,6 +137,7 @@ impl Default for HardwareConfig {
                 .to_vec(),
             sim_lines: sim::default_lines(),
             sim_i2c: vec![SimI2cDevice::bme280()],
+            sim_jumpers: Vec::new(),
         }
     }
 }
@@ -143,6 +153,24 @@ pub struct Mount {
     pub socket: PathBuf,
     /// The mount can (and should) be read-only.
     pub read_only: bool,
+}
+
+/// The edges of a line for a GPIO trigger, from [`Hardware::watch_when_requested`].
+#[derive(Debug)]
+pub struct LineWatch {
+    /// Edges that came while waiting for the line to be requested.
+    early: VecDeque<EdgeEvent>,
+    rx: broadcast::Receiver<EdgeEvent>,
+}
+
+impl LineWatch {
+    /// The next edge (physical levels), as [`broadcast::Receiver::recv`].
+    pub async fn recv(&mut self) -> Result<EdgeEvent, broadcast::error::RecvError> {
+        match self.early.pop_front() {
+            Some(event) => Ok(event),
+            None => self.rx.recv().await,
+        }
+    }
 }
 
 /// One line as the admin API shows it.
@@ -233,6 +261,8 @@ struct HeldLine {
     handle: Arc<dyn LineHandle>,
     direction: Direction,
     config: InputConfig,
+    /// `CLOCK_MONOTONIC` just before it was requested: its edges are not older.
+    requested_ns: u64,
     /// The functions granted it (one for an output; any number for an input).
     holders: BTreeSet<String>,
 }
@@ -241,6 +271,10 @@ struct HeldLine {
 struct State {
     /// The grants of attached functions (only lines actually held).
     functions: BTreeMap<String, Grants>,
+    /// The grants of every deployed function, held or not (a function whose lines could
+    /// not be requested after a restart is still deployed): what conflicts are checked
+    /// against.
+    reserved: BTreeMap<String, Grants>,
     lines: HashMap<String, HeldLine>,
 }
 
@@ -251,6 +285,8 @@ pub(crate) struct Shared {
     sensors: Arc<SensorRegistry>,
     bus: Arc<EventBus>,
     state: Mutex<State>,
+    /// Bumped whenever a line is requested or released.
+    line_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -305,6 +341,8 @@ impl Shared {
             warn!(function, line, "cannot set the safe level: {e}");
         }
         state.lines.remove(line);
+        drop(state);
+        self.line_changes.send_modify(|n| *n += 1);
     }
 
     /// Adds `function` to the holders of a shared input, or requests the line.
@@ -337,6 +375,7 @@ impl Shared {
             }
         }
         let mut tries = 0;
+        let requested_ns = backend::monotonic_ns();
         let handle = loop {
             let requested = match grant.direction {
                 Direction::In => self.gpio.request_input(line, config),
@@ -360,9 +399,11 @@ impl Shared {
                 handle: Arc::from(handle),
                 direction: grant.direction,
                 config,
+                requested_ns,
                 holders: BTreeSet::from([function.to_owned()]),
             },
         );
+        self.line_changes.send_modify(|n| *n += 1);
         Ok(())
     }
 }
@@ -407,10 +448,13 @@ impl Hardware {
                 ),
                 BackendChoice::Simulator => info!("hardware: using the simulator"),
             }
-            (
-                Box::new(sim::SimGpio::new(&config.sim_lines, Arc::clone(&bus))),
-                Arc::new(sim::SimI2c::new(&config.sim_i2c)),
-            )
+            let gpio = sim::SimGpio::new(&config.sim_lines, Arc::clone(&bus));
+            for [a, b] in &config.sim_jumpers {
+                gpio.wire(a, b).map_err(|e| {
+                    HardwareError::Invalid(format!("hardware.sim_jumpers [{a:?}, {b:?}]: {e}"))
+                })?;
+            }
+            (Box::new(gpio), Arc::new(sim::SimI2c::new(&config.sim_i2c)))
         } else {
             let gpio = cdev::CdevGpio::open(&chips, Arc::clone(&bus))?;
             let names: Vec<String> = chips
@@ -430,6 +474,7 @@ impl Hardware {
                 sensors: Arc::new(SensorRegistry::new(config.w1_dir)),
                 bus,
                 state: Mutex::new(State::default()),
+                line_changes: tokio::sync::watch::Sender::new(0),
             }),
             socket_dir: config
                 .socket_dir
@@ -452,9 +497,9 @@ impl Hardware {
         grants::parse(annotations)
     }
 
-    /// Checks that every granted line exists and that the grants do not conflict with the
-    /// other attached functions' (a function never conflicts with its own current grants).
-    /// Changes nothing.
+    /// Checks that every granted line exists and that the grants do not conflict with those
+    /// of the other functions: the attached ones and every deployed one, attached or not (a
+    /// function never conflicts with its own current grants). Changes nothing.
     pub fn check(&self, function: &str, grants: &Grants) -> Result<(), HardwareError> {
         validate_function(function)?;
         for line in grants.gpio.keys() {
@@ -471,9 +516,30 @@ impl Hardware {
         grants::check_conflicts(
             function,
             grants,
-            state.functions.iter().map(|(f, g)| (f.as_str(), g)),
+            state
+                .functions
+                .iter()
+                .chain(&state.reserved)
+                .map(|(f, g)| (f.as_str(), g)),
         )
         .map_err(HardwareError::Conflict)
+    }
+
+    /// [`Hardware::attach`] for a function that is deployed whatever happens, after a daemon
+    /// restart: its grants are reserved first, and stay reserved if its lines cannot be
+    /// requested now, so that no other deploy takes its output in the meantime. A
+    /// [`Hardware::detach`] ends the reservation.
+    pub async fn adopt(&self, function: &str, grants: Grants) -> Result<Mount, HardwareError> {
+        validate_function(function)?;
+        let _serial = self.lifecycle.lock().await;
+        let attached = self.attach_locked(function, grants.clone()).await;
+        if attached.is_err() {
+            self.shared
+                .state()
+                .reserved
+                .insert(function.to_owned(), grants);
+        }
+        attached
     }
 
     /// Gives `function` its grants: requests its lines (outputs at their `initial` level;
@@ -484,6 +550,10 @@ impl Hardware {
     /// keeps running. On error, the lines this call requested are released again.
     pub async fn attach(&self, function: &str, grants: Grants) -> Result<Mount, HardwareError> {
         let _serial = self.lifecycle.lock().await;
+        self.attach_locked(function, grants).await
+    }
+
+    async fn attach_locked(&self, function: &str, grants: Grants) -> Result<Mount, HardwareError> {
         self.check(function, &grants)?;
         let old = self.shared.grants(function);
         let running = self.server_running(function);
@@ -518,10 +588,11 @@ impl Hardware {
             }
             acquired.push((line, grant));
         }
-        self.shared
-            .state()
-            .functions
-            .insert(function.to_owned(), grants);
+        {
+            let mut state = self.shared.state();
+            state.functions.insert(function.to_owned(), grants.clone());
+            state.reserved.insert(function.to_owned(), grants);
+        }
         if !running && let Err(e) = self.start_server(function) {
             self.detach_locked(function);
             return Err(e);
@@ -574,8 +645,15 @@ impl Hardware {
     /// binds its sockets in them again.
     pub async fn shutdown(&self) {
         let _serial = self.lifecycle.lock().await;
-        let mut functions: BTreeSet<String> =
-            self.shared.state().functions.keys().cloned().collect();
+        let mut functions: BTreeSet<String> = {
+            let state = self.shared.state();
+            state
+                .functions
+                .keys()
+                .chain(state.reserved.keys())
+                .cloned()
+                .collect()
+        };
         functions.extend(self.servers().keys().cloned());
         for function in functions {
             self.release_locked(&function, false);
@@ -588,7 +666,11 @@ impl Hardware {
 
     fn release_locked(&self, function: &str, remove_dir: bool) {
         self.safe_state(function);
-        let grants = self.shared.state().functions.remove(function);
+        let grants = {
+            let mut state = self.shared.state();
+            state.reserved.remove(function);
+            state.functions.remove(function)
+        };
         if let Some(grants) = grants {
             for (line, grant) in &grants.gpio {
                 self.shared.release(function, line, grant);
@@ -620,15 +702,86 @@ impl Hardware {
         let state = self.shared.state();
         match state.lines.get(line) {
             Some(held) if held.direction == Direction::In => Ok(self.shared.bus.subscribe(line)),
-            Some(_) => Err(HardwareError::NotWatchable(format!(
-                "{line} is an output: edges can be watched on inputs only"
-            ))),
+            Some(_) => Err(not_watchable(line, true)),
             None if !self.shared.gpio.has_line(line) => Err(self.unknown_line(line)),
-            None => Err(HardwareError::NotWatchable(format!(
-                "{line} is not requested as an input: grant it to a function \
-                 ({}={line}:in) to watch it",
-                grants::GPIO_KEY
-            ))),
+            None => Err(not_watchable(line, false)),
+        }
+    }
+
+    /// [`Hardware::watch`] for a GPIO trigger, which may start before its line is requested
+    /// (after a restart its function's line may not be requestable yet): waits, without
+    /// polling, until the line is requested as an input. The subscription is made before the
+    /// line is checked, edges that come while waiting are kept, and those older than the
+    /// request are dropped, so no edge from the request on is missed. `waiting` is called
+    /// once, with the reason, when it has to wait. Fails at once for a line the node does
+    /// not have.
+    pub async fn watch_when_requested(
+        &self,
+        line: &str,
+        mut waiting: impl FnMut(&HardwareError),
+    ) -> Result<LineWatch, HardwareError> {
+        let mut changes = self.shared.line_changes.subscribe();
+        let mut kept: Option<broadcast::Receiver<EdgeEvent>> = None;
+        let mut early: VecDeque<EdgeEvent> = VecDeque::new();
+        let mut warned = false;
+        loop {
+            changes.borrow_and_update();
+            // Subscribed before the check: an edge right after the request is not missed.
+            let mut rx = kept
+                .take()
+                .unwrap_or_else(|| self.shared.bus.subscribe(line));
+            let held = self
+                .shared
+                .state()
+                .lines
+                .get(line)
+                .map(|held| (held.direction, held.requested_ns));
+            let someones_output = match held {
+                Some((Direction::In, since)) => {
+                    early.retain(|event| event.timestamp_ns >= since);
+                    return Ok(LineWatch { early, rx });
+                }
+                Some((Direction::Out, _)) => true,
+                None if !self.shared.gpio.has_line(line) => return Err(self.unknown_line(line)),
+                None => false,
+            };
+            let reason = not_watchable(line, someones_output);
+            if !warned {
+                waiting(&reason);
+                warned = true;
+            }
+            if someones_output {
+                // Nothing of another function's output may reach the trigger.
+                early.clear();
+                drop(rx);
+                if changes.changed().await.is_err() {
+                    return Err(reason);
+                }
+                continue;
+            }
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return Err(reason);
+                        }
+                        break;
+                    }
+                    event = rx.recv() => match event {
+                        // Perhaps the first edges of a request this task has not seen yet.
+                        Ok(event) => {
+                            early.push_back(event);
+                            if early.len() > backend::EVENT_BUFFER {
+                                early.pop_front();
+                            }
+                        }
+                        // Older than what is kept: edges from before the request.
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return Err(reason),
+                    }
+                }
+            }
+            kept = Some(rx);
         }
     }
 
@@ -817,14 +970,41 @@ impl Drop for Hardware {
     }
 }
 
+/// Why a line cannot be watched: it is an output, or not requested at all.
+fn not_watchable(line: &str, output: bool) -> HardwareError {
+    HardwareError::NotWatchable(if output {
+        format!("{line} is an output: edges can be watched on inputs only")
+    } else {
+        format!(
+            "{line} is not requested as an input: grant it to a function ({}={line}:in) to \
+             watch it",
+            grants::GPIO_KEY
+        )
+    })
+}
+
 fn io_error(context: String, source: std::io::Error) -> HardwareError {
     HardwareError::Io { context, source }
 }
 
-/// Creates the socket directory (0755) and the function's directory in it (0755).
+/// Creates the socket directory, root-only (0700: no other user of the host reaches a
+/// function's socket), and the function's directory in it (0755: it is the root of the
+/// mount in the container, where a non-root user must be able to reach the socket).
 fn prepare_dir(socket_dir: &Path, dir: &Path) -> Result<(), HardwareError> {
     std::fs::create_dir_all(socket_dir)
         .map_err(|e| io_error(format!("creating {}", socket_dir.display()), e))?;
+    let meta = std::fs::metadata(socket_dir)
+        .map_err(|e| io_error(format!("inspecting {}", socket_dir.display()), e))?;
+    if meta.permissions().mode() & 0o1000 != 0 {
+        return Err(HardwareError::Invalid(format!(
+            "hardware.socket_dir {} is a shared directory (sticky bit, like /tmp): bramble \
+             makes its socket directory root-only, so name a directory of its own",
+            socket_dir.display()
+        )));
+    }
+    // Also when an older version made it 0755.
+    std::fs::set_permissions(socket_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io_error(format!("chmod {}", socket_dir.display()), e))?;
     match std::fs::symlink_metadata(dir) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {

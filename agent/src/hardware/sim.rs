@@ -13,6 +13,16 @@
 //! * requesting an input with `pull-up` (`pull-down`) raises (lowers) a line nothing drives,
 //!   without an edge.
 //!
+//! **Jumpers** (`hardware.sim_jumpers`) wire two lines together, like a jumper wire between
+//! two pins of a Pi: while one of them is requested as an output, the other follows its
+//! level (edges included), and cannot be driven from the admin API; an input requested on a
+//! driven wire reads the output's level, whatever its bias. When the output is released the
+//! wire is left to the input's bias (`pull-up` 1, `pull-down` 0; otherwise it keeps its
+//! level), as upstream kernels do when they make a released pin an input again (Raspberry
+//! Pi OS kernels keep driving a released output unless `strict_gpiod` is set: code that
+//! must work on both may not rely on the level of a released output). Driving one line of
+//! a jumper from the admin API drives the other too.
+//!
 //! Debounce works like the kernel's (gpiolib-cdev): a debounced input reports a level once it
 //! has been stable for the period — the edge comes that much later, bounces in between are
 //! swallowed before they are counted, and a bounce back to the reported level reports
@@ -60,6 +70,22 @@ struct SimState {
     order: Vec<String>,
     lines: HashMap<String, SimLine>,
     next_id: u64,
+    /// Each jumpered line → the line at the other end of its wire.
+    jumpers: HashMap<String, String>,
+}
+
+impl SimState {
+    /// The other end of `line`'s jumper, if it has one.
+    fn partner(&self, line: &str) -> Option<String> {
+        self.jumpers.get(line).cloned()
+    }
+
+    fn is_output(&self, line: &str) -> bool {
+        self.lines
+            .get(line)
+            .and_then(|l| l.request)
+            .is_some_and(|r| r.direction == Direction::Out)
+    }
 }
 
 #[derive(Default)]
@@ -79,6 +105,7 @@ struct SimLine {
 struct SimRequest {
     id: u64,
     direction: Direction,
+    bias: Option<Bias>,
     debounce: Option<Duration>,
 }
 
@@ -101,9 +128,34 @@ impl SimGpio {
                     order,
                     lines: map,
                     next_id: 1,
+                    jumpers: HashMap::new(),
                 }),
             }),
         }
+    }
+
+    /// Wires lines `a` and `b` together (see the module's documentation). Each line can
+    /// have one jumper; set them up before requesting lines.
+    pub fn wire(&self, a: &str, b: &str) -> Result<(), BackendError> {
+        let mut state = self.inner.state();
+        for line in [a, b] {
+            if !state.lines.contains_key(line) {
+                return Err(BackendError::UnknownLine(line.to_owned()));
+            }
+            if let Some(other) = state.jumpers.get(line) {
+                return Err(BackendError::Invalid(format!(
+                    "{line} is already wired to {other}"
+                )));
+            }
+        }
+        if a == b {
+            return Err(BackendError::Invalid(format!(
+                "a jumper joins two lines, not {a} to itself"
+            )));
+        }
+        state.jumpers.insert(a.to_owned(), b.to_owned());
+        state.jumpers.insert(b.to_owned(), a.to_owned());
+        Ok(())
     }
 
     /// Drives `line` to the physical `level` at `now_ns` (the clock is a parameter so tests
@@ -121,22 +173,83 @@ impl SimInner {
     fn drive(self: &Arc<Self>, line: &str, level: u8, now_ns: u64) -> Result<(), BackendError> {
         check_level(level)?;
         let mut state = self.state();
-        let sim = state
-            .lines
-            .get_mut(line)
-            .ok_or_else(|| BackendError::UnknownLine(line.to_owned()))?;
-        if let Some(SimRequest {
-            direction: Direction::Out,
-            ..
-        }) = sim.request
-        {
+        if !state.lines.contains_key(line) {
+            return Err(BackendError::UnknownLine(line.to_owned()));
+        }
+        if state.is_output(line) {
             return Err(BackendError::Busy(format!(
                 "{line} is an output: the simulator drives inputs only"
             )));
         }
-        sim.driven = Some(level);
-        self.change(line, sim, level, now_ns);
+        let partner = state.partner(line);
+        if let Some(partner) = partner.as_deref()
+            && state.is_output(partner)
+        {
+            return Err(BackendError::Busy(format!(
+                "{line} is wired to {partner}, an output that drives it: set {partner} instead"
+            )));
+        }
+        if let Some(sim) = state.lines.get_mut(line) {
+            sim.driven = Some(level);
+            self.change(line, sim, level, now_ns);
+        }
+        self.follow(&mut state, line, level, now_ns);
         Ok(())
+    }
+
+    /// The other end of `from`'s jumper takes `level`, unless it is an output itself (two
+    /// outputs on one wire: each keeps its own level).
+    fn follow(self: &Arc<Self>, state: &mut SimState, from: &str, level: u8, now_ns: u64) {
+        let Some(partner) = state.partner(from) else {
+            return;
+        };
+        if state.is_output(&partner) {
+            return;
+        }
+        if let Some(other) = state.lines.get_mut(&partner) {
+            self.change(&partner, other, level, now_ns);
+        }
+    }
+
+    /// A released output no longer drives its wire: both ends go to the level the other end
+    /// gives them (its bias, or the level it was driven to from the admin API), or keep
+    /// theirs.
+    fn release_wire(self: &Arc<Self>, state: &mut SimState, released: &str) {
+        let Some(partner) = state.partner(released) else {
+            return;
+        };
+        if state.is_output(&partner) {
+            return;
+        }
+        let Some(other) = state.lines.get(&partner) else {
+            return;
+        };
+        let level = match (other.request, other.driven) {
+            (
+                Some(SimRequest {
+                    bias: Some(Bias::PullUp),
+                    ..
+                }),
+                _,
+            ) => Some(1),
+            (
+                Some(SimRequest {
+                    bias: Some(Bias::PullDown),
+                    ..
+                }),
+                _,
+            ) => Some(0),
+            (_, driven) => driven,
+        };
+        let Some(level) = level else {
+            return;
+        };
+        let now_ns = monotonic_ns();
+        for line in [released, partner.as_str()] {
+            if let Some(sim) = state.lines.get_mut(line) {
+                self.change(line, sim, level, now_ns);
+            }
+        }
     }
 
     /// Sets the level and publishes the edge, at once or, on a debounced line, when the level
@@ -171,7 +284,7 @@ impl SimInner {
         } else {
             Edge::Falling
         };
-        self.bus.emit(line, edge, now_ns, sim.line_seqno);
+        self.bus.emit(line, edge, now_ns, sim.line_seqno, 0);
     }
 
     /// The debounce timer of `line`: waits until its level has been stable for the period
@@ -218,6 +331,11 @@ impl SimInner {
         let mut state = self.state();
         let id = state.next_id;
         state.next_id += 1;
+        // The level of an output at the other end of a jumper, which this line follows.
+        let wire = state
+            .partner(line)
+            .filter(|partner| state.is_output(partner))
+            .and_then(|partner| state.lines.get(&partner).map(|p| p.level));
         let sim = state
             .lines
             .get_mut(line)
@@ -228,6 +346,7 @@ impl SimInner {
         sim.request = Some(SimRequest {
             id,
             direction,
+            bias,
             debounce,
         });
         sim.settle_at = None;
@@ -235,7 +354,14 @@ impl SimInner {
         match direction {
             Direction::Out => {
                 sim.driven = None;
-                self.change(line, sim, level, monotonic_ns());
+                let now_ns = monotonic_ns();
+                self.change(line, sim, level, now_ns);
+                self.follow(&mut state, line, level, now_ns);
+            }
+            Direction::In if wire.is_some() => {
+                if let Some(level) = wire {
+                    (sim.level, sim.stable) = (level, level);
+                }
             }
             Direction::In if sim.driven.is_none() => match bias {
                 Some(Bias::PullUp) => (sim.level, sim.stable) = (1, 1),
@@ -316,12 +442,13 @@ impl SimHandle {
         let mut state = self.inner.state();
         match state.lines.get_mut(&self.line) {
             Some(sim) if sim.request.is_some_and(|r| r.id == self.id) => f(&self.inner, sim),
-            _ => Err(BackendError::Unsupported(format!(
-                "{} has been released",
-                self.line
-            ))),
+            _ => Err(released(&self.line)),
         }
     }
+}
+
+fn released(line: &str) -> BackendError {
+    BackendError::Unsupported(format!("{line} has been released"))
 }
 
 impl LineHandle for SimHandle {
@@ -337,10 +464,16 @@ impl LineHandle for SimHandle {
                 self.line
             )));
         }
-        self.with_line(|inner, sim| {
-            inner.change(&self.line, sim, level, monotonic_ns());
-            Ok(())
-        })
+        let mut state = self.inner.state();
+        match state.lines.get_mut(&self.line) {
+            Some(sim) if sim.request.is_some_and(|r| r.id == self.id) => {
+                let now_ns = monotonic_ns();
+                self.inner.change(&self.line, sim, level, now_ns);
+                self.inner.follow(&mut state, &self.line, level, now_ns);
+                Ok(())
+            }
+            _ => Err(released(&self.line)),
+        }
     }
 }
 
@@ -351,6 +484,9 @@ impl Drop for SimHandle {
             && sim.request.is_some_and(|r| r.id == self.id)
         {
             sim.request = None;
+            if self.direction == Direction::Out {
+                self.inner.release_wire(&mut state, &self.line);
+            }
         }
     }
 }
@@ -504,6 +640,98 @@ mod tests {
         drop(sim.request_output("GPIO27", 0).unwrap());
         drop(input);
         sim.request_input("GPIO17", InputConfig::default()).unwrap();
+    }
+
+    /// The edges `rx` has now, as `(edge, line_seqno)`.
+    fn drain(
+        rx: &mut tokio::sync::broadcast::Receiver<super::super::EdgeEvent>,
+    ) -> Vec<(Edge, u64)> {
+        let mut edges = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            edges.push((e.edge, e.line_seqno));
+        }
+        edges
+    }
+
+    #[test]
+    fn a_jumper_makes_the_input_follow_the_output() {
+        let (sim, bus) = sim();
+        sim.wire("GPIO27", "GPIO17").unwrap();
+        let pull_up = InputConfig {
+            bias: Some(Bias::PullUp),
+            debounce: None,
+        };
+        let mut rx = bus.subscribe("GPIO17");
+        let input = sim.request_input("GPIO17", pull_up).unwrap();
+        assert_eq!(
+            input.read().unwrap(),
+            1,
+            "nothing drives the wire: the pull-up"
+        );
+        // An output at the input's idle level: no edge.
+        let output = sim.request_output("GPIO27", 1).unwrap();
+        assert_eq!(input.read().unwrap(), 1);
+        assert_eq!(drain(&mut rx), []);
+        // The output drives the input, edges numbered on the input.
+        output.write(0).unwrap();
+        output.write(1).unwrap();
+        output.write(1).unwrap();
+        output.write(0).unwrap();
+        assert_eq!(input.read().unwrap(), 0);
+        assert_eq!(
+            drain(&mut rx),
+            [(Edge::Falling, 1), (Edge::Rising, 2), (Edge::Falling, 3)]
+        );
+        // A driven wire cannot be driven from the admin API, at either end.
+        let e = sim.simulate("GPIO17", 1).unwrap_err();
+        assert!(e.to_string().contains("wired to GPIO27"), "{e}");
+        assert!(matches!(
+            sim.simulate("GPIO27", 1),
+            Err(BackendError::Busy(_))
+        ));
+        // Released, the output no longer drives the wire: the pull-up raises it.
+        drop(output);
+        assert_eq!(input.read().unwrap(), 1);
+        assert_eq!(drain(&mut rx), [(Edge::Rising, 4)]);
+        // An input requested on a driven wire reads the output, whatever its bias.
+        drop(input);
+        let output = sim.request_output("GPIO27", 0).unwrap();
+        let input = sim
+            .request_input(
+                "GPIO17",
+                InputConfig {
+                    bias: Some(Bias::PullUp),
+                    debounce: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(input.read().unwrap(), 0);
+        drop(output);
+        drop(input);
+        // Undriven, the wire is one line: driving one end drives the other.
+        let mut other = bus.subscribe("GPIO27");
+        sim.simulate("GPIO17", 0).unwrap();
+        sim.simulate("GPIO27", 1).unwrap();
+        assert_eq!((sim.peek("GPIO17"), sim.peek("GPIO27")), (Some(1), Some(1)));
+        let edges: Vec<Edge> = drain(&mut other).into_iter().map(|(e, _)| e).collect();
+        assert_eq!(edges, [Edge::Falling, Edge::Rising]);
+        // Lines without a jumper are untouched.
+        let lone = sim.request_output("GPIO5", 1).unwrap();
+        assert_eq!(sim.peek("GPIO6"), Some(0));
+        drop(lone);
+        // Bad jumpers.
+        assert!(matches!(
+            sim.wire("GPIO17", "GPIO5"),
+            Err(BackendError::Invalid(_))
+        ));
+        assert!(matches!(
+            sim.wire("GPIO5", "GPIO5"),
+            Err(BackendError::Invalid(_))
+        ));
+        assert!(matches!(
+            sim.wire("GPIO5", "GPIO99"),
+            Err(BackendError::UnknownLine(_))
+        ));
     }
 
     #[test]

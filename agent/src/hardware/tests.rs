@@ -186,6 +186,12 @@ async fn attach_makes_the_socket_with_the_right_permissions() {
     let meta = std::fs::metadata(&mount.socket).unwrap();
     assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
     assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+    // Only root passes the socket directory on the host.
+    let top_mode = std::fs::metadata(&node.socket_dir)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(top_mode & 0o7777, 0o700);
     // Function names that cannot be directories are refused.
     for bad in ["", "..", "../x", "a/b", ".hidden"] {
         let err = node.hw.attach(bad, led_button()).await.unwrap_err();
@@ -736,4 +742,148 @@ async fn lifecycle_futures_are_send() {
     })
     .await
     .unwrap();
+}
+
+/// Whether `uid` can see `path` (`test -e` in a shell running as that user).
+fn visible_to(uid: u32, path: &Path) -> bool {
+    use std::os::unix::process::CommandExt as _;
+    std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg("test -e \"$0\"")
+        .arg(path)
+        .uid(uid)
+        .gid(uid)
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test]
+async fn other_host_users_cannot_reach_the_sockets() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let node = node();
+    // An older version made the socket directory 0755: tightened.
+    std::fs::create_dir_all(&node.socket_dir).unwrap();
+    std::fs::set_permissions(&node.socket_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The temp dir is 0700: open it so only bramble's own modes stand in the way.
+    let top = node.socket_dir.parent().unwrap();
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mount = node.hw.attach("f", led_button()).await.unwrap();
+    let nobody = 65534;
+    assert!(visible_to(0, &mount.socket));
+    assert!(
+        visible_to(nobody, &node.socket_dir),
+        "the test itself is blocked"
+    );
+    assert!(
+        !visible_to(nobody, &mount.host_path),
+        "another user reaches the function's directory"
+    );
+    assert!(!visible_to(nobody, &mount.socket));
+    // A shared directory such as /tmp is refused rather than made root-only.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let hw = Hardware::new(HardwareConfig {
+        backend: BackendChoice::Simulator,
+        socket_dir: Some(shared.path().to_path_buf()),
+        ..HardwareConfig::default()
+    })
+    .unwrap();
+    let err = hw.attach("f", led_button()).await.unwrap_err();
+    assert!(err.to_string().contains("sticky"), "{err}");
+    let mode = std::fs::metadata(shared.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o1777, "a shared directory was changed");
+}
+
+#[tokio::test]
+async fn a_deployed_function_keeps_its_output_when_its_lines_cannot_be_requested() {
+    let node = node();
+    // Another program holds GPIO27 when the node starts again.
+    let squatter = node.hw.shared.gpio.request_output("GPIO27", 0).unwrap();
+    let led = grants(&[("bramble.gpio", "GPIO27:out")]);
+    let err = node.hw.adopt("led", led.clone()).await.unwrap_err();
+    assert!(matches!(err, HardwareError::Busy(_)), "{err}");
+    assert!(node.hw.mount_of("led").is_none());
+    // Deployed all the same: nobody else may be given its output.
+    let err = node.hw.check("thief", &led).unwrap_err();
+    assert!(matches!(err, HardwareError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains("\"led\""), "{err}");
+    drop(squatter);
+    assert!(node.hw.attach("thief", led.clone()).await.is_err());
+    // Its own attach works once the line is free, and keeps it reserved.
+    node.hw.attach("led", led.clone()).await.unwrap();
+    assert!(node.hw.check("thief", &led).is_err());
+    // Deleted: free.
+    node.hw.detach("led").await;
+    node.hw.check("thief", &led).unwrap();
+    // A refused deploy (not adopted) reserves nothing.
+    let squatter = node.hw.shared.gpio.request_output("GPIO27", 0).unwrap();
+    assert!(node.hw.attach("new", led.clone()).await.is_err());
+    node.hw.check("thief", &led).unwrap();
+    drop(squatter);
+    // Nor does a failed update take the function's reservation away.
+    node.hw.attach("led", led.clone()).await.unwrap();
+    let squatter = node.hw.shared.gpio.request_output("GPIO5", 0).unwrap();
+    let more = grants(&[("bramble.gpio", "GPIO27:out,GPIO5:out")]);
+    assert!(node.hw.attach("led", more).await.is_err());
+    assert!(node.hw.check("thief", &led).is_err());
+    let gpio5 = grants(&[("bramble.gpio", "GPIO5:out")]);
+    node.hw.check("thief", &gpio5).unwrap();
+    drop(squatter);
+}
+
+#[tokio::test]
+async fn a_trigger_waiting_for_its_line_gets_its_first_edges() {
+    let node = node();
+    let hw = Arc::clone(&node.hw);
+    let (waiting_tx, waiting_rx) = tokio::sync::oneshot::channel();
+    let mut waiting_tx = Some(waiting_tx);
+    let watcher = tokio::spawn(async move {
+        hw.watch_when_requested("GPIO17", |e| {
+            if let Some(tx) = waiting_tx.take() {
+                let _ = tx.send(e.to_string());
+            }
+        })
+        .await
+    });
+    let reason = tokio::time::timeout(TIMEOUT, waiting_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reason.contains("not requested"), "{reason}");
+    // Edges of the line before it is requested are not the trigger's.
+    node.hw.simulate("GPIO17", 1).unwrap();
+    // Requested, and an edge at once: received, not lost to a poll interval.
+    node.hw
+        .attach("f", grants(&[("bramble.gpio", "GPIO17:in")]))
+        .await
+        .unwrap();
+    node.hw.simulate("GPIO17", 0).unwrap();
+    let mut edges = tokio::time::timeout(TIMEOUT, watcher)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let first = tokio::time::timeout(TIMEOUT, edges.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.edge, Edge::Falling);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), edges.recv())
+            .await
+            .is_err(),
+        "an edge from before the request was delivered"
+    );
+    // Unknown lines fail at once; someone's output is waited out.
+    assert!(matches!(
+        node.hw.watch_when_requested("GPIO99", |_| {}).await,
+        Err(HardwareError::UnknownLine(_))
+    ));
 }

@@ -29,8 +29,9 @@ pub struct Pending {
     pub sequence: u64,
     /// How many events it stands for (more than 1 when a burst was coalesced).
     pub count: u64,
-    /// The first of them, when it is known: events a source could only count (edges a
-    /// watcher fell behind on) come before the one that carries their count.
+    /// The first of them, when it is known: events a source could only count (edges the
+    /// kernel dropped or a watcher fell behind on) come before the one that carries their
+    /// count.
     #[serde(default)]
     pub first: Option<Value>,
     /// The last of them.
@@ -136,6 +137,15 @@ impl Journal {
         self.saved.queue.front()
     }
 
+    /// The invocation to deliver now, if the queue is saved as it is: nothing is dispatched
+    /// before it is on disk.
+    pub fn dispatchable(&self) -> Option<&Pending> {
+        if self.dirty {
+            return None;
+        }
+        self.head()
+    }
+
     /// Drops the head once the function has answered it.
     pub fn pop(&mut self) {
         if self.saved.queue.pop_front().is_some() {
@@ -228,6 +238,35 @@ mod tests {
         journal.pop();
         journal.push(json!({ "n": 1002 }), 1);
         assert_eq!(journal.head().unwrap().sequence, 4);
+    }
+
+    #[test]
+    fn only_a_saved_queue_is_dispatched() {
+        let dir = tempfile::tempdir().unwrap();
+        // The queue's directory is a file: every save fails (as on a full disk).
+        let blocked = dir.path().join("f");
+        std::fs::write(&blocked, b"").unwrap();
+        let (mut journal, _unreadable) = Journal::open(&blocked.join("t.json"));
+        journal.push(json!({"n": 1}), 1);
+        assert!(journal.save().is_err());
+        assert_eq!(journal.head().map(|p| p.sequence), Some(1));
+        assert!(
+            journal.dispatchable().is_none(),
+            "dispatched before it is on disk"
+        );
+        // Events keep being counted meanwhile.
+        journal.push(json!({"n": 2}), 1);
+        journal.push(json!({"n": 3}), 1);
+        assert!(journal.save().is_err());
+        assert!(journal.dispatchable().is_none());
+        // The disk works again: saved, then dispatched.
+        std::fs::remove_file(&blocked).unwrap();
+        std::fs::create_dir(&blocked).unwrap();
+        journal.save().unwrap();
+        assert_eq!(journal.dispatchable().map(|p| p.sequence), Some(1));
+        let (reopened, _) = Journal::open(&blocked.join("t.json"));
+        let counts: Vec<u64> = reopened.saved.queue.iter().map(|p| p.count).collect();
+        assert_eq!(counts, [1, 2]);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! delivery task through its durable queue ([`journal`]):
 //!
 //! * an event is written to the trigger's file under `<state_dir>/triggers/<function>/`
-//!   before it is dispatched;
+//!   before it is dispatched; while the file cannot be written (a full disk), deliveries
+//!   wait, the events stay counted in memory, and the write is retried (logged when it
+//!   starts failing and when it works again);
 //! * invocations go through [`Gateway::invoke`], the path of a LAN request (scale from
 //!   zero, metrics, the function's timeout), one at a time per trigger, in order;
 //! * 429, 502, 503 and 504 (the function starting, gone for a moment, overloaded) are
@@ -20,8 +22,9 @@
 //! application/json`, headers `X-Bramble-Trigger` (`gpio`, `schedule`, `sensor`),
 //! `X-Bramble-Sequence` and `X-Bramble-Count`, and a JSON body: the last event's fields
 //! plus `trigger`, `sequence`, `count` and, when several events were coalesced, `first`
-//! (the first event; absent when it is not known: edges a watcher fell behind on are counted
-//! in the next event's `count` only). A GPIO event is `{line, edge, level, timestamp_ns, seqno,
+//! (the first event; absent when it is not known: edges the kernel dropped or the trigger
+//! fell behind on, seen as gaps in `line_seqno`, are counted in the next event's `count`
+//! only). A GPIO event is `{line, edge, level, timestamp_ns, seqno,
 //! line_seqno}` (logical edge and level; `CLOCK_MONOTONIC` kernel timestamp); a sensor
 //! event `{sensor, kind, value, unit, crossed, threshold, timestamp_ms}`. Schedules send
 //! what the OpenFaaS cron-connector sends: an empty body with `X-Topic: cron-function` and
@@ -159,6 +162,11 @@ fn remove_stale_queues(dir: &Path, desired: &BTreeMap<(FunctionKey, String), Tri
         .keys()
         .map(|(function, trigger)| queue_path(dir, function, trigger))
         .collect();
+    // The directories of running triggers stay, even empty: their queues are saved there.
+    let wanted_dirs: BTreeSet<PathBuf> = desired
+        .keys()
+        .map(|(function, _)| dir.join(function.to_string()))
+        .collect();
     let Ok(functions) = std::fs::read_dir(dir) else {
         return;
     };
@@ -178,7 +186,9 @@ fn remove_stale_queues(dir: &Path, desired: &BTreeMap<(FunctionKey, String), Tri
             }
         }
         // Only succeeds once empty (a .corrupt file stays for the operator).
-        let _ = std::fs::remove_dir(&function_dir);
+        if !wanted_dirs.contains(&function_dir) {
+            let _ = std::fs::remove_dir(&function_dir);
+        }
     }
 }
 
@@ -211,10 +221,13 @@ async fn deliver(ctx: Context, function: FunctionKey, trigger: Trigger, path: Pa
     let mut retry = RETRY_START;
     let mut attempt: Option<std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>>> = None;
     let mut waiting: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut saving = SaveRetry::default();
     loop {
+        // Only what is on disk is dispatched: while the queue cannot be saved, deliveries
+        // wait (the events stay counted in memory) and the save is retried.
         if attempt.is_none()
             && waiting.is_none()
-            && let Some(head) = journal.head()
+            && let Some(head) = journal.dispatchable()
         {
             attempt = Some(Box::pin(invoke(
                 Arc::clone(&ctx.gateway),
@@ -231,7 +244,7 @@ async fn deliver(ctx: Context, function: FunctionKey, trigger: Trigger, path: Pa
                 while let Ok(message) = incoming.try_recv() {
                     take(&mut journal, message);
                 }
-                persist(&mut journal, &function).await;
+                saving.after(persist(&mut journal).await, &function);
             }
             outcome = optional(&mut attempt), if attempt.is_some() => {
                 attempt = None;
@@ -239,7 +252,7 @@ async fn deliver(ctx: Context, function: FunctionKey, trigger: Trigger, path: Pa
                     Outcome::Answered => {
                         retry = RETRY_START;
                         journal.pop();
-                        persist(&mut journal, &function).await;
+                        saving.after(persist(&mut journal).await, &function);
                     }
                     Outcome::Retry(reason) => {
                         debug!(function = %function, trigger = %trigger.id(), %reason, retry_in = ?retry, "trigger invocation will be retried");
@@ -251,7 +264,42 @@ async fn deliver(ctx: Context, function: FunctionKey, trigger: Trigger, path: Pa
             () = optional(&mut waiting), if waiting.is_some() => {
                 waiting = None;
             }
+            () = optional(&mut saving.timer), if saving.timer.is_some() => {
+                saving.timer = None;
+                saving.after(persist(&mut journal).await, &function);
+            }
         }
+    }
+}
+
+/// Retrying the save of a trigger's queue that failed (a full or read-only disk): logged
+/// once when it starts failing and once when it works again, retried with a backoff.
+#[derive(Default)]
+struct SaveRetry {
+    failing_since: Option<Instant>,
+    delay: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl SaveRetry {
+    /// Takes the outcome of a save.
+    fn after(&mut self, saved: Result<(), String>, function: &FunctionKey) {
+        let Err(e) = saved else {
+            if let Some(since) = self.failing_since.take() {
+                info!(function = %function, after = ?since.elapsed(), "trigger queue saved again; deliveries resume");
+            }
+            self.timer = None;
+            return;
+        };
+        if self.failing_since.is_none() {
+            self.failing_since = Some(Instant::now());
+            self.delay = RETRY_START;
+            error!(function = %function, error = %e, "trigger deliveries paused: the queue cannot be saved, and only saved events are delivered (they stay counted in memory); retrying");
+        } else {
+            debug!(function = %function, error = %e, "trigger queue still cannot be saved");
+        }
+        self.timer = Some(Box::pin(tokio::time::sleep(self.delay)));
+        self.delay = (self.delay * 2).min(RETRY_MAX);
     }
 }
 
@@ -270,20 +318,31 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Saves the queue off the async threads; a failure is logged and the events stay in memory
-/// (delivered all the same; saved with the next change).
-async fn persist(journal: &mut Journal, function: &FunctionKey) {
+/// Saves the queue off the async threads (on failure the events stay in memory, not
+/// delivered until they are saved).
+async fn persist(journal: &mut Journal) -> Result<(), String> {
     let Some((path, bytes)) = journal.unsaved() else {
-        return;
+        return Ok(());
     };
-    let written =
-        tokio::task::spawn_blocking(move || crate::store::write_atomic(&path, &bytes, 0o600)).await;
-    match written {
-        Ok(Ok(())) => journal.saved(),
-        Ok(Err(e)) => {
-            error!(function = %function, queue = %journal.path().display(), error = %crate::error_chain(&e), "cannot save the trigger queue");
+    let written = tokio::task::spawn_blocking(move || {
+        // Made again if someone removed it meanwhile.
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
         }
-        Err(e) => error!(function = %function, error = %e, "saving the trigger queue panicked"),
+        crate::store::write_atomic(&path, &bytes, 0o600)
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {
+            journal.saved();
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!(
+            "{}: {}",
+            journal.path().display(),
+            crate::error_chain(&e)
+        )),
+        Err(e) => Err(format!("saving {} panicked: {e}", journal.path().display())),
     }
 }
 
@@ -471,5 +530,9 @@ mod tests {
         assert!(queue_path(dir.path(), &kept, "gpio-GPIO17").exists());
         assert!(!queue_path(dir.path(), &kept, "schedule").exists());
         assert!(!dir.path().join(gone.to_string()).exists());
+        // A running trigger's directory stays, even before its queue is first saved.
+        std::fs::remove_file(queue_path(dir.path(), &kept, "gpio-GPIO17")).unwrap();
+        remove_stale_queues(dir.path(), &desired);
+        assert!(dir.path().join(kept.to_string()).is_dir());
     }
 }

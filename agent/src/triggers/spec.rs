@@ -19,8 +19,11 @@
 //! (a new trigger whose first reading is already beyond fires too), and not again until it
 //! has come back by the hysteresis. Which side the value is on survives a restart.
 //!
-//! Schedules are evaluated in the node's local time zone, like cron. `@every 30s` counts
-//! from when the trigger starts.
+//! Schedules are evaluated in the node's local time zone, like cron (across a daylight
+//! saving change, as the `croner` crate resolves it). Each cron time fires at most once: one
+//! passed more than a minute ago when the node looks (the clock jumped, the board was
+//! suspended) is skipped, and a clock set back by more than a minute continues from the new
+//! time (see `sources`). `@every 30s` counts from when the trigger starts.
 
 use std::collections::BTreeMap;
 use std::fmt;
