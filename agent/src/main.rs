@@ -156,6 +156,22 @@ struct UpArgs {
     /// (repeat; comma-separated in the variable).
     #[arg(long, env = "BRAMBLE_HARDWARE_SIM_I2C", value_delimiter = ',', value_parser = parse_sim_i2c)]
     hardware_sim_i2c: Option<Vec<bramble_agent::hardware::SimI2cDevice>>,
+    /// Two simulated lines wired together like a jumper wire, OUTPUT=INPUT, e.g. GPIO27=GPIO17
+    /// (repeat; comma-separated in the variable).
+    #[arg(long, env = "BRAMBLE_HARDWARE_SIM_JUMPERS", value_delimiter = ',', value_parser = parse_sim_jumper)]
+    hardware_sim_jumper: Option<Vec<[String; 2]>>,
+}
+
+/// `LINE=LINE`: a simulated jumper wire.
+fn parse_sim_jumper(text: &str) -> Result<[String; 2], String> {
+    match text.split_once('=') {
+        Some((a, b)) if !a.trim().is_empty() && !b.trim().is_empty() && !b.contains('=') => {
+            Ok([a.trim().to_owned(), b.trim().to_owned()])
+        }
+        _ => Err(format!(
+            "{text:?} is not a jumper: write two line names joined by '=', e.g. GPIO27=GPIO17"
+        )),
+    }
 }
 
 /// `BUS:ADDRESS[:REGISTER=VALUE...]`, numbers decimal or `0x` hexadecimal.
@@ -253,6 +269,7 @@ impl UpArgs {
         set!(hardware.chip_labels = self.hardware_chip_label);
         set!(hardware.sim_lines = self.hardware_sim_line);
         set!(hardware.sim_i2c = self.hardware_sim_i2c);
+        set!(hardware.sim_jumpers = self.hardware_sim_jumper);
         c.validate()?;
         Ok(c)
     }
@@ -501,6 +518,12 @@ mod tests {
             "BRAMBLE_HARDWARE_SIM_I2C",
             "2:0x40:0x00=0x12",
         ),
+        (
+            "hardware.sim_jumpers",
+            "--hardware-sim-jumper",
+            "BRAMBLE_HARDWARE_SIM_JUMPERS",
+            "GPIO27=GPIO17",
+        ),
     ];
 
     /// Serializes the tests that read or change the process environment.
@@ -667,6 +690,18 @@ mod tests {
         );
         // What the file does not say stays the default.
         assert_eq!(file_only.run_dir, Config::default().run_dir);
+    }
+
+    #[test]
+    fn simulated_jumpers_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            parse_sim_jumper("GPIO27=GPIO17").unwrap(),
+            ["GPIO27".to_owned(), "GPIO17".to_owned()]
+        );
+        for bad in ["GPIO27", "=GPIO17", "GPIO27=", "A=B=C"] {
+            let e = parse_sim_jumper(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 
     #[test]
