@@ -738,6 +738,15 @@ impl Hardware {
                 .map(|held| (held.direction, held.requested_ns));
             let someones_output = match held {
                 Some((Direction::In, since)) => {
+                    // Edges still queued in the receiver may be from before the request too:
+                    // take them out (in order) and keep only those since the request.
+                    loop {
+                        match rx.try_recv() {
+                            Ok(event) => early.push_back(event),
+                            Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                            Err(_) => break,
+                        }
+                    }
                     early.retain(|event| event.timestamp_ns >= since);
                     return Ok(LineWatch { early, rx });
                 }
