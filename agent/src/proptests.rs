@@ -20,7 +20,7 @@ use crate::triggers::spec::{self, Schedule, Source};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 512,
+        cases: ProptestConfig::default().cases.max(512),
         failure_persistence: None,
         ..ProptestConfig::default()
     }

@@ -198,7 +198,10 @@ async fn wait_consistent(
 ) -> TestResult {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match leftovers(node, runtime, functions).await? {
+        match leftovers(node, runtime, functions)
+            .await
+            .map_err(|e| format!("checking leftovers: {e}\n{}", node.log_tail(40)))?
+        {
             Ok(()) => return Ok(()),
             Err(problem) if Instant::now() > deadline => {
                 return Err(format!("{problem}\n{}", node.log_tail(40)).into());
@@ -908,7 +911,9 @@ async fn power_cuts() -> TestResult {
             debris.is_empty(),
             "{context}: half-written files left: {debris:?}"
         );
-        let names = listed(&node).await?;
+        let names = listed(&node)
+            .await
+            .map_err(|e| format!("{context}: listing: {e}\n{}", node.log_tail(40)))?;
         assert_eq!(
             on_disk.keys().cloned().collect::<BTreeSet<_>>(),
             names,
@@ -969,7 +974,9 @@ async fn power_cuts() -> TestResult {
                 &format!("{name} to be ready and not updating"),
                 Duration::from_secs(60),
                 async || {
-                    let s = status(&node, name).await?;
+                    let s = status(&node, name)
+                        .await
+                        .map_err(|e| format!("status of {name}: {e}"))?;
                     Ok(s["bramble"]["state"] == "ready" && s["availableReplicas"] == 1)
                 },
             )
@@ -977,7 +984,8 @@ async fn power_cuts() -> TestResult {
             .map_err(|e| format!("{context}: {e}\n{}", node.log_tail(30)))?;
             let r = node
                 .call("GET", &format!("/function/{name}"), &[], b"")
-                .await?;
+                .await
+                .map_err(|e| format!("{context}: calling {name}: {e}\n{}", node.log_tail(40)))?;
             assert_eq!(
                 (r.status, r.text()),
                 (200, body.clone()),
@@ -996,7 +1004,9 @@ async fn power_cuts() -> TestResult {
         "every accepted async call to run",
         Duration::from_secs(60),
         async || {
-            let seen = records(&node, "rec").await?;
+            let seen = records(&node, "rec")
+                .await
+                .map_err(|e| format!("records: {e}\n{}", node.log_tail(40)))?;
             missing = accepted
                 .iter()
                 .filter(|a| !seen.contains(a))

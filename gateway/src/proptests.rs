@@ -23,7 +23,7 @@ use crate::validate;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 512,
+        cases: ProptestConfig::default().cases.max(512),
         failure_persistence: None,
         ..ProptestConfig::default()
     }

@@ -15,11 +15,13 @@ use crate::image::oci::{self, ManifestDocument};
 use crate::image::platform::Platform;
 use crate::image::reference::ImageRef;
 
-const CASES: u32 = 512;
-
+/// 512 cases a property, or `PROPTEST_CASES` for a longer run (README, Reliability); the
+/// rejections of `prop_assume!` are allowed in proportion.
 fn config() -> ProptestConfig {
+    let cases = ProptestConfig::default().cases.max(512);
     ProptestConfig {
-        cases: CASES,
+        cases,
+        max_global_rejects: cases.max(1024),
         failure_persistence: None,
         ..ProptestConfig::default()
     }

@@ -272,7 +272,7 @@ mod properties {
     use super::super::config::{Subnet, parse_cidr};
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: ProptestConfig::default().cases.max(512), failure_persistence: None, ..ProptestConfig::default() })]
 
         /// The `network.subnet` setting: any text is a clear error or a subnet that prints back
         /// to itself; a CIDR with host bits set is refused with the network it meant.
