@@ -26,15 +26,7 @@ fn main() {
         .filter_map(|a| a.parse::<usize>().ok());
     let requests = args.next().unwrap_or(5000);
     let concurrency = args.next().unwrap_or(8);
-    if let Err(e) = harness::enter_private_network_namespace() {
-        eprintln!("gateway bench: {e}");
-        std::process::exit(2);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = harness::bench_runtime("gateway bench");
     if let Err(e) = rt.block_on(bench(requests, concurrency)) {
         eprintln!("gateway bench failed: {e}");
         std::process::exit(1);

@@ -47,15 +47,7 @@ fn main() {
         rate: env_number("BRAMBLE_SOAK_RATE", 200).max(1),
         rss_bound_mib: env_number("BRAMBLE_SOAK_RSS_MIB", 20),
     };
-    if let Err(e) = harness::enter_private_network_namespace() {
-        eprintln!("soak: {e}");
-        std::process::exit(2);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = harness::bench_runtime("soak");
     match rt.block_on(soak(&settings)) {
         Ok(problems) if problems.is_empty() => {}
         Ok(problems) => {

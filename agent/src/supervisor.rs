@@ -832,23 +832,31 @@ impl Supervisor {
         });
     }
 
-    /// Changes the saved record of this function if it is still generation `generation`: a
-    /// newer update saved meanwhile is left alone (its own rollout settles it). A failed write
-    /// is logged and shown in the status; the saved rollout then resumes after a restart.
-    fn persist_if_generation(&mut self, generation: u64, change: impl FnOnce(&mut FunctionRecord)) {
-        let key = self.key.clone();
-        let result = self.ctx.store.update(|state| {
+    /// Changes this function's record in the saved state, when `applies` holds for it.
+    fn save_record(
+        &self,
+        applies: impl FnOnce(&FunctionRecord) -> bool,
+        change: impl FnOnce(&mut FunctionRecord),
+    ) -> Result<(), StoreError> {
+        let key = &self.key;
+        self.ctx.store.update(|state| {
             if let Some(record) = state
                 .functions
                 .get_mut(&key.namespace)
                 .and_then(|f| f.get_mut(&key.name))
-                .filter(|r| r.generation == generation)
+                .filter(|r| applies(r))
             {
                 change(record);
             }
             Ok::<_, StoreError>(())
-        });
-        if let Err(e) = result {
+        })
+    }
+
+    /// Changes the saved record of this function if it is still generation `generation`: a
+    /// newer update saved meanwhile is left alone (its own rollout settles it). A failed write
+    /// is logged and shown in the status; the saved rollout then resumes after a restart.
+    fn persist_if_generation(&mut self, generation: u64, change: impl FnOnce(&mut FunctionRecord)) {
+        if let Err(e) = self.save_record(|r| r.generation == generation, change) {
             tracing::error!(function = %self.key, error = %e, "cannot save the state of the update");
             self.message = Some(format!("cannot save the state of the update: {e}"));
         }
@@ -936,18 +944,7 @@ impl Supervisor {
 
     /// Persists and applies new desired replicas.
     fn set_desired(&mut self, replicas: u64) {
-        let key = self.key.clone();
-        let result = self.ctx.store.update(|state| {
-            if let Some(record) = state
-                .functions
-                .get_mut(&key.namespace)
-                .and_then(|f| f.get_mut(&key.name))
-            {
-                record.replicas = replicas;
-            }
-            Ok::<_, StoreError>(())
-        });
-        match result {
+        match self.save_record(|_| true, |r| r.replicas = replicas) {
             Ok(()) => {
                 self.record.replicas = replicas;
                 // A request that woke us starts the idle clock afresh.

@@ -31,15 +31,7 @@ fn main() {
         .collect();
     let warm = counts.first().copied().unwrap_or(200);
     let cold = counts.get(1).copied().unwrap_or(200);
-    if let Err(e) = harness::enter_private_network_namespace() {
-        eprintln!("gpio_trigger: {e}");
-        std::process::exit(2);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = harness::bench_runtime("gpio_trigger");
     if let Err(e) = rt.block_on(bench(warm, cold)) {
         eprintln!("gpio_trigger failed: {e}");
         std::process::exit(1);

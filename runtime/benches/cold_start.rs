@@ -32,15 +32,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(20);
-    if let Err(e) = harness::enter_private_network_namespace() {
-        eprintln!("cold_start: {e}");
-        std::process::exit(2);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = harness::bench_runtime("cold_start");
     if let Err(e) = rt.block_on(bench(runs)) {
         eprintln!("cold_start failed: {e}");
         std::process::exit(1);

@@ -206,6 +206,23 @@ where
     }
 }
 
+/// The start of a benchmark's `main`: moves into a private network namespace and builds the
+/// runtime the benchmark runs on (two workers, like a Pi 3's share of cores for bramble).
+/// Exits with status 2 and a message naming `bench` when either cannot be done.
+pub fn bench_runtime(bench: &str) -> tokio::runtime::Runtime {
+    let runtime = enter_private_network_namespace().and_then(|()| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))
+    });
+    runtime.unwrap_or_else(|e| {
+        eprintln!("{bench}: {e}");
+        std::process::exit(2)
+    })
+}
+
 /// A trial whose body is async (run with [`block_on`]).
 pub fn async_trial<F, Fut, E>(name: &'static str, body: F) -> Trial
 where

@@ -189,6 +189,40 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// A port on 127.0.0.1 that was free a moment ago (for a server the test starts; it may be
+/// taken by then, so the server's own log must confirm that it bound it).
+pub(crate) fn free_loopback_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| crate::procfs::context("binding 127.0.0.1:0 to find a free port", &e))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A blocking `GET path` over plain HTTP/1.1 with short timeouts (for readiness probes of
+/// servers started outside a runtime); returns the status code, or an error when the peer
+/// does not answer HTTP.
+pub(crate) fn get_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: bramble-testkit\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let head = String::from_utf8_lossy(&response[..response.len().min(64)]).into_owned();
+    head.strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not an HTTP response: {head:?}"),
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

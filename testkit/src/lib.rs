@@ -10,7 +10,8 @@
 //!   plain `rustc` and cached under `target/fixture`; [`images`] packages it as an OCI image
 //!   with bramble's own builder ([`multi_platform_layout`] combines several into one
 //!   multi-platform image).
-//! - [`http`]: a minimal async HTTP client and the readiness wait on `/_/health`.
+//! - [`http`]: a minimal async HTTP client, the readiness wait on `/_/health`, and the
+//!   blocking probe and free-port helpers of the servers the testkit starts.
 //! - [`load`]: [`Load`], a steady request loop counting successes, failures and bodies.
 //! - [`node`]: [`Node`], a real `bramble up` process on a [`TestEnv`], with its API at hand.
 //! - [`env`]: [`TestEnv`], a private containerd with a runtime configuration (namespace,

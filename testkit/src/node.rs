@@ -22,7 +22,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -82,7 +82,7 @@ impl Node {
         process_env: Vec<(OsString, OsString)>,
     ) -> io::Result<Node> {
         let (binary, runner) = node_command(binary)?;
-        let port = free_port()?;
+        let port = http::free_loopback_port()?;
         let state_dir = env.containerd.dir().join("state");
         let mut node = Node {
             binary,
@@ -240,7 +240,8 @@ impl Node {
     }
 
     /// Starts the process again (after [`Node::kill`] or [`Node::stop`]) and waits until it
-    /// listens (its readiness signal; functions are then adopted in the background).
+    /// is ready: its log says that this process listens on the node's address, and `/healthz`
+    /// answers HTTP (any status; functions are then adopted in the background).
     pub fn start_again(&mut self) -> io::Result<()> {
         if self.child.is_some() {
             return Err(io::Error::other("bramble is already running"));
@@ -249,6 +250,8 @@ impl Node {
             .create(true)
             .append(true)
             .open(&self.log)?;
+        // Only what this process writes counts: earlier runs said the same words.
+        let log_start = log.metadata()?.len();
         let child = command(&self.binary, &self.runner)
             .arg("up")
             .arg("--config")
@@ -260,11 +263,23 @@ impl Node {
             .stdin(Stdio::null())
             .spawn()?;
         self.child = Some(child);
-        self.wait_ready()
+        self.wait_ready(log_start)
     }
 
-    fn wait_ready(&mut self) -> io::Result<()> {
+    /// A connection alone is no proof: while this process starts, the port it will bind may
+    /// briefly belong to another socket, so the wait is for this process's own "listening"
+    /// line (printed right after the bind) and then for an HTTP answer.
+    fn wait_ready(&mut self, log_start: u64) -> io::Result<()> {
+        // `http://127.0.0.1:PORT`, or `http://0.0.0.0:PORT` for a node listening everywhere.
+        let port = format!(":{}", self.addr.port());
+        let listens = |log: &str| {
+            log.lines().any(|l| {
+                l.split_once(" listening on http://")
+                    .is_some_and(|(_, addr)| addr.ends_with(&port))
+            })
+        };
         let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last_probe = String::from("its log does not say it listens yet");
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
@@ -275,17 +290,33 @@ impl Node {
                     self.log_tail(40)
                 )));
             }
-            if std::net::TcpStream::connect(self.addr).is_ok() {
-                return Ok(());
+            if listens(&self.log_since(log_start)) {
+                match http::get_status(self.addr, "/healthz") {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last_probe = format!("GET /healthz: {e}"),
+                }
             }
             if Instant::now() > deadline {
                 return Err(io::Error::other(format!(
-                    "bramble did not listen within {READY_TIMEOUT:?}:\n{}",
+                    "bramble was not ready within {READY_TIMEOUT:?} ({last_probe}):\n{}",
                     self.log_tail(40)
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The log written from byte `start` on.
+    fn log_since(&self, start: u64) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut bytes = Vec::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log)
+            && file.seek(SeekFrom::Start(start)).is_ok()
+        {
+            // A partly written line is read again on the next poll.
+            let _ = file.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// SIGKILL (a crash or power cut of the daemon; functions keep running).
@@ -536,10 +567,6 @@ pub fn node_platform(binary: &Path) -> io::Result<Platform> {
             platform
         },
     )
-}
-
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 #[cfg(test)]

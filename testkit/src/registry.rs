@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::procfs;
+use crate::{http, procfs};
 
 /// How long [`Registry::start`] waits for the registry to answer `GET /v2/`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -84,7 +84,7 @@ impl Registry {
         };
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            registry.port = free_port()?;
+            registry.port = http::free_loopback_port()?;
             match registry.try_start(htpasswd.as_deref()) {
                 Ok(()) => return Ok(registry),
                 Err(Attempt::PortTaken) => last = registry.log_tail(ERROR_LOG_LINES),
@@ -212,7 +212,7 @@ impl Registry {
             }
             // The log line proves that *our* process bound the port, the probe that it serves.
             if fs::read_to_string(&self.log).is_ok_and(|l| l.contains(&listening)) {
-                match http_get(self.addr(), &format!("/v2/?{PROBE_MARKER}")) {
+                match http::get_status(self.addr(), &format!("/v2/?{PROBE_MARKER}")) {
                     Ok(status) if status == expected => return Ok(()),
                     Ok(status) => {
                         last_probe = format!("GET /v2/ answered {status}, expected {expected}");
@@ -363,7 +363,7 @@ impl Registry {
     fn flush_access_log(&self) -> io::Result<()> {
         let n = self.syncs.fetch_add(1, Ordering::Relaxed);
         let path = format!("{SYNC_PATH}{}-{n}", std::process::id());
-        http_get(self.addr(), &path).map_err(|e| {
+        http::get_status(self.addr(), &path).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -417,36 +417,6 @@ fn is_counted_access_line(line: &str) -> bool {
     let is_access =
         !line.starts_with("time=") && line.split(' ').nth(3).is_some_and(|t| t.starts_with('['));
     is_access && !line.contains(PROBE_MARKER) && !line.contains(SYNC_PATH)
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> io::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| procfs::context("binding 127.0.0.1:0 to find a free port", &e))?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// `GET path` over plain HTTP/1.1; returns the status code.
-fn http_get(addr: SocketAddr, path: &str) -> io::Result<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: bramble-testkit\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let head = String::from_utf8_lossy(&response[..response.len().min(64)]).into_owned();
-    head.strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("not an HTTP response: {head:?}"),
-            )
-        })
 }
 
 /// A YAML double-quoted scalar (JSON string syntax is valid YAML).
@@ -521,7 +491,7 @@ mod tests {
             authfile: dir.path().join("empty-auth.json"),
             log,
             dir,
-            port: free_port().unwrap(),
+            port: http::free_loopback_port().unwrap(),
             credentials: None,
             child: Some(child),
             syncs: AtomicUsize::new(0),
