@@ -122,6 +122,11 @@ fn annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
             0..3,
         ),
         vec(sensor, 0..3),
+        vec(
+            prop_oneof!["[0-9]{1,2}\\.[0-9]{1,2}", "[0-7.]{0,5}", ".{0,6}"],
+            0..3,
+        ),
+        vec(prop_oneof!["[0-3]", "[0-9+-]{0,3}", ".{0,4}"], 0..3),
         vec(gpio_item(), 0..3),
         vec(sensor_trigger, 0..3),
         prop::option::of(prop_oneof![Just("cron-function".to_owned()), ".{0,20}"]),
@@ -129,7 +134,7 @@ fn annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
         prop_oneof![Just(","), Just(", "), Just(" ")],
     )
         .prop_map(
-            |(gpio, i2c, sensors, trig_gpio, trig_sensor, topic, schedule, sep)| {
+            |(gpio, i2c, sensors, spi, pwm, trig_gpio, trig_sensor, topic, schedule, sep)| {
                 let mut a = BTreeMap::new();
                 let mut put = |key: &str, items: Vec<String>| {
                     if !items.is_empty() {
@@ -139,6 +144,8 @@ fn annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
                 put(grants::GPIO_KEY, gpio);
                 put(grants::I2C_KEY, i2c);
                 put(grants::SENSORS_KEY, sensors);
+                put(grants::SPI_KEY, spi);
+                put(grants::PWM_KEY, pwm);
                 put(spec::GPIO_KEY, trig_gpio);
                 put(spec::SENSOR_KEY, trig_sensor);
                 if let Some(t) = topic {
@@ -188,8 +195,9 @@ fn line_grant() -> impl Strategy<Value = LineGrant> {
 proptest! {
     #![proptest_config(config())]
 
-    /// `bramble.gpio`, `bramble.i2c`, `bramble.sensors` and the trigger annotations together:
-    /// an error names its annotation and item; what parses is a set of valid grants and
+    /// `bramble.gpio`, `bramble.i2c`, `bramble.sensors`, `bramble.spi`, `bramble.pwm` and the
+    /// trigger annotations together: an error names its annotation and item; what parses is
+    /// a set of valid grants (whose SPI and PWM summaries parse back to the same grants) and
     /// triggers whose periods a timer can hold.
     #[test]
     fn hardware_and_trigger_annotations(a in annotations()) {
@@ -204,6 +212,19 @@ proptest! {
                 for addrs in g.i2c.values() {
                     prop_assert!(addrs.iter().all(|a| (0x08..=0x77).contains(a)));
                 }
+                for (bus, cs) in &g.spi {
+                    prop_assert!(*bus <= grants::MAX_SPI_BUS && *cs <= grants::MAX_SPI_CS);
+                }
+                prop_assert!(g.pwm.iter().all(|c| *c <= grants::MAX_PWM_CHANNEL));
+                let again = BTreeMap::from([
+                    (grants::SPI_KEY.to_owned(), g.spi_summary().replace("none", "")),
+                    (grants::PWM_KEY.to_owned(), g.pwm_summary().replace("none", "")),
+                ]);
+                let again = grants::parse(&again)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?
+                    .unwrap_or_default();
+                prop_assert_eq!(&again.spi, &g.spi);
+                prop_assert_eq!(&again.pwm, &g.pwm);
             }
             Ok(None) => {}
             Err(e) => {

@@ -582,7 +582,7 @@ pub(crate) const DEFAULT_CONFIG: &str = r#"# bramble configuration, read by `bra
 #workers = 4
 #max_body = "8Mi"
 
-# The hardware helper: GPIO, I2C and sensors for functions granted them (see the README).
+# The hardware helper: GPIO, I2C, SPI, PWM and sensors for functions granted them (see the README).
 #[hardware]
 # "auto" (the GPIO character device where a chip below exists, else the simulator),
 # "cdev" or "simulator".

@@ -163,6 +163,9 @@ pub enum BackendError {
     /// No such I2C bus.
     #[error("I2C bus {0} does not exist on this node (/dev/i2c-{0}; is I2C enabled?)")]
     NoBus(u8),
+    /// No such SPI device or PWM channel on this node (the message says how to enable it).
+    #[error("{0}")]
+    NotFound(String),
     /// Nothing acknowledged the address (the kernel's ENXIO or EREMOTEIO).
     #[error("no I2C device answered at {bus}:{addr:#04x}")]
     NoDevice {
@@ -239,9 +242,145 @@ pub trait I2cBackend: Send + Sync {
     ) -> Result<Vec<u8>, BackendError>;
 }
 
+/// Most bytes one SPI transfer may write (and so read).
+pub const MAX_SPI_TRANSFER: usize = 4096;
+/// Slowest SPI clock accepted, in Hz.
+pub const MIN_SPI_SPEED_HZ: u32 = 1_000;
+/// Fastest SPI clock accepted, in Hz (the kernel rounds down to what the bus can do).
+pub const MAX_SPI_SPEED_HZ: u32 = 125_000_000;
+/// The SPI clock when a request gives none, in Hz.
+pub const DEFAULT_SPI_SPEED_HZ: u32 = 1_000_000;
+/// Shortest PWM period accepted, in nanoseconds (1 µs).
+pub const MIN_PWM_PERIOD_NS: u64 = 1_000;
+/// Longest PWM period accepted, in nanoseconds (1 s).
+pub const MAX_PWM_PERIOD_NS: u64 = 1_000_000_000;
+
+/// Checks an SPI transfer before any device is opened: at most [`MAX_SPI_TRANSFER`] bytes,
+/// a clock in [`MIN_SPI_SPEED_HZ`]..=[`MAX_SPI_SPEED_HZ`], mode 0 to 3.
+pub fn check_spi_transfer(len: usize, speed_hz: u32, mode: u8) -> Result<(), BackendError> {
+    if len > MAX_SPI_TRANSFER {
+        return Err(BackendError::Invalid(format!(
+            "an SPI transfer is at most {MAX_SPI_TRANSFER} bytes ({len} given)"
+        )));
+    }
+    if !(MIN_SPI_SPEED_HZ..=MAX_SPI_SPEED_HZ).contains(&speed_hz) {
+        return Err(BackendError::Invalid(format!(
+            "SPI speed_hz {speed_hz} is outside {MIN_SPI_SPEED_HZ}..={MAX_SPI_SPEED_HZ} \
+             (1 kHz to 125 MHz)"
+        )));
+    }
+    if mode > 3 {
+        return Err(BackendError::Invalid(format!(
+            "SPI mode {mode} is not 0, 1, 2 or 3"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks PWM settings before any channel is touched: a period in
+/// [`MIN_PWM_PERIOD_NS`]..=[`MAX_PWM_PERIOD_NS`] and a duty no longer than the period.
+pub fn check_pwm(period_ns: u64, duty_ns: u64) -> Result<(), BackendError> {
+    if !(MIN_PWM_PERIOD_NS..=MAX_PWM_PERIOD_NS).contains(&period_ns) {
+        return Err(BackendError::Invalid(format!(
+            "PWM period_ns {period_ns} is outside {MIN_PWM_PERIOD_NS}..={MAX_PWM_PERIOD_NS} \
+             (1 µs to 1 s)"
+        )));
+    }
+    if duty_ns > period_ns {
+        return Err(BackendError::Invalid(format!(
+            "PWM duty_ns {duty_ns} is longer than period_ns {period_ns}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `channel` is one of the PWM channels bramble grants (0 and 1).
+pub fn check_pwm_channel(channel: u8) -> Result<(), BackendError> {
+    if channel > super::grants::MAX_PWM_CHANNEL {
+        return Err(BackendError::NotFound(format!(
+            "no PWM channel {channel}: the channels are 0 and 1"
+        )));
+    }
+    Ok(())
+}
+
+/// SPI buses. Blocking: call it off the async threads.
+pub trait SpiBackend: Send + Sync {
+    /// One full-duplex transfer with the device on `bus` selected by chip select `cs`:
+    /// writes `write` while reading as many bytes, at `speed_hz` in SPI `mode` (0 to 3).
+    fn transfer(
+        &self,
+        bus: u8,
+        cs: u8,
+        write: &[u8],
+        speed_hz: u32,
+        mode: u8,
+    ) -> Result<Vec<u8>, BackendError>;
+}
+
+/// The state of a PWM channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct PwmState {
+    /// The period, in nanoseconds.
+    pub period_ns: u64,
+    /// How long the output is high in each period, in nanoseconds.
+    pub duty_ns: u64,
+    /// Whether the channel is running.
+    pub enabled: bool,
+}
+
+/// PWM channels. Blocking: call it off the async threads.
+pub trait PwmBackend: Send + Sync {
+    /// Sets `channel`'s period and duty and enables or disables it.
+    fn set(
+        &self,
+        channel: u8,
+        period_ns: u64,
+        duty_ns: u64,
+        enabled: bool,
+    ) -> Result<PwmState, BackendError>;
+    /// The state of `channel`.
+    fn get(&self, channel: u8) -> Result<PwmState, BackendError>;
+    /// Stops `channel` (its safe state), keeping period and duty; nothing to do for a
+    /// channel never used.
+    fn disable(&self, channel: u8) -> Result<(), BackendError>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spi_and_pwm_checks() {
+        check_spi_transfer(MAX_SPI_TRANSFER, DEFAULT_SPI_SPEED_HZ, 3).unwrap();
+        check_spi_transfer(0, MIN_SPI_SPEED_HZ, 0).unwrap();
+        for (len, speed, mode, what) in [
+            (
+                MAX_SPI_TRANSFER + 1,
+                DEFAULT_SPI_SPEED_HZ,
+                0,
+                "at most 4096 bytes",
+            ),
+            (1, MIN_SPI_SPEED_HZ - 1, 0, "speed_hz 999"),
+            (1, MAX_SPI_SPEED_HZ + 1, 0, "125 MHz"),
+            (1, DEFAULT_SPI_SPEED_HZ, 4, "mode 4"),
+        ] {
+            let e = check_spi_transfer(len, speed, mode).unwrap_err();
+            assert!(matches!(e, BackendError::Invalid(_)), "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+        }
+        check_pwm(MIN_PWM_PERIOD_NS, MIN_PWM_PERIOD_NS).unwrap();
+        check_pwm(MAX_PWM_PERIOD_NS, 0).unwrap();
+        for (period, duty, what) in [
+            (0, 0, "period_ns 0"),
+            (MAX_PWM_PERIOD_NS + 1, 0, "outside"),
+            (20_000, 20_001, "longer than period_ns 20000"),
+        ] {
+            let e = check_pwm(period, duty).unwrap_err();
+            assert!(matches!(e, BackendError::Invalid(_)), "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+        }
+    }
 
     #[test]
     fn bus_numbers_events_and_fans_out_per_line() {

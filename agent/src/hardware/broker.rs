@@ -3,17 +3,25 @@
 //!
 //! | route                        | body / answer                                                        |
 //! |------------------------------|----------------------------------------------------------------------|
-//! | `GET /v1/capabilities`       | the caller's grants: `{"function","backend","gpio":[…],"i2c":[…],"sensors":[…]}` |
+//! | `GET /v1/capabilities`       | the caller's grants: `{"function","backend","gpio":[…],"i2c":[…],"spi":["0.0",…],"pwm":[0,…],"sensors":[…]}` |
 //! | `GET /v1/gpio/LINE`          | `{"line":"GPIO17","level":0}` (inputs and outputs)                   |
 //! | `PUT /v1/gpio/LINE`          | body `{"level":1}` → `{"line":"GPIO27","level":1}` (outputs only)    |
 //! | `GET /v1/gpio/LINE/watch`    | NDJSON, one edge per line, until the client disconnects (inputs only): `{"line","edge":"rising"\|"falling","level","timestamp_ns","seqno","line_seqno"}` |
 //! | `POST /v1/i2c/BUS/ADDR`      | body `{"write":[bytes],"read":N}` (either or both) → `{"data":[bytes]}` |
+//! | `POST /v1/spi/BUS/CS`        | body `{"write":[bytes],"speed_hz":N,"mode":M}` (speed and mode optional) → `{"data":[bytes]}`, as many bytes as written |
+//! | `GET /v1/pwm/CHANNEL`        | `{"channel":0,"period_ns":20000000,"duty_ns":1500000,"enabled":true}` |
+//! | `PUT /v1/pwm/CHANNEL`        | body `{"period_ns":N,"duty_ns":N,"enabled":bool}` → the new state, as `GET` |
 //! | `GET /v1/sensors/ID`         | `{"id":"w1:28-…","kind":"temperature","value":23.125,"unit":"celsius"}` |
 //!
 //! Levels are logical (the grant's `active-low` applied). `ADDR` is hex (`0x76`) or decimal.
+//! An SPI transfer is full duplex, at most 4096 bytes, at `speed_hz` 1 kHz to 125 MHz
+//! (default 1 MHz) in `mode` 0 to 3 (default 0); the simulator's SPI is a loopback (it reads
+//! back what it writes). A PWM period is 1 µs to 1 s and the duty at most the period; a
+//! function's PWM channels are disabled when it stops, crashes or is deleted.
 //! Errors are one line of `text/plain`: 400 bad input, 403 not granted (naming the missing
-//! grant and listing the caller's), 404 no such line, bus or sensor, 409 line busy or
-//! released, 502 the device failed (no I2C acknowledge, 1-Wire CRC error), 500 otherwise.
+//! grant and listing the caller's), 404 no such line, bus, SPI device, PWM channel or
+//! sensor, 409 line busy or released, 502 the device failed (no I2C acknowledge, 1-Wire CRC
+//! error), 500 otherwise.
 //! Each request is served with the grants of the moment: a re-attach with other grants
 //! applies at once, and a watch stream ends when its line is no longer granted.
 
@@ -38,7 +46,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::Shared;
-use super::backend::{BackendError, EdgeEvent};
+use super::backend::{self, BackendError, EdgeEvent, PwmState};
 use super::grants::{self, Direction, Grants, LineGrant};
 use super::sensors::SensorError;
 use super::sim::MAX_I2C_TRANSFER;
@@ -75,7 +83,9 @@ impl IntoResponse for ApiError {
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> ApiError {
         let status = match &e {
-            BackendError::UnknownLine(_) | BackendError::NoBus(_) => StatusCode::NOT_FOUND,
+            BackendError::UnknownLine(_) | BackendError::NoBus(_) | BackendError::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             BackendError::Busy(_) | BackendError::Unsupported(_) => StatusCode::CONFLICT,
             BackendError::Invalid(_) => StatusCode::BAD_REQUEST,
             BackendError::NoDevice { .. } | BackendError::Io { .. } => StatusCode::BAD_GATEWAY,
@@ -203,6 +213,42 @@ impl Broker {
         }
     }
 
+    /// Ok when the caller's grants allow what `allowed` checks; otherwise 403 naming `what`,
+    /// the caller's grants of that kind (`summary`) and the annotation `key`.
+    fn granted(
+        &self,
+        allowed: impl FnOnce(&Grants) -> bool,
+        what: &str,
+        summary: impl FnOnce(&Grants) -> String,
+        key: &str,
+    ) -> ApiResult<()> {
+        let grants = self.grants()?;
+        if allowed(&grants) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{what} is not granted to this function (grants: {}); add it to the \
+                 function's {key} annotation",
+                summary(&grants)
+            ),
+        ))
+    }
+
+    /// The PWM channel of a route, parsed and granted.
+    fn pwm_channel(&self, channel: &str) -> ApiResult<u8> {
+        let channel = grants::parse_pwm_channel(channel)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+        self.granted(
+            |g| g.allows_pwm(channel),
+            &format!("PWM channel {channel}"),
+            Grants::pwm_summary,
+            grants::PWM_KEY,
+        )?;
+        Ok(channel)
+    }
+
     fn handle(&self, line: &str) -> ApiResult<Arc<dyn super::backend::LineHandle>> {
         self.shared.handle(line).ok_or_else(|| {
             ApiError::new(
@@ -220,13 +266,15 @@ pub(crate) fn router(shared: Arc<Shared>, function: &str) -> Router {
         .route("/v1/gpio/{line}", get(read_line).put(write_line))
         .route("/v1/gpio/{line}/watch", get(watch_line))
         .route("/v1/i2c/{bus}/{addr}", post(i2c))
+        .route("/v1/spi/{bus}/{cs}", post(spi))
+        .route("/v1/pwm/{channel}", get(read_pwm).put(write_pwm))
         .route("/v1/sensors/{id}", get(sensor))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such route: the hardware API is GET /v1/capabilities, GET|PUT \
-                 /v1/gpio/LINE, GET /v1/gpio/LINE/watch, POST /v1/i2c/BUS/ADDR, GET \
-                 /v1/sensors/ID",
+                 /v1/gpio/LINE, GET /v1/gpio/LINE/watch, POST /v1/i2c/BUS/ADDR, POST \
+                 /v1/spi/BUS/CS, GET|PUT /v1/pwm/CHANNEL, GET /v1/sensors/ID",
             )
         })
         .with_state(Broker {
@@ -312,6 +360,8 @@ async fn capabilities(State(broker): State<Broker>) -> ApiResult<Json<Value>> {
         "backend": broker.shared.backend_name(),
         "gpio": gpio,
         "i2c": i2c,
+        "spi": grants.spi.iter().map(|(bus, cs)| format!("{bus}.{cs}")).collect::<Vec<_>>(),
+        "pwm": grants.pwm,
         "sensors": grants.sensors,
     })))
 }
@@ -410,18 +460,12 @@ async fn i2c(
     })?;
     let addr =
         grants::parse_i2c_address(&addr).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    let grants = broker.grants()?;
-    if !grants.allows_i2c(bus, addr) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "I2C {bus}:{addr:#04x} is not granted to this function (grants: {}); add it \
-                 to the function's {} annotation",
-                grants.i2c_summary(),
-                grants::I2C_KEY
-            ),
-        ));
-    }
+    broker.granted(
+        |g| g.allows_i2c(bus, addr),
+        &format!("I2C {bus}:{addr:#04x}"),
+        Grants::i2c_summary,
+        grants::I2C_KEY,
+    )?;
     let request: I2cRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -445,19 +489,112 @@ async fn i2c(
     Ok(Json(json!({ "data": data })))
 }
 
-async fn sensor(State(broker): State<Broker>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let grants = broker.grants()?;
-    if !grants.sensors.contains(&id) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "sensor {id} is not granted to this function (grants: {}); add it to the \
-                 function's {} annotation",
-                grants.sensors_summary(),
-                grants::SENSORS_KEY
-            ),
+/// `{"write":[...],"speed_hz":N,"mode":M}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpiRequest {
+    write: Vec<u8>,
+    #[serde(default = "default_spi_speed")]
+    speed_hz: u32,
+    #[serde(default)]
+    mode: u8,
+}
+
+fn default_spi_speed() -> u32 {
+    backend::DEFAULT_SPI_SPEED_HZ
+}
+
+async fn spi(
+    State(broker): State<Broker>,
+    Path((bus, cs)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let bad = |e: String| ApiError::new(StatusCode::BAD_REQUEST, e);
+    let bus = grants::parse_spi_bus(&bus).map_err(bad)?;
+    let cs = grants::parse_spi_cs(&cs).map_err(bad)?;
+    broker.granted(
+        |g| g.allows_spi(bus, cs),
+        &format!("SPI {bus}.{cs}"),
+        Grants::spi_summary,
+        grants::SPI_KEY,
+    )?;
+    let request: SpiRequest = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "the body must be {{\"write\":[bytes],\"speed_hz\":N,\"mode\":0..3}} (speed_hz \
+             and mode optional): {e}"
+        ))
+    })?;
+    if request.write.is_empty() {
+        return Err(bad(
+            "nothing to do: give \"write\": [bytes] (as many bytes are read)".to_owned(),
         ));
     }
+    // Checked here too, so a bad request never waits for a blocking thread.
+    backend::check_spi_transfer(request.write.len(), request.speed_hz, request.mode)?;
+    let spi = broker.shared.spi();
+    let data =
+        blocking(move || spi.transfer(bus, cs, &request.write, request.speed_hz, request.mode))
+            .await?;
+    Ok(Json(json!({ "data": data })))
+}
+
+/// `{"channel",...}`: a PWM channel's state.
+#[derive(Serialize)]
+struct PwmChannel {
+    channel: u8,
+    #[serde(flatten)]
+    state: PwmState,
+}
+
+/// `{"period_ns":N,"duty_ns":N,"enabled":bool}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPwm {
+    period_ns: u64,
+    duty_ns: u64,
+    enabled: bool,
+}
+
+async fn read_pwm(
+    State(broker): State<Broker>,
+    Path(channel): Path<String>,
+) -> ApiResult<Json<PwmChannel>> {
+    let channel = broker.pwm_channel(&channel)?;
+    let pwm = broker.shared.pwm();
+    let state = blocking(move || pwm.get(channel)).await?;
+    Ok(Json(PwmChannel { channel, state }))
+}
+
+async fn write_pwm(
+    State(broker): State<Broker>,
+    Path(channel): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<PwmChannel>> {
+    let channel = broker.pwm_channel(&channel)?;
+    let request: SetPwm = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body must be {{\"period_ns\":N,\"duty_ns\":N,\"enabled\":true|false}}: \
+                 {e}"
+            ),
+        )
+    })?;
+    backend::check_pwm(request.period_ns, request.duty_ns)?;
+    let pwm = broker.shared.pwm();
+    let state =
+        blocking(move || pwm.set(channel, request.period_ns, request.duty_ns, request.enabled))
+            .await?;
+    Ok(Json(PwmChannel { channel, state }))
+}
+
+async fn sensor(State(broker): State<Broker>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    broker.granted(
+        |g| g.sensors.contains(&id),
+        &format!("sensor {id}"),
+        Grants::sensors_summary,
+        grants::SENSORS_KEY,
+    )?;
     let sensors = broker.shared.sensors();
     let sensor_id = id.clone();
     let reading = blocking(move || sensors.read(&sensor_id)).await?;

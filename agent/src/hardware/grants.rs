@@ -8,9 +8,12 @@
 //! | `bramble.gpio`    | comma-separated `LINE:in[:option...]` or `LINE:out[:option...]`    |
 //! | `bramble.i2c`     | comma- or space-separated `BUS:ADDR[+ADDR...]`                     |
 //! | `bramble.sensors` | comma- or space-separated sensor ids `KIND:ID`                     |
+//! | `bramble.spi`     | comma- or space-separated `BUS.CS`                                 |
+//! | `bramble.pwm`     | comma- or space-separated PWM channels `0`, `1`                    |
 //!
 //! Example: `bramble.gpio=GPIO17:in:pull-up:debounce=20ms:active-low,GPIO27:out:safe=0`,
-//! `bramble.i2c=1:0x76+0x77`, `bramble.sensors=w1:28-0316a27966ff`.
+//! `bramble.i2c=1:0x76+0x77`, `bramble.sensors=w1:28-0316a27966ff`, `bramble.spi=0.0,0.1`,
+//! `bramble.pwm=0`.
 //!
 //! **`LINE`** is the line name as the kernel names it (`GPIO17` on Raspberry Pi OS for BCM
 //! GPIO 17, on every Pi including the Pi 5), never a chip number or offset: 1 to 31 printable
@@ -38,13 +41,22 @@
 //! 1-Wire temperature sensor as the kernel names it under `/sys/bus/w1/devices`
 //! (`w1:28-0316a27966ff`).
 //!
+//! **SPI**: `BUS.CS` is the kernel's spidev device `/dev/spidevBUS.CS`: `BUS` 0 to 6 and the
+//! chip select `CS` 0 to 2 (rppal's `Bus` and `SlaveSelect`), e.g. `0.0` for SPI0 CE0. On a
+//! Pi, `dtparam=spi=on` in `config.txt` gives `0.0` and `0.1`.
+//!
+//! **PWM**: channel `0` or `1`, the Pi's hardware PWM channels (rppal's `Pwm0`, `Pwm1`),
+//! enabled with `dtoverlay=pwm-2chan` in `config.txt`. When the function stops, crashes or
+//! is deleted its channels are disabled (their safe state).
+//!
 //! # Sharing between functions
 //!
 //! An output line belongs to one function: a second function asking for it (as input or
 //! output) is refused, and so is an output request for a line another function reads.
 //! Inputs may be shared, provided every function asks for the same bias and debounce (the
 //! kernel line is requested once); `active-low` may differ, it is applied per function.
-//! I2C addresses and sensors may be shared.
+//! A PWM channel belongs to one function too. I2C addresses, SPI devices and sensors may be
+//! shared.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -58,6 +70,17 @@ pub const GPIO_KEY: &str = "bramble.gpio";
 pub const I2C_KEY: &str = "bramble.i2c";
 /// The annotation granting sensors.
 pub const SENSORS_KEY: &str = "bramble.sensors";
+/// The annotation granting SPI devices.
+pub const SPI_KEY: &str = "bramble.spi";
+/// The annotation granting PWM channels.
+pub const PWM_KEY: &str = "bramble.pwm";
+
+/// Highest SPI bus number (rppal's `Bus::Spi6`).
+pub const MAX_SPI_BUS: u8 = 6;
+/// Highest SPI chip select (`CE2`).
+pub const MAX_SPI_CS: u8 = 2;
+/// Highest PWM channel (rppal's `Channel::Pwm1`).
+pub const MAX_PWM_CHANNEL: u8 = 1;
 
 /// Longest line name: the kernel's `GPIO_MAX_NAME_SIZE` (32) less the NUL.
 pub const MAX_LINE_NAME: usize = 31;
@@ -68,7 +91,8 @@ pub const MAX_DEBOUNCE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("annotation {key}: {item:?}: {reason}")]
 pub struct GrantError {
-    /// The annotation key (`bramble.gpio`, `bramble.i2c` or `bramble.sensors`).
+    /// The annotation key (`bramble.gpio`, `bramble.i2c`, `bramble.sensors`, `bramble.spi`
+    /// or `bramble.pwm`).
     pub key: &'static str,
     /// The offending item, as written.
     pub item: String,
@@ -209,12 +233,20 @@ pub struct Grants {
     pub i2c: BTreeMap<u8, BTreeSet<u16>>,
     /// Sensor ids (`KIND:ID`).
     pub sensors: BTreeSet<String>,
+    /// SPI devices as `(bus, chip select)`.
+    pub spi: BTreeSet<(u8, u8)>,
+    /// PWM channels.
+    pub pwm: BTreeSet<u8>,
 }
 
 impl Grants {
     /// Whether nothing is granted.
     pub fn is_empty(&self) -> bool {
-        self.gpio.is_empty() && self.i2c.is_empty() && self.sensors.is_empty()
+        self.gpio.is_empty()
+            && self.i2c.is_empty()
+            && self.sensors.is_empty()
+            && self.spi.is_empty()
+            && self.pwm.is_empty()
     }
 
     /// The GPIO grants as written, e.g. `GPIO17:in, GPIO27:out` (`none` when there are none).
@@ -237,6 +269,26 @@ impl Grants {
     /// The sensor grants, e.g. `w1:28-0316a27966ff` (`none` when there are none).
     pub fn sensors_summary(&self) -> String {
         summary(self.sensors.iter().cloned())
+    }
+
+    /// The SPI grants as written, e.g. `0.0, 0.1` (`none` when there are none).
+    pub fn spi_summary(&self) -> String {
+        summary(self.spi.iter().map(|(bus, cs)| format!("{bus}.{cs}")))
+    }
+
+    /// The PWM grants, e.g. `0, 1` (`none` when there are none).
+    pub fn pwm_summary(&self) -> String {
+        summary(self.pwm.iter().map(u8::to_string))
+    }
+
+    /// Whether SPI `bus.cs` is granted.
+    pub fn allows_spi(&self, bus: u8, cs: u8) -> bool {
+        self.spi.contains(&(bus, cs))
+    }
+
+    /// Whether PWM `channel` is granted.
+    pub fn allows_pwm(&self, channel: u8) -> bool {
+        self.pwm.contains(&channel)
     }
 
     /// Whether `bus:addr` is granted.
@@ -276,35 +328,48 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<Grants>, G
             }
         }
     }
-    if let Some(value) = annotations.get(I2C_KEY) {
-        for item in list_items(value) {
-            let err = |reason: String| GrantError {
-                key: I2C_KEY,
-                item: item.to_owned(),
-                reason,
-            };
-            let (bus, addrs) = parse_i2c(item).map_err(err)?;
-            grants.i2c.entry(bus).or_default().extend(addrs);
-        }
-    }
-    if let Some(value) = annotations.get(SENSORS_KEY) {
-        for item in list_items(value) {
-            super::sensors::validate_id(item).map_err(|reason| GrantError {
-                key: SENSORS_KEY,
-                item: item.to_owned(),
-                reason,
-            })?;
-            grants.sensors.insert(item.to_owned());
-        }
-    }
+    each_item(annotations, I2C_KEY, |item| {
+        let (bus, addrs) = parse_i2c(item)?;
+        grants.i2c.entry(bus).or_default().extend(addrs);
+        Ok(())
+    })?;
+    each_item(annotations, SENSORS_KEY, |item| {
+        super::sensors::validate_id(item)?;
+        grants.sensors.insert(item.to_owned());
+        Ok(())
+    })?;
+    each_item(annotations, SPI_KEY, |item| {
+        grants.spi.insert(parse_spi(item)?);
+        Ok(())
+    })?;
+    each_item(annotations, PWM_KEY, |item| {
+        grants.pwm.insert(parse_pwm_channel(item)?);
+        Ok(())
+    })?;
     Ok((!grants.is_empty()).then_some(grants))
 }
 
-/// Items separated by commas or whitespace.
-fn list_items(value: &str) -> impl Iterator<Item = &str> {
-    value
+/// Calls `f` with each item of the annotation `key` (items separated by commas or
+/// whitespace), if it is given; an error of `f` names the key and the item.
+fn each_item(
+    annotations: &BTreeMap<String, String>,
+    key: &'static str,
+    mut f: impl FnMut(&str) -> Result<(), String>,
+) -> Result<(), GrantError> {
+    let Some(value) = annotations.get(key) else {
+        return Ok(());
+    };
+    for item in value
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|s| !s.is_empty())
+    {
+        f(item).map_err(|reason| GrantError {
+            key,
+            item: item.to_owned(),
+            reason,
+        })?;
+    }
+    Ok(())
 }
 
 /// Checks a line name: what the kernel could call a line, and safe in paths and messages.
@@ -490,8 +555,38 @@ pub fn parse_i2c_address(text: &str) -> Result<u16, String> {
     Ok(addr)
 }
 
+/// A decimal number from 0 to `max`; `what` names it in the error.
+fn parse_small(text: &str, what: &str, max: u8) -> Result<u8, String> {
+    match text.parse::<u8>() {
+        Ok(n) if n <= max && text.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(format!("{what} {text:?} is not a number from 0 to {max}")),
+    }
+}
+
+/// Parses an SPI bus number, 0 to [`MAX_SPI_BUS`].
+pub fn parse_spi_bus(text: &str) -> Result<u8, String> {
+    parse_small(text, "SPI bus", MAX_SPI_BUS)
+}
+
+/// Parses an SPI chip select, 0 to [`MAX_SPI_CS`].
+pub fn parse_spi_cs(text: &str) -> Result<u8, String> {
+    parse_small(text, "SPI chip select", MAX_SPI_CS)
+}
+
+/// Parses a PWM channel, 0 to [`MAX_PWM_CHANNEL`].
+pub fn parse_pwm_channel(text: &str) -> Result<u8, String> {
+    parse_small(text, "PWM channel", MAX_PWM_CHANNEL)
+}
+
+fn parse_spi(item: &str) -> Result<(u8, u8), String> {
+    let (bus, cs) = item
+        .split_once('.')
+        .ok_or("expected BUS.CS, e.g. 0.0 for /dev/spidev0.0")?;
+    Ok((parse_spi_bus(bus)?, parse_spi_cs(cs)?))
+}
+
 /// Checks `grants` of `function` against the grants of the other functions. The message
-/// names both functions and the line.
+/// names both functions and the line or PWM channel.
 pub fn check_conflicts<'a>(
     function: &str,
     grants: &Grants,
@@ -500,6 +595,12 @@ pub fn check_conflicts<'a>(
     for (other, theirs) in others {
         if other == function {
             continue;
+        }
+        if let Some(channel) = grants.pwm.intersection(&theirs.pwm).next() {
+            return Err(format!(
+                "PWM channel {channel} is already granted to function {other:?}; function \
+                 {function:?} cannot have it (a PWM channel belongs to one function only)"
+            ));
         }
         for (line, mine) in &grants.gpio {
             let Some(their) = theirs.gpio.get(line) else {
@@ -560,7 +661,9 @@ mod tests {
             parse(&annotations(&[
                 (GPIO_KEY, ""),
                 (I2C_KEY, " "),
-                (SENSORS_KEY, ",")
+                (SENSORS_KEY, ","),
+                (SPI_KEY, " , "),
+                (PWM_KEY, "")
             ])),
             Ok(None)
         );
@@ -758,6 +861,87 @@ mod tests {
             assert_eq!(err.item, value);
             assert!(err.reason.contains(reason), "{value}: {}", err.reason);
         }
+    }
+
+    #[test]
+    fn spi_grants() {
+        let grants = parse(&annotations(&[(SPI_KEY, "0.1, 0.0 6.2,0.1")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            grants.spi.iter().copied().collect::<Vec<_>>(),
+            [(0, 0), (0, 1), (6, 2)]
+        );
+        assert!(grants.allows_spi(0, 1) && grants.allows_spi(6, 2));
+        assert!(!grants.allows_spi(1, 0));
+        assert_eq!(grants.spi_summary(), "0.0, 0.1, 6.2");
+        assert_eq!(grants.pwm_summary(), "none");
+        // Merged with the other keys' grants.
+        let both = parse(&annotations(&[(SPI_KEY, "0.0"), (I2C_KEY, "1:0x76")]))
+            .unwrap()
+            .unwrap();
+        assert!(both.allows_spi(0, 0) && both.allows_i2c(1, 0x76));
+        for (value, reason) in [
+            ("0", "expected BUS.CS"),
+            ("0:0", "expected BUS.CS"),
+            ("7.0", "SPI bus \"7\" is not a number from 0 to 6"),
+            ("x.0", "SPI bus \"x\""),
+            ("+0.0", "SPI bus \"+0\""),
+            ("0.3", "SPI chip select \"3\" is not a number from 0 to 2"),
+            ("0.", "SPI chip select \"\""),
+            ("0.0.0", "SPI chip select \"0.0\""),
+        ] {
+            let err = parse(&annotations(&[(SPI_KEY, value)])).expect_err(value);
+            assert_eq!(err.key, SPI_KEY);
+            assert_eq!(err.item, value);
+            assert!(err.reason.contains(reason), "{value}: {}", err.reason);
+            assert!(
+                err.to_string().starts_with("annotation bramble.spi: "),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn pwm_grants() {
+        let grants = parse(&annotations(&[(PWM_KEY, "1 0,1")])).unwrap().unwrap();
+        assert_eq!(grants.pwm.iter().copied().collect::<Vec<_>>(), [0, 1]);
+        assert!(grants.allows_pwm(0) && grants.allows_pwm(1));
+        assert_eq!(grants.pwm_summary(), "0, 1");
+        assert_eq!(grants.spi_summary(), "none");
+        let one = parse(&annotations(&[(PWM_KEY, "1")])).unwrap().unwrap();
+        assert!(!one.allows_pwm(0));
+        for (value, reason) in [
+            ("2", "PWM channel \"2\" is not a number from 0 to 1"),
+            ("pwm0", "PWM channel \"pwm0\""),
+            ("-1", "PWM channel \"-1\""),
+            ("0.0", "PWM channel \"0.0\""),
+        ] {
+            let err = parse(&annotations(&[(PWM_KEY, value)])).expect_err(value);
+            assert_eq!(err.key, PWM_KEY);
+            assert_eq!(err.item, value);
+            assert!(err.reason.contains(reason), "{value}: {}", err.reason);
+            assert!(
+                err.to_string().starts_with("annotation bramble.pwm: "),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn pwm_channels_belong_to_one_function() {
+        let pwm = |value: &str| parse(&annotations(&[(PWM_KEY, value)])).unwrap().unwrap();
+        let a = pwm("0");
+        let others = [("a", &a)];
+        let err = check_conflicts("b", &pwm("1,0"), others).unwrap_err();
+        assert!(err.contains("PWM channel 0"), "{err}");
+        assert!(err.contains("\"a\"") && err.contains("\"b\""), "{err}");
+        assert!(err.contains("one function only"), "{err}");
+        check_conflicts("b", &pwm("1"), others).unwrap();
+        check_conflicts("a", &pwm("0"), others).unwrap();
+        // SPI devices may be shared.
+        let spi = parse(&annotations(&[(SPI_KEY, "0.0")])).unwrap().unwrap();
+        check_conflicts("b", &spi, [("a", &spi)]).unwrap();
     }
 
     fn grants_of(value: &str) -> Grants {

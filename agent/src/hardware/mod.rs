@@ -1,10 +1,12 @@
-//! The hardware helper: GPIO lines, I2C and sensors for functions, through a broker.
+//! The hardware helper: GPIO lines, I2C, SPI, PWM and sensors for functions, through a
+//! broker.
 //!
 //! Functions never get `/dev/gpiochip*`, `/dev/gpiomem` or `privileged`. The agent owns the
 //! lines and serves, for each function that asks for hardware, a small HTTP/JSON API on a
 //! Unix socket of its own, bind-mounted into its containers: the socket is the identity, so
 //! one function cannot use another's grant. Grants come from the function's annotations
-//! (`bramble.gpio`, `bramble.i2c`, `bramble.sensors`; see [`grants`]).
+//! (`bramble.gpio`, `bramble.i2c`, `bramble.sensors`, `bramble.spi`, `bramble.pwm`; see
+//! [`grants`]).
 //!
 //! # Mounts
 //!
@@ -35,7 +37,7 @@
 //!   grants, then `attach`. The grants stay reserved even when the lines cannot be requested
 //!   (a line busy in another program), since the function stays deployed.
 //! * [`Hardware::safe_state`] when the function's replicas stop or crash (the outputs go to
-//!   their `safe` level; lines and socket stay).
+//!   their `safe` level and its PWM channels are disabled; lines and socket stay).
 //! * [`Hardware::detach`] when the function is deleted (or loses its grants): safe state,
 //!   lines released, server stopped, socket removed.
 //! * [`Hardware::shutdown`] when the daemon stops: `detach` for every function.
@@ -67,7 +69,10 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use backend::{BackendError, EventBus, GpioBackend, I2cBackend, InputConfig, LineHandle};
+use backend::{
+    BackendError, EventBus, GpioBackend, I2cBackend, InputConfig, LineHandle, PwmBackend,
+    SpiBackend,
+};
 pub use backend::{Edge, EdgeEvent};
 pub use grants::{Bias, Direction, GrantError, Grants, LineGrant};
 use sensors::SensorRegistry;
@@ -97,9 +102,10 @@ pub enum BackendChoice {
     /// The character device when a chip with a known label exists, else the simulator.
     #[default]
     Auto,
-    /// Always the simulator (and simulated I2C).
+    /// Always the simulator (and simulated I2C, SPI and PWM).
     Simulator,
-    /// Always the character device and the Pi's I2C; an error where no chip is found.
+    /// Always the character device and the Pi's I2C, SPI and PWM; an error where no chip
+    /// is found.
     Cdev,
 }
 
@@ -282,6 +288,8 @@ struct State {
 pub(crate) struct Shared {
     gpio: Box<dyn GpioBackend>,
     i2c: Arc<dyn I2cBackend>,
+    spi: Arc<dyn SpiBackend>,
+    pwm: Arc<dyn PwmBackend>,
     sensors: Arc<SensorRegistry>,
     bus: Arc<EventBus>,
     state: Mutex<State>,
@@ -318,6 +326,21 @@ impl Shared {
 
     pub(crate) fn i2c(&self) -> Arc<dyn I2cBackend> {
         Arc::clone(&self.i2c)
+    }
+
+    pub(crate) fn spi(&self) -> Arc<dyn SpiBackend> {
+        Arc::clone(&self.spi)
+    }
+
+    pub(crate) fn pwm(&self) -> Arc<dyn PwmBackend> {
+        Arc::clone(&self.pwm)
+    }
+
+    /// Disables a PWM channel of `function` (its safe state).
+    fn disable_pwm(&self, function: &str, channel: u8) {
+        if let Err(e) = self.pwm.disable(channel) {
+            warn!(function, channel, "cannot disable the PWM channel: {e}");
+        }
     }
 
     pub(crate) fn sensors(&self) -> Arc<SensorRegistry> {
@@ -434,7 +457,13 @@ impl Hardware {
             BackendChoice::Simulator => Vec::new(),
             BackendChoice::Auto | BackendChoice::Cdev => cdev::find_chips(&config.chip_labels),
         };
-        let (gpio, i2c): (Box<dyn GpioBackend>, Arc<dyn I2cBackend>) = if chips.is_empty() {
+        type Backends = (
+            Box<dyn GpioBackend>,
+            Arc<dyn I2cBackend>,
+            Arc<dyn SpiBackend>,
+            Arc<dyn PwmBackend>,
+        );
+        let (gpio, i2c, spi, pwm): Backends = if chips.is_empty() {
             match config.backend {
                 BackendChoice::Cdev => {
                     return Err(HardwareError::NoChip(format!(
@@ -454,7 +483,12 @@ impl Hardware {
                     HardwareError::Invalid(format!("hardware.sim_jumpers [{a:?}, {b:?}]: {e}"))
                 })?;
             }
-            (Box::new(gpio), Arc::new(sim::SimI2c::new(&config.sim_i2c)))
+            (
+                Box::new(gpio),
+                Arc::new(sim::SimI2c::new(&config.sim_i2c)),
+                Arc::new(sim::SimSpi),
+                Arc::new(sim::SimPwm::default()),
+            )
         } else {
             let gpio = cdev::CdevGpio::open(&chips, Arc::clone(&bus))?;
             let names: Vec<String> = chips
@@ -465,12 +499,19 @@ impl Hardware {
                 "hardware: using the GPIO character device: {}",
                 names.join(", ")
             );
-            (Box::new(gpio), Arc::new(pi::PiI2c::new()))
+            (
+                Box::new(gpio),
+                Arc::new(pi::PiI2c::new()),
+                Arc::new(pi::PiSpi::new()),
+                Arc::new(pi::PiPwm::new()),
+            )
         };
         Ok(Arc::new(Hardware {
             shared: Arc::new(Shared {
                 gpio,
                 i2c,
+                spi,
+                pwm,
                 sensors: Arc::new(SensorRegistry::new(config.w1_dir)),
                 bus,
                 state: Mutex::new(State::default()),
@@ -497,9 +538,10 @@ impl Hardware {
         grants::parse(annotations)
     }
 
-    /// Checks that every granted line exists and that the grants do not conflict with those
-    /// of the other functions: the attached ones and every deployed one, attached or not (a
-    /// function never conflicts with its own current grants). Changes nothing.
+    /// Checks that every granted line exists and that the grants (lines, PWM channels) do
+    /// not conflict with those of the other functions: the attached ones and every deployed
+    /// one, attached or not (a function never conflicts with its own current grants).
+    /// Changes nothing.
     pub fn check(&self, function: &str, grants: &Grants) -> Result<(), HardwareError> {
         validate_function(function)?;
         for line in grants.gpio.keys() {
@@ -561,6 +603,9 @@ impl Hardware {
             return Ok(self.mount(function));
         }
         let old = old.unwrap_or_default();
+        for channel in old.pwm.difference(&grants.pwm) {
+            self.shared.disable_pwm(function, *channel);
+        }
         for (line, grant) in &old.gpio {
             if grants.gpio.get(line) != Some(grant) {
                 self.shared.release(function, line, grant);
@@ -612,9 +657,9 @@ impl Hardware {
         self.shared.sensors().read(id)
     }
 
-    /// Puts the function's outputs at their `safe` level. Its lines stay requested and its
-    /// socket stays up (for when its replicas start again). Call it when the function's
-    /// replicas stop, crash or are scaled to zero.
+    /// Puts the function's outputs at their `safe` level and disables its PWM channels. Its
+    /// lines stay requested and its socket stays up (for when its replicas start again).
+    /// Call it when the function's replicas stop, crash or are scaled to zero.
     pub fn safe_state(&self, function: &str) {
         let state = self.shared.state();
         let Some(grants) = state.functions.get(function) else {
@@ -629,6 +674,9 @@ impl Hardware {
             {
                 warn!(function, line, "cannot set the safe level: {e}");
             }
+        }
+        for channel in &grants.pwm {
+            self.shared.disable_pwm(function, *channel);
         }
     }
 

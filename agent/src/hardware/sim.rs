@@ -1,4 +1,4 @@
-//! The simulator: GPIO lines and I2C devices in memory, used automatically where the kernel
+//! The simulator: GPIO lines, I2C devices, SPI buses and PWM channels in memory, used automatically where the kernel
 //! has no GPIO chip bramble knows, and by the tests.
 //!
 //! **Lines** are named like a Pi header (`GPIO0`..`GPIO27` by default, configurable). Every
@@ -35,6 +35,13 @@
 //! default device is a BME280 at `1:0x76` whose chip-id register `0xD0` reads `0x60`. An
 //! address without a device fails like the kernel's ENXIO; a bus without devices (other than
 //! bus 1) does not exist.
+//!
+//! **SPI** is a loopback on every bus and chip select, as if MISO were wired to MOSI: a
+//! transfer reads back exactly the bytes it writes (speed and mode are checked, then
+//! ignored).
+//!
+//! **PWM** channels 0 and 1 keep the period, duty and enabled flag last set (all 0 and
+//! disabled at start); nothing is generated.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -44,7 +51,8 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use super::backend::{
-    BackendError, Edge, EventBus, GpioBackend, I2cBackend, InputConfig, LineHandle, monotonic_ns,
+    self, BackendError, Edge, EventBus, GpioBackend, I2cBackend, InputConfig, LineHandle,
+    PwmBackend, PwmState, SpiBackend, monotonic_ns,
 };
 use super::grants::{Bias, Direction};
 
@@ -585,6 +593,71 @@ impl I2cBackend for SimI2c {
     }
 }
 
+/// The simulated SPI buses: a loopback (MISO wired to MOSI) on every bus and chip select.
+#[derive(Debug, Default)]
+pub struct SimSpi;
+
+impl SpiBackend for SimSpi {
+    fn transfer(
+        &self,
+        _bus: u8,
+        _cs: u8,
+        write: &[u8],
+        speed_hz: u32,
+        mode: u8,
+    ) -> Result<Vec<u8>, BackendError> {
+        backend::check_spi_transfer(write.len(), speed_hz, mode)?;
+        Ok(write.to_vec())
+    }
+}
+
+/// The simulated PWM channels: their state, kept.
+#[derive(Debug, Default)]
+pub struct SimPwm {
+    channels: Mutex<HashMap<u8, PwmState>>,
+}
+
+impl SimPwm {
+    fn channels(&self, channel: u8) -> Result<MutexGuard<'_, HashMap<u8, PwmState>>, BackendError> {
+        backend::check_pwm_channel(channel)?;
+        Ok(self.channels.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl PwmBackend for SimPwm {
+    fn set(
+        &self,
+        channel: u8,
+        period_ns: u64,
+        duty_ns: u64,
+        enabled: bool,
+    ) -> Result<PwmState, BackendError> {
+        backend::check_pwm(period_ns, duty_ns)?;
+        let state = PwmState {
+            period_ns,
+            duty_ns,
+            enabled,
+        };
+        self.channels(channel)?.insert(channel, state);
+        Ok(state)
+    }
+
+    fn get(&self, channel: u8) -> Result<PwmState, BackendError> {
+        Ok(self
+            .channels(channel)?
+            .get(&channel)
+            .copied()
+            .unwrap_or_default())
+    }
+
+    fn disable(&self, channel: u8) -> Result<(), BackendError> {
+        if let Some(state) = self.channels(channel)?.get_mut(&channel) {
+            state.enabled = false;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -883,5 +956,44 @@ mod tests {
         ));
         let e = i2c.transfer(1, 0x77, &[], 1).unwrap_err();
         assert_eq!(e.to_string(), "no I2C device answered at 1:0x77");
+    }
+
+    #[test]
+    fn spi_is_a_loopback() {
+        let spi = SimSpi;
+        for (bus, cs) in [(0, 0), (0, 1), (6, 2)] {
+            assert_eq!(
+                spi.transfer(bus, cs, &[0x9F, 0, 0], 1_000_000, 0).unwrap(),
+                [0x9F, 0, 0]
+            );
+        }
+        assert!(spi.transfer(0, 0, &[], 1_000_000, 3).unwrap().is_empty());
+        assert!(matches!(
+            spi.transfer(0, 0, &[1], 1_000_000, 4),
+            Err(BackendError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn pwm_keeps_its_state() {
+        let pwm = SimPwm::default();
+        assert_eq!(pwm.get(0).unwrap(), PwmState::default());
+        let on = pwm.set(0, 20_000_000, 1_500_000, true).unwrap();
+        assert_eq!(pwm.get(0).unwrap(), on);
+        assert_eq!(pwm.get(1).unwrap(), PwmState::default());
+        pwm.disable(0).unwrap();
+        assert_eq!(
+            pwm.get(0).unwrap(),
+            PwmState {
+                enabled: false,
+                ..on
+            }
+        );
+        pwm.disable(1).unwrap();
+        assert!(matches!(
+            pwm.set(0, 1_000, 2_000, true),
+            Err(BackendError::Invalid(_))
+        ));
+        assert!(matches!(pwm.get(2), Err(BackendError::NotFound(_))));
     }
 }

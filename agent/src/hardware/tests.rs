@@ -887,3 +887,216 @@ async fn a_trigger_waiting_for_its_line_gets_its_first_edges() {
         Err(HardwareError::UnknownLine(_))
     ));
 }
+
+#[tokio::test]
+async fn spi_routes() {
+    let node = node();
+    let sock = node
+        .hw
+        .attach("spi", grants(&[("bramble.spi", "0.0,0.1")]))
+        .await
+        .unwrap()
+        .socket;
+    // The simulator's SPI is a loopback: what is written is read back.
+    let v = call_json(&sock, "POST", "/v1/spi/0/0", r#"{"write":[159,0,0]}"#).await;
+    assert_eq!(v, serde_json::json!({"data": [159, 0, 0]}));
+    let v = call_json(
+        &sock,
+        "POST",
+        "/v1/spi/0/1",
+        r#"{"write":[1,2],"speed_hz":125000000,"mode":3}"#,
+    )
+    .await;
+    assert_eq!(v["data"], serde_json::json!([1, 2]));
+    let big = format!("{{\"write\":{:?}}}", vec![7u8; backend::MAX_SPI_TRANSFER]);
+    let v = call_json(&sock, "POST", "/v1/spi/0/0", &big).await;
+    assert_eq!(
+        v["data"].as_array().map(Vec::len),
+        Some(backend::MAX_SPI_TRANSFER)
+    );
+    let v = call_json(&sock, "GET", "/v1/capabilities", "").await;
+    assert_eq!(v["spi"], serde_json::json!(["0.0", "0.1"]));
+    assert_eq!(v["pwm"], serde_json::json!([]));
+    // Not granted: 403 naming the device, the caller's grants and the annotation.
+    let (status, text) = call(&sock, "POST", "/v1/spi/1/0", r#"{"write":[1]}"#).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        text.starts_with("SPI 1.0 is not granted to this function (grants: 0.0, 0.1)"),
+        "{text}"
+    );
+    assert!(text.contains("bramble.spi annotation"), "{text}");
+    // Bad input.
+    let too_big = format!(
+        "{{\"write\":{:?}}}",
+        vec![7u8; backend::MAX_SPI_TRANSFER + 1]
+    );
+    for (uri, body, what) in [
+        ("/v1/spi/0/0", r#"{"write":[1],"mode":4}"#, "mode 4"),
+        (
+            "/v1/spi/0/0",
+            r#"{"write":[1],"speed_hz":999}"#,
+            "speed_hz 999",
+        ),
+        (
+            "/v1/spi/0/0",
+            r#"{"write":[1],"speed_hz":125000001}"#,
+            "speed_hz 125000001",
+        ),
+        ("/v1/spi/0/0", too_big.as_str(), "at most 4096 bytes"),
+        ("/v1/spi/0/0", r#"{"write":[]}"#, "nothing to do"),
+        ("/v1/spi/0/0", r#"{"read":1}"#, "the body must be"),
+        ("/v1/spi/0/0", r#"{"write":[256]}"#, "the body must be"),
+        ("/v1/spi/7/0", r#"{"write":[1]}"#, "SPI bus \"7\""),
+        ("/v1/spi/0/x", r#"{"write":[1]}"#, "SPI chip select \"x\""),
+    ] {
+        let (status, text) = call(&sock, "POST", uri, body).await;
+        assert_eq!(status, 400, "{uri} {what}: {text}");
+        assert!(text.contains(what), "{uri}: {text} should contain {what}");
+    }
+}
+
+/// A PWM channel's state as the backend has it (not through a function's socket).
+fn pwm_state(node: &Node, channel: u8) -> backend::PwmState {
+    node.hw.shared.pwm().get(channel).unwrap()
+}
+
+#[tokio::test]
+async fn pwm_routes() {
+    let node = node();
+    let sock = node
+        .hw
+        .attach("servo", grants(&[("bramble.pwm", "0")]))
+        .await
+        .unwrap()
+        .socket;
+    let v = call_json(&sock, "GET", "/v1/pwm/0", "").await;
+    assert_eq!(
+        v,
+        serde_json::json!({"channel": 0, "period_ns": 0, "duty_ns": 0, "enabled": false})
+    );
+    let set = r#"{"period_ns":20000000,"duty_ns":1500000,"enabled":true}"#;
+    let v = call_json(&sock, "PUT", "/v1/pwm/0", set).await;
+    let expected = serde_json::json!({"channel": 0, "period_ns": 20_000_000,
+                                      "duty_ns": 1_500_000, "enabled": true});
+    assert_eq!(v, expected);
+    assert_eq!(call_json(&sock, "GET", "/v1/pwm/0", "").await, expected);
+    assert!(pwm_state(&node, 0).enabled);
+    assert_eq!(
+        call_json(&sock, "GET", "/v1/capabilities", "").await["pwm"],
+        serde_json::json!([0])
+    );
+    // Not granted.
+    for method in ["GET", "PUT"] {
+        let (status, text) = call(&sock, method, "/v1/pwm/1", set).await;
+        assert_eq!(status, 403, "{method}: {text}");
+        assert!(
+            text.starts_with("PWM channel 1 is not granted to this function (grants: 0)"),
+            "{text}"
+        );
+        assert!(text.contains("bramble.pwm annotation"), "{text}");
+    }
+    // Bad input; the channel keeps its state.
+    for (uri, body, what) in [
+        (
+            "/v1/pwm/0",
+            r#"{"period_ns":1000000,"duty_ns":1000001,"enabled":true}"#,
+            "longer than period_ns",
+        ),
+        (
+            "/v1/pwm/0",
+            r#"{"period_ns":0,"duty_ns":0,"enabled":true}"#,
+            "period_ns 0",
+        ),
+        (
+            "/v1/pwm/0",
+            r#"{"period_ns":2000000000,"duty_ns":0,"enabled":true}"#,
+            "outside",
+        ),
+        ("/v1/pwm/0", r#"{"period_ns":1000000}"#, "the body must be"),
+        (
+            "/v1/pwm/0",
+            r#"{"channel":0,"period_ns":1000000,"duty_ns":0,"enabled":true}"#,
+            "the body must be",
+        ),
+        ("/v1/pwm/2", set, "PWM channel \"2\""),
+    ] {
+        let (status, text) = call(&sock, "PUT", uri, body).await;
+        assert_eq!(status, 400, "{uri} {body}: {text}");
+        assert!(text.contains(what), "{text} should contain {what}");
+    }
+    assert_eq!(call_json(&sock, "GET", "/v1/pwm/0", "").await, expected);
+    // Disabled from the function.
+    let v = call_json(
+        &sock,
+        "PUT",
+        "/v1/pwm/0",
+        r#"{"period_ns":1000,"duty_ns":1000,"enabled":false}"#,
+    )
+    .await;
+    assert_eq!(v["enabled"], false);
+    assert_eq!(v["duty_ns"], 1000);
+}
+
+#[tokio::test]
+async fn pwm_channels_go_to_their_safe_state() {
+    let node = node();
+    let sock = node
+        .hw
+        .attach("servo", grants(&[("bramble.pwm", "0 1")]))
+        .await
+        .unwrap()
+        .socket;
+    let on = r#"{"period_ns":20000000,"duty_ns":1500000,"enabled":true}"#;
+    call_json(&sock, "PUT", "/v1/pwm/0", on).await;
+    call_json(&sock, "PUT", "/v1/pwm/1", on).await;
+    // The replicas stopped: disabled (period and duty kept); the socket stays.
+    node.hw.safe_state("servo");
+    for channel in [0, 1] {
+        let state = pwm_state(&node, channel);
+        assert!(!state.enabled, "channel {channel}");
+        assert_eq!(state.period_ns, 20_000_000);
+    }
+    call_json(&sock, "PUT", "/v1/pwm/0", on).await;
+    call_json(&sock, "PUT", "/v1/pwm/1", on).await;
+    // Re-attached without channel 1: that one is disabled, channel 0 runs on.
+    node.hw
+        .attach("servo", grants(&[("bramble.pwm", "0")]))
+        .await
+        .unwrap();
+    assert!(pwm_state(&node, 0).enabled);
+    assert!(!pwm_state(&node, 1).enabled);
+    // Deleted: disabled.
+    node.hw.detach("servo").await;
+    assert!(!pwm_state(&node, 0).enabled);
+}
+
+#[tokio::test]
+async fn a_pwm_channel_belongs_to_one_function() {
+    let node = node();
+    node.hw
+        .attach("a", grants(&[("bramble.pwm", "0")]))
+        .await
+        .unwrap();
+    let second = grants(&[("bramble.pwm", "1,0")]);
+    let err = node.hw.check("b", &second).unwrap_err();
+    assert!(matches!(err, HardwareError::Conflict(_)), "{err}");
+    assert_eq!(err.status(), 409);
+    let text = err.to_string();
+    assert!(
+        text.contains("PWM channel 0") && text.contains("\"a\"") && text.contains("\"b\""),
+        "{text}"
+    );
+    assert!(node.hw.attach("b", second.clone()).await.is_err());
+    assert!(!node.socket_dir.join("b").exists());
+    // Another channel is free; SPI devices may be shared.
+    let spi = grants(&[("bramble.pwm", "1"), ("bramble.spi", "0.0")]);
+    node.hw.attach("b", spi.clone()).await.unwrap();
+    node.hw
+        .attach("c", grants(&[("bramble.spi", "0.0")]))
+        .await
+        .unwrap();
+    // Once the holder is deleted, the channel is free.
+    node.hw.detach("a").await;
+    node.hw.detach("b").await;
+    node.hw.attach("b", second).await.unwrap();
+}

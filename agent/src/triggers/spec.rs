@@ -231,8 +231,9 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Vec<Trigger>, Gra
     Ok(triggers)
 }
 
-/// The function's hardware grants: `bramble.gpio`, `bramble.i2c` and `bramble.sensors`, plus
-/// the input lines its GPIO triggers watch. `Ok(None)`: no hardware at all.
+/// The function's hardware grants (`bramble.gpio`, `bramble.i2c`, `bramble.sensors`,
+/// `bramble.spi`, `bramble.pwm`), plus the input lines its GPIO triggers watch. `Ok(None)`:
+/// no hardware at all.
 pub fn hardware_grants(
     annotations: &BTreeMap<String, String>,
 ) -> Result<Option<Grants>, GrantError> {
