@@ -63,6 +63,13 @@ fn main() {
             "a_function_running_as_a_user_reaches_its_socket",
             a_function_running_as_a_user_reaches_its_socket,
         ),
+        // The simulator's SPI is a loopback and its PWM always present; on a Pi that takes
+        // a MOSI–MISO jumper and the PWM overlay.
+        harness::async_trial(
+            "spi_and_pwm_serve_the_granted_function_only",
+            spi_and_pwm_serve_the_granted_function_only,
+        )
+        .with_ignored_flag(real_pins()),
         // Needs a button and an LED on two unconnected lines: the simulator without a
         // wire. On jumpered pins the LED line would drive the button line.
         harness::async_trial(
@@ -275,6 +282,90 @@ async fn what_is_not_granted_is_refused_and_conflicts_are_409() -> Result {
     assert_eq!(r.status, 409, "{}", r.text());
     rig.drive(0).await?;
     assert_eq!(level_seen_by(&rig, "reader", input).await?, 0);
+    Ok(())
+}
+
+async fn spi_and_pwm_serve_the_granted_function_only() -> Result {
+    let rig = Rig::start("hwbus", "").await?;
+    rig.deploy_ready(
+        "bus",
+        &json!({ "bramble.spi": "0.0", "bramble.pwm": "0" }),
+        &json!({}),
+    )
+    .await?;
+
+    // From inside the container, through its socket: the granted SPI device and channel.
+    let r = rig
+        .from_function(
+            "bus",
+            "POST",
+            "/v1/spi/0/0",
+            r#"{"write":[1,2,254],"mode":3}"#,
+        )
+        .await?;
+    expect(&r, 200, "an SPI transfer on the granted device")?;
+    assert_eq!(json_body(&r)?["data"], json!([1, 2, 254]), "the loopback");
+    let r = rig
+        .from_function(
+            "bus",
+            "PUT",
+            "/v1/pwm/0",
+            r#"{"period_ns":20000000,"duty_ns":1500000,"enabled":true}"#,
+        )
+        .await?;
+    expect(&r, 200, "setting the granted PWM channel")?;
+    let r = rig.from_function("bus", "GET", "/v1/pwm/0", "").await?;
+    expect(&r, 200, "reading the granted PWM channel")?;
+    assert_eq!(
+        json_body(&r)?,
+        json!({"channel": 0, "period_ns": 20000000, "duty_ns": 1500000, "enabled": true})
+    );
+    // What it was not granted: 403 naming the annotation.
+    for (method, path, body, key) in [
+        ("POST", "/v1/spi/0/1", r#"{"write":[1]}"#, "bramble.spi"),
+        ("GET", "/v1/pwm/1", "", "bramble.pwm"),
+    ] {
+        let r = rig.from_function("bus", method, path, body).await?;
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert!(r.text().contains(key), "{path}: {}", r.text());
+    }
+    // Bad settings: 400, nothing changed.
+    let r = rig
+        .from_function(
+            "bus",
+            "PUT",
+            "/v1/pwm/0",
+            r#"{"period_ns":1000,"duty_ns":2000,"enabled":true}"#,
+        )
+        .await?;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = rig.from_function("bus", "GET", "/v1/pwm/0", "").await?;
+    assert_eq!(json_body(&r)?["period_ns"], 20000000);
+
+    // A PWM channel belongs to one function: a second one asking for it is refused, and
+    // gets it once the holder is gone.
+    let body = json!({
+        "service": "bus2", "image": FIXTURE,
+        "annotations": { "bramble.pwm": "0", "bramble.spi": "0.0" },
+    });
+    let r = rig
+        .node
+        .api("POST", "/system/functions", body.to_string().as_bytes())
+        .await?;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("bus.openfaas-fn"), "{}", r.text());
+    assert!(rig.node.status("bus2").await?.is_none());
+    rig.delete("bus").await?;
+    rig.deploy_ready(
+        "bus2",
+        &json!({ "bramble.pwm": "0", "bramble.spi": "0.0" }),
+        &json!({}),
+    )
+    .await?;
+    // The holder's deletion left the channel in its safe state: disabled.
+    let r = rig.from_function("bus2", "GET", "/v1/pwm/0", "").await?;
+    expect(&r, 200, "reading the channel after its holder was deleted")?;
+    assert_eq!(json_body(&r)?["enabled"], false, "{}", r.text());
     Ok(())
 }
 
