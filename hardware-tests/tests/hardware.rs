@@ -635,6 +635,17 @@ async fn queued_edges_survive_a_node_crash_and_wait_for_the_function() -> Result
         .api("PUT", "/system/functions", body.to_string().as_bytes())
         .await?;
     expect(&r, 200, "updating the function to a healthy one")?;
+    // Reading its records goes through the gateway, which waits only 1 s (above) for a
+    // function that is not ready: read once the update has switched traffic.
+    harness::wait_until(
+        "the updated late to be ready",
+        Duration::from_secs(60),
+        async || {
+            let s = rig.node.status("late").await?.ok_or("late vanished")?;
+            Ok(s["bramble"]["state"] == "ready" && s["availableReplicas"] == 1)
+        },
+    )
+    .await?;
     let records = rig
         .wait_records("late", Duration::from_secs(60), |r| edges_counted(r) >= 3)
         .await?;
