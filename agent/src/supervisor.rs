@@ -527,6 +527,10 @@ impl Supervisor {
         let now = Instant::now();
         let record = self.record.clone();
         let mut replicas = std::mem::take(&mut self.replicas);
+        // Stopped only once they are out of the route: a drain that started before the
+        // publish could miss a request picking the replica meanwhile, which the stop would
+        // then refuse.
+        let mut to_stop = Vec::new();
         for replica in &mut replicas {
             let wanted = replica.index < desired;
             match replica.phase {
@@ -535,11 +539,7 @@ impl Supervisor {
                 Phase::Starting | Phase::Ready if !wanted => {
                     replica.phase = Phase::Stopped;
                     if let Some(ip) = replica.ip {
-                        self.stop_after_drain(
-                            replica.id.clone(),
-                            SocketAddr::from((ip, 8080)),
-                            false,
-                        );
+                        to_stop.push((replica.id.clone(), SocketAddr::from((ip, 8080))));
                     }
                 }
                 Phase::Backoff(_) if !wanted => replica.phase = Phase::Stopped,
@@ -559,6 +559,9 @@ impl Supervisor {
             self.finish_rollout_if_ready();
         }
         self.publish();
+        for (id, addr) in to_stop {
+            self.stop_after_drain(id, addr, false);
+        }
     }
 
     /// Creates (if needed) and starts a replica's container, then probes it.
