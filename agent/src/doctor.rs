@@ -237,8 +237,8 @@ pub async fn containerd(config: &Config, host: &Host) -> Check {
             Ok(connection) => connection
                 .version()
                 .await
-                .map_err(|e| crate::error_chain(&e)),
-            Err(e) => Err(crate::error_chain(&e)),
+                .map_err(|e| bramble_base::error_chain(&e)),
+            Err(e) => Err(bramble_base::error_chain(&e)),
         }
     } else {
         Err(format!("no socket at {}", socket.display()))

@@ -4,10 +4,11 @@
 //! (openfaas/of-watchdog#92), which is how faasd serves 500s right after a cold start.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Time allowed for one probe request.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -13,10 +13,9 @@
 //! `state.json` always parses.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bramble_gateway::types::FunctionDeployment;
@@ -24,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the `state.json` layout.
 const STATE_VERSION: u32 = 1;
+/// The desired state's file in the state directory.
+const STATE_FILE: &str = "state.json";
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -159,23 +160,29 @@ impl std::fmt::Debug for ApiCredentials {
 }
 
 /// The persistent store.
+///
+/// The current state is an [`Arc`] in a `watch` channel: a read is a pointer copy, and
+/// whatever follows the desired state (the triggers, a cluster's publisher) subscribes to it.
+/// Changes are serialised by an async lock; each one is applied to a copy, written atomically
+/// on a blocking thread (two fsyncs — slow on an SD card, never on an async worker), and only
+/// then made current.
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
-    state: Mutex<State>,
-    /// Bumped after every change that was persisted (see [`Store::changes`]).
-    changes: tokio::sync::watch::Sender<u64>,
+    current: tokio::sync::watch::Sender<Arc<State>>,
+    /// One change at a time.
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl Store {
     /// Opens (creating if needed) the state directory. A corrupt `state.json` is an error, not
     /// a silent reset: losing every deployed function because of one bad write would be worse
-    /// than refusing to start.
+    /// than refusing to start. Blocking: call it at start-up, before serving.
     pub fn open(dir: &Path, default_namespace: &str) -> Result<Store, StoreError> {
         create_dir(dir, 0o755)?;
         create_dir(&dir.join("secrets"), 0o700)?;
         create_dir(&dir.join("function-secrets"), 0o700)?;
-        let path = dir.join("state.json");
+        let path = dir.join(STATE_FILE);
         let state = match std::fs::read(&path) {
             Ok(bytes) => {
                 let state: State =
@@ -200,10 +207,7 @@ impl Store {
         // Leftovers of writes interrupted by a crash.
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(".state.json.")
+                if bramble_base::is_leftover_temp(&entry.file_name().to_string_lossy(), STATE_FILE)
                 {
                     let _ = std::fs::remove_file(entry.path());
                 }
@@ -211,8 +215,8 @@ impl Store {
         }
         Ok(Store {
             dir: dir.to_path_buf(),
-            state: Mutex::new(state),
-            changes: tokio::sync::watch::channel(0).0,
+            current: tokio::sync::watch::channel(Arc::new(state)).0,
+            writer: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -221,40 +225,45 @@ impl Store {
         &self.dir
     }
 
-    /// A copy of the current state.
-    pub fn snapshot(&self) -> State {
-        self.lock().clone()
+    /// The current state (a pointer copy).
+    pub fn snapshot(&self) -> Arc<State> {
+        Arc::clone(&self.current.borrow())
+    }
+
+    /// The current state now and after every persisted change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<State>> {
+        self.current.subscribe()
     }
 
     /// Applies `change` to a copy of the state, persists it, and makes it current. When
-    /// `change` fails or the write fails, nothing changes.
-    pub fn update<R, E>(&self, change: impl FnOnce(&mut State) -> Result<R, E>) -> Result<R, E>
+    /// `change` fails or the write fails, nothing changes. Changes are applied one at a time,
+    /// each to the state the previous one left.
+    pub async fn update<R, E>(
+        &self,
+        change: impl FnOnce(&mut State) -> Result<R, E>,
+    ) -> Result<R, E>
     where
         E: From<StoreError>,
     {
-        let mut current = self.lock();
-        let mut next = current.clone();
+        let _writer = self.writer.lock().await;
+        let current = self.snapshot();
+        let mut next = State::clone(&current);
         let result = change(&mut next)?;
         if next != *current {
+            let path = self.dir.join(STATE_FILE);
             let bytes = serde_json::to_vec_pretty(&next).map_err(|e| StoreError::Corrupt {
-                path: self.dir.join("state.json"),
+                path: path.clone(),
                 reason: e.to_string(),
             })?;
-            write_atomic(&self.dir.join("state.json"), &bytes, 0o600)?;
-            *current = next;
-            self.changes.send_modify(|n| *n += 1);
+            write_blocking(path, bytes, 0o600).await?;
+            self.current.send_replace(Arc::new(next));
         }
         Ok(result)
     }
 
-    /// Wakes up after each persisted change (for what follows the desired state, such as
-    /// the triggers); read [`Store::snapshot`] then.
-    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
     /// The API credentials, generated on first use (user `admin`, a random 40-character
-    /// password) and stored where faasd keeps them, readable by root only.
+    /// password) and stored where faasd keeps them, readable by root only. Blocking: call it
+    /// at start-up or from a blocking context.
     pub fn api_credentials(&self) -> Result<(ApiCredentials, bool), StoreError> {
         let user_path = self.dir.join("secrets/basic-auth-user");
         let password_path = self.dir.join("secrets/basic-auth-password");
@@ -280,79 +289,91 @@ impl Store {
 
     /// Where a function secret is kept.
     pub fn secret_path(&self, namespace: &str, name: &str) -> PathBuf {
-        self.dir.join("function-secrets").join(namespace).join(name)
+        self.secrets_dir(namespace).join(name)
+    }
+
+    fn secrets_dir(&self, namespace: &str) -> PathBuf {
+        self.dir.join("function-secrets").join(namespace)
     }
 
     /// Creates or replaces a secret (0600).
-    pub fn put_secret(&self, namespace: &str, name: &str, value: &[u8]) -> Result<(), StoreError> {
-        create_dir(&self.dir.join("function-secrets").join(namespace), 0o700)?;
-        write_atomic(&self.secret_path(namespace, name), value, 0o600)
+    pub async fn put_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let dir = self.secrets_dir(namespace);
+        let path = self.secret_path(namespace, name);
+        blocking(move || {
+            create_dir(&dir, 0o700)?;
+            write_atomic(&path, &value, 0o600)
+        })
+        .await
     }
 
     /// Removes a secret; `false` when it did not exist.
-    pub fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
+    pub async fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
         let path = self.secret_path(namespace, name);
-        match std::fs::remove_file(&path) {
+        blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(source) => Err(StoreError::io("removing", &path, source)),
-        }
+        })
+        .await
     }
 
     /// Names of a namespace's secrets, sorted.
-    pub fn list_secrets(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
-        let dir = self.dir.join("function-secrets").join(namespace);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(StoreError::io("listing", &dir, source)),
-        };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with('.'))
-            .collect();
-        names.sort();
-        Ok(names)
+    pub async fn list_secrets(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
+        let dir = self.secrets_dir(namespace);
+        blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(source) => return Err(StoreError::io("listing", &dir, source)),
+            };
+            let mut names: Vec<String> = entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect();
+            names.sort();
+            Ok(names)
+        })
+        .await
     }
 
     /// Does the secret exist?
-    pub fn has_secret(&self, namespace: &str, name: &str) -> bool {
-        self.secret_path(namespace, name).is_file()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub async fn has_secret(&self, namespace: &str, name: &str) -> bool {
+        tokio::fs::metadata(self.secret_path(namespace, name))
+            .await
+            .is_ok_and(|m| m.is_file())
     }
 }
 
-/// Writes `bytes` to `path` atomically with `mode`: a temp file in the same directory,
-/// fsync, rename over `path`, fsync of the directory.
+/// Runs blocking file work on tokio's blocking threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        StoreError::io(
+            "waiting for",
+            Path::new("a file operation"),
+            std::io::Error::other(e),
+        )
+    })?
+}
+
+/// [`write_atomic`] on a blocking thread.
+async fn write_blocking(path: PathBuf, bytes: Vec<u8>, mode: u32) -> Result<(), StoreError> {
+    blocking(move || write_atomic(&path, &bytes, mode)).await
+}
+
+/// Writes `bytes` to `path` atomically with `mode` ([`bramble_base::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{:016x}", rand::random::<u64>()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    result.map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        StoreError::io("writing", path, source)
-    })
+    bramble_base::write_atomic(path, bytes, mode)
+        .map_err(|source| StoreError::io("writing", path, source))
 }
 
 fn create_dir(dir: &Path, mode: u32) -> Result<(), StoreError> {
@@ -407,8 +428,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn state_survives_reopening_and_files_are_private() {
+    #[tokio::test]
+    async fn state_survives_reopening_and_files_are_private() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "openfaas-fn").unwrap();
         store
@@ -419,6 +440,7 @@ mod tests {
                     .insert("f".into(), record("f"));
                 Ok::<_, StoreError>(())
             })
+            .await
             .unwrap();
         let again = Store::open(dir.path(), "openfaas-fn").unwrap();
         assert_eq!(
@@ -446,8 +468,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_pending_rollout_is_saved_with_its_record_and_older_states_load() {
+    #[tokio::test]
+    async fn a_pending_rollout_is_saved_with_its_record_and_older_states_load() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "ns").unwrap();
         let old = record("f");
@@ -463,6 +485,7 @@ mod tests {
                     .insert("f".into(), new.clone());
                 Ok::<_, StoreError>(())
             })
+            .await
             .unwrap();
         let again = Store::open(dir.path(), "ns").unwrap().snapshot();
         let saved = again.function("f", "ns").unwrap();
@@ -490,25 +513,27 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_failed_change_changes_nothing() {
+    #[tokio::test]
+    async fn a_failed_change_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "ns").unwrap();
         let before = std::fs::read(dir.path().join("state.json")).ok();
-        let r: Result<(), StoreError> = store.update(|s| {
-            s.namespaces.clear();
-            Err(StoreError::Corrupt {
-                path: "x".into(),
-                reason: "refused".into(),
+        let r: Result<(), StoreError> = store
+            .update(|s| {
+                s.namespaces.clear();
+                Err(StoreError::Corrupt {
+                    path: "x".into(),
+                    reason: "refused".into(),
+                })
             })
-        });
+            .await;
         assert!(r.is_err());
         assert!(store.snapshot().namespaces.contains_key("ns"));
         assert_eq!(std::fs::read(dir.path().join("state.json")).ok(), before);
     }
 
-    #[test]
-    fn a_failed_write_keeps_the_previous_state() {
+    #[tokio::test]
+    async fn a_failed_write_keeps_the_previous_state() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "ns").unwrap();
         store
@@ -519,16 +544,19 @@ mod tests {
                     .insert("a".into(), record("a"));
                 Ok::<_, StoreError>(())
             })
+            .await
             .unwrap();
         // Make the directory unwritable for the temp file: replace it by a read-only one.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
-        let r = store.update(|s| {
-            s.functions
-                .entry("ns".into())
-                .or_default()
-                .insert("b".into(), record("b"));
-            Ok::<_, StoreError>(())
-        });
+        let r = store
+            .update(|s| {
+                s.functions
+                    .entry("ns".into())
+                    .or_default()
+                    .insert("b".into(), record("b"));
+                Ok::<_, StoreError>(())
+            })
+            .await;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         if nix::unistd::Uid::effective().is_root() {
             // root ignores directory permissions; the full-disk case is covered by the daemon's tests
@@ -573,13 +601,13 @@ mod tests {
         assert!(!format!("{first:?}").contains(&first.password));
     }
 
-    #[test]
-    fn secrets_are_stored_privately_and_listed_by_name() {
+    #[tokio::test]
+    async fn secrets_are_stored_privately_and_listed_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "ns").unwrap();
-        store.put_secret("ns", "b", b"2").unwrap();
-        store.put_secret("ns", "a", b"1").unwrap();
-        assert_eq!(store.list_secrets("ns").unwrap(), ["a", "b"]);
+        store.put_secret("ns", "b", b"2".to_vec()).await.unwrap();
+        store.put_secret("ns", "a", b"1".to_vec()).await.unwrap();
+        assert_eq!(store.list_secrets("ns").await.unwrap(), ["a", "b"]);
         assert_eq!(
             std::fs::metadata(store.secret_path("ns", "a"))
                 .unwrap()
@@ -587,8 +615,8 @@ mod tests {
                 & 0o777,
             0o600
         );
-        assert!(store.delete_secret("ns", "a").unwrap());
-        assert!(!store.delete_secret("ns", "a").unwrap());
-        assert!(store.list_secrets("other").unwrap().is_empty());
+        assert!(store.delete_secret("ns", "a").await.unwrap());
+        assert!(!store.delete_secret("ns", "a").await.unwrap());
+        assert!(store.list_secrets("other").await.unwrap().is_empty());
     }
 }

@@ -180,7 +180,7 @@ pub(crate) async fn invoke<P: Provider>(
     let response = match tokio::time::timeout(timeout, shared.client.request(upstream)).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
-            let cause = error_chain(&e);
+            let cause = client_error(&e);
             let message = if e.is_connect() {
                 format!(
                     "function {} is unreachable at {addr}: {cause}",
@@ -348,18 +348,8 @@ impl Drop for Tracked {
 
 /// What went wrong with a client request, most specific last: hyper-util's top-level error
 /// ("client error (Connect)") is left out when it has causes.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut next = std::error::Error::source(e);
-    while let Some(cause) = next {
-        parts.push(cause.to_string());
-        next = cause.source();
-    }
-    if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
-    }
+pub(crate) fn client_error(e: &dyn std::error::Error) -> String {
+    bramble_base::error_chain(std::error::Error::source(e).unwrap_or(e))
 }
 
 /// Collects at most `limit` bytes of a body; `None` when it is longer or fails.

@@ -483,10 +483,10 @@ async fn deliver_callback<P: Provider>(
                 format!("no answer within {}", human(policy.callback_timeout))
             }
             Err(e) if e.is_builder() => {
-                warn!(call_id = %record.call_id, error = %crate::proxy::error_chain(&e), "invalid callback URL; callback dropped");
+                warn!(call_id = %record.call_id, error = %crate::proxy::client_error(&e), "invalid callback URL; callback dropped");
                 return;
             }
-            Err(e) => crate::proxy::error_chain(&e),
+            Err(e) => crate::proxy::client_error(&e),
         };
         if attempt == attempts {
             warn!(call_id = %record.call_id, function = %record.label(), error = %problem, attempts, "callback dropped");

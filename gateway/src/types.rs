@@ -97,17 +97,126 @@ pub struct FunctionUsage {
     pub total_memory_bytes: f64,
 }
 
+/// A function's state, as bramble reports it in `bramble.state` (kebab-case words).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FunctionState {
+    /// Replicas are being started (or restarted) and are not all ready yet.
+    #[default]
+    Starting,
+    /// Every desired replica passed its health check.
+    Ready,
+    /// Desired replicas are 0: the next request starts one.
+    ScaledToZero,
+    /// A replica failed three times in a row and waits out its backoff.
+    CrashLooping,
+    /// A new version is starting beside the one that serves.
+    Updating,
+}
+
+impl FunctionState {
+    /// The word the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionState::Starting => "starting",
+            FunctionState::Ready => "ready",
+            FunctionState::ScaledToZero => "scaled-to-zero",
+            FunctionState::CrashLooping => "crash-looping",
+            FunctionState::Updating => "updating",
+        }
+    }
+}
+
+impl std::fmt::Display for FunctionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a function's replica last stopped without being asked to: `oom`, `exit code N`,
+/// `signal N` or `unhealthy` in the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitReason {
+    /// The kernel killed it for exceeding its memory limit.
+    Oom,
+    /// Its main process exited with this code.
+    ExitCode(u32),
+    /// Its main process was killed by this signal.
+    Signal(u32),
+    /// It never passed its health check and was stopped.
+    Unhealthy,
+}
+
+impl ExitReason {
+    /// The reason of a task's exit status (128 + N: killed by signal N).
+    pub fn of_exit(status: u32, oom: bool) -> Self {
+        match status {
+            _ if oom => ExitReason::Oom,
+            s if s > 128 => ExitReason::Signal(s - 128),
+            s => ExitReason::ExitCode(s),
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Oom => f.write_str("oom"),
+            ExitReason::ExitCode(code) => write!(f, "exit code {code}"),
+            ExitReason::Signal(signal) => write!(f, "signal {signal}"),
+            ExitReason::Unhealthy => f.write_str("unhealthy"),
+        }
+    }
+}
+
+impl std::str::FromStr for ExitReason {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let number = |rest: &str| {
+            rest.parse::<u32>()
+                .map_err(|_| format!("{text:?} is not an exit reason"))
+        };
+        match text {
+            "oom" => Ok(ExitReason::Oom),
+            "unhealthy" => Ok(ExitReason::Unhealthy),
+            _ => match (
+                text.strip_prefix("exit code "),
+                text.strip_prefix("signal "),
+            ) {
+                (Some(code), _) => number(code).map(ExitReason::ExitCode),
+                (_, Some(signal)) => number(signal).map(ExitReason::Signal),
+                _ => Err(format!(
+                    "{text:?} is not an exit reason (oom, exit code N, signal N, unhealthy)"
+                )),
+            },
+        }
+    }
+}
+
+impl Serialize for ExitReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExitReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// bramble's additions to a function's status (ignored by OpenFaaS clients).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BrambleStatus {
-    /// `ready`, `starting`, `scaled-to-zero`, `crash-looping`, `updating`, `failed`.
-    pub state: String,
+    pub state: FunctionState,
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub restarts: u64,
-    /// Why the last replica exited: `oom`, `exit code N`, `signal N`.
+    /// Why the last replica exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_exit: Option<String>,
+    pub last_exit: Option<ExitReason>,
     /// A human explanation when something is wrong (failed update, image error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -357,6 +466,40 @@ mod tests {
         };
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["availableReplicas"], 1);
+    }
+
+    #[test]
+    fn states_and_exit_reasons_keep_the_api_words() {
+        let all = [
+            (FunctionState::Starting, "starting"),
+            (FunctionState::Ready, "ready"),
+            (FunctionState::ScaledToZero, "scaled-to-zero"),
+            (FunctionState::CrashLooping, "crash-looping"),
+            (FunctionState::Updating, "updating"),
+        ];
+        for (state, word) in all {
+            assert_eq!(serde_json::to_value(state).unwrap(), word);
+            assert_eq!(state.to_string(), word);
+            assert_eq!(
+                serde_json::from_value::<FunctionState>(word.into()).unwrap(),
+                state
+            );
+        }
+        for (reason, text) in [
+            (ExitReason::Oom, "oom"),
+            (ExitReason::ExitCode(3), "exit code 3"),
+            (ExitReason::Signal(9), "signal 9"),
+            (ExitReason::Unhealthy, "unhealthy"),
+        ] {
+            assert_eq!(serde_json::to_value(reason).unwrap(), text);
+            assert_eq!(text.parse::<ExitReason>().unwrap(), reason);
+        }
+        assert_eq!(ExitReason::of_exit(137, false), ExitReason::Signal(9));
+        assert_eq!(ExitReason::of_exit(137, true), ExitReason::Oom);
+        assert_eq!(ExitReason::of_exit(2, false), ExitReason::ExitCode(2));
+        for bad in ["", "exit code", "exit code x", "signal -1", "boom"] {
+            assert!(bad.parse::<ExitReason>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -144,14 +144,7 @@ impl Error {
 
     /// This error and all its sources, joined with `: `.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        bramble_base::error_chain(self)
     }
 }
 

@@ -135,7 +135,8 @@ pub struct Logs {
 }
 
 impl Logs {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// Empty buffers of at most `capacity` bytes each.
+    pub fn new(capacity: usize) -> Self {
         Self {
             buffers: Mutex::new(HashMap::new()),
             capacity,

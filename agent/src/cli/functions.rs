@@ -263,12 +263,8 @@ fn replicas(f: &FunctionStatus) -> String {
     format!("{}/{}", f.available_replicas, f.replicas)
 }
 
-fn state(f: &FunctionStatus) -> &str {
-    f.bramble
-        .as_ref()
-        .map(|b| b.state.as_str())
-        .filter(|s| !s.is_empty())
-        .unwrap_or("-")
+fn state(f: &FunctionStatus) -> &'static str {
+    f.bramble.as_ref().map_or("-", |b| b.state.as_str())
 }
 
 fn count(n: f64) -> String {
@@ -388,7 +384,7 @@ pub(crate) fn format_describe(f: &FunctionStatus, url: &str, async_url: &str) ->
     if let Some(b) = &f.bramble {
         fields.push(("Restarts", b.restarts.to_string()));
         if let Some(exit) = &b.last_exit {
-            fields.push(("Last exit", exit.clone()));
+            fields.push(("Last exit", exit.to_string()));
         }
         if let Some(message) = &b.message {
             fields.push(("Message", message.clone()));
@@ -748,6 +744,7 @@ pub(crate) fn report(json: bool, text: &str, value: &serde_json::Value) -> anyho
 mod tests {
     use super::*;
     use bramble_gateway::types::{BrambleStatus, FunctionUsage};
+    use bramble_gateway::types::{ExitReason, FunctionState};
 
     fn status(name: &str) -> FunctionStatus {
         FunctionStatus {
@@ -765,7 +762,7 @@ mod tests {
         a.replicas = 1;
         a.available_replicas = 1;
         a.bramble = Some(BrambleStatus {
-            state: "ready".into(),
+            state: FunctionState::Ready,
             ..BrambleStatus::default()
         });
         let b = status("alpha");
@@ -786,9 +783,9 @@ mod tests {
         f.available_replicas = 0;
         f.invocation_count = 3.0;
         f.bramble = Some(BrambleStatus {
-            state: "crash-looping".into(),
+            state: FunctionState::CrashLooping,
             restarts: 4,
-            last_exit: Some("oom".into()),
+            last_exit: Some(ExitReason::Oom),
             message: Some("the function ran out of memory (64Mi)".into()),
         });
         f.limits = Some(FunctionResources {

@@ -18,6 +18,7 @@ use bramble_runtime::TaskEvent;
 use tokio::sync::broadcast;
 
 use super::LocalProvider;
+use crate::runtime::NodeRuntime;
 
 /// The span `usage.cpu` averages over (OpenFaaS: `[1m]`).
 pub(super) const WINDOW: Duration = Duration::from_secs(60);
@@ -83,8 +84,8 @@ impl CpuSamples {
 
 /// Samples every task's CPU counter every [`SAMPLE_EVERY`] and notes task starts, until the
 /// provider is gone.
-pub(super) async fn sample(
-    provider: Weak<LocalProvider>,
+pub(super) async fn sample<R: NodeRuntime>(
+    provider: Weak<LocalProvider<R>>,
     mut events: broadcast::Receiver<TaskEvent>,
 ) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);

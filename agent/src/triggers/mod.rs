@@ -91,11 +91,11 @@ impl Drop for Running {
 /// stops every trigger). Start it once the provider has adopted the functions, so that
 /// their lines are requested.
 pub async fn run(ctx: Context) {
-    let mut changes = ctx.store.changes();
+    let mut changes = ctx.store.subscribe();
     let mut running: HashMap<(FunctionKey, String), Running> = HashMap::new();
     loop {
-        changes.borrow_and_update();
-        reconcile(&ctx, &mut running);
+        let state = std::sync::Arc::clone(&changes.borrow_and_update());
+        reconcile(&ctx, &state, &mut running);
         if changes.changed().await.is_err() {
             return;
         }
@@ -104,8 +104,11 @@ pub async fn run(ctx: Context) {
 
 /// Starts, restarts and stops triggers to match the functions' annotations, and removes the
 /// queues of triggers and functions that are gone.
-fn reconcile(ctx: &Context, running: &mut HashMap<(FunctionKey, String), Running>) {
-    let state = ctx.store.snapshot();
+fn reconcile(
+    ctx: &Context,
+    state: &crate::store::State,
+    running: &mut HashMap<(FunctionKey, String), Running>,
+) {
     let mut desired: BTreeMap<(FunctionKey, String), Trigger> = BTreeMap::new();
     for (namespace, name, record) in state.all_functions() {
         let key = FunctionKey::new(name, namespace);
@@ -340,7 +343,7 @@ async fn persist(journal: &mut Journal) -> Result<(), String> {
         Ok(Err(e)) => Err(format!(
             "{}: {}",
             journal.path().display(),
-            crate::error_chain(&e)
+            bramble_base::error_chain(&e)
         )),
         Err(e) => Err(format!("saving {} panicked: {e}", journal.path().display())),
     }

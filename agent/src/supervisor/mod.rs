@@ -4,39 +4,42 @@
 //! time, so nothing races within a function. Readiness probes and graceful stops run in
 //! spawned tasks and report back, so the supervisor never waits on them. What the gateway
 //! needs per request — the ready addresses — is published in a [`Route`], read without
-//! talking to the supervisor.
+//! talking to the supervisor. The runtime is reached through [`Containers`], so all of this
+//! is unit-tested against a scripted fake on tokio's paused clock (`tests.rs`).
 //!
 //! - A replica serves traffic only once its health check passes.
 //! - A replica that exits or is OOM-killed restarts after an exponential backoff
 //!   (250 ms doubling up to 30 s; reset after 30 s of healthy running). The status keeps the
-//!   restart count and the last reason: `oom`, `exit code N`, `signal N`, `unhealthy`.
+//!   restart count and the last reason ([`ExitReason`]).
 //! - A start that fails because containerd cannot be reached (restarting, crashed) is retried
 //!   every second, without backoff and without counting as a restart; a request waiting for
 //!   the replica gets 503 with that reason at once instead of waiting out the ready timeout.
 //! - Scaling to zero stops tasks but keeps containers and network, so the next request starts
-//!   them again in tens of milliseconds.
-//! - An update starts the new generation beside the old one, switches traffic when all new
-//!   replicas are ready, then stops the old ones; if the new version never becomes ready it is
-//!   removed and the old one keeps serving (rolled back).
-//! - A rollout survives a crash of the daemon: the new record is saved together with the one
-//!   that served before it ([`FunctionRecord::previous`]), in one atomic write. A supervisor
-//!   started with such a record resumes the rollout: it adopts the old generation's containers
-//!   and keeps them serving, adopts (or starts) the new generation's, switches when those are
-//!   ready, and rolls back to the previous record when they never are. The saved rollout is
-//!   settled (cleared, or replaced by the previous record) when the switch or the rollback
-//!   happens.
+//!   them again in tens of milliseconds. A replica scaled away leaves the route first, then is
+//!   stopped once the requests it was serving finished.
+//! - Updates roll out beside the serving version (see `rollout.rs`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use bramble_runtime::{Container, Error as RuntimeError, Runtime, TaskStatus};
+use bramble_gateway::types::{ExitReason, FunctionState};
+use bramble_runtime::{Container, Error as RuntimeError, TaskStatus};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::function::{self, Defaults, FunctionKey};
-use crate::probe::{self, Probe};
+use crate::probe::Probe;
+use crate::runtime::Containers;
 use crate::store::{FunctionRecord, Store, StoreError};
+
+mod rollout;
+mod route;
+#[cfg(test)]
+mod tests;
+
+use rollout::Rollout;
+pub(crate) use route::{Route, Slot};
 
 /// First restart delay; doubled per consecutive failure.
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -49,11 +52,14 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Retry delay of a start that failed because containerd could not be reached: not the
 /// function's fault, so neither a backoff step nor a restart.
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+/// Consecutive failures after which a function is reported crash-looping (and a rollout's
+/// new version given up).
+const CRASH_LOOP_FAILURES: u32 = 3;
 
 /// Settings every supervisor shares.
 #[derive(Debug)]
-pub(crate) struct Context {
-    pub runtime: Runtime,
+pub(crate) struct Context<C> {
+    pub runtime: C,
     pub store: Arc<Store>,
     /// The hardware helper: functions with grants get its socket mounted, and their outputs
     /// go to their safe state whenever no replica runs.
@@ -63,137 +69,14 @@ pub(crate) struct Context {
     pub stop_grace: Duration,
 }
 
-/// What the gateway reads per request: the ready addresses of a function.
-#[derive(Debug)]
-pub(crate) struct Route {
-    ready: std::sync::RwLock<Vec<SocketAddr>>,
-    next: AtomicUsize,
-    ready_count: watch::Sender<usize>,
-    in_flight: Arc<InFlight>,
-    last_used_ms: AtomicU64,
-    timeout_ms: AtomicU64,
-}
-
-/// Requests in flight, in total and per replica address (a replica is drained before it is
-/// stopped).
-#[derive(Debug, Default)]
-pub(crate) struct InFlight {
-    total: AtomicUsize,
-    by_addr: std::sync::Mutex<std::collections::HashMap<SocketAddr, usize>>,
-}
-
-impl InFlight {
-    fn to(&self, addr: SocketAddr) -> usize {
-        self.by_addr
-            .lock()
-            .map_or(0, |m| m.get(&addr).copied().unwrap_or(0))
-    }
-}
-
-impl Route {
-    fn new(timeout: Duration) -> Self {
-        Self {
-            ready: std::sync::RwLock::new(Vec::new()),
-            next: AtomicUsize::new(0),
-            ready_count: watch::channel(0).0,
-            in_flight: Arc::new(InFlight::default()),
-            last_used_ms: AtomicU64::new(now_ms()),
-            timeout_ms: AtomicU64::new(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
-        }
-    }
-
-    /// A ready replica, round robin, with the request counted in flight to it; records the
-    /// use. The count is taken while the ready list is read-locked, so once [`Route::publish`]
-    /// returns, every request that picked a replica of the old list is counted and a drain
-    /// cannot miss it.
-    pub(crate) fn pick(&self) -> Option<(SocketAddr, InFlightGuard)> {
-        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
-        let ready = self
-            .ready
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ready.is_empty() {
-            return None;
-        }
-        let addr = ready[self.next.fetch_add(1, Ordering::Relaxed) % ready.len()];
-        Some((addr, self.count_in_flight(addr)))
-    }
-
-    /// Waits until at least one replica is ready or `timeout` passes.
-    pub(crate) async fn wait_ready(&self, timeout: Duration) -> bool {
-        let mut receiver = self.ready_count.subscribe();
-        tokio::time::timeout(timeout, receiver.wait_for(|n| *n > 0))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// The function's upstream timeout.
-    pub(crate) fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
-    }
-
-    /// Counts a request to `addr` in flight until the guard is dropped.
-    fn count_in_flight(&self, addr: SocketAddr) -> InFlightGuard {
-        self.in_flight.total.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut m) = self.in_flight.by_addr.lock() {
-            *m.entry(addr).or_insert(0) += 1;
-        }
-        InFlightGuard {
-            counts: Arc::clone(&self.in_flight),
-            addr,
-        }
-    }
-
-    fn publish(&self, addrs: Vec<SocketAddr>) {
-        let count = addrs.len();
-        *self
-            .ready
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = addrs;
-        self.ready_count.send_replace(count);
-    }
-
-    fn idle_for(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.last_used_ms.load(Ordering::Relaxed)))
-    }
-}
-
-/// Keeps a request counted as in flight.
-#[derive(Debug)]
-pub(crate) struct InFlightGuard {
-    counts: Arc<InFlight>,
-    addr: SocketAddr,
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.counts.total.fetch_sub(1, Ordering::AcqRel);
-        if let Ok(mut m) = self.counts.by_addr.lock()
-            && let Some(n) = m.get_mut(&self.addr)
-        {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.addr);
-            }
-        }
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// A function's observable state, for status answers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct StatusView {
     pub desired: u64,
     pub available: u64,
-    /// `ready`, `starting`, `scaled-to-zero`, `crash-looping`, `updating`, `deleting`.
-    pub state: String,
+    pub state: FunctionState,
     pub restarts: u64,
-    pub last_exit: Option<String>,
+    pub last_exit: Option<ExitReason>,
     pub message: Option<String>,
     /// Container ids of the replicas in service (for usage and logs).
     pub containers: Vec<String>,
@@ -260,6 +143,8 @@ struct Replica {
     created: bool,
     phase: Phase,
     ip: Option<Ipv4Addr>,
+    /// Where requests to the task this replica runs now are counted.
+    slot: Option<Arc<Slot>>,
     /// The pid of the task this replica runs now.
     pid: Option<u32>,
     started_at: Option<Instant>,
@@ -275,24 +160,31 @@ impl Replica {
             created: false,
             phase: Phase::Stopped,
             ip: None,
+            slot: None,
             pid: None,
             started_at: None,
             failures: 0,
         }
     }
+
+    /// The task runs (probing or serving).
+    fn is_live(&self) -> bool {
+        matches!(self.phase, Phase::Starting | Phase::Ready)
+    }
+
+    /// Marks a failed run and schedules the next start.
+    fn backoff(&mut self) {
+        let delay = BACKOFF_START
+            .saturating_mul(1 << self.failures.min(7))
+            .min(BACKOFF_MAX);
+        self.failures = self.failures.saturating_add(1);
+        self.phase = Phase::Backoff(Instant::now() + delay);
+    }
 }
 
-/// An update in progress; the supervisor's `record` is the one still serving meanwhile.
-#[derive(Debug)]
-struct Rollout {
-    record: FunctionRecord,
-    replicas: Vec<Replica>,
-    deadline: Instant,
-}
-
-struct Supervisor {
+struct Supervisor<C> {
     key: FunctionKey,
-    ctx: Arc<Context>,
+    ctx: Arc<Context<C>>,
     record: FunctionRecord,
     replicas: Vec<Replica>,
     rollout: Option<Rollout>,
@@ -302,17 +194,17 @@ struct Supervisor {
     restarts: u64,
     /// See [`StatusView::unavailable_starts`].
     unavailable_starts: u64,
-    last_exit: Option<String>,
+    last_exit: Option<ExitReason>,
     message: Option<String>,
     oom: std::collections::HashSet<String>,
     /// Whether a replica ran at the last publish (for safe-state transitions).
-    hardware_live: std::cell::Cell<bool>,
+    hardware_live: bool,
 }
 
 /// Starts the supervisor of a function. `adopted` are its containers found in containerd.
 /// A `record` with a pending rollout ([`FunctionRecord::previous`]) resumes that rollout.
-pub(crate) fn spawn(
-    ctx: Arc<Context>,
+pub(crate) fn spawn<C: Containers>(
+    ctx: Arc<Context<C>>,
     key: FunctionKey,
     record: FunctionRecord,
     adopted: Vec<Container>,
@@ -323,35 +215,7 @@ pub(crate) fn spawn(
         &ctx.defaults,
     )));
     let (status, status_rx) = watch::channel(StatusView::default());
-    let generation = record.generation;
-    let replicas = record.replicas;
-    let (serving, rollout, unsettled) = match record.previous {
-        // The replicas wanted now apply to the old generation too while the rollout resumes.
-        Some(previous) if replicas > 0 => {
-            tracing::info!(function = %key, generation, "resuming an interrupted update");
-            let rollout = Rollout {
-                record: FunctionRecord {
-                    previous: None,
-                    ..record
-                },
-                replicas: Vec::new(),
-                deadline: Instant::now() + ctx.ready_timeout,
-            };
-            let serving = FunctionRecord {
-                replicas,
-                ..previous.settled()
-            };
-            (serving, Some(rollout), false)
-        }
-        // Scaled to zero meanwhile: nothing serves to protect; the new record applies.
-        previous => {
-            let settled = FunctionRecord {
-                previous: None,
-                ..record
-            };
-            (settled, None, previous.is_some())
-        }
-    };
+    let (serving, rollout, unsettled) = rollout::resume(&key, record, ctx.ready_timeout);
     let mut supervisor = Supervisor {
         key,
         ctx,
@@ -365,14 +229,18 @@ pub(crate) fn spawn(
         last_exit: None,
         message: None,
         oom: std::collections::HashSet::new(),
-        hardware_live: std::cell::Cell::new(false),
+        hardware_live: false,
         record: serving,
     };
     supervisor.adopt(adopted);
-    if unsettled {
-        supervisor.persist_if_generation(generation, |r| r.previous = None);
-    }
-    tokio::spawn(supervisor.run(receiver));
+    tokio::spawn(async move {
+        if let Some(generation) = unsettled {
+            supervisor
+                .persist_if_generation(generation, |r| r.previous = None)
+                .await;
+        }
+        supervisor.run(receiver).await;
+    });
     Handle {
         route,
         commands,
@@ -380,7 +248,7 @@ pub(crate) fn spawn(
     }
 }
 
-impl Supervisor {
+impl<C: Containers> Supervisor<C> {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         self.reconcile().await;
         loop {
@@ -400,7 +268,7 @@ impl Supervisor {
                     Some(command) => self.handle(command).await,
                     None => return,
                 },
-                () = tokio::time::sleep_until(wake_at.into()) => {}
+                () = tokio::time::sleep_until(wake_at) => {}
             }
             self.check_idle().await;
             self.check_rollout_deadline().await;
@@ -411,11 +279,7 @@ impl Supervisor {
     /// The next moment something is due: a backoff ending, a rollout deadline, an idle check.
     fn next_deadline(&self) -> Instant {
         let mut next = Instant::now() + IDLE_CHECK;
-        let replicas = self
-            .replicas
-            .iter()
-            .chain(self.rollout.iter().flat_map(|r| r.replicas.iter()));
-        for r in replicas {
+        for r in self.all_replicas() {
             if let Phase::Backoff(at) = r.phase {
                 next = next.min(at);
             }
@@ -436,7 +300,7 @@ impl Supervisor {
                     // between only leaves the function at zero until the next request.
                     self.record.replicas = 1;
                     self.reconcile().await;
-                    self.set_desired(1);
+                    self.set_desired(1).await;
                 }
             }
             Command::Scale(replicas) => {
@@ -455,7 +319,7 @@ impl Supervisor {
                 self.oom.insert(container);
             }
             Command::Resync => self.resync().await,
-            Command::Probed { container, result } => self.probed(&container, result),
+            Command::Probed { container, result } => self.probed(&container, result).await,
             Command::Delete(_) | Command::Shutdown(_) => {}
         }
     }
@@ -489,6 +353,7 @@ impl Supervisor {
             if let (true, Some(ip)) = (running, c.ip) {
                 replica.phase = Phase::Starting;
                 replica.started_at = Some(Instant::now());
+                replica.slot = Some(Slot::new(SocketAddr::from((ip, 8080))));
                 self.spawn_probe(&replica.id, ip);
             }
             if of_rollout {
@@ -499,18 +364,11 @@ impl Supervisor {
         }
         self.replicas.sort_by_key(|r| r.index);
         if let Some(rollout) = &mut self.rollout {
-            for index in 0..rollout.record.replicas.max(1) {
-                if !new_generation.iter().any(|r| r.index == index) {
-                    new_generation.push(Replica::new(&self.key, rollout.record.generation, index));
-                }
-            }
-            new_generation.sort_by_key(|r| r.index);
-            rollout.replicas = new_generation;
-            let timeout = function::timeout(&rollout.record.deployment, &self.ctx.defaults);
-            self.route.timeout_ms.store(
-                u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
+            rollout.adopt(&self.key, new_generation);
+            self.route.set_timeout(function::timeout(
+                &rollout.record.deployment,
+                &self.ctx.defaults,
+            ));
         }
     }
 
@@ -538,8 +396,8 @@ impl Supervisor {
                 Phase::Backoff(at) if wanted && at <= now => self.start_in(replica, &record).await,
                 Phase::Starting | Phase::Ready if !wanted => {
                     replica.phase = Phase::Stopped;
-                    if let Some(ip) = replica.ip {
-                        to_stop.push((replica.id.clone(), SocketAddr::from((ip, 8080))));
+                    if let Some(slot) = replica.slot.take() {
+                        to_stop.push((replica.id.clone(), slot));
                     }
                 }
                 Phase::Backoff(_) if !wanted => replica.phase = Phase::Stopped,
@@ -556,11 +414,11 @@ impl Supervisor {
                 }
             }
             self.rollout = Some(rollout);
-            self.finish_rollout_if_ready();
+            self.finish_rollout_if_ready().await;
         }
         self.publish();
-        for (id, addr) in to_stop {
-            self.stop_after_drain(id, addr, false);
+        for (id, slot) in to_stop {
+            self.stop_after_drain(id, slot, false);
         }
     }
 
@@ -591,7 +449,7 @@ impl Supervisor {
             attempt += 1;
             if !replica.created {
                 match runtime.create(&spec).await {
-                    Ok(_) => replica.created = true,
+                    Ok(()) => replica.created = true,
                     Err(e) if e.is_already_exists() => replica.created = true,
                     Err(e) => break Err(e),
                 }
@@ -610,6 +468,7 @@ impl Supervisor {
         match result {
             Ok(started) => {
                 replica.ip = Some(started.ip);
+                replica.slot = Some(Slot::new(SocketAddr::from((started.ip, 8080))));
                 replica.pid = Some(started.pid);
                 replica.phase = Phase::Starting;
                 replica.started_at = Some(Instant::now());
@@ -627,7 +486,7 @@ impl Supervisor {
             Err(e) => {
                 tracing::warn!(function = %self.key, container = %replica.id, error = %e.chain(), "cannot start replica");
                 self.message = Some(format!("cannot start: {}", e.chain()));
-                Self::backoff(replica);
+                replica.backoff();
             }
         }
     }
@@ -636,13 +495,16 @@ impl Supervisor {
         let commands = self.commands.clone();
         let container = container.to_owned();
         let deadline = Instant::now() + self.ctx.ready_timeout;
+        let runtime = self.ctx.runtime.clone();
         tokio::spawn(async move {
-            let result = probe::wait_ready(SocketAddr::from((ip, 8080)), deadline).await;
+            let result = runtime
+                .wait_ready(SocketAddr::from((ip, 8080)), deadline)
+                .await;
             let _ = commands.send(Command::Probed { container, result });
         });
     }
 
-    fn probed(&mut self, container: &str, result: Result<Duration, Probe>) {
+    async fn probed(&mut self, container: &str, result: Result<Duration, Probe>) {
         let timeout = self.ctx.ready_timeout;
         let key = self.key.clone();
         let Some(replica) = self.find(container) else {
@@ -664,15 +526,15 @@ impl Supervisor {
                 };
                 let why = format!("did not become ready within {timeout:?}: {detail}");
                 tracing::warn!(function = %key, container, "{why}");
-                Self::backoff(replica);
+                replica.backoff();
                 let id = replica.id.clone();
                 self.message = Some(why);
                 self.restarts += 1;
-                self.last_exit = Some("unhealthy".into());
+                self.last_exit = Some(ExitReason::Unhealthy);
                 self.stop_in_background(id, Duration::ZERO);
             }
         }
-        self.finish_rollout_if_ready();
+        self.finish_rollout_if_ready().await;
         self.publish();
     }
 
@@ -693,36 +555,23 @@ impl Supervisor {
         let Some(replica) = self.find(container) else {
             return;
         };
-        let reason = match exit_status {
-            _ if oom => "oom".to_owned(),
-            s if s > 128 => format!("signal {}", s - 128),
-            s => format!("exit code {s}"),
-        };
+        let reason = ExitReason::of_exit(exit_status, oom);
         let ran = replica.started_at.map(|t| t.elapsed()).unwrap_or_default();
-        tracing::warn!(function = %key, container, reason, ?ran, "replica exited; restarting after backoff");
+        tracing::warn!(function = %key, container, %reason, ?ran, "replica exited; restarting after backoff");
         if ran >= STABLE_RUN {
             replica.failures = 0;
         }
-        Self::backoff(replica);
+        replica.backoff();
         self.restarts += 1;
         self.last_exit = Some(reason);
         self.publish();
-    }
-
-    /// Marks a failed run and schedules the next start.
-    fn backoff(replica: &mut Replica) {
-        let delay = BACKOFF_START
-            .saturating_mul(1 << replica.failures.min(7))
-            .min(BACKOFF_MAX);
-        replica.failures = replica.failures.saturating_add(1);
-        replica.phase = Phase::Backoff(Instant::now() + delay);
     }
 
     /// Re-checks every task after an interruption of the event stream.
     async fn resync(&mut self) {
         let ids: Vec<String> = self
             .all_replicas()
-            .filter(|r| matches!(r.phase, Phase::Starting | Phase::Ready))
+            .filter(|r| r.is_live())
             .map(|r| r.id.clone())
             .collect();
         for id in ids {
@@ -764,18 +613,15 @@ impl Supervisor {
         });
     }
 
-    /// Waits until no request is in flight to `addr` (bounded by the function's timeout),
-    /// then stops the container with its grace period — and removes it with `remove`.
-    fn stop_after_drain(&self, id: String, addr: SocketAddr, remove: bool) {
+    /// Waits until no request is in flight to the replica (bounded by the function's
+    /// timeout), then stops the container with its grace period — and removes it with
+    /// `remove`. The replica must already be out of the route.
+    fn stop_after_drain(&self, id: String, slot: Arc<Slot>, remove: bool) {
         let runtime = self.ctx.runtime.clone();
         let grace = self.ctx.stop_grace;
-        let in_flight = Arc::clone(&self.route.in_flight);
         let drain_for = self.route.timeout();
         tokio::spawn(async move {
-            let deadline = Instant::now() + drain_for;
-            while in_flight.to(addr) > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let _ = tokio::time::timeout(drain_for, slot.drained()).await;
             let result = if remove {
                 runtime.delete(&id, grace).await
             } else {
@@ -787,145 +633,44 @@ impl Supervisor {
         });
     }
 
-    /// `saved` is the record as the provider saved it, with the rollback target it chose.
-    async fn begin_update(&mut self, saved: FunctionRecord) {
-        let record = saved.settled();
-        // A rollout still in progress is superseded by the newer one.
-        if let Some(old) = self.rollout.take() {
-            for r in old.replicas {
-                self.remove_in_background(r.id);
-            }
-        }
-        self.route.timeout_ms.store(
-            u64::try_from(function::timeout(&record.deployment, &self.ctx.defaults).as_millis())
-                .unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        if self.replicas.iter().all(|r| r.phase != Phase::Ready) {
-            // Nothing serving (scaled to zero, or broken): nothing to protect; replace at once.
-            self.record = record;
-            for r in std::mem::take(&mut self.replicas) {
-                self.remove_in_background(r.id);
-            }
-            self.message = None;
-            self.persist_if_generation(self.record.generation, |r| r.previous = None);
-            return;
-        }
-        // Keep the old generation serving under its own record until the new one is ready. The
-        // saved rollback target must be that record: the provider's guess is wrong when a
-        // rollout finished between its write and this command.
-        let serving = self.record.settled();
-        let guessed = saved.previous.as_deref().is_some_and(|p| {
-            p.generation == serving.generation && p.deployment == serving.deployment
-        });
-        if !guessed {
-            self.persist_if_generation(record.generation, |r| {
-                r.previous = Some(Box::new(serving));
-            });
-        }
-        let count = record.replicas.max(1);
-        let replicas = (0..count)
-            .map(|i| Replica::new(&self.key, record.generation, i))
-            .collect();
-        tracing::info!(function = %self.key, generation = record.generation, "rolling out an update");
-        self.rollout = Some(Rollout {
-            record,
-            replicas,
-            deadline: Instant::now() + self.ctx.ready_timeout,
-        });
-    }
-
     /// Changes this function's record in the saved state, when `applies` holds for it.
-    fn save_record(
+    async fn save_record(
         &self,
         applies: impl FnOnce(&FunctionRecord) -> bool,
         change: impl FnOnce(&mut FunctionRecord),
     ) -> Result<(), StoreError> {
         let key = &self.key;
-        self.ctx.store.update(|state| {
-            if let Some(record) = state
-                .functions
-                .get_mut(&key.namespace)
-                .and_then(|f| f.get_mut(&key.name))
-                .filter(|r| applies(r))
-            {
-                change(record);
-            }
-            Ok::<_, StoreError>(())
-        })
+        self.ctx
+            .store
+            .update(|state| {
+                if let Some(record) = state
+                    .functions
+                    .get_mut(&key.namespace)
+                    .and_then(|f| f.get_mut(&key.name))
+                    .filter(|r| applies(r))
+                {
+                    change(record);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
     }
 
     /// Changes the saved record of this function if it is still generation `generation`: a
     /// newer update saved meanwhile is left alone (its own rollout settles it). A failed write
     /// is logged and shown in the status; the saved rollout then resumes after a restart.
-    fn persist_if_generation(&mut self, generation: u64, change: impl FnOnce(&mut FunctionRecord)) {
-        if let Err(e) = self.save_record(|r| r.generation == generation, change) {
+    async fn persist_if_generation(
+        &mut self,
+        generation: u64,
+        change: impl FnOnce(&mut FunctionRecord),
+    ) {
+        if let Err(e) = self
+            .save_record(|r| r.generation == generation, change)
+            .await
+        {
             tracing::error!(function = %self.key, error = %e, "cannot save the state of the update");
             self.message = Some(format!("cannot save the state of the update: {e}"));
         }
-    }
-
-    /// Switches traffic to the new generation once all its replicas are ready.
-    fn finish_rollout_if_ready(&mut self) {
-        let ready = self
-            .rollout
-            .as_ref()
-            .is_some_and(|r| r.replicas.iter().all(|x| x.phase == Phase::Ready));
-        if !ready {
-            return;
-        }
-        let Some(rollout) = self.rollout.take() else {
-            return;
-        };
-        tracing::info!(function = %self.key, generation = rollout.record.generation, "update ready; switching traffic");
-        let old = std::mem::replace(&mut self.replicas, rollout.replicas);
-        self.record = rollout.record;
-        self.message = None;
-        // Publish first: new requests go to the new replicas; the old ones finish what they
-        // are serving, then stop with their grace period.
-        self.publish();
-        self.persist_if_generation(self.record.generation, |r| r.previous = None);
-        for r in old {
-            match r.ip {
-                Some(ip) => self.stop_after_drain(r.id, SocketAddr::from((ip, 8080)), true),
-                None => self.remove_in_background(r.id),
-            }
-        }
-    }
-
-    /// Rolls an update back when its deadline passed or a new replica keeps failing.
-    async fn check_rollout_deadline(&mut self) {
-        let failed = self.rollout.as_ref().is_some_and(|r| {
-            Instant::now() >= r.deadline || r.replicas.iter().any(|x| x.failures >= 3)
-        });
-        if !failed {
-            return;
-        }
-        let Some(rollout) = self.rollout.take() else {
-            return;
-        };
-        let why = format!(
-            "update to {} failed: the new version did not become ready within {:?}{}; rolled back, the previous version keeps serving",
-            rollout.record.deployment.image,
-            self.ctx.ready_timeout,
-            self.message
-                .as_ref()
-                .map(|m| format!(" ({m})"))
-                .unwrap_or_default()
-        );
-        tracing::warn!(function = %self.key, "{why}");
-        for r in rollout.replicas {
-            self.remove_in_background(r.id);
-        }
-        // The record that keeps serving is saved again, with the replicas wanted now.
-        let previous = self.record.settled();
-        self.persist_if_generation(rollout.record.generation, |r| {
-            *r = FunctionRecord {
-                replicas: r.replicas,
-                ..previous
-            };
-        });
-        self.message = Some(why);
     }
 
     /// Scales an idle function to zero when it asked for it.
@@ -933,25 +678,30 @@ impl Supervisor {
         let Some(after) = function::scale_to_zero_after(&self.record.deployment) else {
             return;
         };
-        if self.record.replicas == 0
-            || self.rollout.is_some()
-            || self.route.in_flight.total.load(Ordering::Acquire) > 0
-        {
+        if self.record.replicas == 0 || self.rollout.is_some() || self.in_flight() > 0 {
             return;
         }
         if self.route.idle_for() >= after {
             tracing::info!(function = %self.key, idle = ?self.route.idle_for(), "idle: scaling to zero");
-            self.set_desired(0);
+            self.set_desired(0).await;
         }
     }
 
+    /// Requests in flight to any replica, draining ones included.
+    fn in_flight(&self) -> usize {
+        self.all_replicas()
+            .filter_map(|r| r.slot.as_ref())
+            .map(|s| s.in_flight())
+            .sum()
+    }
+
     /// Persists and applies new desired replicas.
-    fn set_desired(&mut self, replicas: u64) {
-        match self.save_record(|_| true, |r| r.replicas = replicas) {
+    async fn set_desired(&mut self, replicas: u64) {
+        match self.save_record(|_| true, |r| r.replicas = replicas).await {
             Ok(()) => {
                 self.record.replicas = replicas;
                 // A request that woke us starts the idle clock afresh.
-                self.route.last_used_ms.store(now_ms(), Ordering::Relaxed);
+                self.route.touch();
             }
             Err(e) => {
                 tracing::error!(function = %self.key, error = %e, "cannot persist the replica count");
@@ -984,7 +734,7 @@ impl Supervisor {
             }
         }))
         .await;
-        runtime.logs().forget(&self.key.to_string());
+        runtime.forget_logs(&self.key.to_string());
     }
 
     fn all_replicas(&self) -> impl Iterator<Item = &Replica> {
@@ -1004,122 +754,49 @@ impl Supervisor {
     }
 
     /// Publishes ready addresses and the status.
-    fn publish(&self) {
+    fn publish(&mut self) {
         // Outputs go to their safe state when the last replica stops, crashes or is removed.
-        let live = self
-            .all_replicas()
-            .any(|r| matches!(r.phase, Phase::Starting | Phase::Ready));
-        if self.hardware_live.replace(live) && !live {
+        let live = self.all_replicas().any(Replica::is_live);
+        if std::mem::replace(&mut self.hardware_live, live) && !live {
             self.ctx.hardware.safe_state(&self.key.to_string());
         }
-        let ready: Vec<&Replica> = self
+        let ready: Vec<Arc<Slot>> = self
             .replicas
             .iter()
             .filter(|r| r.phase == Phase::Ready && r.index < self.record.replicas)
+            .filter_map(|r| r.slot.clone())
             .collect();
-        self.route.publish(
-            ready
-                .iter()
-                .filter_map(|r| r.ip.map(|ip| SocketAddr::from((ip, 8080))))
-                .collect(),
-        );
+        let available = ready.len() as u64;
+        self.route.publish(ready);
         let crash_looping = self
             .replicas
             .iter()
-            .any(|r| matches!(r.phase, Phase::Backoff(_)) && r.failures >= 3);
-        let available = ready.len() as u64;
+            .any(|r| matches!(r.phase, Phase::Backoff(_)) && r.failures >= CRASH_LOOP_FAILURES);
         let state = if self.rollout.is_some() {
-            "updating"
+            FunctionState::Updating
         } else if self.record.replicas == 0 {
-            "scaled-to-zero"
+            FunctionState::ScaledToZero
         } else if available >= self.record.replicas {
-            "ready"
+            FunctionState::Ready
         } else if crash_looping {
-            "crash-looping"
+            FunctionState::CrashLooping
         } else {
-            "starting"
+            FunctionState::Starting
         };
         self.status.send_replace(StatusView {
             desired: self.record.replicas,
             available,
-            state: state.to_owned(),
+            state,
             restarts: self.restarts,
-            last_exit: self.last_exit.clone(),
+            last_exit: self.last_exit,
             message: self.message.clone(),
             containers: self
                 .replicas
                 .iter()
-                .filter(|r| matches!(r.phase, Phase::Starting | Phase::Ready))
+                .filter(|r| r.is_live())
                 .map(|r| r.id.clone())
                 .collect(),
             unavailable_starts: self.unavailable_starts,
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let key = FunctionKey::new("f", "ns");
-        let mut r = Replica::new(&key, 1, 0);
-        let mut delays = Vec::new();
-        for _ in 0..10 {
-            let before = Instant::now();
-            Supervisor::backoff(&mut r);
-            let Phase::Backoff(at) = r.phase else {
-                panic!("not in backoff")
-            };
-            delays.push(at.duration_since(before));
-        }
-        assert!(delays[0] >= Duration::from_millis(250) && delays[0] < Duration::from_millis(400));
-        assert!(delays[1] >= Duration::from_millis(500));
-        assert!(delays[3] >= Duration::from_secs(2));
-        assert!(
-            delays
-                .iter()
-                .all(|d| *d <= BACKOFF_MAX + Duration::from_millis(50))
-        );
-        assert!(delays[9] >= BACKOFF_MAX - Duration::from_millis(50));
-    }
-
-    #[tokio::test]
-    async fn routes_round_robin_and_wake_waiters() {
-        let route = Arc::new(Route::new(Duration::from_secs(60)));
-        assert!(route.pick().is_none());
-        let waiter = {
-            let route = Arc::clone(&route);
-            tokio::spawn(async move { route.wait_ready(Duration::from_secs(5)).await })
-        };
-        let a = SocketAddr::from(([10, 0, 0, 2], 8080));
-        let b = SocketAddr::from(([10, 0, 0, 3], 8080));
-        route.publish(vec![a, b]);
-        assert!(waiter.await.unwrap());
-        let picks: Vec<_> = (0..4).map(|_| route.pick().unwrap().0).collect();
-        assert_eq!(picks.iter().filter(|p| **p == a).count(), 2);
-        assert!(
-            !Route::new(Duration::from_secs(1))
-                .wait_ready(Duration::from_millis(20))
-                .await
-        );
-        let guard = route.count_in_flight(a);
-        assert_eq!(
-            (
-                route.in_flight.total.load(Ordering::Acquire),
-                route.in_flight.to(a),
-                route.in_flight.to(b)
-            ),
-            (1, 1, 0)
-        );
-        drop(guard);
-        assert_eq!(
-            (
-                route.in_flight.total.load(Ordering::Acquire),
-                route.in_flight.to(a)
-            ),
-            (0, 0)
-        );
     }
 }
