@@ -54,8 +54,8 @@ pub fn runtime_config(config: &Config) -> RuntimeConfig {
         insecure: config.registry.insecure.clone(),
         credentials_file: Some(config.registry_credentials()),
     };
-    runtime.log_buffer_bytes = Config::bytes(&config.log_buffer);
-    runtime.max_unpacked = Config::bytes(&config.max_unpacked) as u64;
+    runtime.log_buffer_bytes = config.log_buffer.as_usize();
+    runtime.max_unpacked = config.max_unpacked.bytes();
     runtime
 }
 
@@ -69,23 +69,19 @@ pub async fn run(
     let (credentials, generated) = store.api_credentials()?;
     let runtime = Runtime::new(runtime_config(&config))?;
     let defaults = Defaults {
-        memory_bytes: (!config.defaults.memory.is_empty())
-            .then(|| bramble_gateway::validate::parse_memory(&config.defaults.memory).ok())
-            .flatten(),
-        cpu_millis: (!config.defaults.cpu.is_empty())
-            .then(|| bramble_gateway::validate::parse_cpu_millis(&config.defaults.cpu).ok())
-            .flatten(),
+        memory_bytes: config.defaults.memory.bytes(),
+        cpu_millis: config.defaults.cpu.millicores(),
         pids: config.defaults.pids,
         timeout: config.function_timeout,
     };
     let settings = ProviderSettings {
         default_namespace: config.default_namespace.clone(),
-        pull_policy: config.pull_policy.parse().unwrap_or_default(),
+        pull_policy: config.pull_policy,
         defaults,
         ready_timeout: config.ready_timeout,
         stop_grace: config.stop_grace,
-        memory_budget: config.memory_budget_bytes().unwrap_or(None),
-        image_gc_after: config.image_gc_after().unwrap_or(None),
+        memory_budget: config.memory_budget_bytes(),
+        image_gc_after: config.image_gc_after.after(),
     };
     let mut hardware_config = config.hardware.clone();
     if hardware_config.socket_dir.is_none() {
@@ -101,12 +97,12 @@ pub async fn run(
             password: credentials.password.clone(),
         },
         default_namespace: config.default_namespace.clone(),
-        max_api_body: Config::bytes(&config.max_api_body),
-        max_async_body: Config::bytes(&config.async_queue.max_body),
+        max_api_body: config.max_api_body.as_usize(),
+        max_async_body: config.async_queue.max_body.as_usize(),
         ready_wait: config.ready_timeout,
         queue_dir: config.state_dir.join("queue"),
         upload_dir: config.state_dir.join("uploads"),
-        max_upload: Config::bytes(&config.max_upload) as u64,
+        max_upload: config.max_upload.bytes(),
         async_workers: config.async_queue.workers,
         version: VersionInfo {
             commit_message: String::new(),

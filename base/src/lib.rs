@@ -27,15 +27,24 @@ pub fn write_atomic_with(
     mode: u32,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    write_atomic_via(parent_of(path), path, mode, fill)
+}
+
+/// [`write_atomic_with`], with the temporary file in `tmp_dir` (on the same filesystem as
+/// `path`) instead of beside `path`: for directories whose every entry must be complete, such
+/// as a queue that workers list.
+pub fn write_atomic_via(
+    tmp_dir: &Path,
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let dir = parent_of(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let tmp = dir.join(temp_name(&name));
+    let tmp = tmp_dir.join(temp_name(&name));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -52,6 +61,13 @@ pub fn write_atomic_with(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
 
 /// The name of a temporary file for `name` (hidden, so directory listings can skip it).

@@ -17,7 +17,7 @@
 
 use std::fs;
 use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -237,34 +237,14 @@ impl Queue {
         let id = format!("{nanos:020}-{:016x}", rand::random::<u64>());
         let mut meta = serde_json::to_vec(record).map_err(io::Error::other)?;
         meta.push(b'\n');
-        let tmp_path = self.tmp.join(format!("{id}.tmp"));
         let final_path = self.path(&id);
-        let pending = self.pending.clone();
+        let tmp = self.tmp.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let write = || -> io::Result<()> {
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(FILE_MODE)
-                    .open(&tmp_path)
-                    .map_err(|e| context("creating", &tmp_path, &e))?;
-                file.write_all(&meta)
-                    .and_then(|()| file.write_all(&body))
-                    .map_err(|e| context("writing", &tmp_path, &e))?;
-                file.sync_all()
-                    .map_err(|e| context("syncing", &tmp_path, &e))?;
-                drop(file);
-                fs::rename(&tmp_path, &final_path)
-                    .map_err(|e| context("renaming", &tmp_path, &e))?;
-                fs::File::open(&pending)?
-                    .sync_all()
-                    .map_err(|e| context("syncing", &pending, &e))
-            };
-            let result = write();
-            if result.is_err() {
-                let _ = fs::remove_file(&tmp_path);
-            }
-            result
+            bramble_base::write_atomic_via(&tmp, &final_path, FILE_MODE, |file| {
+                file.write_all(&meta)?;
+                file.write_all(&body)
+            })
+            .map_err(|e| context("writing", &final_path, &e))
         })
         .await
         .map_err(io::Error::other)?;

@@ -12,6 +12,7 @@ mod proptests;
 pub(crate) mod secret;
 pub(crate) mod stack;
 pub(crate) mod system;
+pub(crate) mod up;
 
 /// Parses `KEY=VALUE`.
 pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {

@@ -629,17 +629,12 @@ fn copy_binary(from: &Path, to: &Path) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Unchanged);
     }
     create_parent(to)?;
-    let tmp = to.with_file_name(format!(".bramble.{:016x}", rand::random::<u64>()));
-    let copied = (|| {
-        std::fs::copy(from, &tmp)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, to)
-    })();
-    if let Err(e) = copied {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("copying {} to {}", from.display(), to.display()));
-    }
+    bramble_base::write_atomic_with(to, 0o755, |file| {
+        std::io::copy(&mut std::fs::File::open(from)?, file)?;
+        // Whatever the umask: the binary is executable by everyone.
+        file.set_permissions(std::fs::Permissions::from_mode(0o755))
+    })
+    .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(if existed {
         Outcome::Updated
     } else {

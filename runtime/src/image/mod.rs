@@ -30,7 +30,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::Descriptor as CtrDescriptor;
 use prost_types::FieldMask;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::Connection;
 use crate::content;
@@ -70,6 +70,13 @@ impl FromStr for PullPolicy {
                 "unknown pull policy {s:?}; use Always, IfNotPresent or Never"
             ))),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for PullPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

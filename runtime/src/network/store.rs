@@ -1,7 +1,7 @@
 //! The attachment cache (`<state_dir>/cache/<id>.json`) and host-local's lease files.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -103,25 +103,10 @@ pub(super) fn write(dir: &Path, entry: &CacheEntry) -> Result<(), NetworkError> 
         .map_err(|e| NetworkError::io(format!("create directory {}", dir.display()), e))?;
     let id = &entry.attachment.id;
     let path = entry_path(dir, id);
-    let tmp = dir.join(format!(".{id}.json.tmp"));
     let bytes = serde_json::to_vec_pretty(entry)
         .map_err(|e| NetworkError::Internal(format!("could not serialise cache entry: {e}")))?;
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()
-    })();
-    written.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        NetworkError::io(format!("write {}", path.display()), e)
-    })
+    bramble_base::write_atomic(&path, &bytes, 0o600)
+        .map_err(|e| NetworkError::io(format!("write {}", path.display()), e))
 }
 
 /// Removes the entry of `id`; missing is fine.

@@ -7,7 +7,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bramble_runtime::PullPolicy;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+mod values;
+
+pub use values::{ByteSize, CpuLimit, Expiry, MemoryBudget, MemoryLimit};
 
 /// Where the configuration file is looked for when none is given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/bramble/config.toml";
@@ -44,7 +49,7 @@ pub struct Config {
     /// The OpenFaaS namespace used when a request names none.
     pub default_namespace: String,
     /// `Always`, `IfNotPresent` or `Never`.
-    pub pull_policy: String,
+    pub pull_policy: PullPolicy,
     /// Default upstream timeout of a function (per function: annotation `bramble.timeout`).
     #[serde(with = "duration")]
     pub function_timeout: Duration,
@@ -54,26 +59,26 @@ pub struct Config {
     /// Grace period between SIGTERM and SIGKILL when a function is stopped.
     #[serde(with = "duration")]
     pub stop_grace: Duration,
-    /// Output kept in memory per function, as a quantity (`256Ki`).
-    pub log_buffer: String,
+    /// Output kept in memory per function (`256Ki`).
+    pub log_buffer: ByteSize,
     /// Limits applied to functions that ask for none.
     pub defaults: Defaults,
     pub network: NetworkSection,
     pub registry: RegistrySection,
     #[serde(rename = "async")]
     pub async_queue: AsyncSection,
-    /// Largest JSON body accepted by the API, as a quantity.
-    pub max_api_body: String,
-    /// Largest image archive accepted by `POST /system/images`, as a quantity.
-    pub max_upload: String,
+    /// Largest JSON body accepted by the API.
+    pub max_api_body: ByteSize,
+    /// Largest image archive accepted by `POST /system/images`.
+    pub max_upload: ByteSize,
     /// Largest size one image layer may unpack to (and an uncompressed image archive may
-    /// have), as a quantity: a decompression bomb is refused before it fills the disk.
-    pub max_unpacked: String,
+    /// have): a decompression bomb is refused before it fills the disk.
+    pub max_unpacked: ByteSize,
     /// Memory all functions may reserve together: `auto` (75 % of the board's RAM), `none`,
     /// or a quantity (`1Gi`). A deploy beyond it is refused with the numbers.
-    pub memory_budget: String,
+    pub memory_budget: MemoryBudget,
     /// Images no function uses are removed after this long (`1h`), or `never`.
-    pub image_gc_after: String,
+    pub image_gc_after: Expiry,
     /// Stop every function when `bramble up` stops (default: they keep running and are
     /// adopted by the next start).
     pub stop_functions_on_shutdown: bool,
@@ -86,9 +91,9 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Defaults {
     /// Memory limit (`128Mi`); empty = unlimited.
-    pub memory: String,
+    pub memory: MemoryLimit,
     /// CPU limit (`500m`, `1`); empty = unlimited.
-    pub cpu: String,
+    pub cpu: CpuLimit,
     /// Processes/threads per function.
     pub pids: u64,
 }
@@ -118,8 +123,8 @@ pub struct RegistrySection {
 pub struct AsyncSection {
     /// Calls executed at the same time.
     pub workers: usize,
-    /// Largest body accepted, as a quantity.
-    pub max_body: String,
+    /// Largest body accepted.
+    pub max_body: ByteSize,
 }
 
 impl Default for Config {
@@ -131,20 +136,20 @@ impl Default for Config {
             containerd_socket: PathBuf::from("/run/containerd/containerd.sock"),
             containerd_namespace: "openfaas-fn".into(),
             default_namespace: "openfaas-fn".into(),
-            pull_policy: "IfNotPresent".into(),
+            pull_policy: PullPolicy::IfNotPresent,
             function_timeout: Duration::from_secs(60),
             ready_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(10),
-            log_buffer: "256Ki".into(),
+            log_buffer: ByteSize::from_bytes(256 << 10),
             defaults: Defaults::default(),
             network: NetworkSection::default(),
             registry: RegistrySection::default(),
             async_queue: AsyncSection::default(),
-            max_api_body: "1Mi".into(),
-            max_upload: "4Gi".into(),
-            max_unpacked: "4Gi".into(),
-            memory_budget: "auto".into(),
-            image_gc_after: "1h".into(),
+            max_api_body: ByteSize::from_bytes(1 << 20),
+            max_upload: ByteSize::from_bytes(4 << 30),
+            max_unpacked: ByteSize::from_bytes(4 << 30),
+            memory_budget: MemoryBudget::Auto,
+            image_gc_after: Expiry::After(Duration::from_secs(3600)),
             stop_functions_on_shutdown: false,
             hardware: crate::hardware::HardwareConfig::default(),
         }
@@ -154,8 +159,8 @@ impl Default for Config {
 impl Default for Defaults {
     fn default() -> Self {
         Self {
-            memory: "128Mi".into(),
-            cpu: String::new(),
+            memory: MemoryLimit::Limit(ByteSize::from_bytes(128 << 20)),
+            cpu: CpuLimit::Unlimited,
             pids: 512,
         }
     }
@@ -175,7 +180,7 @@ impl Default for AsyncSection {
     fn default() -> Self {
         Self {
             workers: 4,
-            max_body: "8Mi".into(),
+            max_body: ByteSize::from_bytes(8 << 20),
         }
     }
 }
@@ -219,9 +224,6 @@ impl Config {
                 return invalid(key, format!("{} must be an absolute path", path.display()));
             }
         }
-        if let Err(e) = self.pull_policy.parse::<bramble_runtime::PullPolicy>() {
-            return invalid("pull_policy", e.to_string());
-        }
         if bramble_gateway::validate::namespace_name(&self.default_namespace).is_err() {
             return invalid(
                 "default_namespace",
@@ -238,31 +240,15 @@ impl Config {
             );
         }
         for (key, value) in [
-            ("log_buffer", &self.log_buffer),
-            ("max_api_body", &self.max_api_body),
-            ("max_upload", &self.max_upload),
-            ("max_unpacked", &self.max_unpacked),
-            ("async.max_body", &self.async_queue.max_body),
+            ("log_buffer", self.log_buffer),
+            ("max_api_body", self.max_api_body),
+            ("max_upload", self.max_upload),
+            ("max_unpacked", self.max_unpacked),
+            ("async.max_body", self.async_queue.max_body),
         ] {
-            if let Err(e) = bramble_gateway::validate::parse_memory(value) {
-                return invalid(key, e);
+            if value.bytes() == 0 {
+                return invalid(key, "must be more than 0".into());
             }
-        }
-        if !self.defaults.memory.is_empty()
-            && let Err(e) = bramble_gateway::validate::parse_memory(&self.defaults.memory)
-        {
-            return invalid("defaults.memory", e);
-        }
-        if !self.defaults.cpu.is_empty()
-            && let Err(e) = bramble_gateway::validate::parse_cpu_millis(&self.defaults.cpu)
-        {
-            return invalid("defaults.cpu", e);
-        }
-        if let Err(message) = self.memory_budget_bytes() {
-            return invalid("memory_budget", message);
-        }
-        if let Err(message) = self.image_gc_after() {
-            return invalid("image_gc_after", message);
         }
         if self.defaults.pids == 0 {
             return invalid("defaults.pids", "must be at least 1".into());
@@ -297,25 +283,9 @@ impl Config {
         Ok(())
     }
 
-    /// The memory budget of functions in bytes (`None`: unlimited).
-    pub fn memory_budget_bytes(&self) -> Result<Option<u64>, String> {
-        match self.memory_budget.trim() {
-            "none" => Ok(None),
-            "auto" | "" => Ok(Some(total_memory().map_or(u64::MAX, |total| total / 4 * 3))),
-            q => bramble_gateway::validate::parse_memory(q)
-                .map(Some)
-                .map_err(|e| format!("{e} (or `auto`, `none`)")),
-        }
-    }
-
-    /// After how long an unused image is removed (`None`: never).
-    pub fn image_gc_after(&self) -> Result<Option<std::time::Duration>, String> {
-        match self.image_gc_after.trim() {
-            "never" => Ok(None),
-            text => humantime::parse_duration(text)
-                .map(Some)
-                .map_err(|e| format!("{text:?} is not a duration ({e}) nor `never`")),
-        }
+    /// The memory budget of functions in bytes on this board (`None`: unlimited).
+    pub fn memory_budget_bytes(&self) -> Option<u64> {
+        self.memory_budget.bytes(total_memory())
     }
 
     /// Every key of the configuration file, dotted for tables (`network.bridge`); options
@@ -345,12 +315,6 @@ impl Config {
             .credentials
             .clone()
             .unwrap_or_else(|| self.state_dir.join("docker/config.json"))
-    }
-
-    /// A quantity key as bytes (validated by [`Config::validate`]).
-    pub fn bytes(value: &str) -> usize {
-        bramble_gateway::validate::parse_memory(value)
-            .map_or(0, |v| usize::try_from(v).unwrap_or(usize::MAX))
     }
 }
 
@@ -420,29 +384,26 @@ mod tests {
         assert!(e.contains("brige"), "{e}");
         let e = Config::parse("ready_timeout = \"soon\"").unwrap_err();
         assert!(e.contains("soon") && e.contains("duration"), "{e}");
-        let c = Config {
-            pull_policy: "Sometimes".into(),
-            ..Config::default()
-        };
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("pull_policy")
-        );
-        let c = Config {
-            defaults: Defaults {
-                memory: "128Qi".into(),
-                ..Defaults::default()
-            },
-            ..Config::default()
-        };
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("defaults.memory")
-        );
+        for (text, needles) in [
+            ("pull_policy = \"Sometimes\"", ["pull_policy", "Sometimes"]),
+            ("[defaults]\nmemory = \"128Qi\"", ["memory", "Qi"]),
+            ("[defaults]\ncpu = \"0\"", ["cpu", "zero"]),
+            (
+                "memory_budget = \"lots\"",
+                ["memory_budget", "`auto`, `none`"],
+            ),
+            ("image_gc_after = \"soon\"", ["image_gc_after", "never"]),
+            ("log_buffer = \"1Xi\"", ["log_buffer", "Xi"]),
+        ] {
+            let e = Config::parse(text).unwrap_err();
+            assert!(needles.iter().all(|n| e.contains(n)), "{text}: {e}");
+        }
+        let e = Config::parse("max_api_body = \"0\"")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_api_body"), "{e}");
         let c = Config {
             state_dir: "relative".into(),
             ..Config::default()
@@ -478,7 +439,7 @@ mod tests {
 
     /// The keys the README's configuration table documents (its first column).
     fn readme_table() -> Vec<Vec<String>> {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let section = readme
             .split("\n## Configuration\n")
             .nth(1)
