@@ -256,7 +256,7 @@ proptest! {
         0..6,
     )) {
         let q: HashMap<String, String> = q.into_iter().collect();
-        if let Err(e) = crate::api::parse_log_request(&q, "openfaas-fn") {
+        if let Err(e) = crate::api::logs::parse_log_request(&q, "openfaas-fn") {
             prop_assert!(e.status.is_client_error());
             prop_assert!(e.message.len() > 10, "{}", e.message);
         }

@@ -1,0 +1,177 @@
+//! `/function/NAME[.NS]/…` and `/async-function/…`: invocations, proxied or queued.
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, Uri};
+use tracing::{debug, warn};
+
+use crate::http_util::{ApiError, call_id_of, empty, read_body};
+use crate::provider::Provider;
+use crate::queue::{CallRecord, validate_callback_url};
+use crate::validate;
+
+use super::{ApiResult, Gw};
+
+/// Splits `/PREFIX/NAME[.NS][/rest]` into name, namespace and the path the function sees.
+pub(super) fn split_function_path(
+    path: &str,
+    prefix: &str,
+    default_namespace: &str,
+) -> Result<(String, String, String), ApiError> {
+    let rest = path.strip_prefix(prefix).unwrap_or(path);
+    let (target, function_path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (name, namespace) = match target.rsplit_once('.') {
+        Some((name, ns)) => (name, ns),
+        None => (target, default_namespace),
+    };
+    validate::function_name(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    validate::namespace_name(namespace).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    Ok((
+        name.to_owned(),
+        namespace.to_owned(),
+        function_path.to_owned(),
+    ))
+}
+
+/// The function's view of a request URI: `rest` plus the original query.
+pub(super) fn function_uri(rest: &str, original: &Uri) -> Result<Uri, ApiError> {
+    let pq = match original.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    // As a path (never an authority, whatever it starts with).
+    let pq: http::uri::PathAndQuery = pq
+        .parse()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid path: {e}")))?;
+    Ok(Uri::from(pq))
+}
+
+pub(super) async fn function<P: Provider>(State(shared): Gw<P>, mut request: Request) -> Response {
+    let (name, namespace, rest) = match split_function_path(
+        request.uri().path(),
+        "/function/",
+        &shared.config.default_namespace,
+    ) {
+        Ok(split) => split,
+        Err(e) => return e.into_response(),
+    };
+    match function_uri(&rest, request.uri()) {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(e) => return e.into_response(),
+    }
+    crate::proxy::invoke(&shared, &name, &namespace, request).await
+}
+
+pub(super) async fn async_function<P: Provider>(
+    State(shared): Gw<P>,
+    request: Request,
+) -> ApiResult {
+    let (name, namespace, rest) = split_function_path(
+        request.uri().path(),
+        "/async-function/",
+        &shared.config.default_namespace,
+    )?;
+    let uri = function_uri(&rest, request.uri())?;
+    let (parts, body) = request.into_parts();
+    let callback_url = match parts.headers.get("x-callback-url") {
+        Some(value) => {
+            Some(validate_callback_url(value).map_err(|e| ApiError::field("X-Callback-Url", e))?)
+        }
+        None => None,
+    };
+    let body = read_body(&parts.headers, body, shared.config.max_async_body).await?;
+    // A clear 404 now rather than a callback saying 404 later; when the provider cannot tell
+    // (it is down), the call is queued and retried.
+    if let Ok(None) = shared.provider.get_function(&name, &namespace, false).await {
+        return Err(ApiError::not_found(format!(
+            "function {name}.{namespace} not found"
+        )));
+    }
+    let call_id = call_id_of(&parts.headers);
+    let mut headers = parts.headers;
+    if let Ok(v) = HeaderValue::from_str(&call_id) {
+        headers.insert("x-call-id", v);
+    }
+    if let Some(peer) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        let ip = peer.0.ip().to_string();
+        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    let record = CallRecord::new(
+        call_id.clone(),
+        &name,
+        &namespace,
+        &parts.method,
+        uri.to_string(),
+        &headers,
+        callback_url,
+    );
+    shared.queue.enqueue(&record, body).await.map_err(|e| {
+        warn!(error = %e, "cannot queue an async call");
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) {
+            // Refused, not accepted and lost: the caller can retry once there is space.
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("cannot queue the call, the disk is full: {e}"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot queue the call: {e}"),
+            )
+        }
+    })?;
+    debug!(call_id = %call_id, function = %format!("{name}.{namespace}"), "async call queued");
+    let mut response = empty(StatusCode::ACCEPTED);
+    if let Ok(v) = HeaderValue::from_str(&call_id) {
+        response.headers_mut().insert("x-call-id", v);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_paths_split_on_the_last_dot() {
+        let split = |p: &str| split_function_path(p, "/function/", "openfaas-fn");
+        assert_eq!(
+            split("/function/hello").unwrap(),
+            ("hello".into(), "openfaas-fn".into(), "/".into())
+        );
+        assert_eq!(
+            split("/function/hello/").unwrap(),
+            ("hello".into(), "openfaas-fn".into(), "/".into())
+        );
+        assert_eq!(
+            split("/function/hello.dev/a/b.c").unwrap(),
+            ("hello".into(), "dev".into(), "/a/b.c".into())
+        );
+        assert!(
+            split("/function/a.b.c")
+                .unwrap_err()
+                .message
+                .contains("function name \"a.b\"")
+        );
+        assert!(split("/function/hello.").is_err());
+        assert!(split("/function/Hello").is_err());
+        let uri: Uri = "/function/hello/x?y=1&z".parse().unwrap();
+        assert_eq!(function_uri("/x", &uri).unwrap(), "/x?y=1&z");
+        assert_eq!(function_uri("//x", &uri).unwrap().path(), "//x");
+    }
+}
