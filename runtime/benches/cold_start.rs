@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bramble_runtime::client::bare;
 use bramble_runtime::image::{Image, no_progress};
 use bramble_runtime::{ContainerSpec, Runtime};
 use bramble_testkit::stats::{Summary, ms};
@@ -194,35 +195,46 @@ async fn bare_create_start(
         snapshot_key: id.to_owned(),
         ..Default::default()
     };
-    conn.containers()
-        .create(conn.request(CreateContainerRequest {
-            container: Some(container),
-        }))
+    bare::containers(conn)
+        .create(bare::request(
+            conn,
+            CreateContainerRequest {
+                container: Some(container),
+            },
+        ))
         .await?;
-    let mounts = conn
-        .snapshots()
-        .prepare(conn.request(PrepareSnapshotRequest {
-            snapshotter: config.snapshotter.clone(),
-            key: id.to_owned(),
-            parent: image.top_chain_id.clone(),
-            labels: HashMap::new(),
-        }))
+    let mounts = bare::snapshots(conn)
+        .prepare(bare::request(
+            conn,
+            PrepareSnapshotRequest {
+                snapshotter: config.snapshotter.clone(),
+                key: id.to_owned(),
+                parent: image.top_chain_id.clone(),
+                labels: HashMap::new(),
+            },
+        ))
         .await?
         .into_inner()
         .mounts;
-    let mut tasks = conn.tasks();
+    let mut tasks = bare::tasks(conn);
     tasks
-        .create(conn.request(CreateTaskRequest {
-            container_id: id.to_owned(),
-            rootfs: mounts,
-            ..Default::default()
-        }))
+        .create(bare::request(
+            conn,
+            CreateTaskRequest {
+                container_id: id.to_owned(),
+                rootfs: mounts,
+                ..Default::default()
+            },
+        ))
         .await?;
     tasks
-        .start(conn.request(StartRequest {
-            container_id: id.to_owned(),
-            exec_id: String::new(),
-        }))
+        .start(bare::request(
+            conn,
+            StartRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+            },
+        ))
         .await?;
     Ok(())
 }

@@ -85,10 +85,8 @@ impl Connection {
         &self.socket
     }
 
-    /// A request carrying the namespace header. Public only for the cold-start benchmark, which
-    /// measures bare containerd calls over this very connection.
-    #[doc(hidden)]
-    pub fn request<T>(&self, message: T) -> Request<T> {
+    /// A request carrying the namespace header.
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request
             .metadata_mut()
@@ -105,8 +103,7 @@ impl Connection {
         request
     }
 
-    #[doc(hidden)]
-    pub fn containers(&self) -> ContainersClient<Channel> {
+    pub(crate) fn containers(&self) -> ContainersClient<Channel> {
         ContainersClient::new(self.channel.clone())
     }
     pub(crate) fn content(&self) -> ContentClient<Channel> {
@@ -126,12 +123,10 @@ impl Connection {
     pub(crate) fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel.clone())
     }
-    #[doc(hidden)]
-    pub fn snapshots(&self) -> SnapshotsClient<Channel> {
+    pub(crate) fn snapshots(&self) -> SnapshotsClient<Channel> {
         SnapshotsClient::new(self.channel.clone())
     }
-    #[doc(hidden)]
-    pub fn tasks(&self) -> TasksClient<Channel> {
+    pub(crate) fn tasks(&self) -> TasksClient<Channel> {
         TasksClient::new(self.channel.clone())
     }
     pub(crate) fn version_client(&self) -> VersionClient<Channel> {
@@ -290,6 +285,32 @@ fn connection_reason(status: &Status) -> String {
 pub(crate) fn random_suffix() -> String {
     let value: u64 = rand::random();
     format!("{value:016x}")
+}
+
+/// Bare containerd calls over bramble's own connection, for the cold-start benchmark's
+/// baseline (what any client must do to start a container, and nothing else). Not an API:
+/// only built with the `bench` feature, which the benchmark enables.
+#[cfg(feature = "bench")]
+pub mod bare {
+    pub use super::Connection;
+    use super::{Channel, ContainersClient, Request, SnapshotsClient, TasksClient};
+
+    /// A request carrying the connection's namespace header.
+    pub fn request<T>(conn: &Connection, message: T) -> Request<T> {
+        conn.request(message)
+    }
+
+    pub fn containers(conn: &Connection) -> ContainersClient<Channel> {
+        conn.containers()
+    }
+
+    pub fn snapshots(conn: &Connection) -> SnapshotsClient<Channel> {
+        conn.snapshots()
+    }
+
+    pub fn tasks(conn: &Connection) -> TasksClient<Channel> {
+        conn.tasks()
+    }
 }
 
 #[cfg(test)]

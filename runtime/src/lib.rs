@@ -196,8 +196,8 @@ impl Runtime {
     }
 
     /// The runtime's containerd connection, for the cold-start benchmark's bare-containerd
-    /// baseline (the same channel bramble's own calls use). Not an API.
-    #[doc(hidden)]
+    /// baseline (the same channel bramble's own calls use). Only with the `bench` feature.
+    #[cfg(feature = "bench")]
     pub fn connection(&self) -> &client::Connection {
         &self.inner.conn
     }

@@ -8,8 +8,7 @@
 //! `AF_BRIDGE`, `IFLA_PROTINFO { IFLA_BRPORT_ISOLATED = 1 }`) so that it needs no iproute2 and
 //! works in whichever network namespace the node runs (sysfs would show the wrong one).
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::AsRawFd as _;
 
 use super::NetworkError;
 
@@ -67,52 +66,23 @@ fn ack_errno(reply: &[u8]) -> Option<i32> {
 
 /// Sets the `isolated` flag on bridge port `ifname` (blocking; a few microseconds).
 pub(super) fn isolate_port(ifname: &str) -> Result<(), NetworkError> {
-    let name = CString::new(ifname).map_err(|_| failed(ifname, "invalid interface name"))?;
-    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(failed(ifname, std::io::Error::last_os_error()));
-    }
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, send, socket,
+    };
+    let index = nix::net::if_::if_nametoindex(ifname).map_err(|e| failed(ifname, e))?;
     let index = i32::try_from(index).map_err(|_| failed(ifname, "interface index too large"))?;
-    // SAFETY: plain socket(2); the descriptor is owned by `socket` below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(failed(ifname, std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` is a descriptor we just opened and nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let message = request(index);
-    // SAFETY: `message` is a valid buffer of `message.len()` bytes; the kernel is the peer
-    // (an unbound netlink socket sends to port 0).
-    let sent = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            message.as_ptr().cast(),
-            message.len(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return Err(failed(ifname, std::io::Error::last_os_error()));
-    }
+    let socket = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )
+    .map_err(|e| failed(ifname, e))?;
+    // An unbound netlink socket sends to the kernel (port 0).
+    send(socket.as_raw_fd(), &request(index), MsgFlags::empty()).map_err(|e| failed(ifname, e))?;
     let mut reply = [0u8; 1024];
-    // SAFETY: `reply` is a writable buffer of `reply.len()` bytes.
-    let received = unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            reply.as_mut_ptr().cast(),
-            reply.len(),
-            0,
-        )
-    };
     let received =
-        usize::try_from(received).map_err(|_| failed(ifname, std::io::Error::last_os_error()))?;
+        recv(socket.as_raw_fd(), &mut reply, MsgFlags::empty()).map_err(|e| failed(ifname, e))?;
     match ack_errno(&reply[..received.min(reply.len())]) {
         Some(0) => Ok(()),
         Some(errno) => Err(failed(ifname, std::io::Error::from_raw_os_error(errno))),
