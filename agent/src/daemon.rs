@@ -23,8 +23,8 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error("preparing the runtime")]
     Runtime(#[from] bramble_runtime::Error),
-    #[error("starting the gateway: {0}")]
-    Gateway(String),
+    #[error("starting the gateway")]
+    Gateway(#[from] bramble_gateway::GatewayError),
     #[error(
         "cannot listen on {addr} (is another bramble or faasd running? set listen / BRAMBLE_LISTEN)"
     )]
@@ -111,8 +111,7 @@ pub async fn run(
         },
         ..GatewayConfig::default()
     };
-    let gateway = Gateway::new(Arc::clone(&provider), gateway_config)
-        .map_err(|e| DaemonError::Gateway(e.to_string()))?;
+    let gateway = Gateway::new(Arc::clone(&provider), gateway_config)?;
     gateway.add_admin_routes(crate::hardware::admin::router(Arc::clone(&hardware)));
     gateway.start_workers();
     let triggers = {

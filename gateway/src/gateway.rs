@@ -30,7 +30,7 @@ pub enum GatewayError {
     #[error("invalid gateway configuration: {0}")]
     Config(String),
     /// The async queue directory cannot be opened or read.
-    #[error("cannot open the async queue in {path}: {source}")]
+    #[error("cannot open the async queue in {path}")]
     Queue {
         path: PathBuf,
         source: std::io::Error,

@@ -38,7 +38,7 @@ impl ApiError {
 
 impl From<ProviderError> for ApiError {
     fn from(e: ProviderError) -> Self {
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = e.status();
         Self::new(status, e.to_string())
     }
 }

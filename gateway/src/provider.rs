@@ -57,16 +57,17 @@ impl ProviderError {
         }
     }
 
-    /// The HTTP status code of this error.
-    pub fn status(&self) -> u16 {
+    /// The HTTP status of this kind of error.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode;
         match self {
-            ProviderError::Invalid { .. } => 400,
-            ProviderError::NotFound(_) => 404,
-            ProviderError::Conflict(_) => 409,
-            ProviderError::Unavailable(_) => 503,
-            ProviderError::Timeout(_) => 504,
-            ProviderError::InsufficientStorage(_) => 507,
-            ProviderError::Internal(_) => 500,
+            ProviderError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ProviderError::NotFound(_) => StatusCode::NOT_FOUND,
+            ProviderError::Conflict(_) => StatusCode::CONFLICT,
+            ProviderError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProviderError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProviderError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ProviderError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

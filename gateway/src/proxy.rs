@@ -101,8 +101,7 @@ pub(crate) async fn invoke<P: Provider>(
             );
         }
         Ok(Err(e)) => {
-            let status =
-                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status = e.status();
             warn!(function = %function, status = status.as_u16(), error = %e, "function not available");
             shared.metrics.started(&function);
             shared
