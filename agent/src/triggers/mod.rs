@@ -75,10 +75,26 @@ pub struct Context {
     pub gateway: Arc<Gateway<LocalProvider>>,
 }
 
+/// How long a stopped trigger may take to finish the queue write it is in.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// A running trigger: its tasks stop when this is dropped.
 struct Running {
     trigger: Trigger,
+    /// Asks the delivery to return at its next step (never in the middle of a queue write).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     delivery: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the trigger and waits until its delivery has returned, so nothing writes its
+    /// queue afterwards.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(STOP_WAIT, &mut self.delivery).await;
+    }
 }
 
 impl Drop for Running {
@@ -95,7 +111,7 @@ pub async fn run(ctx: Context) {
     let mut running: HashMap<(FunctionKey, String), Running> = HashMap::new();
     loop {
         let state = std::sync::Arc::clone(&changes.borrow_and_update());
-        reconcile(&ctx, &state, &mut running);
+        reconcile(&ctx, &state, &mut running).await;
         if changes.changed().await.is_err() {
             return;
         }
@@ -103,8 +119,8 @@ pub async fn run(ctx: Context) {
 }
 
 /// Starts, restarts and stops triggers to match the functions' annotations, and removes the
-/// queues of triggers and functions that are gone.
-fn reconcile(
+/// queues of triggers and functions that are gone (once their deliveries have returned).
+async fn reconcile(
     ctx: &Context,
     state: &crate::store::State,
     running: &mut HashMap<(FunctionKey, String), Running>,
@@ -122,13 +138,19 @@ fn reconcile(
             Err(e) => error!(function = %key, error = %e, "bad trigger annotations; no triggers"),
         }
     }
-    running.retain(|id, r| {
-        let keep = desired.get(id) == Some(&r.trigger);
-        if !keep {
+    let gone: Vec<(FunctionKey, String)> = running
+        .iter()
+        .filter(|(id, r)| desired.get(*id) != Some(&r.trigger))
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut stopping = Vec::with_capacity(gone.len());
+    for id in gone {
+        if let Some(r) = running.remove(&id) {
             info!(function = %id.0, trigger = %id.1, "trigger stopped");
+            stopping.push(r.stop());
         }
-        keep
-    });
+    }
+    futures::future::join_all(stopping).await;
     for (id, trigger) in &desired {
         if running.contains_key(id) {
             continue;
@@ -136,21 +158,25 @@ fn reconcile(
         let (function, trigger_id) = id;
         let path = queue_path(&ctx.dir, function, trigger_id);
         info!(function = %function, trigger = %trigger_id, path = %trigger.path, "trigger started");
+        let (stop, stopped) = tokio::sync::oneshot::channel();
         let delivery = tokio::spawn(deliver(
             ctx.clone(),
             function.clone(),
             trigger.clone(),
             path,
+            stopped,
         ));
         running.insert(
             id.clone(),
             Running {
                 trigger: trigger.clone(),
+                stop: Some(stop),
                 delivery,
             },
         );
     }
-    remove_stale_queues(&ctx.dir, &desired);
+    let dir = ctx.dir.clone();
+    let _ = tokio::task::spawn_blocking(move || remove_stale_queues(&dir, &desired)).await;
 }
 
 fn queue_path(dir: &Path, function: &FunctionKey, trigger: &str) -> PathBuf {
@@ -195,8 +221,14 @@ fn remove_stale_queues(dir: &Path, desired: &BTreeMap<(FunctionKey, String), Tri
     }
 }
 
-/// Runs one trigger: its source, its queue, its deliveries.
-async fn deliver(ctx: Context, function: FunctionKey, trigger: Trigger, path: PathBuf) {
+/// Runs one trigger: its source, its queue, its deliveries — until `stop`.
+async fn deliver(
+    ctx: Context,
+    function: FunctionKey,
+    trigger: Trigger,
+    path: PathBuf,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     if let Some(parent) = path.parent()
         && let Err(e) = std::fs::create_dir_all(parent)
     {
@@ -240,6 +272,7 @@ async fn deliver(ctx: Context, function: FunctionKey, trigger: Trigger, path: Pa
             )));
         }
         tokio::select! {
+            _ = &mut stop => return,
             received = incoming.recv() => {
                 let Some(message) = received else { return };
                 take(&mut journal, message);
