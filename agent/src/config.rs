@@ -78,7 +78,7 @@ pub struct Config {
     /// adopted by the next start).
     pub stop_functions_on_shutdown: bool,
     /// The hardware helper: backend, socket directory, simulator lines.
-    pub hardware: crate::hardware::HardwareConfig,
+    pub hardware: bramble_hardware::HardwareConfig,
 }
 
 /// Limits applied when a function's deployment asks none.
@@ -146,7 +146,7 @@ impl Default for Config {
             memory_budget: "auto".into(),
             image_gc_after: "1h".into(),
             stop_functions_on_shutdown: false,
-            hardware: crate::hardware::HardwareConfig::default(),
+            hardware: bramble_hardware::HardwareConfig::default(),
         }
     }
 }

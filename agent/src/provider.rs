@@ -19,6 +19,7 @@ use bramble_gateway::types::{
     BrambleStatus, FunctionDeployment, FunctionNamespace, FunctionStatus, FunctionUsage,
     ImageSummary, LogMessage, LogRequest, ProviderInfo, Secret, VersionInfo,
 };
+use bramble_hardware::{Grants, Hardware, HardwareError};
 use bramble_runtime::image::reference::ImageRef;
 use bramble_runtime::keyed::KeyedLocks;
 use bramble_runtime::{Error as RuntimeError, PullPolicy, Runtime, TaskEvent};
@@ -26,7 +27,6 @@ use futures::StreamExt;
 use tokio::sync::{oneshot, watch};
 
 use crate::function::{self, FunctionKey};
-use crate::hardware::{Grants, Hardware, HardwareError};
 use crate::store::{FunctionRecord, NamespaceRecord, Store, StoreError};
 use crate::supervisor::{self, Command, Context, Handle};
 

@@ -393,7 +393,9 @@ pub fn validate_line_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn parse_line(item: &str) -> Result<(String, LineGrant), String> {
+/// Parses one item of the `bramble.gpio` annotation, `LINE:in[:option...]` or
+/// `LINE:out[:option...]`: the line name and its grant, or what is wrong with it.
+pub fn parse_line(item: &str) -> Result<(String, LineGrant), String> {
     let mut parts = item.split(':');
     let name = parts.next().unwrap_or_default();
     validate_line_name(name)?;

@@ -1097,4 +1097,6 @@ fn validate_function(function: &str) -> Result<(), HardwareError> {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
