@@ -1,5 +1,7 @@
-//! The node's GPIO admin routes, for the gateway's `/system` API (behind its Basic auth) and
-//! `bramble gpio`. Levels here are physical (wire) levels.
+//! The node's GPIO as its operator sees it: every line with its owners ([`Hardware::lines`]),
+//! simulated inputs driven by hand ([`Hardware::simulate`], [`Hardware::toggle`]), and the
+//! admin routes for the gateway's `/system` API (behind its Basic auth) and `bramble gpio`.
+//! Levels here are physical (wire) levels.
 //!
 //! | route                            | answer                                                   |
 //! |----------------------------------|----------------------------------------------------------|
@@ -12,6 +14,7 @@
 //! Errors are one line of `text/plain`: 400 bad body, 404 no such line, 409 refused.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -20,11 +23,129 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::broker::{ApiError, LineLevel, event_line, ndjson, parse_level};
-use super::{Hardware, HardwareError, LineInfo};
+use crate::backend::BackendError;
+use crate::broker::{ApiError, LineLevel, event_line, ndjson, parse_level};
+use crate::grants::{Bias, Direction};
+use crate::{Hardware, HardwareError};
+
+/// Most edges one [`Hardware::toggle`] makes.
+pub const MAX_TOGGLES: u32 = 100_000;
+/// Longest a [`Hardware::toggle`] may take.
+const MAX_TOGGLE_TIME: Duration = Duration::from_secs(60);
+
+/// One line as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LineInfo {
+    /// The line name.
+    pub name: String,
+    /// How the node has requested it (`None`: not requested).
+    pub direction: Option<Direction>,
+    /// The physical level, where known.
+    pub level: Option<u8>,
+    /// The bias of a requested input.
+    pub bias: Option<Bias>,
+    /// The debounce of a requested input, e.g. `20ms`.
+    pub debounce: Option<String>,
+    /// The functions granted the line.
+    pub owners: Vec<String>,
+}
+
+impl Hardware {
+    /// Every line of the node: direction, physical level (where known), owners.
+    pub fn lines(&self) -> Vec<LineInfo> {
+        let state = self.shared.state();
+        self.shared
+            .gpio
+            .line_names()
+            .into_iter()
+            .map(|name| match state.lines.get(&name) {
+                Some(held) => LineInfo {
+                    level: held.handle.read().ok(),
+                    direction: Some(held.direction),
+                    bias: held.config.bias,
+                    debounce: held
+                        .config
+                        .debounce
+                        .map(|d| humantime::format_duration(d).to_string()),
+                    owners: held.holders.iter().cloned().collect(),
+                    name,
+                },
+                None => LineInfo {
+                    level: self.shared.gpio.peek(&name),
+                    direction: None,
+                    bias: None,
+                    debounce: None,
+                    owners: Vec::new(),
+                    name,
+                },
+            })
+            .collect()
+    }
+
+    /// Drives a simulated line to the physical `level` (0 or 1): a button press in a demo
+    /// or a test. Refused on real hardware (naming the backend) and for outputs.
+    pub fn simulate(&self, line: &str, level: u8) -> Result<(), HardwareError> {
+        if level > 1 {
+            return Err(HardwareError::Invalid(format!(
+                "level {level} is not 0 or 1"
+            )));
+        }
+        {
+            let state = self.shared.state();
+            if let Some(held) = state.lines.get(line)
+                && held.direction == Direction::Out
+            {
+                let owners: Vec<&str> = held.holders.iter().map(String::as_str).collect();
+                return Err(HardwareError::Busy(format!(
+                    "{line} is an output of function {}: the simulator drives inputs only",
+                    owners.join(", ")
+                )));
+            }
+        }
+        self.shared.gpio.simulate(line, level).map_err(|e| match e {
+            BackendError::Unsupported(message) => HardwareError::NotSimulator(message),
+            BackendError::UnknownLine(_) => self.unknown_line(line),
+            BackendError::Busy(message) => HardwareError::Busy(message),
+            other => other.into(),
+        })
+    }
+
+    /// Toggles a simulated input `times` times, `interval` apart (a button pressed and
+    /// released, a bouncing contact, a burst of edges for a test). At most
+    /// [`MAX_TOGGLES`] edges and a minute in all. Answers the level it ends at.
+    pub async fn toggle(
+        &self,
+        line: &str,
+        times: u32,
+        interval: Duration,
+    ) -> Result<u8, HardwareError> {
+        if times == 0 || times > MAX_TOGGLES {
+            return Err(HardwareError::Invalid(format!(
+                "times {times}: toggle 1 to {MAX_TOGGLES} times"
+            )));
+        }
+        if interval.saturating_mul(times) > MAX_TOGGLE_TIME {
+            return Err(HardwareError::Invalid(format!(
+                "{times} toggles {} apart take longer than {}",
+                humantime::format_duration(interval),
+                humantime::format_duration(MAX_TOGGLE_TIME)
+            )));
+        }
+        let mut level = self.shared.gpio.peek(line).unwrap_or(0);
+        for n in 0..times {
+            if n > 0 && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            level ^= 1;
+            self.simulate(line, level)?;
+        }
+        Ok(level)
+    }
+}
 
 impl From<HardwareError> for ApiError {
     fn from(e: HardwareError) -> ApiError {
