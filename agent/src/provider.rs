@@ -19,7 +19,7 @@ use bramble_gateway::types::{
     BrambleStatus, FunctionDeployment, FunctionNamespace, FunctionStatus, FunctionUsage,
     ImageSummary, LogMessage, LogRequest, ProviderInfo, Secret, VersionInfo,
 };
-use bramble_hardware::{Grants, Hardware, HardwareError};
+use bramble_hardware::{ErrorKind as HardwareErrorKind, Grants, Hardware, HardwareError};
 use bramble_runtime::image::reference::ImageRef;
 use bramble_runtime::keyed::KeyedLocks;
 use bramble_runtime::{Error as RuntimeError, PullPolicy, Runtime, TaskEvent};
@@ -78,13 +78,18 @@ fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes / (1 << 20))
 }
 
-/// The HTTP meaning of a refused hardware grant: 400 for bad grants and unknown lines, 409
-/// for conflicts and busy lines.
+/// The HTTP meaning of a refused hardware grant: 400 for bad grants and lines (buses,
+/// channels) the node does not have, 409 for conflicts and busy lines, 500 otherwise.
 fn hardware_error(e: &HardwareError) -> ProviderError {
-    match e.status() {
-        400 => ProviderError::invalid("annotations", e.to_string()),
-        409 => ProviderError::Conflict(e.to_string()),
-        _ => ProviderError::Internal(format!("hardware: {}", crate::error_chain(e))),
+    let message = crate::error_chain(e);
+    match e.kind() {
+        HardwareErrorKind::Invalid | HardwareErrorKind::NotFound => {
+            ProviderError::invalid("annotations", message)
+        }
+        HardwareErrorKind::Conflict => ProviderError::Conflict(message),
+        HardwareErrorKind::Device | HardwareErrorKind::Internal => {
+            ProviderError::Internal(format!("hardware: {message}"))
+        }
     }
 }
 
@@ -180,7 +185,7 @@ impl LocalProvider {
                 Ok(Some(grants)) => {
                     // Adopted: its grants stay reserved even if its lines cannot be had now.
                     if let Err(e) = self.ctx.hardware.adopt(&key.to_string(), grants).await {
-                        tracing::error!(function = %key, error = %e, "cannot give the function its hardware; it runs without");
+                        tracing::error!(function = %key, error = %crate::error_chain(&e), "cannot give the function its hardware; it runs without");
                     }
                 }
                 Ok(None) => {}
@@ -463,7 +468,7 @@ impl LocalProvider {
         match previous {
             Some(grants) => {
                 if let Err(e) = self.ctx.hardware.attach(&function, grants).await {
-                    tracing::error!(function = %key, error = %e, "cannot restore the function's hardware");
+                    tracing::error!(function = %key, error = %crate::error_chain(&e), "cannot restore the function's hardware");
                 }
             }
             None => self.ctx.hardware.detach(&function).await,

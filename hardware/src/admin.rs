@@ -149,22 +149,7 @@ impl Hardware {
 
 impl From<HardwareError> for ApiError {
     fn from(e: HardwareError) -> ApiError {
-        let status = match &e {
-            HardwareError::Backend(_) => {
-                if let HardwareError::Backend(backend) = e {
-                    return backend.into();
-                }
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            HardwareError::UnknownLine(_) => StatusCode::NOT_FOUND,
-            HardwareError::NotSimulator(_)
-            | HardwareError::Busy(_)
-            | HardwareError::NotWatchable(_)
-            | HardwareError::Conflict(_) => StatusCode::CONFLICT,
-            HardwareError::Invalid(_) | HardwareError::Grant(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.to_string())
+        ApiError::of(e.kind(), &e)
     }
 }
 

@@ -1,7 +1,30 @@
-//! The hardware helper's errors.
+//! The hardware helper's errors, and their kinds.
+//!
+//! Messages say what went wrong once: an error that has a cause keeps it as its `source`
+//! (print the whole chain with `bramble_base::error_chain`). Whoever answers an error maps its
+//! [`ErrorKind`] to its own terms: the broker and the admin routes to an HTTP status, the
+//! node's provider to a deploy's answer.
 
 use crate::backend::BackendError;
 use crate::grants::GrantError;
+
+/// What kind of failure an error of the hardware helper is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is wrong: a bad grant, name, level or body (HTTP 400).
+    Invalid,
+    /// What it names is not on this node: a line, bus, device, PWM channel or sensor (404;
+    /// a deploy that asks for it is a bad request, 400).
+    NotFound,
+    /// It collides with what is in use: another function's grant, a busy line or device, an
+    /// output where an input is needed, real pins where only the simulator can (409).
+    Conflict,
+    /// The device or the kernel failed: no acknowledge, a CRC error, an I/O error (502; 500
+    /// for a deploy).
+    Device,
+    /// Anything else: the node's own files, no GPIO chip where one is required (500).
+    Internal,
+}
 
 /// A hardware helper error.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +57,7 @@ pub enum HardwareError {
     #[error("{0}")]
     NoChip(String),
     /// A file system error (the socket directory).
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
@@ -48,23 +71,19 @@ pub enum HardwareError {
 }
 
 impl HardwareError {
-    /// The HTTP status for a deploy refused with this error: 400 for bad grants or a line
-    /// the node does not have, 409 for conflicts and busy lines, 500 otherwise.
-    pub fn status(&self) -> u16 {
+    /// What kind of failure this is (for a deploy: an unknown line is a bad request).
+    pub fn kind(&self) -> ErrorKind {
         match self {
             HardwareError::Grant(_)
-            | HardwareError::UnknownLine(_)
             | HardwareError::InvalidFunction(_)
-            | HardwareError::Invalid(_)
-            | HardwareError::Backend(BackendError::UnknownLine(_) | BackendError::Invalid(_)) => {
-                400
-            }
+            | HardwareError::Invalid(_) => ErrorKind::Invalid,
+            HardwareError::UnknownLine(_) => ErrorKind::NotFound,
             HardwareError::Conflict(_)
             | HardwareError::Busy(_)
             | HardwareError::NotSimulator(_)
-            | HardwareError::NotWatchable(_)
-            | HardwareError::Backend(BackendError::Busy(_) | BackendError::Unsupported(_)) => 409,
-            _ => 500,
+            | HardwareError::NotWatchable(_) => ErrorKind::Conflict,
+            HardwareError::NoChip(_) | HardwareError::Io { .. } => ErrorKind::Internal,
+            HardwareError::Backend(e) => e.kind(),
         }
     }
 }

@@ -54,7 +54,7 @@
 //! |--------------|------|
 //! | `lib.rs`     | [`Hardware`]: the backends chosen at start |
 //! | `config`     | [`HardwareConfig`], `[hardware]` of the node's configuration |
-//! | `error`      | [`HardwareError`] |
+//! | `error`      | [`HardwareError`] and its [`ErrorKind`] |
 //! | [`grants`]   | what a function may touch: its annotations parsed, and the conflict rules |
 //! | `lifecycle`  | check, attach, adopt, safe state, detach; the socket directories |
 //! | `lines`      | the lines the node holds, shared by the socket servers |
@@ -92,7 +92,7 @@ pub use admin::{LineInfo, MAX_TOGGLES};
 pub use backend::{Edge, EdgeEvent};
 use backend::{EventBus, GpioBackend, I2cBackend, PwmBackend, SpiBackend};
 pub use config::{BackendChoice, HardwareConfig};
-pub use error::HardwareError;
+pub use error::{ErrorKind, HardwareError};
 pub use grants::{Bias, Direction, GrantError, Grants, LineGrant};
 pub use lifecycle::Mount;
 use lines::{Shared, State};

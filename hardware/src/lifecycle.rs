@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, MutexGuard, PoisonError};
 
+use bramble_base::error_chain;
 use tokio::net::UnixListener;
 use tracing::{info, warn};
 
@@ -159,7 +160,12 @@ impl Hardware {
             if let Some(held) = state.lines.get(line)
                 && let Err(e) = held.handle.write(grant.safe ^ u8::from(grant.active_low))
             {
-                warn!(function, line, "cannot set the safe level: {e}");
+                warn!(
+                    function,
+                    line,
+                    "cannot set the safe level: {}",
+                    error_chain(&e)
+                );
             }
         }
         for channel in &grants.pwm {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bramble_base::error_chain;
 use tokio::sync::broadcast;
 use tracing::warn;
 
@@ -99,7 +100,12 @@ impl Shared {
     /// Disables a PWM channel of `function` (its safe state).
     pub(crate) fn disable_pwm(&self, function: &str, channel: u8) {
         if let Err(e) = self.pwm.disable(channel) {
-            warn!(function, channel, "cannot disable the PWM channel: {e}");
+            warn!(
+                function,
+                channel,
+                "cannot disable the PWM channel: {}",
+                error_chain(&e)
+            );
         }
     }
 
@@ -121,7 +127,12 @@ impl Shared {
         if held.direction == Direction::Out
             && let Err(e) = held.handle.write(grant.safe ^ u8::from(grant.active_low))
         {
-            warn!(function, line, "cannot set the safe level: {e}");
+            warn!(
+                function,
+                line,
+                "cannot set the safe level: {}",
+                error_chain(&e)
+            );
         }
         state.lines.remove(line);
         drop(state);

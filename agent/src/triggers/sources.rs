@@ -323,7 +323,7 @@ pub(crate) async fn sensor(
             Ok(Ok(reading)) => reading,
             Ok(Err(e)) => {
                 if !failing {
-                    warn!(sensor = %trigger.sensor, error = %e, "sensor trigger cannot read its sensor; retrying");
+                    warn!(sensor = %trigger.sensor, error = %crate::error_chain(&e), "sensor trigger cannot read its sensor; retrying");
                     failing = true;
                 }
                 continue;

@@ -19,7 +19,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use super::MAX_I2C_TRANSFER;
 use crate::backend::{self, BackendError, I2cBackend, PwmBackend, PwmState, SpiBackend};
 
 /// A simulated I2C device: a register file at `bus:address`.
@@ -88,11 +87,7 @@ impl I2cBackend for SimI2c {
         write: &[u8],
         read_len: usize,
     ) -> Result<Vec<u8>, BackendError> {
-        if write.len() > MAX_I2C_TRANSFER || read_len > MAX_I2C_TRANSFER {
-            return Err(BackendError::Invalid(format!(
-                "an I2C transfer is at most {MAX_I2C_TRANSFER} bytes each way"
-            )));
-        }
+        backend::check_i2c_transfer(write.len(), read_len)?;
         if !self.buses.contains(&bus) {
             return Err(BackendError::NoBus(bus));
         }
@@ -217,7 +212,7 @@ mod tests {
             Err(BackendError::NoBus(2))
         ));
         assert!(matches!(
-            i2c.transfer(1, 0x76, &[], MAX_I2C_TRANSFER + 1),
+            i2c.transfer(1, 0x76, &[], backend::MAX_I2C_TRANSFER + 1),
             Err(BackendError::Invalid(_))
         ));
         let e = i2c.transfer(1, 0x77, &[], 1).unwrap_err();

@@ -29,7 +29,6 @@
 //! nothing. Reads of a debounced line return that stable level. The timer runs on the tokio
 //! runtime; outside one (plain unit tests) edges are reported at once.
 //!
-//!
 //! I2C devices, SPI buses and PWM channels: [`buses`].
 
 use std::collections::HashMap;
@@ -46,9 +45,6 @@ use crate::grants::{Bias, Direction};
 pub mod buses;
 
 pub use buses::{SimI2c, SimI2cDevice, SimPwm, SimSpi};
-
-/// Most bytes one simulated (or real) I2C transfer may write or read.
-pub const MAX_I2C_TRANSFER: usize = 4096;
 
 /// The default simulated lines: `GPIO0`..`GPIO27`, the BCM GPIOs of a Pi's 40-pin header.
 pub fn default_lines() -> Vec<String> {
