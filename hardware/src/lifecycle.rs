@@ -7,7 +7,6 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, MutexGuard, PoisonError};
 
-use bramble_base::error_chain;
 use tokio::net::UnixListener;
 use tracing::{info, warn};
 
@@ -157,15 +156,8 @@ impl Hardware {
             if grant.direction != Direction::Out {
                 continue;
             }
-            if let Some(held) = state.lines.get(line)
-                && let Err(e) = held.handle.write(grant.safe ^ u8::from(grant.active_low))
-            {
-                warn!(
-                    function,
-                    line,
-                    "cannot set the safe level: {}",
-                    error_chain(&e)
-                );
+            if let Some(held) = state.lines.get(line) {
+                held.set_safe(function, line, grant);
             }
         }
         for channel in &grants.pwm {

@@ -34,6 +34,21 @@ pub(crate) struct HeldLine {
     pub(crate) holders: BTreeSet<String>,
 }
 
+impl HeldLine {
+    /// Sets the output to the safe level of `function`'s `grant` (logical: its `active-low`
+    /// applied); a failure is logged, since a stop or a release goes on regardless.
+    pub(crate) fn set_safe(&self, function: &str, line: &str, grant: &LineGrant) {
+        if let Err(e) = self.handle.write(grant.safe ^ u8::from(grant.active_low)) {
+            warn!(
+                function,
+                line,
+                "cannot set the safe level: {}",
+                error_chain(&e)
+            );
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct State {
     /// The grants of attached functions (only lines actually held).
@@ -124,15 +139,8 @@ impl Shared {
         if !held.holders.is_empty() {
             return;
         }
-        if held.direction == Direction::Out
-            && let Err(e) = held.handle.write(grant.safe ^ u8::from(grant.active_low))
-        {
-            warn!(
-                function,
-                line,
-                "cannot set the safe level: {}",
-                error_chain(&e)
-            );
+        if held.direction == Direction::Out {
+            held.set_safe(function, line, grant);
         }
         state.lines.remove(line);
         drop(state);
