@@ -5,11 +5,11 @@ use std::sync::Arc;
 use bramble_gateway::Gateway;
 use bramble_gateway::types::VersionInfo;
 use bramble_gateway::{Credentials, GatewayConfig};
+use bramble_hardware::Hardware;
 use bramble_runtime::{NetworkConfig, RegistryConfig, Runtime, RuntimeConfig};
 
 use crate::config::Config;
 use crate::function::Defaults;
-use crate::hardware::Hardware;
 use crate::provider::{LocalProvider, ProviderSettings};
 use crate::store::Store;
 use crate::triggers;
@@ -36,7 +36,7 @@ pub enum DaemonError {
     #[error("serving HTTP")]
     Serve(#[source] std::io::Error),
     #[error("starting the hardware helper")]
-    Hardware(#[from] crate::hardware::HardwareError),
+    Hardware(#[from] bramble_hardware::HardwareError),
 }
 
 /// The runtime configuration a node configuration implies.
@@ -112,7 +112,7 @@ pub async fn run(
         ..GatewayConfig::default()
     };
     let gateway = Gateway::new(Arc::clone(&provider), gateway_config)?;
-    gateway.add_admin_routes(crate::hardware::admin::router(Arc::clone(&hardware)));
+    gateway.add_admin_routes(bramble_hardware::admin::router(Arc::clone(&hardware)));
     gateway.start_workers();
     let triggers = {
         let ctx = triggers::Context {

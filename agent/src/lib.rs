@@ -6,7 +6,6 @@ pub mod config;
 pub mod daemon;
 pub mod doctor;
 pub mod function;
-pub mod hardware;
 pub mod probe;
 #[cfg(test)]
 mod proptests;

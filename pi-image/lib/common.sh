@@ -53,10 +53,10 @@ need_tools() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Debian architecture -> qemu-user binfmt name, Rust target triple, kernel package.
-qemu_user_of() { case "$1" in arm64) echo aarch64 ;; armhf) echo arm ;; *) die "unsupported architecture $1 (arm64, armhf)" ;; esac; }
-triple_of() { case "$1" in arm64) echo aarch64-unknown-linux-gnu ;; armhf) echo armv7-unknown-linux-gnueabihf ;; *) die "unsupported architecture $1" ;; esac; }
-kernel_of() { case "$1" in arm64) echo linux-image-arm64 ;; armhf) echo linux-image-armmp ;; *) die "unsupported architecture $1" ;; esac; }
+# Debian architecture -> qemu-user binfmt name, Rust target triple, kernel package, cross gcc:
+# qemu_user_of, triple_of, kernel_of, cross_gcc_of, from the one table of targets.
+# shellcheck source=cross/targets.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../cross/targets.sh"
 
 # Registers qemu-user for the target architecture with binfmt_misc (flag F: the interpreter is
 # opened now, so the chroot needs no copy of it).
@@ -125,4 +125,3 @@ EOF
 partition_offset() {
     sfdisk -J "$1" | python3 -c 'import json,sys; t=json.load(sys.stdin)["partitiontable"]; print(t["partitions"][int(sys.argv[1])-1]["start"]*512)' "$2"
 }
-cross_gcc_of() { case "$1" in arm64) echo gcc-aarch64-linux-gnu ;; armhf) echo gcc-arm-linux-gnueabihf ;; *) die "unsupported architecture $1" ;; esac; }

@@ -1,6 +1,7 @@
 //! The test harness of bramble's integration tests.
 //!
-//! Integration test binaries set `harness = false` and call [`main`] from their `main`. Before
+//! Integration test binaries set `harness = false` and call [`main`] from their `main` (a binary
+//! that merges several, one module each, calls [`main_suites`] with a [`Suite`] per module). Before
 //! any thread exists, the harness moves the whole process into a fresh network namespace (when
 //! running as root), so that every bridge, veth, iptables rule, registry and containerd a test
 //! creates lives there and vanishes with the process. Under `cargo nextest` every test is its own
@@ -123,29 +124,100 @@ pub fn cannot_run_here(what: &str, reason: &str) -> Result<(), String> {
 /// `needs` lists what every trial of this binary requires. The process enters a private network
 /// namespace first when it runs as root.
 pub fn main(needs: &[Need], trials: Vec<Trial>) -> ! {
+    main_suites(vec![Suite {
+        name: None,
+        needs: needs.to_vec(),
+        trials,
+    }])
+}
+
+/// One part of a test binary that merges several (`tests/it/`, one module per part): its
+/// trials, named `<name>::<trial>` as the standard harness names the tests of a module, and
+/// what all of them need from the machine. Run the parts with [`main_suites`].
+pub struct Suite {
+    name: Option<&'static str>,
+    needs: Vec<Need>,
+    trials: Vec<Trial>,
+}
+
+impl Suite {
+    /// An empty part named `name` whose trials need `needs`.
+    pub fn new(name: &'static str, needs: &[Need]) -> Suite {
+        Suite {
+            name: Some(name),
+            needs: needs.to_vec(),
+            trials: Vec::new(),
+        }
+    }
+
+    /// The full name of trial `name` of this part.
+    fn trial_name(&self, name: &str) -> String {
+        match self.name {
+            Some(part) => format!("{part}::{name}"),
+            None => name.to_owned(),
+        }
+    }
+
+    /// Adds a trial whose body is async (see [`async_trial`]).
+    pub fn async_trial<F, Fut, E>(mut self, name: &str, body: F) -> Suite
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: Into<Box<dyn std::error::Error>>,
+    {
+        let trial = async_trial(self.trial_name(name), body);
+        self.trials.push(trial);
+        self
+    }
+
+    /// Adds a trial whose body blocks.
+    pub fn trial(
+        mut self,
+        name: &str,
+        body: impl FnOnce() -> Result<(), Failed> + Send + 'static,
+    ) -> Suite {
+        let trial = Trial::test(self.trial_name(name), body);
+        self.trials.push(trial);
+        self
+    }
+}
+
+/// Runs the parts of a merged test binary and exits the process: each part's trials run when
+/// the machine meets that part's needs, and are reported as [`main`] reports them otherwise.
+/// The process enters a private network namespace first when it runs as root and some part can
+/// run.
+pub fn main_suites(suites: Vec<Suite>) -> ! {
     let args = libtest_mimic::Arguments::from_args();
     // Listing tests (nextest does this) must neither fail nor touch the machine.
     if args.list {
+        let trials = suites.into_iter().flat_map(|s| s.trials).collect();
         libtest_mimic::run(&args, trials).exit();
     }
-    let unmet: Vec<String> = needs.iter().filter_map(|n| n.check().err()).collect();
-    let trials = if unmet.is_empty() {
-        if let Err(e) = enter_private_network_namespace() {
-            let reason = format!("could not enter a private network namespace: {e}");
-            trials
-                .into_iter()
-                .map(|t| unrunnable(&t, &reason))
-                .collect()
-        } else {
-            trials
-        }
+    let parts: Vec<(Vec<Trial>, Vec<String>)> = suites
+        .into_iter()
+        .map(|s| {
+            let unmet = s.needs.iter().filter_map(|n| n.check().err()).collect();
+            (s.trials, unmet)
+        })
+        .collect();
+    let namespace = if parts.iter().any(|(_, unmet)| unmet.is_empty()) {
+        enter_private_network_namespace()
+            .map_err(|e| format!("could not enter a private network namespace: {e}"))
     } else {
-        let reason = unmet.join("; ");
-        trials
-            .into_iter()
-            .map(|t| unrunnable(&t, &reason))
-            .collect()
+        Ok(())
     };
+    let mut trials = Vec::new();
+    for (part, unmet) in parts {
+        let reason = match &namespace {
+            _ if !unmet.is_empty() => Some(unmet.join("; ")),
+            Err(e) => Some(e.clone()),
+            Ok(()) => None,
+        };
+        match reason {
+            Some(reason) => trials.extend(part.iter().map(|t| unrunnable(t, &reason))),
+            None => trials.extend(part),
+        }
+    }
     libtest_mimic::run(&args, trials).exit()
 }
 
@@ -224,7 +296,7 @@ pub fn bench_runtime(bench: &str) -> tokio::runtime::Runtime {
 }
 
 /// A trial whose body is async (run with [`block_on`]).
-pub fn async_trial<F, Fut, E>(name: &'static str, body: F) -> Trial
+pub fn async_trial<F, Fut, E>(name: impl Into<String>, body: F) -> Trial
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), E>>,

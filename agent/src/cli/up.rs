@@ -101,7 +101,7 @@ pub(crate) struct UpArgs {
     /// GPIO backend: auto (the character device if a Pi chip is found, else the
     /// simulator), simulator, or cdev.
     #[arg(long, env = "BRAMBLE_HARDWARE_BACKEND", value_parser = parse_backend)]
-    hardware_backend: Option<bramble_agent::hardware::BackendChoice>,
+    hardware_backend: Option<bramble_hardware::BackendChoice>,
     /// Where the per-function hardware socket directories are made (default <run_dir>/hw).
     #[arg(long, env = "BRAMBLE_HARDWARE_SOCKET_DIR")]
     hardware_socket_dir: Option<PathBuf>,
@@ -118,7 +118,7 @@ pub(crate) struct UpArgs {
     /// A simulated I2C device, BUS:ADDRESS[:REGISTER=VALUE...], e.g. 1:0x76:0xD0=0x60
     /// (repeat; comma-separated in the variable).
     #[arg(long, env = "BRAMBLE_HARDWARE_SIM_I2C", value_delimiter = ',', value_parser = parse_sim_i2c)]
-    hardware_sim_i2c: Option<Vec<bramble_agent::hardware::SimI2cDevice>>,
+    hardware_sim_i2c: Option<Vec<bramble_hardware::SimI2cDevice>>,
     /// Two simulated lines wired together like a jumper wire, OUTPUT=INPUT, e.g. GPIO27=GPIO17
     /// (repeat; comma-separated in the variable).
     #[arg(long, env = "BRAMBLE_HARDWARE_SIM_JUMPERS", value_delimiter = ',', value_parser = parse_sim_jumper)]
@@ -138,7 +138,7 @@ fn parse_sim_jumper(text: &str) -> Result<[String; 2], String> {
 }
 
 /// `BUS:ADDRESS[:REGISTER=VALUE...]`, numbers decimal or `0x` hexadecimal.
-fn parse_sim_i2c(text: &str) -> Result<bramble_agent::hardware::SimI2cDevice, String> {
+fn parse_sim_i2c(text: &str) -> Result<bramble_hardware::SimI2cDevice, String> {
     fn number<T: TryFrom<u32>>(what: &str, text: &str, device: &str) -> Result<T, String> {
         let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
             Some(hex) => u32::from_str_radix(hex, 16),
@@ -172,14 +172,14 @@ fn parse_sim_i2c(text: &str) -> Result<bramble_agent::hardware::SimI2cDevice, St
             ])
         })
         .collect::<Result<Vec<[u8; 2]>, String>>()?;
-    Ok(bramble_agent::hardware::SimI2cDevice {
+    Ok(bramble_hardware::SimI2cDevice {
         bus: number("bus", bus, text)?,
         address,
         registers,
     })
 }
 
-fn parse_backend(text: &str) -> Result<bramble_agent::hardware::BackendChoice, String> {
+fn parse_backend(text: &str) -> Result<bramble_hardware::BackendChoice, String> {
     serde_json::from_value(serde_json::Value::String(text.to_owned()))
         .map_err(|_| format!("{text:?} is not auto, simulator or cdev"))
 }

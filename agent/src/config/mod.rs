@@ -83,7 +83,7 @@ pub struct Config {
     /// adopted by the next start).
     pub stop_functions_on_shutdown: bool,
     /// The hardware helper: backend, socket directory, simulator lines.
-    pub hardware: crate::hardware::HardwareConfig,
+    pub hardware: bramble_hardware::HardwareConfig,
 }
 
 /// Limits applied when a function's deployment asks none.
@@ -151,7 +151,7 @@ impl Default for Config {
             memory_budget: MemoryBudget::Auto,
             image_gc_after: Expiry::After(Duration::from_secs(3600)),
             stop_functions_on_shutdown: false,
-            hardware: crate::hardware::HardwareConfig::default(),
+            hardware: bramble_hardware::HardwareConfig::default(),
         }
     }
 }

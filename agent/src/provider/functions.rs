@@ -18,10 +18,10 @@ use tokio::sync::oneshot;
 
 use super::{LocalProvider, hardware_error, mib, runtime_error};
 use crate::function::{self, FunctionKey};
-use crate::hardware::Grants;
 use crate::runtime::NodeRuntime;
 use crate::store::{FunctionRecord, State};
 use crate::supervisor::{self, Command};
+use bramble_hardware::Grants;
 
 impl<R: NodeRuntime> LocalProvider<R> {
     /// Checks a deployment (settings, secrets, hardware grants and triggers) without side
@@ -102,7 +102,7 @@ impl<R: NodeRuntime> LocalProvider<R> {
         match previous {
             Some(grants) => {
                 if let Err(e) = self.ctx.hardware.attach(&function, grants).await {
-                    tracing::error!(function = %key, error = %e, "cannot restore the function's hardware");
+                    tracing::error!(function = %key, error = %bramble_base::error_chain(&e), "cannot restore the function's hardware");
                 }
             }
             None => self.ctx.hardware.detach(&function).await,

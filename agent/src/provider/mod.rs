@@ -31,10 +31,10 @@ use bramble_runtime::{Error as RuntimeError, PullPolicy, Runtime};
 use tokio::sync::watch;
 
 use crate::function::{self, FunctionKey};
-use crate::hardware::{Hardware, HardwareError};
 use crate::runtime::NodeRuntime;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{Context, Handle};
+use bramble_hardware::{ErrorKind as HardwareErrorKind, Hardware, HardwareError};
 
 mod cpu;
 mod endpoint;
@@ -91,13 +91,18 @@ fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes / (1 << 20))
 }
 
-/// The HTTP meaning of a refused hardware grant: 400 for bad grants and unknown lines, 409
-/// for conflicts and busy lines.
+/// The HTTP meaning of a refused hardware grant: 400 for bad grants and lines (buses,
+/// channels) the node does not have, 409 for conflicts and busy lines, 500 otherwise.
 fn hardware_error(e: &HardwareError) -> ProviderError {
-    match e.status() {
-        400 => ProviderError::invalid("annotations", e.to_string()),
-        409 => ProviderError::Conflict(e.to_string()),
-        _ => ProviderError::Internal(format!("hardware: {}", bramble_base::error_chain(e))),
+    let message = bramble_base::error_chain(e);
+    match e.kind() {
+        HardwareErrorKind::Invalid | HardwareErrorKind::NotFound => {
+            ProviderError::invalid("annotations", message)
+        }
+        HardwareErrorKind::Conflict => ProviderError::Conflict(message),
+        HardwareErrorKind::Device | HardwareErrorKind::Internal => {
+            ProviderError::Internal(format!("hardware: {message}"))
+        }
     }
 }
 

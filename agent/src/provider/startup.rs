@@ -46,7 +46,7 @@ impl<R: NodeRuntime> LocalProvider<R> {
                 Ok(Some(grants)) => {
                     // Adopted: its grants stay reserved even if its lines cannot be had now.
                     if let Err(e) = self.ctx.hardware.adopt(&key.to_string(), grants).await {
-                        tracing::error!(function = %key, error = %e, "cannot give the function its hardware; it runs without");
+                        tracing::error!(function = %key, error = %bramble_base::error_chain(&e), "cannot give the function its hardware; it runs without");
                     }
                 }
                 Ok(None) => {}

@@ -10,9 +10,9 @@ use tokio::time::Instant;
 
 use super::{LocalProvider, ProviderSettings};
 use crate::function::Defaults;
-use crate::hardware::{BackendChoice, Hardware, HardwareConfig};
 use crate::runtime::fake::{FakeRuntime, Script};
 use crate::store::Store;
+use bramble_hardware::{BackendChoice, Hardware, HardwareConfig};
 
 struct Bench {
     fake: FakeRuntime,

@@ -63,7 +63,7 @@ pub(crate) struct Context<C> {
     pub store: Arc<Store>,
     /// The hardware helper: functions with grants get its socket mounted, and their outputs
     /// go to their safe state whenever no replica runs.
-    pub hardware: Arc<crate::hardware::Hardware>,
+    pub hardware: Arc<bramble_hardware::Hardware>,
     pub defaults: Defaults,
     pub ready_timeout: Duration,
     pub stop_grace: Duration,

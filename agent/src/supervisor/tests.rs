@@ -10,10 +10,10 @@ use tokio::time::Instant;
 
 use super::{Command, Context, Handle, StatusView, spawn};
 use crate::function::{Defaults, FunctionKey, SCALE_ZERO, SCALE_ZERO_DURATION};
-use crate::hardware::{BackendChoice, Hardware, HardwareConfig};
 use crate::runtime::NodeRuntime;
 use crate::runtime::fake::{Call, Exit, FakeRuntime, Script};
 use crate::store::{FunctionRecord, Store, StoreError};
+use bramble_hardware::{BackendChoice, Hardware, HardwareConfig};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(10);

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bramble_gateway::Gateway;
+use bramble_hardware::Hardware;
 use futures::StreamExt as _;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -48,7 +49,6 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::function::FunctionKey;
-use crate::hardware::Hardware;
 use crate::provider::LocalProvider;
 use crate::store::Store;
 use journal::{Journal, Pending};

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bramble_hardware::{Edge, Hardware};
 use chrono::{DateTime, Local, TimeZone};
 use croner::Cron;
 use serde_json::{Value, json};
@@ -13,7 +14,6 @@ use tracing::{error, info, warn};
 
 use super::journal::now_ms;
 use super::spec::{Edges, GpioTrigger, Schedule, ScheduleTrigger, SensorTrigger, Threshold};
-use crate::hardware::{Edge, Hardware};
 
 /// What a source tells its trigger.
 #[derive(Debug)]
@@ -323,7 +323,7 @@ pub(crate) async fn sensor(
             Ok(Ok(reading)) => reading,
             Ok(Err(e)) => {
                 if !failing {
-                    warn!(sensor = %trigger.sensor, error = %e, "sensor trigger cannot read its sensor; retrying");
+                    warn!(sensor = %trigger.sensor, error = %bramble_base::error_chain(&e), "sensor trigger cannot read its sensor; retrying");
                     failing = true;
                 }
                 continue;

@@ -30,11 +30,10 @@ use std::fmt;
 use std::str::FromStr as _;
 use std::time::Duration;
 
+use bramble_hardware::grants::{self, Direction, GrantError, Grants, LineGrant};
+use bramble_hardware::{Edge, sensors};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
-
-use crate::hardware::grants::{self, Direction, GrantError, Grants, LineGrant};
-use crate::hardware::{Edge, sensors};
 
 /// The annotation subscribing a function to GPIO edges.
 pub const GPIO_KEY: &str = "bramble.trigger.gpio";

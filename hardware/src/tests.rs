@@ -448,7 +448,7 @@ async fn conflicts_are_refused() {
     let second = grants(&[("bramble.gpio", "GPIO27:out")]);
     let err = node.hw.check("b", &second).unwrap_err();
     assert!(matches!(err, HardwareError::Conflict(_)));
-    assert_eq!(err.status(), 409);
+    assert_eq!(err.kind(), ErrorKind::Conflict);
     let text = err.to_string();
     assert!(
         text.contains("GPIO27") && text.contains("\"a\"") && text.contains("\"b\""),
@@ -496,7 +496,7 @@ async fn conflicts_are_refused() {
         .check("c", &grants(&[("bramble.gpio", "GPIO99:in")]))
         .unwrap_err();
     assert!(matches!(err, HardwareError::UnknownLine(_)));
-    assert_eq!(err.status(), 400);
+    assert_eq!(err.kind(), ErrorKind::NotFound);
 }
 
 #[tokio::test]
@@ -1080,7 +1080,7 @@ async fn a_pwm_channel_belongs_to_one_function() {
     let second = grants(&[("bramble.pwm", "1,0")]);
     let err = node.hw.check("b", &second).unwrap_err();
     assert!(matches!(err, HardwareError::Conflict(_)), "{err}");
-    assert_eq!(err.status(), 409);
+    assert_eq!(err.kind(), ErrorKind::Conflict);
     let text = err.to_string();
     assert!(
         text.contains("PWM channel 0") && text.contains("\"a\"") && text.contains("\"b\""),

@@ -1,14 +1,13 @@
 //! End-to-end tests of `bramble up`: a real node process on a private containerd, real CNI in
 //! a private network namespace, the fixture function image, driven over HTTP like faas-cli,
 //! the go-sdk and curl drive it; and `scripts/demo`, the README's command that runs it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bramble_testkit::Node;
-use bramble_testkit::harness::{self, Need};
+use bramble_testkit::harness::Suite;
 use bramble_testkit::http::Response;
 use serde_json::{Value, json};
 
@@ -17,50 +16,42 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const FIXTURE: &str = "docker.io/library/fixture:test";
 const NS: &str = "openfaas-fn";
 
-fn main() {
-    let needs = [
-        Need::Root,
-        Need::Binary("containerd"),
-        Need::Binary("runc"),
-        Need::Binary("iptables"),
-        Need::CniPlugins,
-    ];
-    let trials = vec![
-        harness::async_trial("api_conformance_every_route", api_conformance_every_route),
-        harness::async_trial(
+/// The tests of this module, as a part of the `it` binary.
+pub(crate) fn suite() -> Suite {
+    Suite::new("node", crate::NODE)
+        .async_trial("api_conformance_every_route", api_conformance_every_route)
+        .async_trial(
             "bad_input_is_refused_and_changes_nothing",
             bad_input_is_refused_and_changes_nothing,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "end_to_end_with_restarts_in_the_middle",
             end_to_end_with_restarts_in_the_middle,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "cold_requests_wait_for_readiness_instead_of_failing",
             cold_requests_wait_for_readiness,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "repeated_cold_starts_are_not_mistaken_for_crashes",
             repeated_cold_starts_are_not_mistaken_for_crashes,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "idle_functions_scale_to_zero_and_back",
             idle_functions_scale_to_zero_and_back,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "timeouts_and_broken_functions_get_clear_errors",
             timeouts_and_broken_functions_get_clear_errors,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "proxy_streams_large_bodies_and_events",
             proxy_streams_large_bodies_and_events,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "demo_fails_clearly_when_hello_does_not_answer",
             demo_fails_clearly_when_hello_does_not_answer,
-        ),
-    ];
-    harness::main(&needs, trials);
+        )
 }
 
 /// A node with the fixture image present in its containerd namespace.

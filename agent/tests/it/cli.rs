@@ -1,7 +1,6 @@
 //! End-to-end tests of the operator CLI: the real `bramble` binary, run as a user runs it,
 //! against a real node (`bramble up` on a private containerd, real CNI in a private network
 //! namespace, the fixture function image).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead as _, Write as _};
 use std::path::Path;
@@ -9,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bramble_testkit::Node;
-use bramble_testkit::harness::{self, Need};
+use bramble_testkit::harness::Suite;
 use serde_json::Value;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -17,37 +16,29 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const FIXTURE: &str = "docker.io/library/fixture:test";
 const BRAMBLE: &str = env!("CARGO_BIN_EXE_bramble");
 
-fn main() {
-    let needs = [
-        Need::Root,
-        Need::Binary("containerd"),
-        Need::Binary("runc"),
-        Need::Binary("iptables"),
-        Need::CniPlugins,
-    ];
-    let trials = vec![
-        harness::async_trial(
+/// The tests of this module, as a part of the `it` binary.
+pub(crate) fn suite() -> Suite {
+    Suite::new("cli", crate::NODE)
+        .async_trial(
             "functions_from_a_stack_file_end_to_end",
             functions_from_a_stack_file_end_to_end,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "secrets_are_created_listed_and_removed_never_printed",
             secrets_are_created_listed_and_removed_never_printed,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "errors_are_one_line_and_exit_1",
             errors_are_one_line_and_exit_1,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "an_image_built_and_imported_by_the_cli_serves_and_write_commands_speak_json",
             an_image_built_and_imported_by_the_cli_serves_and_write_commands_speak_json,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "gpio_set_get_and_watch_on_a_simulator_node",
             gpio_set_get_and_watch_on_a_simulator_node,
-        ),
-    ];
-    harness::main(&needs, trials);
+        )
 }
 
 async fn node(name: &str) -> Result<Node, Box<dyn std::error::Error>> {

@@ -2,32 +2,24 @@
 //! function deployed): 500 idle connections, slowloris clients, oversized heads and bodies.
 //! The node's memory stays bounded, it keeps serving everyone else at once, and a refused
 //! request changes nothing. The figures are printed for the README.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bramble_testkit::Node;
-use bramble_testkit::harness::{self, Need};
+use bramble_testkit::harness::Suite;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn main() {
-    let needs = [
-        Need::Root,
-        Need::Binary("containerd"),
-        Need::Binary("runc"),
-        Need::Binary("iptables"),
-        Need::CniPlugins,
-    ];
-    let trials = vec![harness::async_trial(
+/// The tests of this module, as a part of the `it` binary.
+pub(crate) fn suite() -> Suite {
+    Suite::new("hostile_clients", crate::NODE).async_trial(
         "the_node_survives_hostile_clients_and_serves_others",
         the_node_survives_hostile_clients_and_serves_others,
-    )];
-    harness::main(&needs, trials);
+    )
 }
 
 /// The node's resident memory, in KiB.

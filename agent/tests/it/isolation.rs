@@ -7,14 +7,13 @@
 //! read-only root, raise its limits, use hardware it was not granted. Secrets are files only
 //! its user can read, stored 0600 on the node, and never appear in logs, status output or
 //! error messages; neither do the API's credentials.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use bramble_testkit::Node;
-use bramble_testkit::harness::{self, Need};
+use bramble_testkit::harness::Suite;
 use bramble_testkit::http::Response;
 use serde_json::{Value, json};
 
@@ -22,37 +21,29 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const FIXTURE: &str = "docker.io/library/fixture:test";
 
-fn main() {
-    let needs = [
-        Need::Root,
-        Need::Binary("containerd"),
-        Need::Binary("runc"),
-        Need::Binary("iptables"),
-        Need::CniPlugins,
-    ];
-    let trials = vec![
-        harness::async_trial(
+/// The tests of this module, as a part of the `it` binary.
+pub(crate) fn suite() -> Suite {
+    Suite::new("isolation", crate::NODE)
+        .async_trial(
             "functions_reach_the_api_only_with_credentials_and_not_each_other",
             functions_reach_the_api_only_with_credentials_and_not_each_other,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "functions_have_no_capabilities_no_devices_and_a_read_only_root",
             functions_have_no_capabilities_no_devices_and_a_read_only_root,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "functions_cannot_raise_their_limits",
             functions_cannot_raise_their_limits,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "functions_use_only_the_hardware_they_were_granted",
             functions_use_only_the_hardware_they_were_granted,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "secrets_and_credentials_never_leak",
             secrets_and_credentials_never_leak,
-        ),
-    ];
-    harness::main(&needs, trials);
+        )
 }
 
 async fn node(name: &str) -> Result<Node, Box<dyn std::error::Error>> {

@@ -2,7 +2,6 @@
 //! private containerd, `bramble install` / `bramble uninstall` into a temporary root checked
 //! by `systemd-analyze verify`, and `bramble up`'s systemd notifications to a socket of the
 //! test's.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -11,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bramble_agent::config::Config;
-use bramble_testkit::harness::{self, Need, Trial};
+use bramble_testkit::harness::{self, Failed, Need, Suite};
 use bramble_testkit::{Containerd, Node, TestEnv};
 use serde_json::Value;
 
@@ -22,43 +21,43 @@ const UNIT: &str = "etc/systemd/system/bramble.service";
 const SYSCTL: &str = "etc/sysctl.d/99-bramble.conf";
 const STATE: &str = "var/lib/bramble";
 
-fn main() {
+/// The tests of this module, as a part of the `it` binary.
+pub(crate) fn suite() -> Suite {
     let needs = [
         Need::Root,
         Need::Binary("containerd"),
         Need::Binary("systemd-analyze"),
         Need::Binary("systemctl"),
     ];
-    let trials = vec![
-        Trial::test("doctor_reports_a_reachable_containerd", || {
+    Suite::new("ops", &needs)
+        .trial("doctor_reports_a_reachable_containerd", || {
             harness::block_on(doctor_reports_a_reachable_containerd())
-        }),
-        harness::async_trial(
+        })
+        .async_trial(
             "up_notifies_ready_watchdog_and_stopping",
             up_notifies_ready_watchdog_and_stopping,
-        ),
-        trial(
+        )
+        .trial(
             "doctor_names_containerd_and_the_fix_when_it_is_missing",
-            doctor_names_containerd_and_the_fix_when_it_is_missing,
-        ),
-        trial(
+            blocking(doctor_names_containerd_and_the_fix_when_it_is_missing),
+        )
+        .trial(
             "install_writes_a_unit_systemd_analyze_verify_accepts",
-            install_writes_a_unit_systemd_analyze_verify_accepts,
-        ),
-        trial(
+            blocking(install_writes_a_unit_systemd_analyze_verify_accepts),
+        )
+        .trial(
             "install_prepares_state_and_config_and_twice_changes_nothing",
-            install_prepares_state_and_config_and_twice_changes_nothing,
-        ),
-        trial(
+            blocking(install_prepares_state_and_config_and_twice_changes_nothing),
+        )
+        .trial(
             "uninstall_keeps_state_and_purge_removes_it",
-            uninstall_keeps_state_and_purge_removes_it,
-        ),
-    ];
-    harness::main(&needs, trials);
+            blocking(uninstall_keeps_state_and_purge_removes_it),
+        )
 }
 
-fn trial(name: &'static str, body: fn() -> TestResult) -> Trial {
-    Trial::test(name, move || body().map_err(|e| e.to_string().into()))
+/// A trial body that blocks, from a test function.
+fn blocking(body: fn() -> TestResult) -> impl FnOnce() -> Result<(), Failed> + Send + 'static {
+    move || body().map_err(|e| e.to_string().into())
 }
 
 /// Runs the binary.

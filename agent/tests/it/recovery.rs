@@ -1,6 +1,5 @@
 //! A daemon to leave alone: crashes, reboots, crash loops, updates under load, admission,
 //! image garbage collection, shutdown — against a real `bramble up` on a private containerd.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -9,7 +8,7 @@ use std::time::{Duration, Instant};
 use bramble_runtime::image::no_progress;
 use bramble_runtime::image::reference::ImageRef;
 use bramble_runtime::{ContainerSpec, Runtime, TaskStatus};
-use bramble_testkit::harness::{self, Need};
+use bramble_testkit::harness::{self, Need, Suite};
 use bramble_testkit::http::Response;
 use bramble_testkit::node::runtime_config_of;
 use bramble_testkit::{Load, Node, Registry, TestEnv, fixture_image};
@@ -19,54 +18,52 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const FIXTURE: &str = "docker.io/library/fixture:test";
 
-fn main() {
+/// The tests of this module, as a part of the `it` binary.
+pub(crate) fn suite() -> Suite {
     let needs = [
-        Need::Root,
-        Need::Binary("containerd"),
-        Need::Binary("runc"),
-        Need::Binary("iptables"),
-        Need::Binary("ctr"),
-        Need::Binary("docker-registry"),
-        Need::Binary("skopeo"),
-        Need::CniPlugins,
-    ];
-    let trials = vec![
-        harness::async_trial(
+        crate::NODE,
+        &[
+            Need::Binary("ctr"),
+            Need::Binary("docker-registry"),
+            Need::Binary("skopeo"),
+        ],
+    ]
+    .concat();
+    Suite::new("recovery", &needs)
+        .async_trial(
             "sigkill_during_deploys_leaks_and_duplicates_nothing",
             sigkill_during_deploys,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "after_a_reboot_functions_serve_before_the_first_request",
             after_a_reboot,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "crash_loops_back_off_and_oom_is_reported",
             crash_loops_and_oom,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "updates_under_load_lose_no_request_and_broken_ones_roll_back",
             updates_under_load,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "sigkill_during_updates_loses_no_request_and_still_rolls_back",
             sigkill_during_updates,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "the_memory_budget_refuses_and_creates_nothing",
             memory_budget,
-        ),
-        harness::async_trial("unused_images_are_collected", unused_images_are_collected),
-        harness::async_trial(
+        )
+        .async_trial("unused_images_are_collected", unused_images_are_collected)
+        .async_trial(
             "sigterm_drains_requests_and_leaves_functions_running",
             sigterm_drains,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "stop_functions_on_shutdown_stops_them",
             stop_functions_on_shutdown,
-        ),
-        harness::async_trial("orphans_are_removed_at_start", orphans_are_removed_at_start),
-    ];
-    harness::main(&needs, trials);
+        )
+        .async_trial("orphans_are_removed_at_start", orphans_are_removed_at_start)
 }
 
 /// A node (with `extra_config`) and the fixture image present; also a runtime on the same

@@ -24,7 +24,6 @@ use rppal::spi::{Bus, Error as SpiError, Mode, SlaveSelect, Spi};
 use super::backend::{
     self, BackendError, I2cBackend, PwmBackend, PwmState, SpiBackend, check_pwm_channel,
 };
-use super::sim::MAX_I2C_TRANSFER;
 
 /// I2C on the node's buses.
 #[derive(Default)]
@@ -86,11 +85,7 @@ impl I2cBackend for PiI2c {
         write: &[u8],
         read_len: usize,
     ) -> Result<Vec<u8>, BackendError> {
-        if write.len() > MAX_I2C_TRANSFER || read_len > MAX_I2C_TRANSFER {
-            return Err(BackendError::Invalid(format!(
-                "an I2C transfer is at most {MAX_I2C_TRANSFER} bytes each way"
-            )));
-        }
+        backend::check_i2c_transfer(write.len(), read_len)?;
         let mut buses = self.buses.lock().unwrap_or_else(PoisonError::into_inner);
         let i2c = match buses.entry(bus) {
             Entry::Occupied(e) => e.into_mut(),
@@ -381,7 +376,7 @@ mod tests {
             Err(BackendError::NoBus(250))
         ));
         assert!(matches!(
-            i2c.transfer(1, 0x76, &[], MAX_I2C_TRANSFER + 1),
+            i2c.transfer(1, 0x76, &[], backend::MAX_I2C_TRANSFER + 1),
             Err(BackendError::Invalid(_))
         ));
     }

@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use nix::time::{ClockId, clock_gettime};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use super::grants::Bias;
+use crate::ErrorKind;
+use crate::grants::Bias;
 
 /// How many events a slow watcher may fall behind before it misses some (the gap then
 /// shows in the sequence numbers).
@@ -119,20 +121,14 @@ impl EventBus {
     }
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel's GPIO event timestamps.
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel's GPIO event timestamps (0 in
+/// the impossible case that Linux cannot read it).
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call, and
-    // CLOCK_MONOTONIC is always supported on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    if rc != 0 {
+    let Ok(now) = clock_gettime(ClockId::CLOCK_MONOTONIC) else {
         return 0;
-    }
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    };
+    let secs = u64::try_from(now.tv_sec()).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec()).unwrap_or(0);
     secs.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 
@@ -175,7 +171,7 @@ pub enum BackendError {
         addr: u16,
     },
     /// An I/O error from the kernel or the device.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
@@ -183,6 +179,20 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl BackendError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BackendError::UnknownLine(_) | BackendError::NoBus(_) | BackendError::NotFound(_) => {
+                ErrorKind::NotFound
+            }
+            BackendError::Busy(_) | BackendError::Unsupported(_) => ErrorKind::Conflict,
+            BackendError::Invalid(_) => ErrorKind::Invalid,
+            BackendError::NoDevice { .. } | BackendError::Io { .. } => ErrorKind::Device,
+        }
+    }
 }
 
 /// A requested line. Dropping the last reference releases it.
@@ -240,6 +250,20 @@ pub trait I2cBackend: Send + Sync {
         write: &[u8],
         read_len: usize,
     ) -> Result<Vec<u8>, BackendError>;
+}
+
+/// Most bytes one I2C transfer may write, and most it may read.
+pub const MAX_I2C_TRANSFER: usize = 4096;
+
+/// Checks an I2C transfer before any device is opened: at most [`MAX_I2C_TRANSFER`] bytes
+/// written and at most as many read.
+pub fn check_i2c_transfer(write_len: usize, read_len: usize) -> Result<(), BackendError> {
+    if write_len > MAX_I2C_TRANSFER || read_len > MAX_I2C_TRANSFER {
+        return Err(BackendError::Invalid(format!(
+            "an I2C transfer is at most {MAX_I2C_TRANSFER} bytes each way"
+        )));
+    }
+    Ok(())
 }
 
 /// Most bytes one SPI transfer may write (and so read).
@@ -349,6 +373,37 @@ pub trait PwmBackend: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn i2c_checks() {
+        check_i2c_transfer(MAX_I2C_TRANSFER, MAX_I2C_TRANSFER).unwrap();
+        check_i2c_transfer(0, 0).unwrap();
+        for (write, read) in [(MAX_I2C_TRANSFER + 1, 0), (0, MAX_I2C_TRANSFER + 1)] {
+            let e = check_i2c_transfer(write, read).unwrap_err();
+            assert!(matches!(e, BackendError::Invalid(_)), "{e}");
+            assert_eq!(
+                e.to_string(),
+                "an I2C transfer is at most 4096 bytes each way"
+            );
+        }
+    }
+
+    #[test]
+    fn io_errors_say_what_failed_once_and_keep_the_cause() {
+        let e = BackendError::Io {
+            context: "I2C 1:0x76: write".to_owned(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        };
+        assert_eq!(e.to_string(), "I2C 1:0x76: write");
+        assert_eq!(
+            bramble_base::error_chain(&e),
+            format!(
+                "I2C 1:0x76: write: {}",
+                std::io::Error::from_raw_os_error(libc::EIO)
+            )
+        );
+        assert_eq!(e.kind(), ErrorKind::Device);
+    }
 
     #[test]
     fn spi_and_pwm_checks() {

@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::ErrorKind;
+
 /// Most bytes read from one sysfs file.
 const MAX_SYSFS_READ: u64 = 4096;
 
@@ -51,7 +53,7 @@ pub enum SensorError {
     #[error("{0}")]
     Device(String),
     /// The kernel's file could not be read.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being read.
         context: String,
@@ -59,6 +61,17 @@ pub enum SensorError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl SensorError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SensorError::NotFound(_) => ErrorKind::NotFound,
+            SensorError::BadId(_) => ErrorKind::Invalid,
+            SensorError::Device(_) | SensorError::Io { .. } => ErrorKind::Device,
+        }
+    }
 }
 
 /// A kind of sensor: ids `KIND:ID` with this kind's prefix are read by it.

@@ -36,6 +36,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bramble_base::error_chain;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
@@ -49,7 +50,7 @@ use super::Shared;
 use super::backend::{self, BackendError, EdgeEvent, PwmState};
 use super::grants::{self, Direction, Grants, LineGrant};
 use super::sensors::SensorError;
-use super::sim::MAX_I2C_TRANSFER;
+use crate::ErrorKind;
 
 /// An error answer: a status and one line of text.
 #[derive(Debug)]
@@ -80,28 +81,33 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer to `error`, of `kind`: its status, and the error with its causes.
+    pub(crate) fn of(kind: ErrorKind, error: &dyn std::error::Error) -> ApiError {
+        ApiError::new(status_of(kind), error_chain(error))
+    }
+}
+
+/// The HTTP status of an error of `kind`.
+pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Device => StatusCode::BAD_GATEWAY,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> ApiError {
-        let status = match &e {
-            BackendError::UnknownLine(_) | BackendError::NoBus(_) | BackendError::NotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
-            BackendError::Busy(_) | BackendError::Unsupported(_) => StatusCode::CONFLICT,
-            BackendError::Invalid(_) => StatusCode::BAD_REQUEST,
-            BackendError::NoDevice { .. } | BackendError::Io { .. } => StatusCode::BAD_GATEWAY,
-        };
-        ApiError::new(status, e.to_string())
+        ApiError::of(e.kind(), &e)
     }
 }
 
 impl From<SensorError> for ApiError {
     fn from(e: SensorError) -> ApiError {
-        let status = match &e {
-            SensorError::NotFound(_) => StatusCode::NOT_FOUND,
-            SensorError::BadId(_) => StatusCode::BAD_REQUEST,
-            SensorError::Device(_) | SensorError::Io { .. } => StatusCode::BAD_GATEWAY,
-        };
-        ApiError::new(status, e.to_string())
+        ApiError::of(e.kind(), &e)
     }
 }
 
@@ -478,12 +484,8 @@ async fn i2c(
             "nothing to do: give \"write\": [bytes] and/or \"read\": N",
         ));
     }
-    if request.write.len() > MAX_I2C_TRANSFER || request.read > MAX_I2C_TRANSFER {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("an I2C transfer is at most {MAX_I2C_TRANSFER} bytes each way"),
-        ));
-    }
+    // Checked here too, so a bad request never waits for a blocking thread.
+    backend::check_i2c_transfer(request.write.len(), request.read)?;
     let i2c = broker.shared.i2c();
     let data = blocking(move || i2c.transfer(bus, addr, &request.write, request.read)).await?;
     Ok(Json(json!({ "data": data })))

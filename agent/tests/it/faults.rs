@@ -6,7 +6,6 @@
 //!
 //! The power-cut loop is seeded: it prints `BRAMBLE_FAULT_SEED=N`; set that variable to replay
 //! the same sequence (and `BRAMBLE_POWER_CUTS` to change the number of iterations).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -17,7 +16,7 @@ use bramble_runtime::image::build::ImageBuilder;
 use bramble_runtime::image::no_progress;
 use bramble_runtime::image::reference::ImageRef;
 use bramble_runtime::{Runtime, TaskStatus};
-use bramble_testkit::harness::{self, Need};
+use bramble_testkit::harness::{self, Need, Suite};
 use bramble_testkit::http::Response;
 use bramble_testkit::{Load, LoadReport, Node, TestEnv, fixture_binary, fixture_image};
 use rand::{Rng, SeedableRng};
@@ -30,34 +29,25 @@ type BoxError = Box<dyn std::error::Error>;
 const FIXTURE: &str = bramble_testkit::node::FIXTURE_IMAGE;
 const NS: &str = "openfaas-fn";
 
-fn main() {
-    let needs = [
-        Need::Root,
-        Need::Binary("containerd"),
-        Need::Binary("runc"),
-        Need::Binary("ctr"),
-        Need::Binary("iptables"),
-        Need::CniPlugins,
-    ];
-    let trials = vec![
-        harness::async_trial(
+/// The tests of this module, as a part of the `it` binary.
+pub(crate) fn suite() -> Suite {
+    Suite::new("faults", &[crate::NODE, &[Need::Binary("ctr")]].concat())
+        .async_trial(
             "containerd_killed_under_load_is_reported_and_recovered",
             containerd_killed_under_load,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "broken_functions_end_in_a_clear_status_and_the_rest_keeps_serving",
             broken_functions,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "a_full_state_filesystem_refuses_changes_and_keeps_the_state",
             full_state_filesystem,
-        ),
-        harness::async_trial(
+        )
+        .async_trial(
             "power_cuts_at_random_points_leave_a_consistent_node",
             power_cuts,
-        ),
-    ];
-    harness::main(&needs, trials);
+        )
 }
 
 // ---------------------------------------------------------------------------------------------
