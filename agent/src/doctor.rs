@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bramble_runtime::cgroup::{CgroupVersion, Cgroups};
+use bramble_runtime::client::{ContainerdVersion, SUPPORTED_CONTAINERD, Support};
+use bramble_runtime::peer::{self, MountNamespace};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -208,6 +210,7 @@ impl Host {
 pub async fn run(config: &Config, host: &Host) -> Report {
     let mut checks = vec![
         containerd(config, host).await,
+        mount_namespace(config, host).await,
         runc(host),
         cni_plugins(config),
         iptables(host),
@@ -225,7 +228,7 @@ pub async fn run(config: &Config, host: &Host) -> Report {
     Report { checks }
 }
 
-/// containerd answers on the configured socket, in version 1.6 or newer.
+/// containerd answers on the configured socket, in a release bramble supports.
 pub async fn containerd(config: &Config, host: &Host) -> Check {
     let socket = &config.containerd_socket;
     let version = if socket.exists() {
@@ -235,7 +238,7 @@ pub async fn containerd(config: &Config, host: &Host) -> Check {
             CONTAINERD_TIMEOUT,
         ) {
             Ok(connection) => connection
-                .version()
+                .server_version()
                 .await
                 .map_err(|e| crate::error_chain(&e)),
             Err(e) => Err(crate::error_chain(&e)),
@@ -254,16 +257,23 @@ pub fn containerd_verdict(
 ) -> Check {
     const NAME: &str = "containerd";
     match version {
-        Ok(v) => match major_minor(&v) {
-            Some(mm) if mm < (1, 6) => Check::warning(
+        Ok(v) => match ContainerdVersion::parse(&v).map(ContainerdVersion::support) {
+            Some(Support::Tested) => Check::ok(NAME, format!("{v} on {}", socket.display())),
+            Some(Support::Untested) => Check::ok(
                 NAME,
                 format!(
-                    "{v} on {} is older than 1.6, which bramble is tested against",
+                    "{v} on {} (supported; bramble is tested with 1.6 and 1.7)",
                     socket.display()
                 ),
-                "upgrade containerd: apt install containerd (1.6.20 in Debian 12 / Raspberry Pi OS bookworm)",
             ),
-            _ => Check::ok(NAME, format!("{v} on {}", socket.display())),
+            Some(Support::Unsupported) | None => Check::blocking(
+                NAME,
+                format!(
+                    "{v} on {} is not supported: bramble works with containerd {SUPPORTED_CONTAINERD}",
+                    socket.display()
+                ),
+                "install a supported containerd: apt install containerd (1.6.20 in Debian 12 / Raspberry Pi OS bookworm, 1.7.24 in Debian 13 / trixie)",
+            ),
         },
         Err(reason) => {
             let start = if installed {
@@ -286,14 +296,50 @@ pub fn containerd_verdict(
     }
 }
 
-/// `(major, minor)` of a version string like `1.6.20~ds1` or `v2.0.0`.
-pub fn major_minor(version: &str) -> Option<(u32, u32)> {
-    let mut parts = version.trim().trim_start_matches('v').split('.');
-    let number = |s: &str| -> Option<u32> {
-        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok()
-    };
-    Some((number(parts.next()?)?, number(parts.next()?)?))
+/// bramble shares containerd's mount namespace (the process serving the socket, found by its
+/// peer credentials): otherwise runc cannot see the network namespaces bramble pins and every
+/// function start fails.
+pub async fn mount_namespace(config: &Config, host: &Host) -> Check {
+    let socket = config.containerd_socket.clone();
+    let proc = host.proc.clone();
+    tokio::task::spawn_blocking(move || mount_namespace_verdict(&socket, &proc))
+        .await
+        .unwrap_or_else(|e| {
+            Check::warning(
+                MOUNT_NAMESPACE,
+                format!("the check did not finish: {e}"),
+                "run bramble doctor again",
+            )
+        })
+}
+
+const MOUNT_NAMESPACE: &str = "mount namespace";
+
+/// The mount namespace check on the process serving `socket`, its namespace read under `proc`.
+pub fn mount_namespace_verdict(socket: &Path, proc: &Path) -> Check {
+    match peer::peer_pid(socket) {
+        // The containerd check reports an unreachable socket.
+        Err(_) => Check::ok(MOUNT_NAMESPACE, "not checked: containerd is not reachable"),
+        Ok(None) => Check::warning(
+            MOUNT_NAMESPACE,
+            format!(
+                "cannot tell: the process serving {} is in another PID namespace, so bramble probably runs in a container apart from containerd",
+                socket.display()
+            ),
+            MountNamespace::FIX,
+        ),
+        Ok(Some(pid)) => match peer::compare(proc, pid) {
+            found @ MountNamespace::Shared { .. } => Check::ok(MOUNT_NAMESPACE, found.describe()),
+            found @ MountNamespace::Apart { .. } => {
+                Check::blocking(MOUNT_NAMESPACE, found.describe(), MountNamespace::FIX)
+            }
+            found @ MountNamespace::Unknown(_) => Check::warning(
+                MOUNT_NAMESPACE,
+                found.describe(),
+                "run as root: sudo bramble doctor",
+            ),
+        },
+    }
 }
 
 /// runc, which containerd's shim executes.
@@ -879,17 +925,27 @@ mod tests {
             None,
         );
         assert_check(
-            &containerd_verdict(socket, Ok("v2.1.0".into()), true),
+            &containerd_verdict(socket, Ok("1.7.24~ds1".into()), true),
             Status::Ok,
-            "v2.1.0",
+            "1.7.24~ds1 on /run/containerd/containerd.sock",
             None,
         );
         assert_check(
-            &containerd_verdict(socket, Ok("1.5.9".into()), true),
-            Status::Warning,
-            "older than 1.6",
-            Some("apt install containerd"),
+            &containerd_verdict(socket, Ok("v2.1.0".into()), true),
+            Status::Ok,
+            "v2.1.0 on /run/containerd/containerd.sock (supported; bramble is tested with 1.6 and 1.7)",
+            None,
         );
+        for unsupported in ["1.5.9", "3.0.0", "dev"] {
+            assert_check(
+                &containerd_verdict(socket, Ok(unsupported.into()), true),
+                Status::Blocking,
+                &format!(
+                    "{unsupported} on /run/containerd/containerd.sock is not supported: bramble works with containerd 1.6, 1.7 or 2.x"
+                ),
+                Some("apt install containerd (1.6.20 in Debian 12"),
+            );
+        }
         let down = containerd_verdict(socket, Err("no socket at x".into()), true);
         assert_check(
             &down,
@@ -921,11 +977,6 @@ mod tests {
                 .unwrap()
                 .contains("grpc.address is /tmp/c.sock")
         );
-
-        assert_eq!(major_minor("1.6.20~ds1"), Some((1, 6)));
-        assert_eq!(major_minor("v1.7.0-beta.1"), Some((1, 7)));
-        assert_eq!(major_minor("2"), None);
-        assert_eq!(major_minor("garbage"), None);
     }
 
     #[tokio::test]
@@ -976,6 +1027,45 @@ mod tests {
             None,
         );
         assert_check(&iptables(&fake.host), Status::Ok, "bin/iptables", None);
+    }
+
+    #[test]
+    fn the_mount_namespace_is_compared_with_the_socket_peers() {
+        let fake = Fake::new();
+        let socket = fake.path("c.sock");
+        // Nobody listens: the containerd check says so; this one does not repeat it.
+        assert_check(
+            &mount_namespace_verdict(&socket, &fake.host.proc),
+            Status::Ok,
+            "not checked: containerd is not reachable",
+            None,
+        );
+        // This process listens, so it is the peer; its namespace is read from the fake /proc.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let pid = std::process::id().to_string();
+        let link = |who: &str, ns: &str| {
+            let dir = fake.path(&format!("proc/{who}/ns"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let _ = std::fs::remove_file(dir.join("mnt"));
+            symlink(ns, dir.join("mnt")).unwrap();
+        };
+        link("self", "mnt:[4026531841]");
+        link(&pid, "mnt:[4026531841]");
+        assert_check(
+            &mount_namespace_verdict(&socket, &fake.host.proc),
+            Status::Ok,
+            &format!("shared with containerd (pid {pid}, mnt:[4026531841])"),
+            None,
+        );
+        link("self", "mnt:[4026532999]");
+        assert_check(
+            &mount_namespace_verdict(&socket, &fake.host.proc),
+            Status::Blocking,
+            &format!(
+                "bramble (mnt:[4026532999]) and containerd (pid {pid}, mnt:[4026531841]) are in different mount namespaces"
+            ),
+            Some("remove PrivateMounts=, ProtectSystem="),
+        );
     }
 
     #[test]
@@ -1360,6 +1450,7 @@ mod tests {
             names,
             [
                 "containerd",
+                "mount namespace",
                 "runc",
                 "cni plugins",
                 "iptables",
@@ -1395,7 +1486,7 @@ mod tests {
         );
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["checks"][0]["status"], "blocking");
-        assert_eq!(json["checks"][9]["fix"], serde_json::Value::Null);
+        assert_eq!(json["checks"][10]["fix"], serde_json::Value::Null);
     }
 
     #[test]
