@@ -19,8 +19,15 @@ use crate::config::Config;
 
 /// The CNI plugins bramble's network chain executes.
 pub const CNI_PLUGINS: [&str; 4] = ["bridge", "host-local", "loopback", "firewall"];
-/// The kernel parameters that turn the memory cgroup on (Raspberry Pi kernels disable it).
-pub const MEMORY_CGROUP_PARAMS: &str = "cgroup_enable=memory cgroup_memory=1";
+/// The kernel parameters that turn the memory cgroup on where Raspberry Pi kernels disable it,
+/// per hierarchy: with cgroup v2 (Raspberry Pi OS bookworm and trixie) `cgroup_enable=memory`
+/// alone (6.12 kernels no longer know `cgroup_memory=1`), with v1 both, as older kernels need.
+pub fn memory_cgroup_params(version: CgroupVersion) -> &'static str {
+    match version {
+        CgroupVersion::V2 => "cgroup_enable=memory",
+        CgroupVersion::V1 => "cgroup_enable=memory cgroup_memory=1",
+    }
+}
 /// Below this much free space on the state directory's filesystem: a warning.
 pub const DISK_WARNING_BYTES: u64 = 1 << 30;
 /// Below this much: blocking (image unpacking and state writes will fail).
@@ -438,9 +445,10 @@ pub fn cgroups(host: &Host) -> [Check; 2] {
         );
         let fix = match (on_command_line, in_file) {
             (true, _) if version == CgroupVersion::V1 => "the kernel ignores cgroup_enable=memory: kernels from 6.12 may be built without cgroup v1 memory support; boot with cgroup v2 (remove systemd.unified_cgroup_hierarchy=0 from the kernel command line) and reboot".to_owned(),
-            (true, _) => "the kernel command line has cgroup_enable=memory but a later cgroup_disable=memory wins (see /proc/cmdline): make cgroup_enable=memory the last cgroup parameter of cmdline.txt, then reboot".to_owned(),
+            (true, _) if cmdline_disables_memory_last(&cmdline) => "the kernel command line has cgroup_enable=memory but a later cgroup_disable=memory wins (see /proc/cmdline): Raspberry Pi kernels before the fix of raspberrypi/linux#6980 append it from their device tree after cmdline.txt; update the kernel and firmware (apt update && apt full-upgrade) and reboot".to_owned(),
+            (true, _) => "the kernel command line has cgroup_enable=memory, yet the kernel keeps the memory controller off: check /proc/cmdline and dmesg | grep -i cgroup (a kernel built without CONFIG_MEMCG cannot have it)".to_owned(),
             (false, Some(file)) => format!("reboot ({} already has cgroup_enable=memory; it applies at the next boot)", file.display()),
-            (false, None) => host.cmdline_fix(MEMORY_CGROUP_PARAMS),
+            (false, None) => host.cmdline_fix(memory_cgroup_params(version)),
         };
         Check::blocking("cgroups", detail, fix)
     };
@@ -466,6 +474,18 @@ pub fn cgroups(host: &Host) -> [Check; 2] {
         )
     };
     [memory, others]
+}
+
+/// True when the last `cgroup_enable=memory`/`cgroup_disable=memory` of a command line disables.
+fn cmdline_disables_memory_last(cmdline: &str) -> bool {
+    cmdline
+        .split_whitespace()
+        .filter(|p| p.starts_with("cgroup_enable=") || p.starts_with("cgroup_disable="))
+        .rfind(|p| {
+            p.split_once('=')
+                .is_some_and(|(_, v)| v.split(',').any(|c| c == "memory"))
+        })
+        .is_some_and(|p| p.starts_with("cgroup_disable="))
 }
 
 /// The controllers a container's cgroup can use: v2 lists them at the root, v1 in
@@ -1001,35 +1021,6 @@ mod tests {
     }
 
     #[test]
-    fn executables_are_found_on_the_search_path() {
-        let fake = Fake::new();
-        assert_check(
-            &runc(&fake.host),
-            Status::Blocking,
-            "runc not found",
-            Some("apt install runc"),
-        );
-        assert_check(
-            &iptables(&fake.host),
-            Status::Blocking,
-            "iptables not found",
-            Some("apt install iptables"),
-        );
-        // Present but not executable does not count.
-        fake.write("bin/runc", "");
-        assert_eq!(runc(&fake.host).status, Status::Blocking);
-        let runc_path = fake.executable("bin/runc");
-        fake.executable("bin/iptables");
-        assert_check(
-            &runc(&fake.host),
-            Status::Ok,
-            &runc_path.display().to_string(),
-            None,
-        );
-        assert_check(&iptables(&fake.host), Status::Ok, "bin/iptables", None);
-    }
-
-    #[test]
     fn the_mount_namespace_is_compared_with_the_socket_peers() {
         let fake = Fake::new();
         let socket = fake.path("c.sock");
@@ -1066,6 +1057,35 @@ mod tests {
             ),
             Some("remove PrivateMounts=, ProtectSystem="),
         );
+    }
+
+    #[test]
+    fn executables_are_found_on_the_search_path() {
+        let fake = Fake::new();
+        assert_check(
+            &runc(&fake.host),
+            Status::Blocking,
+            "runc not found",
+            Some("apt install runc"),
+        );
+        assert_check(
+            &iptables(&fake.host),
+            Status::Blocking,
+            "iptables not found",
+            Some("apt install iptables"),
+        );
+        // Present but not executable does not count.
+        fake.write("bin/runc", "");
+        assert_eq!(runc(&fake.host).status, Status::Blocking);
+        let runc_path = fake.executable("bin/runc");
+        fake.executable("bin/iptables");
+        assert_check(
+            &runc(&fake.host),
+            Status::Ok,
+            &runc_path.display().to_string(),
+            None,
+        );
+        assert_check(&iptables(&fake.host), Status::Ok, "bin/iptables", None);
     }
 
     #[test]
@@ -1114,7 +1134,7 @@ mod tests {
         );
         let [memory, others] = cgroups(&fake.host);
         let fix = format!(
-            "sed -i '1 s/$/ cgroup_enable=memory cgroup_memory=1/' {} && reboot",
+            "sed -i '1 s/$/ cgroup_enable=memory/' {} && reboot",
             cmdline.display()
         );
         assert_check(
@@ -1134,12 +1154,27 @@ mod tests {
         assert!(status.success());
         assert_eq!(
             std::fs::read_to_string(&cmdline).unwrap(),
-            "console=serial0,115200 root=PARTUUID=1234-02 rootwait cgroup_enable=memory cgroup_memory=1\n"
+            "console=serial0,115200 root=PARTUUID=1234-02 rootwait cgroup_enable=memory\n"
         );
         // Edited but not rebooted yet.
         let [memory, _] = cgroups(&fake.host);
         assert_check(&memory, Status::Blocking, "disabled", Some("reboot ("));
-        // Booted with it, and still off: something later on the command line wins.
+        // Booted with it, and still off: the device tree of a 6.12 Raspberry Pi kernel appended
+        // cgroup_disable=memory after cmdline.txt (raspberrypi/linux#6980).
+        fake.write(
+            "proc/cmdline",
+            "console=tty1 rootwait cgroup_enable=memory cgroup_memory=1 cgroup_disable=memory\n",
+        );
+        let [memory, _] = cgroups(&fake.host);
+        assert_check(
+            &memory,
+            Status::Blocking,
+            "disabled",
+            Some(
+                "a later cgroup_disable=memory wins (see /proc/cmdline): Raspberry Pi kernels before the fix of raspberrypi/linux#6980",
+            ),
+        );
+        // Enabled last, and still off: no reordering helps.
         fake.write(
             "proc/cmdline",
             "cgroup_disable=memory cgroup_enable=memory x\n",
@@ -1149,7 +1184,7 @@ mod tests {
             &memory,
             Status::Blocking,
             "disabled",
-            Some("later cgroup_disable=memory"),
+            Some("yet the kernel keeps the memory controller off"),
         );
     }
 
@@ -1164,9 +1199,12 @@ mod tests {
             "{fix}"
         );
         assert!(fix.contains("/boot/cmdline.txt on older releases"), "{fix}");
-        assert!(
-            fix.contains("cgroup_enable=memory cgroup_memory=1"),
-            "{fix}"
+        // cgroup v2: cgroup_enable=memory alone (cgroup_memory=1 is unknown to 6.12 kernels).
+        assert!(fix.contains("add `cgroup_enable=memory` to"), "{fix}");
+        // cgroup v1: both parameters, as older Raspberry Pi kernels need.
+        assert_eq!(
+            memory_cgroup_params(CgroupVersion::V1),
+            "cgroup_enable=memory cgroup_memory=1"
         );
         let old = fake.write("boot/cmdline.txt", "root=/dev/mmcblk0p2\n");
         let [memory, _] = cgroups(&fake.host);
