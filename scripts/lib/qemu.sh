@@ -45,7 +45,7 @@ qemu_suite() {
 # The first Debian archive entry of the machine's sources ("URI|Signed-By"), from deb822
 # files (debian.sources) or one-line sources.list entries; security and backports entries are
 # skipped. Signed-By is empty when the entry names none.
-qemu_debian_mirror() {
+debian_mirror() {
     local dir=${QEMU_APT_DIR:-/etc/apt} codename file
     codename=$(qemu_codename) || return 1
     for file in "$dir"/sources.list.d/*.sources; do
@@ -91,7 +91,7 @@ qemu_write_backports_sources() {
     local suite=$1 dir=${QEMU_APT_DIR:-/etc/apt} mirror uri signed file
     file=$dir/sources.list.d/bramble-backports.sources
     [ -f "$file" ] && return 0
-    mirror=$(qemu_debian_mirror) || return 1
+    mirror=$(debian_mirror) || return 1
     uri=${mirror%%|*}
     signed=${mirror#*|}
     [ -n "$signed" ] || signed=/usr/share/keyrings/debian-archive-keyring.gpg
