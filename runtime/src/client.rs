@@ -4,7 +4,8 @@
 //! by itself when containerd comes back after a restart; until then each call fails at once
 //! with [`Error::Unavailable`]. Unary calls are bounded by a timeout so a stopped (frozen)
 //! containerd cannot hang the daemon either; HTTP/2 keep-alive pings detect a dead peer on
-//! long-lived streams (events, waits).
+//! long-lived streams (events, waits), no more often than containerd's gRPC server allows (see
+//! [`KEEPALIVE_INTERVAL`]).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,14 @@ impl ContainerdVersion {
     }
 }
 
+/// How long the connection may be silent before a keep-alive ping. containerd's gRPC server
+/// (grpc-go) enforces its default policy: pings less than 5 minutes apart, or any ping while no
+/// call is open, count as strikes, and the third strike closes the connection with GOAWAY
+/// "too_many_pings" — failing every call and stream on it. Seen against trixie's containerd
+/// 1.7.24 when a 10 s interval met a pull slow enough to leave 30 s without an answer; a
+/// dead containerd closes its Unix socket anyway, so pings only matter for a frozen one.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5 * 60 + 10);
+
 /// Header that selects the containerd namespace of a call.
 const NAMESPACE_HEADER: &str = "containerd-namespace";
 /// Header that attaches a call's resources to a lease (protection from GC while importing).
@@ -104,9 +113,10 @@ impl Connection {
         // The URI is a placeholder: the connector below dials the Unix socket.
         let endpoint = Endpoint::from_static("http://[::]:50051")
             .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(Duration::from_secs(10))
+            // Never while no call is open: grpc-go's default refuses those pings.
+            .keep_alive_while_idle(false);
         let path = socket.to_path_buf();
         let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
             let path = path.clone();
