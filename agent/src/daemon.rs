@@ -6,6 +6,7 @@ use bramble_gateway::Gateway;
 use bramble_gateway::types::VersionInfo;
 use bramble_gateway::{Credentials, GatewayConfig};
 use bramble_hardware::Hardware;
+use bramble_runtime::peer::MountNamespace;
 use bramble_runtime::{NetworkConfig, RegistryConfig, Runtime, RuntimeConfig};
 
 use crate::config::Config;
@@ -37,6 +38,10 @@ pub enum DaemonError {
     Serve(#[source] std::io::Error),
     #[error("starting the hardware helper")]
     Hardware(#[from] bramble_hardware::HardwareError),
+    /// bramble and containerd are in different mount namespaces: every function start would
+    /// fail (see [`bramble_runtime::peer`]).
+    #[error("refusing to start: {detail}; fix: {}", MountNamespace::FIX)]
+    MountNamespace { detail: String },
 }
 
 /// The runtime configuration a node configuration implies.
@@ -65,9 +70,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     config.validate()?;
+    refuse_another_mount_namespace(&config).await?;
     let store = Arc::new(Store::open(&config.state_dir, &config.default_namespace)?);
     let (credentials, generated) = store.api_credentials()?;
     let runtime = Runtime::new(runtime_config(&config))?;
+    // A containerd that answers must be a release bramble supports; one that does not answer
+    // yet is waited for as before (the health check reports it meanwhile).
+    match runtime.version().await {
+        Ok(version) => tracing::info!(%version, "containerd"),
+        Err(e @ bramble_runtime::Error::UnsupportedContainerd { .. }) => return Err(e.into()),
+        Err(e) => tracing::warn!(error = %e.chain(), "containerd not reachable yet"),
+    }
     let defaults = Defaults {
         memory_bytes: config.defaults.memory.bytes(),
         cpu_millis: config.defaults.cpu.millicores(),
@@ -183,6 +196,28 @@ pub async fn run(
     }
     hardware.shutdown().await;
     Ok(())
+}
+
+/// Refuses to start when containerd runs in another mount namespace: runc could not see the
+/// network namespaces bramble pins, and every function would crash-loop with runc's "can't get
+/// final child's PID from pipe: EOF". Where it cannot be told (containerd not up yet), starts.
+async fn refuse_another_mount_namespace(config: &Config) -> Result<(), DaemonError> {
+    let socket = config.containerd_socket.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        bramble_runtime::peer::containerd_mount_namespace(&socket)
+    })
+    .await
+    .unwrap_or_else(|e| MountNamespace::Unknown(e.to_string()));
+    match found {
+        MountNamespace::Apart { .. } => Err(DaemonError::MountNamespace {
+            detail: found.describe(),
+        }),
+        MountNamespace::Shared { .. } => Ok(()),
+        MountNamespace::Unknown(reason) => {
+            tracing::warn!(%reason, "cannot tell whether containerd shares bramble's mount namespace");
+            Ok(())
+        }
+    }
 }
 
 /// What `bramble up` says about credentials it has just generated (`None` when it found

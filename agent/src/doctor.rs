@@ -11,14 +11,23 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bramble_runtime::cgroup::{CgroupVersion, Cgroups};
+use bramble_runtime::client::{ContainerdVersion, SUPPORTED_CONTAINERD, Support};
+use bramble_runtime::peer::{self, MountNamespace};
 use serde::Serialize;
 
 use crate::config::Config;
 
 /// The CNI plugins bramble's network chain executes.
 pub const CNI_PLUGINS: [&str; 4] = ["bridge", "host-local", "loopback", "firewall"];
-/// The kernel parameters that turn the memory cgroup on (Raspberry Pi kernels disable it).
-pub const MEMORY_CGROUP_PARAMS: &str = "cgroup_enable=memory cgroup_memory=1";
+/// The kernel parameters that turn the memory cgroup on where Raspberry Pi kernels disable it,
+/// per hierarchy: with cgroup v2 (Raspberry Pi OS bookworm and trixie) `cgroup_enable=memory`
+/// alone (6.12 kernels no longer know `cgroup_memory=1`), with v1 both, as older kernels need.
+pub fn memory_cgroup_params(version: CgroupVersion) -> &'static str {
+    match version {
+        CgroupVersion::V2 => "cgroup_enable=memory",
+        CgroupVersion::V1 => "cgroup_enable=memory cgroup_memory=1",
+    }
+}
 /// Below this much free space on the state directory's filesystem: a warning.
 pub const DISK_WARNING_BYTES: u64 = 1 << 30;
 /// Below this much: blocking (image unpacking and state writes will fail).
@@ -208,6 +217,7 @@ impl Host {
 pub async fn run(config: &Config, host: &Host) -> Report {
     let mut checks = vec![
         containerd(config, host).await,
+        mount_namespace(config, host).await,
         runc(host),
         cni_plugins(config),
         iptables(host),
@@ -225,7 +235,7 @@ pub async fn run(config: &Config, host: &Host) -> Report {
     Report { checks }
 }
 
-/// containerd answers on the configured socket, in version 1.6 or newer.
+/// containerd answers on the configured socket, in a release bramble supports.
 pub async fn containerd(config: &Config, host: &Host) -> Check {
     let socket = &config.containerd_socket;
     let version = if socket.exists() {
@@ -235,7 +245,7 @@ pub async fn containerd(config: &Config, host: &Host) -> Check {
             CONTAINERD_TIMEOUT,
         ) {
             Ok(connection) => connection
-                .version()
+                .server_version()
                 .await
                 .map_err(|e| bramble_base::error_chain(&e)),
             Err(e) => Err(bramble_base::error_chain(&e)),
@@ -254,16 +264,23 @@ pub fn containerd_verdict(
 ) -> Check {
     const NAME: &str = "containerd";
     match version {
-        Ok(v) => match major_minor(&v) {
-            Some(mm) if mm < (1, 6) => Check::warning(
+        Ok(v) => match ContainerdVersion::parse(&v).map(ContainerdVersion::support) {
+            Some(Support::Tested) => Check::ok(NAME, format!("{v} on {}", socket.display())),
+            Some(Support::Untested) => Check::ok(
                 NAME,
                 format!(
-                    "{v} on {} is older than 1.6, which bramble is tested against",
+                    "{v} on {} (supported; bramble is tested with 1.6 and 1.7)",
                     socket.display()
                 ),
-                "upgrade containerd: apt install containerd (1.6.20 in Debian 12 / Raspberry Pi OS bookworm)",
             ),
-            _ => Check::ok(NAME, format!("{v} on {}", socket.display())),
+            Some(Support::Unsupported) | None => Check::blocking(
+                NAME,
+                format!(
+                    "{v} on {} is not supported: bramble works with containerd {SUPPORTED_CONTAINERD}",
+                    socket.display()
+                ),
+                "install a supported containerd: apt install containerd (1.6.20 in Debian 12 / Raspberry Pi OS bookworm, 1.7.24 in Debian 13 / trixie)",
+            ),
         },
         Err(reason) => {
             let start = if installed {
@@ -286,14 +303,50 @@ pub fn containerd_verdict(
     }
 }
 
-/// `(major, minor)` of a version string like `1.6.20~ds1` or `v2.0.0`.
-pub fn major_minor(version: &str) -> Option<(u32, u32)> {
-    let mut parts = version.trim().trim_start_matches('v').split('.');
-    let number = |s: &str| -> Option<u32> {
-        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok()
-    };
-    Some((number(parts.next()?)?, number(parts.next()?)?))
+/// bramble shares containerd's mount namespace (the process serving the socket, found by its
+/// peer credentials): otherwise runc cannot see the network namespaces bramble pins and every
+/// function start fails.
+pub async fn mount_namespace(config: &Config, host: &Host) -> Check {
+    let socket = config.containerd_socket.clone();
+    let proc = host.proc.clone();
+    tokio::task::spawn_blocking(move || mount_namespace_verdict(&socket, &proc))
+        .await
+        .unwrap_or_else(|e| {
+            Check::warning(
+                MOUNT_NAMESPACE,
+                format!("the check did not finish: {e}"),
+                "run bramble doctor again",
+            )
+        })
+}
+
+const MOUNT_NAMESPACE: &str = "mount namespace";
+
+/// The mount namespace check on the process serving `socket`, its namespace read under `proc`.
+pub fn mount_namespace_verdict(socket: &Path, proc: &Path) -> Check {
+    match peer::peer_pid(socket) {
+        // The containerd check reports an unreachable socket.
+        Err(_) => Check::ok(MOUNT_NAMESPACE, "not checked: containerd is not reachable"),
+        Ok(None) => Check::warning(
+            MOUNT_NAMESPACE,
+            format!(
+                "cannot tell: the process serving {} is in another PID namespace, so bramble probably runs in a container apart from containerd",
+                socket.display()
+            ),
+            MountNamespace::FIX,
+        ),
+        Ok(Some(pid)) => match peer::compare(proc, pid) {
+            found @ MountNamespace::Shared { .. } => Check::ok(MOUNT_NAMESPACE, found.describe()),
+            found @ MountNamespace::Apart { .. } => {
+                Check::blocking(MOUNT_NAMESPACE, found.describe(), MountNamespace::FIX)
+            }
+            found @ MountNamespace::Unknown(_) => Check::warning(
+                MOUNT_NAMESPACE,
+                found.describe(),
+                "run as root: sudo bramble doctor",
+            ),
+        },
+    }
 }
 
 /// runc, which containerd's shim executes.
@@ -392,9 +445,10 @@ pub fn cgroups(host: &Host) -> [Check; 2] {
         );
         let fix = match (on_command_line, in_file) {
             (true, _) if version == CgroupVersion::V1 => "the kernel ignores cgroup_enable=memory: kernels from 6.12 may be built without cgroup v1 memory support; boot with cgroup v2 (remove systemd.unified_cgroup_hierarchy=0 from the kernel command line) and reboot".to_owned(),
-            (true, _) => "the kernel command line has cgroup_enable=memory but a later cgroup_disable=memory wins (see /proc/cmdline): make cgroup_enable=memory the last cgroup parameter of cmdline.txt, then reboot".to_owned(),
+            (true, _) if cmdline_disables_memory_last(&cmdline) => "the kernel command line has cgroup_enable=memory but a later cgroup_disable=memory wins (see /proc/cmdline): Raspberry Pi kernels before the fix of raspberrypi/linux#6980 append it from their device tree after cmdline.txt; update the kernel and firmware (apt update && apt full-upgrade) and reboot".to_owned(),
+            (true, _) => "the kernel command line has cgroup_enable=memory, yet the kernel keeps the memory controller off: check /proc/cmdline and dmesg | grep -i cgroup (a kernel built without CONFIG_MEMCG cannot have it)".to_owned(),
             (false, Some(file)) => format!("reboot ({} already has cgroup_enable=memory; it applies at the next boot)", file.display()),
-            (false, None) => host.cmdline_fix(MEMORY_CGROUP_PARAMS),
+            (false, None) => host.cmdline_fix(memory_cgroup_params(version)),
         };
         Check::blocking("cgroups", detail, fix)
     };
@@ -420,6 +474,18 @@ pub fn cgroups(host: &Host) -> [Check; 2] {
         )
     };
     [memory, others]
+}
+
+/// True when the last `cgroup_enable=memory`/`cgroup_disable=memory` of a command line disables.
+fn cmdline_disables_memory_last(cmdline: &str) -> bool {
+    cmdline
+        .split_whitespace()
+        .filter(|p| p.starts_with("cgroup_enable=") || p.starts_with("cgroup_disable="))
+        .rfind(|p| {
+            p.split_once('=')
+                .is_some_and(|(_, v)| v.split(',').any(|c| c == "memory"))
+        })
+        .is_some_and(|p| p.starts_with("cgroup_disable="))
 }
 
 /// The controllers a container's cgroup can use: v2 lists them at the root, v1 in
@@ -879,17 +945,27 @@ mod tests {
             None,
         );
         assert_check(
-            &containerd_verdict(socket, Ok("v2.1.0".into()), true),
+            &containerd_verdict(socket, Ok("1.7.24~ds1".into()), true),
             Status::Ok,
-            "v2.1.0",
+            "1.7.24~ds1 on /run/containerd/containerd.sock",
             None,
         );
         assert_check(
-            &containerd_verdict(socket, Ok("1.5.9".into()), true),
-            Status::Warning,
-            "older than 1.6",
-            Some("apt install containerd"),
+            &containerd_verdict(socket, Ok("v2.1.0".into()), true),
+            Status::Ok,
+            "v2.1.0 on /run/containerd/containerd.sock (supported; bramble is tested with 1.6 and 1.7)",
+            None,
         );
+        for unsupported in ["1.5.9", "3.0.0", "dev"] {
+            assert_check(
+                &containerd_verdict(socket, Ok(unsupported.into()), true),
+                Status::Blocking,
+                &format!(
+                    "{unsupported} on /run/containerd/containerd.sock is not supported: bramble works with containerd 1.6, 1.7 or 2.x"
+                ),
+                Some("apt install containerd (1.6.20 in Debian 12"),
+            );
+        }
         let down = containerd_verdict(socket, Err("no socket at x".into()), true);
         assert_check(
             &down,
@@ -921,11 +997,6 @@ mod tests {
                 .unwrap()
                 .contains("grpc.address is /tmp/c.sock")
         );
-
-        assert_eq!(major_minor("1.6.20~ds1"), Some((1, 6)));
-        assert_eq!(major_minor("v1.7.0-beta.1"), Some((1, 7)));
-        assert_eq!(major_minor("2"), None);
-        assert_eq!(major_minor("garbage"), None);
     }
 
     #[tokio::test]
@@ -946,6 +1017,45 @@ mod tests {
             Status::Blocking,
             "containerd unavailable",
             Some("containerd"),
+        );
+    }
+
+    #[test]
+    fn the_mount_namespace_is_compared_with_the_socket_peers() {
+        let fake = Fake::new();
+        let socket = fake.path("c.sock");
+        // Nobody listens: the containerd check says so; this one does not repeat it.
+        assert_check(
+            &mount_namespace_verdict(&socket, &fake.host.proc),
+            Status::Ok,
+            "not checked: containerd is not reachable",
+            None,
+        );
+        // This process listens, so it is the peer; its namespace is read from the fake /proc.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let pid = std::process::id().to_string();
+        let link = |who: &str, ns: &str| {
+            let dir = fake.path(&format!("proc/{who}/ns"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let _ = std::fs::remove_file(dir.join("mnt"));
+            symlink(ns, dir.join("mnt")).unwrap();
+        };
+        link("self", "mnt:[4026531841]");
+        link(&pid, "mnt:[4026531841]");
+        assert_check(
+            &mount_namespace_verdict(&socket, &fake.host.proc),
+            Status::Ok,
+            &format!("shared with containerd (pid {pid}, mnt:[4026531841])"),
+            None,
+        );
+        link("self", "mnt:[4026532999]");
+        assert_check(
+            &mount_namespace_verdict(&socket, &fake.host.proc),
+            Status::Blocking,
+            &format!(
+                "bramble (mnt:[4026532999]) and containerd (pid {pid}, mnt:[4026531841]) are in different mount namespaces"
+            ),
+            Some("remove PrivateMounts=, ProtectSystem="),
         );
     }
 
@@ -1024,7 +1134,7 @@ mod tests {
         );
         let [memory, others] = cgroups(&fake.host);
         let fix = format!(
-            "sed -i '1 s/$/ cgroup_enable=memory cgroup_memory=1/' {} && reboot",
+            "sed -i '1 s/$/ cgroup_enable=memory/' {} && reboot",
             cmdline.display()
         );
         assert_check(
@@ -1044,12 +1154,27 @@ mod tests {
         assert!(status.success());
         assert_eq!(
             std::fs::read_to_string(&cmdline).unwrap(),
-            "console=serial0,115200 root=PARTUUID=1234-02 rootwait cgroup_enable=memory cgroup_memory=1\n"
+            "console=serial0,115200 root=PARTUUID=1234-02 rootwait cgroup_enable=memory\n"
         );
         // Edited but not rebooted yet.
         let [memory, _] = cgroups(&fake.host);
         assert_check(&memory, Status::Blocking, "disabled", Some("reboot ("));
-        // Booted with it, and still off: something later on the command line wins.
+        // Booted with it, and still off: the device tree of a 6.12 Raspberry Pi kernel appended
+        // cgroup_disable=memory after cmdline.txt (raspberrypi/linux#6980).
+        fake.write(
+            "proc/cmdline",
+            "console=tty1 rootwait cgroup_enable=memory cgroup_memory=1 cgroup_disable=memory\n",
+        );
+        let [memory, _] = cgroups(&fake.host);
+        assert_check(
+            &memory,
+            Status::Blocking,
+            "disabled",
+            Some(
+                "a later cgroup_disable=memory wins (see /proc/cmdline): Raspberry Pi kernels before the fix of raspberrypi/linux#6980",
+            ),
+        );
+        // Enabled last, and still off: no reordering helps.
         fake.write(
             "proc/cmdline",
             "cgroup_disable=memory cgroup_enable=memory x\n",
@@ -1059,7 +1184,7 @@ mod tests {
             &memory,
             Status::Blocking,
             "disabled",
-            Some("later cgroup_disable=memory"),
+            Some("yet the kernel keeps the memory controller off"),
         );
     }
 
@@ -1074,9 +1199,12 @@ mod tests {
             "{fix}"
         );
         assert!(fix.contains("/boot/cmdline.txt on older releases"), "{fix}");
-        assert!(
-            fix.contains("cgroup_enable=memory cgroup_memory=1"),
-            "{fix}"
+        // cgroup v2: cgroup_enable=memory alone (cgroup_memory=1 is unknown to 6.12 kernels).
+        assert!(fix.contains("add `cgroup_enable=memory` to"), "{fix}");
+        // cgroup v1: both parameters, as older Raspberry Pi kernels need.
+        assert_eq!(
+            memory_cgroup_params(CgroupVersion::V1),
+            "cgroup_enable=memory cgroup_memory=1"
         );
         let old = fake.write("boot/cmdline.txt", "root=/dev/mmcblk0p2\n");
         let [memory, _] = cgroups(&fake.host);
@@ -1360,6 +1488,7 @@ mod tests {
             names,
             [
                 "containerd",
+                "mount namespace",
                 "runc",
                 "cni plugins",
                 "iptables",
@@ -1395,7 +1524,7 @@ mod tests {
         );
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["checks"][0]["status"], "blocking");
-        assert_eq!(json["checks"][9]["fix"], serde_json::Value::Null);
+        assert_eq!(json["checks"][10]["fix"], serde_json::Value::Null);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! by itself when containerd comes back after a restart; until then each call fails at once
 //! with [`Error::Unavailable`]. Unary calls are bounded by a timeout so a stopped (frozen)
 //! containerd cannot hang the daemon either; HTTP/2 keep-alive pings detect a dead peer on
-//! long-lived streams (events, waits).
+//! long-lived streams (events, waits), no more often than containerd's gRPC server allows (see
+//! [`KEEPALIVE_INTERVAL`]).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,63 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::error::{Error, Result};
+
+/// The containerd releases bramble works with, for messages. 1.6 (Debian 12, Raspberry Pi OS
+/// bookworm) and 1.7 (Debian 13, Raspberry Pi OS trixie) are tested; 2.x serves the same v1
+/// API and is accepted, but not tested by bramble's CI. Older releases lack what bramble relies
+/// on (the runc v2 shim's options, leases with expiry labels, `Tasks.Metrics` for cgroup v2).
+pub const SUPPORTED_CONTAINERD: &str = "1.6, 1.7 or 2.x (tested: 1.6 and 1.7)";
+
+/// Whether bramble works with a containerd release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    /// Supported and covered by bramble's tests (1.6, 1.7).
+    Tested,
+    /// Supported, not covered by bramble's tests (2.x).
+    Untested,
+    /// Refused: too old, a future major release, or a version that does not parse.
+    Unsupported,
+}
+
+/// A containerd release, `major.minor` of its version string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContainerdVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ContainerdVersion {
+    /// `major.minor` of a version string as containerd reports it: `1.6.20~ds1` (Debian),
+    /// `1.7.24~ds1`, `v2.1.0`, `1.7.0+unknown`.
+    pub fn parse(version: &str) -> Option<ContainerdVersion> {
+        let mut parts = version.trim().trim_start_matches('v').split('.');
+        let number = |s: &str| -> Option<u32> {
+            let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        };
+        Some(ContainerdVersion {
+            major: number(parts.next()?)?,
+            minor: number(parts.next()?)?,
+        })
+    }
+
+    /// Whether bramble works with this release.
+    pub fn support(self) -> Support {
+        match (self.major, self.minor) {
+            (1, 6 | 7) => Support::Tested,
+            (2, _) => Support::Untested,
+            _ => Support::Unsupported,
+        }
+    }
+}
+
+/// How long the connection may be silent before a keep-alive ping. containerd's gRPC server
+/// (grpc-go) enforces its default policy: pings less than 5 minutes apart, or any ping while no
+/// call is open, count as strikes, and the third strike closes the connection with GOAWAY
+/// "too_many_pings" — failing every call and stream on it. Seen against trixie's containerd
+/// 1.7.24 when a 10 s interval met a pull slow enough to leave 30 s without an answer; a
+/// dead containerd closes its Unix socket anyway, so pings only matter for a frozen one.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5 * 60 + 10);
 
 /// Header that selects the containerd namespace of a call.
 const NAMESPACE_HEADER: &str = "containerd-namespace";
@@ -55,9 +113,10 @@ impl Connection {
         // The URI is a placeholder: the connector below dials the Unix socket.
         let endpoint = Endpoint::from_static("http://[::]:50051")
             .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(Duration::from_secs(10))
+            // Never while no call is open: grpc-go's default refuses those pings.
+            .keep_alive_while_idle(false);
         let path = socket.to_path_buf();
         let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
             let path = path.clone();
@@ -178,8 +237,22 @@ impl Connection {
         }
     }
 
-    /// containerd's version string (for example `1.6.20~ds1`). Cheap; used as a health probe.
+    /// containerd's version string (for example `1.6.20~ds1`), refused with
+    /// [`Error::UnsupportedContainerd`] when bramble does not support that release (see
+    /// [`SUPPORTED_CONTAINERD`]). Cheap; used as a health probe.
     pub async fn version(&self) -> Result<String> {
+        let version = self.server_version().await?;
+        match ContainerdVersion::parse(&version).map(ContainerdVersion::support) {
+            Some(Support::Tested | Support::Untested) => Ok(version),
+            Some(Support::Unsupported) | None => Err(Error::UnsupportedContainerd {
+                socket: self.socket.clone(),
+                version,
+            }),
+        }
+    }
+
+    /// containerd's version string as it reports it, supported or not (for `bramble doctor`).
+    pub async fn server_version(&self) -> Result<String> {
         let mut client = self.version_client();
         let reply = self
             .call("Version", client.version(Request::new(())))
@@ -342,6 +415,32 @@ mod tests {
             started.elapsed() < Duration::from_secs(3),
             "took {:?}",
             started.elapsed()
+        );
+    }
+
+    #[test]
+    fn containerd_releases_are_classified() {
+        let support = |v: &str| ContainerdVersion::parse(v).map(ContainerdVersion::support);
+        assert_eq!(support("1.6.20~ds1"), Some(Support::Tested));
+        assert_eq!(support("1.7.24~ds1"), Some(Support::Tested));
+        assert_eq!(support("v1.7.0-beta.1"), Some(Support::Tested));
+        assert_eq!(support("v2.1.0"), Some(Support::Untested));
+        assert_eq!(support("1.5.9"), Some(Support::Unsupported));
+        assert_eq!(support("3.0.0"), Some(Support::Unsupported));
+        assert_eq!(support("0.2"), Some(Support::Unsupported));
+        assert_eq!(support("2"), None);
+        assert_eq!(support("garbage"), None);
+        assert_eq!(
+            ContainerdVersion::parse("1.7.0+unknown"),
+            Some(ContainerdVersion { major: 1, minor: 7 })
+        );
+        let e = Error::UnsupportedContainerd {
+            socket: "/run/containerd/containerd.sock".into(),
+            version: "1.5.9".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "containerd 1.5.9 at /run/containerd/containerd.sock is not supported: bramble works with containerd 1.6, 1.7 or 2.x (tested: 1.6 and 1.7)"
         );
     }
 

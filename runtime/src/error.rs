@@ -20,6 +20,15 @@ pub enum Error {
     #[error("containerd unavailable at {}: {reason}", socket.display())]
     Unavailable { socket: PathBuf, reason: String },
 
+    /// containerd answers, but it is a release bramble does not work with (see
+    /// [`crate::client::SUPPORTED_CONTAINERD`]).
+    #[error(
+        "containerd {version} at {} is not supported: bramble works with containerd {}",
+        socket.display(),
+        crate::client::SUPPORTED_CONTAINERD
+    )]
+    UnsupportedContainerd { socket: PathBuf, version: String },
+
     /// containerd answered a call with an error.
     #[error("containerd {call}: {message} ({code:?})")]
     Containerd {

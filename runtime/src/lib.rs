@@ -6,8 +6,9 @@
 //! captures their output ([`logs`]), reports task events ([`events`]) and usage ([`metrics`]),
 //! and lists what it manages so a restarted daemon can adopt it ([`Runtime::adopt`]).
 //!
-//! It works against containerd 1.6 (Debian bookworm, Raspberry Pi OS) as well as 1.7 and 2.x:
-//! pulls and imports are done client-side, without the Transfer service.
+//! It works against containerd 1.6 (Debian 12 bookworm) and 1.7 (Debian 13 trixie), both
+//! tested, and accepts 2.x; other releases are refused by name ([`client::SUPPORTED_CONTAINERD`]).
+//! Pulls and imports are done client-side, without the Transfer service (1.7+ only).
 
 pub mod cgroup;
 pub mod client;
@@ -21,6 +22,7 @@ pub mod logs;
 pub mod metrics;
 mod mount;
 pub mod network;
+pub mod peer;
 #[cfg(test)]
 mod proptests;
 pub mod spec;
@@ -190,7 +192,8 @@ impl Runtime {
         &self.inner.config
     }
 
-    /// containerd's version; also the cheapest "is containerd up?" probe.
+    /// containerd's version (an error for a release bramble does not support); also the
+    /// cheapest "is containerd up?" probe.
     pub async fn version(&self) -> Result<String> {
         self.inner.conn.version().await
     }

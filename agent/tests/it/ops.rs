@@ -28,6 +28,7 @@ pub(crate) fn suite() -> Suite {
         Need::Binary("containerd"),
         Need::Binary("systemd-analyze"),
         Need::Binary("systemctl"),
+        Need::Binary("unshare"),
     ];
     Suite::new("ops", &needs)
         .trial("doctor_reports_a_reachable_containerd", || {
@@ -36,6 +37,10 @@ pub(crate) fn suite() -> Suite {
         .async_trial(
             "up_notifies_ready_watchdog_and_stopping",
             up_notifies_ready_watchdog_and_stopping,
+        )
+        .trial(
+            "doctor_and_up_name_a_mount_namespace_apart_from_containerd",
+            blocking(doctor_and_up_name_a_mount_namespace_apart_from_containerd),
         )
         .trial(
             "doctor_names_containerd_and_the_fix_when_it_is_missing",
@@ -138,6 +143,105 @@ async fn doctor_reports_a_reachable_containerd() -> TestResult {
             .contains(&version)
     );
     assert_eq!(check(&report, "configuration")["status"], "ok");
+    Ok(())
+}
+
+/// bramble in a mount namespace of its own (as under `PrivateMounts=`, `ProtectSystem=` or
+/// `ip netns exec`) against a containerd outside it: `bramble doctor` names the cause and the
+/// fix as blocking, and `bramble up` refuses to start, before it creates any state, instead of
+/// crash-looping every function on runc's "can't get final child's PID from pipe: EOF".
+fn doctor_and_up_name_a_mount_namespace_apart_from_containerd() -> TestResult {
+    let containerd = Containerd::start()?;
+    let containerd_pid = containerd.pid().ok_or("containerd has no pid")?;
+    let dir = tempfile::tempdir()?;
+    let args = doctor_args(dir.path(), containerd.socket());
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.push("--json");
+    let apart = |args: &[&str]| {
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", BRAMBLE])
+            .args(args)
+            .env("BRAMBLE_LOG", "warn")
+            .output()
+    };
+
+    // The same mount namespace: fine, and the process found is containerd (by the socket's
+    // peer credentials).
+    let output = bramble(&args)?;
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    let found = check(&report, "mount namespace");
+    assert_eq!(found["status"], "ok", "{report}");
+    let detail = found["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!(
+            "shared with containerd (pid {containerd_pid}, mnt:["
+        )),
+        "{detail}"
+    );
+
+    let output = apart(&args)?;
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    let found = check(&report, "mount namespace");
+    assert_eq!(found["status"], "blocking", "{report}");
+    let detail = found["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(") and containerd (pid {containerd_pid}, mnt:["))
+            && detail.contains("are in different mount namespaces")
+            && detail.contains("can't get final child's PID from pipe: EOF"),
+        "{detail}"
+    );
+    let fix = found["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("PrivateMounts=") && fix.contains("nsenter --net="),
+        "{fix}"
+    );
+    // Everything else about containerd is fine from there.
+    assert_eq!(check(&report, "containerd")["status"], "ok", "{report}");
+
+    // `bramble up` from there: refused at once, nothing created.
+    let state = dir.path().join("state");
+    let run = dir.path().join("run");
+    let config = dir.path().join("config.toml");
+    let mut up = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", BRAMBLE, "up"])
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--containerd-socket", containerd.socket().to_str().unwrap()])
+        .args(["--state-dir", state.to_str().unwrap()])
+        .args(["--run-dir", run.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .env("BRAMBLE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while up.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            up.kill()?;
+            let output = up.wait_with_output()?;
+            let (stdout, stderr) = text(&output);
+            return Err(format!(
+                "bramble up kept running in another mount namespace:\n{stdout}{stderr}"
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = up.wait_with_output()?;
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("refusing to start: bramble (mnt:[")
+            && stderr.contains("are in different mount namespaces")
+            && stderr.contains("fix: run bramble in containerd's mount namespace"),
+        "{stderr}"
+    );
+    assert!(
+        !state.exists(),
+        "the refused start created {}",
+        state.display()
+    );
     Ok(())
 }
 
