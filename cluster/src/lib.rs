@@ -1,0 +1,4 @@
+//! bramble-cluster: boards joined through NATS JetStream (work in progress).
+
+pub mod engine;
+pub mod names;
