@@ -2,4 +2,7 @@
 
 pub mod engine;
 pub mod identity;
+mod jserr;
+pub mod kv;
+pub mod layout;
 pub mod names;
