@@ -5,4 +5,6 @@ pub mod identity;
 mod jserr;
 pub mod kv;
 pub mod layout;
+pub mod lease;
+pub mod membership;
 pub mod names;
