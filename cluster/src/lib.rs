@@ -7,4 +7,6 @@ pub mod kv;
 pub mod layout;
 pub mod lease;
 pub mod membership;
+pub mod migrate;
 pub mod names;
+pub mod queue;
