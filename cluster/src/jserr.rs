@@ -5,7 +5,9 @@ use async_nats::jetstream::context::{
     CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind, RequestError,
     RequestErrorKind,
 };
-use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
+use async_nats::jetstream::stream::{
+    ConsumerError, ConsumerErrorKind, LastRawMessageError, LastRawMessageErrorKind,
+};
 
 /// Stream not found.
 pub(crate) const STREAM_NOT_FOUND: u64 = 10059;
@@ -48,6 +50,11 @@ pub(crate) fn cause(error: &(dyn std::error::Error + 'static)) -> Cause {
                 CreateStreamErrorKind::JetStreamUnavailable => return Cause::NoResponders,
                 _ => {}
             }
+        }
+        if let Some(e) = e.downcast_ref::<LastRawMessageError>()
+            && let LastRawMessageErrorKind::JetStream(js) = e.kind()
+        {
+            return Cause::Code(js.error_code().0);
         }
         if let Some(e) = e.downcast_ref::<ConsumerError>() {
             match e.kind() {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream};
 use bytes::Bytes;
-use futures::{Stream, StreamExt as _, TryStreamExt as _};
+use futures::{Stream, StreamExt as _};
 
 use crate::jserr::{self, Cause};
 
@@ -64,6 +64,17 @@ pub enum KvError {
         bucket: String,
         /// How long it waited.
         waited: Duration,
+    },
+    /// A watch's first snapshot held fewer keys than the stream counts (a consumer started
+    /// right after a replica change; see [`Bucket::keys`]): start the watch again.
+    #[error("bucket {bucket}: the watch's snapshot held {seen} keys, the stream has {expected}")]
+    Incomplete {
+        /// The bucket.
+        bucket: String,
+        /// Keys delivered.
+        seen: u64,
+        /// Keys the stream counted.
+        expected: u64,
     },
     /// The bucket does not exist.
     #[error("bucket {bucket} does not exist")]
@@ -198,6 +209,44 @@ impl Change {
     }
 }
 
+/// How a compare-and-set write (`update`, `delete_if`, `create` over a deleted key) is
+/// enforced by the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CasMode {
+    /// `Nats-Expected-Last-Subject-Sequence` = the key's revision. nats-server 2.10+ checks it
+    /// when the write is applied. **2.9 checks it only on the stream leader before proposing**
+    /// (`processJetStreamMsg` skips the check for clustered streams when the expected revision
+    /// is not 0), so on a clustered 2.9 stream two racing updates from the same revision can
+    /// both succeed — seen in the tests. Use only when every JetStream board runs 2.10+.
+    PerKey,
+    /// `Nats-Expected-Last-Sequence` = the bucket's last revision, read from the stream leader
+    /// before the key's revision; 2.9 and 2.10 both check it when the write is applied, on
+    /// every replica alike. A write to another key in between makes the server refuse the
+    /// write; it is then retried (not reported as a conflict) while the key's revision is
+    /// still the expected one. Costs two reads from the leader per write. The default.
+    #[default]
+    BucketWide,
+}
+
+impl CasMode {
+    /// The mode that is safe for a cluster whose JetStream boards run `versions`.
+    pub fn for_versions(versions: &[crate::engine::ServerVersion]) -> CasMode {
+        if !versions.is_empty() && versions.iter().all(|v| (v.major, v.minor) >= (2, 10)) {
+            CasMode::PerKey
+        } else {
+            CasMode::BucketWide
+        }
+    }
+}
+
+/// What a write expects.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    Nothing,
+    KeyRevision(u64),
+    BucketRevision(u64),
+}
+
 /// A KV bucket.
 #[derive(Clone, Debug)]
 pub struct Bucket {
@@ -205,6 +254,7 @@ pub struct Bucket {
     store: kv::Store,
     name: String,
     timeout: Duration,
+    cas: CasMode,
 }
 
 /// Checks a key or bucket name the way KV does.
@@ -240,12 +290,9 @@ impl Bucket {
         match js.get_stream(format!("KV_{bucket}")).await {
             Ok(_) => {}
             Err(e) if jserr::cause(&e) == Cause::Code(jserr::STREAM_NOT_FOUND) => {
-                if let Err(e) = js.create_stream(config.stream_config()).await {
-                    // Another board may have created it at the same moment: that is fine.
-                    if js.get_stream(format!("KV_{bucket}")).await.is_err() {
-                        return Err(classify(&bucket, "creating the bucket", e));
-                    }
-                }
+                create_stream(js, config.stream_config())
+                    .await
+                    .map_err(|e| classify(&bucket, "creating the bucket", e))?;
             }
             Err(e) => return Err(classify(&bucket, "looking up the bucket", e)),
         }
@@ -269,7 +316,22 @@ impl Bucket {
             store,
             name: bucket.to_owned(),
             timeout: DEFAULT_TIMEOUT,
+            cas: CasMode::default(),
         })
+    }
+
+    /// The same bucket with another request timeout (default [`DEFAULT_TIMEOUT`]): how long a
+    /// write waits for the cluster before [`KvError::Timeout`].
+    pub fn with_timeout(mut self, timeout: Duration) -> Bucket {
+        self.js.set_timeout(timeout);
+        self.timeout = timeout;
+        self
+    }
+
+    /// The same bucket with another compare-and-set mode (default [`CasMode::BucketWide`]).
+    pub fn with_cas(mut self, cas: CasMode) -> Bucket {
+        self.cas = cas;
+        self
     }
 
     /// The bucket's name.
@@ -309,9 +371,42 @@ impl Bucket {
         }))
     }
 
+    /// The latest value of `key` as the stream leader has it (not a direct get, which any
+    /// replica answers — after a partition heals, a replica still catching up answers with
+    /// old values for a moment). One request to the leader.
+    pub async fn entry_from_leader(&self, key: &str) -> Result<Option<Entry>, KvError> {
+        validate_name("key", key)?;
+        let stream = self
+            .js
+            .get_stream_no_info(self.stream_name())
+            .await
+            .map_err(|e| classify(&self.name, "reading", e))?;
+        match stream
+            .get_last_raw_message_by_subject(&format!("$KV.{}.{key}", self.name))
+            .await
+        {
+            Ok(message) => {
+                let deleted = message
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|v| v.as_str() == "DEL" || v.as_str() == "PURGE");
+                Ok((!deleted).then(|| Entry {
+                    value: message.payload,
+                    revision: message.sequence,
+                }))
+            }
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(classify(&self.name, "reading", e)),
+        }
+    }
+
     /// Writes `key` only if it does not exist (or was deleted); `Conflict` otherwise.
     pub async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
-        match self.write(key, value.clone(), Some(0), false).await {
+        // "No revision yet" (0) is checked when applied on 2.9 too.
+        match self
+            .publish(key, value.clone(), Expect::KeyRevision(0), false)
+            .await
+        {
             Err(KvError::Conflict { .. }) => {}
             other => return other,
         }
@@ -323,7 +418,7 @@ impl Bucket {
             .map_err(|e| nats(&self.name, "reading", e))?;
         match latest {
             Some(e) if e.operation != kv::Operation::Put => self
-                .write(key, value, Some(e.revision), false)
+                .cas_write(key, value, e.revision, false)
                 .await
                 .map_err(|err| match err {
                     KvError::Conflict { bucket, key, .. } => KvError::Conflict {
@@ -343,41 +438,113 @@ impl Bucket {
 
     /// Writes `key` only if its latest revision is `revision`; `Conflict` otherwise.
     pub async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, KvError> {
-        self.write(key, value, Some(revision), false).await
+        self.cas_write(key, value, revision, false).await
     }
 
     /// Writes `key` whatever it holds.
     pub async fn put(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
-        self.write(key, value, None, false).await
+        self.publish(key, value, Expect::Nothing, false).await
     }
 
     /// Deletes `key` (a delete marker; watchers see it).
     pub async fn delete(&self, key: &str) -> Result<(), KvError> {
-        self.write(key, Bytes::new(), None, true).await.map(|_| ())
-    }
-
-    /// Deletes `key` only if its latest revision is `revision`.
-    pub async fn delete_if(&self, key: &str, revision: u64) -> Result<(), KvError> {
-        self.write(key, Bytes::new(), Some(revision), true)
+        self.publish(key, Bytes::new(), Expect::Nothing, true)
             .await
             .map(|_| ())
     }
 
-    async fn write(
+    /// Deletes `key` only if its latest revision is `revision`.
+    pub async fn delete_if(&self, key: &str, revision: u64) -> Result<(), KvError> {
+        self.cas_write(key, Bytes::new(), revision, true)
+            .await
+            .map(|_| ())
+    }
+
+    /// A compare-and-set write in this bucket's [`CasMode`].
+    async fn cas_write(
         &self,
         key: &str,
         value: Bytes,
-        expected: Option<u64>,
+        revision: u64,
+        delete: bool,
+    ) -> Result<u64, KvError> {
+        if revision == 0 || self.cas == CasMode::PerKey {
+            return self
+                .publish(key, value, Expect::KeyRevision(revision), delete)
+                .await;
+        }
+        validate_name("key", key)?;
+        let conflict = || KvError::Conflict {
+            bucket: self.name.clone(),
+            key: key.to_owned(),
+            expected: Some(revision),
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            // The bucket's last revision first, then the key's, both from the stream leader:
+            // if the write below applies at that bucket revision, nothing changed the key
+            // after it was read.
+            let stream = self
+                .js
+                .get_stream(self.stream_name())
+                .await
+                .map_err(|e| classify(&self.name, "reading the bucket's state", e))?;
+            let last = stream.cached_info().state.last_sequence;
+            let current = match stream
+                .get_last_raw_message_by_subject(&format!("$KV.{}.{key}", self.name))
+                .await
+            {
+                Ok(message) => message.sequence,
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
+                Err(e) => return Err(classify(&self.name, "reading", e)),
+            };
+            if current != revision {
+                return Err(conflict());
+            }
+            match self
+                .publish(key, value.clone(), Expect::BucketRevision(last), delete)
+                .await
+            {
+                Err(KvError::Conflict { .. }) if tokio::time::Instant::now() < deadline => {
+                    // Another key was written meanwhile: read again.
+                }
+                Err(KvError::Conflict { .. }) => {
+                    return Err(KvError::Timeout {
+                        bucket: self.name.clone(),
+                        waited: self.timeout,
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn publish(
+        &self,
+        key: &str,
+        value: Bytes,
+        expect: Expect,
         delete: bool,
     ) -> Result<u64, KvError> {
         validate_name("key", key)?;
         let mut headers = HeaderMap::new();
-        if let Some(revision) = expected {
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                revision.to_string().as_str(),
-            );
-        }
+        let expected = match expect {
+            Expect::Nothing => None,
+            Expect::KeyRevision(revision) => {
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    revision.to_string().as_str(),
+                );
+                Some(revision)
+            }
+            Expect::BucketRevision(revision) => {
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+                    revision.to_string().as_str(),
+                );
+                Some(revision)
+            }
+        };
         if delete {
             headers.insert("KV-Operation", "DEL");
         }
@@ -420,31 +587,67 @@ impl Bucket {
     }
 
     /// Every key with a value (not deleted).
+    ///
+    /// Read with a watch of the latest values, checked against the number of keys the stream
+    /// leader counts, and read again when short: on 2.10.27, for a moment after a replica
+    /// change, a new consumer can be told that fewer values are pending than there are (the
+    /// client's own `keys()` then returns a partial list, even an empty one — seen in tests).
     pub async fn keys(&self) -> Result<Vec<String>, KvError> {
-        let keys = self
-            .store
-            .keys()
-            .await
-            .map_err(|e| nats(&self.name, "listing keys", e))?;
-        keys.try_collect()
-            .await
-            .map_err(|e| nats(&self.name, "listing keys", e))
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let mut watch = self.watch_all().await?.boxed();
+            let mut keys = std::collections::BTreeMap::new();
+            let attempt = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(change) = watch.next().await {
+                    match change? {
+                        Change::Put { key, .. } => {
+                            keys.insert(key, true);
+                        }
+                        Change::Delete { key, .. } => {
+                            keys.insert(key, false);
+                        }
+                        Change::Current => return Ok(true),
+                    }
+                }
+                Ok::<_, KvError>(false)
+            })
+            .await;
+            match attempt {
+                Ok(Ok(true)) => {
+                    return Ok(keys
+                        .into_iter()
+                        .filter_map(|(k, live)| live.then_some(k))
+                        .collect());
+                }
+                Ok(Err(KvError::Incomplete { .. }) | Ok(false)) | Err(_) => {}
+                Ok(Err(e)) => return Err(e),
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(KvError::Timeout {
+                    bucket: self.name.clone(),
+                    waited: self.timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The current values, then every change, as a stream: puts and deletes of every key,
     /// starting with each key's latest value, and [`Change::Current`] once those have all been
-    /// delivered. The stream ends (or yields an error) when the watch breaks; a caller that
-    /// keeps a mirror resumes with [`Bucket::watch_from`] after the last revision it saw.
+    /// delivered — checked against the number of keys the stream leader counted when the
+    /// watch started; a short snapshot (see [`Bucket::keys`]) yields
+    /// [`KvError::Incomplete`] instead, and the watch should be started again. The stream
+    /// ends (or yields an error) when the watch breaks; [`follow`] handles all of this.
     pub async fn watch_all(
         &self,
     ) -> Result<impl Stream<Item = Result<Change, KvError>> + Send + use<>, KvError> {
-        let empty = self.message_count().await? == 0;
+        let expected = self.key_count().await?;
         let watch = self
             .store
-            .watch_all()
+            .watch_with_history(">")
             .await
-            .map_err(|e| nats(&self.name, "watching", e))?;
-        Ok(changes(self.name.clone(), watch, empty))
+            .map_err(|e| classify(&self.name, "watching", e))?;
+        Ok(changes(self.name.clone(), watch, Some(expected)))
     }
 
     /// Every change from `revision` on (inclusive), for resuming a watch; starts with
@@ -457,21 +660,18 @@ impl Bucket {
             .store
             .watch_all_from_revision(revision.max(1))
             .await
-            .map_err(|e| nats(&self.name, "watching", e))?;
-        Ok(changes(self.name.clone(), watch, true))
+            .map_err(|e| classify(&self.name, "watching", e))?;
+        Ok(changes(self.name.clone(), watch, None))
     }
 
-    async fn message_count(&self) -> Result<u64, KvError> {
-        let mut stream = self
+    /// Keys with a value or a delete marker, as the stream leader counts them.
+    async fn key_count(&self) -> Result<u64, KvError> {
+        let stream = self
             .js
             .get_stream(self.stream_name())
             .await
             .map_err(|e| classify(&self.name, "reading the bucket's state", e))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| classify(&self.name, "reading the bucket's state", e))?;
-        Ok(info.state.messages)
+        Ok(stream.cached_info().state.subjects_count)
     }
 
     /// Sets the bucket's replicas to `replicas` (in place: the stream's configuration is
@@ -490,7 +690,9 @@ impl Bucket {
 /// Follows every change of `bucket` for as long as the returned receiver is kept: the current
 /// values, [`Change::Current`] once, then every change. When the watch breaks (a leader change,
 /// a partition), it is re-established from the revision after the last one delivered, with a
-/// backoff (up to 2 s), so the receiver sees every change once, in order.
+/// backoff (up to 2 s); a short first snapshot ([`KvError::Incomplete`]) is read again from
+/// the start. The receiver sees every change in order, a value possibly twice after such a
+/// re-read (apply changes idempotently: by key, or by revision).
 pub fn follow(bucket: Bucket) -> tokio::sync::mpsc::Receiver<Change> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
@@ -521,6 +723,10 @@ pub fn follow(bucket: Bucket) -> tokio::sync::mpsc::Receiver<Change> {
                                 }
                             }
                             Err(e) => {
+                                if matches!(e, KvError::Incomplete { .. }) {
+                                    // Read every value again; the receiver sees some twice.
+                                    next = None;
+                                }
                                 tracing::debug!(bucket = bucket.name(), error = %bramble_base::error_chain(&e), "watch broke; resuming");
                                 break;
                             }
@@ -541,21 +747,60 @@ pub fn follow(bucket: Bucket) -> tokio::sync::mpsc::Receiver<Change> {
     rx
 }
 
+/// Creates a stream, retrying for up to [`DEFAULT_TIMEOUT`] while JetStream answers "no
+/// suitable peers" (10005): right after a cluster forms, the meta leader can count a peer as
+/// offline for a moment (2.10.27 refused R3 buckets that way in the tests). Another board
+/// creating the same stream at the same moment is not an error.
+pub(crate) async fn create_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(), jetstream::context::CreateStreamError> {
+    let deadline = tokio::time::Instant::now() + DEFAULT_TIMEOUT;
+    loop {
+        let name = config.name.clone();
+        match js.create_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                if js.get_stream(&name).await.is_ok() {
+                    return Ok(());
+                }
+                let cause = jserr::cause(&e);
+                let retry = matches!(
+                    cause,
+                    Cause::Code(jserr::NO_SUITABLE_PEERS | jserr::INSUFFICIENT_RESOURCES)
+                ) || jserr::is_unavailable(cause);
+                if !retry || tokio::time::Instant::now() > deadline {
+                    return Err(e);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Turns a KV watch into [`Change`]s. `expected`: the number of keys (subjects) the snapshot
+/// must hold before [`Change::Current`] (`None`: a resumed watch, current from the start).
 fn changes(
     bucket: String,
     watch: kv::Watch,
-    already_current: bool,
+    expected: Option<u64>,
 ) -> impl Stream<Item = Result<Change, KvError>> + Send {
+    let already_current = expected.is_none_or(|n| n == 0);
     let start: Vec<Result<Change, KvError>> = if already_current {
         vec![Ok(Change::Current)]
     } else {
         Vec::new()
     };
     let mut current_sent = already_current;
+    let mut seen = std::collections::HashSet::new();
     let entries = watch.flat_map(move |item| {
         let mut out: Vec<Result<Change, KvError>> = Vec::with_capacity(2);
         match item {
             Ok(entry) => {
+                let last = entry.delta == 0;
+                if !current_sent {
+                    seen.insert(entry.key.clone());
+                }
                 out.push(Ok(match entry.operation {
                     kv::Operation::Put => Change::Put {
                         key: entry.key,
@@ -567,9 +812,19 @@ fn changes(
                         revision: entry.revision,
                     },
                 }));
-                if !current_sent && entry.delta == 0 {
+                if !current_sent && last {
                     current_sent = true;
-                    out.push(Ok(Change::Current));
+                    let expected = expected.unwrap_or(0);
+                    if seen.len() as u64 >= expected {
+                        out.push(Ok(Change::Current));
+                    } else {
+                        out.push(Err(KvError::Incomplete {
+                            bucket: bucket.clone(),
+                            seen: seen.len() as u64,
+                            expected,
+                        }));
+                    }
+                    seen = std::collections::HashSet::new();
                 }
             }
             Err(e) => out.push(Err(nats(&bucket, "watching", e))),

@@ -71,6 +71,9 @@ pub enum LayoutError {
     },
 }
 
+/// How long a replica change waits for JetStream to see enough peers.
+pub const PEERS_GRACE: Duration = Duration::from_secs(5);
+
 fn classify<E>(stream: &str, op: &str, e: E) -> LayoutError
 where
     E: std::error::Error + Send + Sync + 'static,

@@ -333,6 +333,19 @@ impl Contender {
                     tracing::info!(lease = %self.key, "lease renewal lost a compare-and-set; stopping at once");
                     self.lose();
                 }
+                // Learn the newer revision from the leader now rather than from the watch,
+                // which may be behind (it re-subscribes after a leader change).
+                if let Ok(latest) = self.bucket.entry_from_leader(&self.key).await {
+                    let change = match latest {
+                        Some(entry) => Change::Put {
+                            key: self.key.clone(),
+                            value: entry.value,
+                            revision: entry.revision,
+                        },
+                        None => return,
+                    };
+                    self.observe(change);
+                }
             }
             Some((Err(e), _)) => {
                 tracing::debug!(lease = %self.key, error = %bramble_base::error_chain(&e), "lease write failed");

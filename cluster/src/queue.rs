@@ -129,6 +129,14 @@ pub enum QueueError {
     },
 }
 
+impl QueueError {
+    /// True when the cluster cannot answer now (no quorum, no leader for the stream or the
+    /// consumer, no answer): retry later (with the same call id, for an enqueue).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, QueueError::NoQuorum | QueueError::Timeout(_))
+    }
+}
+
 fn classify<E>(op: &'static str, e: E) -> QueueError
 where
     E: std::error::Error + Send + Sync + 'static,
@@ -171,11 +179,9 @@ impl CallQueue {
         match js.get_stream(STREAM).await {
             Ok(_) => {}
             Err(e) if jserr::cause(&e) == Cause::Code(jserr::STREAM_NOT_FOUND) => {
-                if let Err(e) = js.create_stream(config.stream_config()).await
-                    && js.get_stream(STREAM).await.is_err()
-                {
-                    return Err(classify("creating the stream", e));
-                }
+                crate::kv::create_stream(js, config.stream_config())
+                    .await
+                    .map_err(|e| classify("creating the stream", e))?;
             }
             Err(e) => return Err(classify("looking up the stream", e)),
         }

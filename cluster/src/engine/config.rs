@@ -8,6 +8,10 @@
 //! - Two accounts: `BRAMBLE` (JetStream enabled, this board's client user) and `SYS` (the system
 //!   account: peer removal `$JS.API.SERVER.REMOVE` is a system-account API). Client users are
 //!   per board and never leave it: a server only knows its own board's users.
+//! - `ping_interval: 2s`, `ping_max: 3`: a route into a partition is closed as stale after
+//!   about 6 s (the default is 2 minutes × 2). Until then, what this board publishes is
+//!   buffered in the dead TCP connection and delivered when the partition heals: a write that
+//!   timed out during the first seconds of a partition can still be applied afterwards.
 //! - A `cluster` block when the board is part of a cluster: the route listener on the board's
 //!   LAN address, routes to the other boards (with the cluster's route user in the URL), route
 //!   authorization, and mutual TLS under the cluster CA (`verify: true`: a route must present a
@@ -43,6 +47,10 @@ pub const DEFAULT_CLIENT_PORT: u16 = 7422;
 pub const DEFAULT_MONITOR_PORT: u16 = 7423;
 /// Default route port on the board's LAN address.
 pub const DEFAULT_ROUTE_PORT: u16 = 7424;
+/// Ping interval of the server's connections (routes included).
+pub const ROUTE_PING_INTERVAL: Duration = Duration::from_secs(2);
+/// Unanswered pings before a connection is closed as stale.
+pub const ROUTE_PING_MAX: u32 = 3;
 /// Default `GOMEMLIMIT` for the server: 48 MiB (the Go runtime collects harder near it).
 pub const DEFAULT_GOMEMLIMIT: u64 = 48 * 1024 * 1024;
 /// Default JetStream memory store limit: bramble keeps everything on file storage.
@@ -249,6 +257,14 @@ impl EngineConfig {
         line(format!("http: \"127.0.0.1:{}\"", self.monitor_port));
         line(format!("pid_file: {}", quote_path(&self.pid_file())));
         line("logtime: false".into());
+        // Routes use these too (2.9 has no cluster-level ping settings): a route into a
+        // partition is found stale and closed in ~6 s instead of ~4 minutes, so what the board
+        // published into it meanwhile is dropped rather than delivered after the heal.
+        line(format!(
+            "ping_interval: \"{}s\"",
+            ROUTE_PING_INTERVAL.as_secs()
+        ));
+        line(format!("ping_max: {ROUTE_PING_MAX}"));
         line(String::new());
         line("accounts {".into());
         line(format!(

@@ -74,6 +74,10 @@ enum Command {
         config: Box<EngineConfig>,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
+    Reload {
+        config: Box<EngineConfig>,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
     Stop {
         reply: oneshot::Sender<()>,
     },
@@ -171,21 +175,9 @@ impl NatsServer {
 
     /// Waits until JetStream has a meta leader this server is current with, up to `timeout`.
     pub async fn wait_jetstream(&self, timeout: Duration) -> Result<(), EngineError> {
-        let started = Instant::now();
-        loop {
-            let last = match self.monitor.health(HealthCheck::MetaLeader).await {
-                Ok(Health::Ok) => return Ok(()),
-                Ok(Health::Unavailable(why)) => why,
-                Err(e) => e.to_string(),
-            };
-            if started.elapsed() > timeout {
-                return Err(EngineError::NotReady {
-                    waited: timeout,
-                    log: format!("JetStream: {last}"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.monitor
+            .wait_for(HealthCheck::MetaLeader, timeout)
+            .await
     }
 
     /// A client of this board's server, as the board's user (account `BRAMBLE`).
@@ -204,6 +196,33 @@ impl NatsServer {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Restart {
+                config: Box::new(config.clone()),
+                reply,
+            })
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        answer.await.map_err(|_| EngineError::Stopped)??;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Applies a new list of routes without a restart (nats-server reloads its configuration
+    /// on SIGHUP): how a board that carries no JetStream is added or removed. Returns once the
+    /// server reports the reload.
+    pub async fn reload_routes(
+        &mut self,
+        routes: Vec<std::net::SocketAddr>,
+    ) -> Result<(), EngineError> {
+        let mut config = self.config.clone();
+        let Some(cluster) = config.cluster.as_mut() else {
+            return Err(EngineError::Config(ConfigError::Invalid(
+                "a standalone server has no routes to change".into(),
+            )));
+        };
+        cluster.routes = routes;
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Reload {
                 config: Box::new(config.clone()),
                 reply,
             })
@@ -310,6 +329,17 @@ impl Supervisor {
                 }
                 true
             }
+            Some(Command::Reload { config, reply }) => {
+                let result = match process.as_ref() {
+                    Some(p) => self.reload(*config, p.pid).await,
+                    None => Err(EngineError::NotReady {
+                        waited: Duration::ZERO,
+                        log: "the server is restarting; reload after it runs again".into(),
+                    }),
+                };
+                let _ = reply.send(result);
+                false
+            }
             Some(Command::Restart { config, reply }) => {
                 if let Some(mut p) = process.take() {
                     process::terminate(&mut p, STOP_GRACE).await;
@@ -344,6 +374,44 @@ impl Supervisor {
         });
         *process = Some(child);
         Ok(())
+    }
+
+    /// Writes `config`, sends SIGHUP, and waits until `/varz` shows a new load time.
+    async fn reload(&mut self, config: EngineConfig, pid: u32) -> Result<(), EngineError> {
+        use nix::sys::signal::{Signal, kill};
+        let before = self
+            .monitor
+            .varz()
+            .await
+            .map(|v| v.config_load_time)
+            .unwrap_or_default();
+        process::write_config(&config, self.version).await?;
+        self.config = config;
+        // pid 0 would signal bramble's own process group.
+        let pid = i32::try_from(pid)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or(EngineError::Stopped)?;
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| EngineError::Io {
+            action: "signalling (SIGHUP)",
+            path: self.config.config_file(),
+            source: e.into(),
+        })?;
+        let started = Instant::now();
+        loop {
+            if let Ok(varz) = self.monitor.varz().await
+                && varz.config_load_time != before
+            {
+                return Ok(());
+            }
+            if started.elapsed() > self.config.ready_timeout {
+                return Err(EngineError::NotReady {
+                    waited: self.config.ready_timeout,
+                    log: self.log.last(3),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn start_once(&mut self, restarts: u32) -> Option<Process> {

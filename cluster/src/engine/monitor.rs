@@ -42,6 +42,9 @@ pub struct JetStreamInfo {
     /// JetStream is disabled on this server.
     #[serde(default)]
     pub disabled: bool,
+    /// The JetStream configuration the server runs with.
+    #[serde(default)]
+    pub config: JetStreamRunning,
     /// Streams this server holds.
     #[serde(default)]
     pub streams: u64,
@@ -50,6 +53,23 @@ pub struct JetStreamInfo {
     pub messages: u64,
     /// The meta group (absent on a standalone server).
     pub meta_cluster: Option<MetaCluster>,
+}
+
+/// The JetStream settings a server reports in `/jsz`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct JetStreamRunning {
+    /// `max_memory_store` in effect.
+    #[serde(default)]
+    pub max_memory: i64,
+    /// The store directory (`store_dir` + `/jetstream`).
+    #[serde(default)]
+    pub store_dir: String,
+    /// `sync_interval: always` (2.10+).
+    #[serde(default)]
+    pub sync_always: bool,
+    /// The fsync interval in nanoseconds (2.10+; 2.9 does not report it).
+    #[serde(default)]
+    pub sync_interval: u64,
 }
 
 /// The JetStream meta group as one server sees it.
@@ -97,6 +117,9 @@ pub struct ServerVarz {
     /// Route connections open now.
     #[serde(default)]
     pub routes: u64,
+    /// When the configuration was last (re)loaded (RFC 3339).
+    #[serde(default)]
+    pub config_load_time: String,
 }
 
 /// A monitoring request that failed.
@@ -182,6 +205,30 @@ impl Monitor {
             Ok(Health::Unavailable(body.status))
         } else {
             Ok(Health::Unavailable(body.error))
+        }
+    }
+
+    /// Polls `/healthz` every 50 ms until `check` passes; `NotReady` with the server's last
+    /// reason after `timeout`.
+    pub async fn wait_for(
+        &self,
+        check: HealthCheck,
+        timeout: Duration,
+    ) -> Result<(), super::EngineError> {
+        let started = std::time::Instant::now();
+        loop {
+            let last = match self.health(check).await {
+                Ok(Health::Ok) => return Ok(()),
+                Ok(Health::Unavailable(why)) => why,
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() > timeout {
+                return Err(super::EngineError::NotReady {
+                    waited: timeout,
+                    log: format!("health: {last}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

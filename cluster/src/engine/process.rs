@@ -155,6 +155,9 @@ pub(crate) async fn stop_leftover(config: &EngineConfig) {
 async fn terminate_pid(pid: i32, grace: Duration) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
+    if pid <= 0 {
+        return;
+    }
     let pid = Pid::from_raw(pid);
     if kill(pid, Signal::SIGTERM).is_err() {
         return;
@@ -317,7 +320,10 @@ pub(crate) async fn terminate(process: &mut Process, grace: Duration) {
     if let Ok(Some(_)) = process.child.try_wait() {
         return;
     }
-    if let Ok(pid) = i32::try_from(process.pid) {
+    // pid 0 would signal bramble's own process group.
+    if let Ok(pid) = i32::try_from(process.pid)
+        && pid > 0
+    {
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     }
     if tokio::time::timeout(grace, process.child.wait())
