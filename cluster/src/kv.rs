@@ -664,6 +664,16 @@ impl Bucket {
         Ok(changes(self.name.clone(), watch, None))
     }
 
+    /// The bucket's latest revision (the stream's last sequence), from the stream leader.
+    pub async fn last_revision(&self) -> Result<u64, KvError> {
+        let stream = self
+            .js
+            .get_stream(self.stream_name())
+            .await
+            .map_err(|e| classify(&self.name, "reading the bucket's state", e))?;
+        Ok(stream.cached_info().state.last_sequence)
+    }
+
     /// Keys with a value or a delete marker, as the stream leader counts them.
     async fn key_count(&self) -> Result<u64, KvError> {
         let stream = self
@@ -687,33 +697,106 @@ impl Bucket {
     }
 }
 
+/// How long `follow` waits for a watch's consumer to be created before asking again.
+const WATCH_CREATE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often a silent watch asks the stream leader whether it missed something.
+const STALL_CHECK: Duration = Duration::from_secs(2);
+
 /// Follows every change of `bucket` for as long as the returned receiver is kept: the current
 /// values, [`Change::Current`] once, then every change. When the watch breaks (a leader change,
 /// a partition), it is re-established from the revision after the last one delivered, with a
 /// backoff (up to 2 s); a short first snapshot ([`KvError::Incomplete`]) is read again from
-/// the start. The receiver sees every change in order, a value possibly twice after such a
+/// the start; a watch that stays silent while the stream leader has newer revisions (two
+/// checks 2 s apart) is re-established too. The receiver sees every change in order, a value possibly twice after such a
 /// re-read (apply changes idempotently: by key, or by revision).
 pub fn follow(bucket: Bucket) -> tokio::sync::mpsc::Receiver<Change> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
+        // A new stream leader means the watch's consumer (on the old leader) may be gone:
+        // re-establish at once instead of waiting for the client to miss its heartbeats.
+        let mut elected = bucket
+            .js
+            .client()
+            .subscribe(format!(
+                "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{}",
+                bucket.stream_name()
+            ))
+            .await
+            .ok();
         let mut next: Option<u64> = None;
         let mut current_sent = false;
         let mut delay = Duration::from_millis(100);
         loop {
-            let watch = match next {
-                None => bucket.watch_all().await.map(futures::StreamExt::boxed),
-                Some(revision) => bucket
-                    .watch_from(revision)
-                    .await
-                    .map(futures::StreamExt::boxed),
+            // Consumer creation asked during a meta-leader election can go unanswered until
+            // the client's own timeout (10 s in tests); ask again sooner.
+            let create = async {
+                match next {
+                    None => bucket.watch_all().await.map(futures::StreamExt::boxed),
+                    Some(revision) => bucket
+                        .watch_from(revision)
+                        .await
+                        .map(futures::StreamExt::boxed),
+                }
             };
+            let watch = tokio::time::timeout(WATCH_CREATE_TIMEOUT, create)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(KvError::Timeout {
+                        bucket: bucket.name.clone(),
+                        waited: WATCH_CREATE_TIMEOUT,
+                    })
+                });
             match watch {
                 Ok(mut changes) => {
-                    while let Some(item) = changes.next().await {
+                    // A watch whose consumer died with its stream leader can stay silent for
+                    // a minute before the client notices (2.9.10, seen in tests): every few
+                    // seconds of silence, ask the leader whether there is something newer.
+                    let mut check = tokio::time::interval(STALL_CHECK);
+                    check.reset();
+                    let mut last_delivery = tokio::time::Instant::now();
+                    let mut stalled = 0u8;
+                    loop {
+                        let item = tokio::select! {
+                            item = changes.next() => item,
+                            Some(_) = async {
+                                match elected.as_mut() {
+                                    Some(sub) => sub.next().await,
+                                    None => std::future::pending().await,
+                                }
+                            } => {
+                                tracing::debug!(bucket = bucket.name(), "new stream leader; re-establishing the watch");
+                                break;
+                            }
+                            _ = check.tick() => {
+                                let Some(expected) = next else { continue };
+                                if last_delivery.elapsed() < STALL_CHECK {
+                                    stalled = 0;
+                                    continue;
+                                }
+                                // Bounded: while the stream has no leader the request goes
+                                // unanswered until the client's timeout.
+                                match tokio::time::timeout(STALL_CHECK / 2, bucket.last_revision()).await {
+                                    Ok(Ok(last)) if last >= expected => {
+                                        stalled += 1;
+                                        if stalled >= 2 {
+                                            tracing::debug!(bucket = bucket.name(), expected, "watch silent while the leader has newer revisions; resuming");
+                                            break;
+                                        }
+                                    }
+                                    Ok(Ok(_)) => stalled = 0,
+                                    Ok(Err(_)) | Err(_) => {}
+                                }
+                                continue;
+                            }
+                        };
+                        let Some(item) = item else { break };
                         match item {
                             Ok(Change::Current) if current_sent => {}
                             Ok(change) => {
                                 delay = Duration::from_millis(100);
+                                last_delivery = tokio::time::Instant::now();
+                                stalled = 0;
                                 if let Some(r) = change.revision() {
                                     next = Some(r + 1);
                                 }
@@ -740,6 +823,12 @@ pub fn follow(bucket: Bucket) -> tokio::sync::mpsc::Receiver<Change> {
             if tx.is_closed() {
                 return;
             }
+            tracing::debug!(
+                bucket = bucket.name(),
+                ?next,
+                ?delay,
+                "re-establishing the watch"
+            );
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }

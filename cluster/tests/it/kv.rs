@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bramble_cluster::engine::HealthCheck;
 use bramble_cluster::kv::{self, Bucket, CasMode, Change, KvError};
 use bramble_cluster::layout;
 use bytes::Bytes;
@@ -196,6 +197,7 @@ pub async fn writes_resume_after_leader_sigkill() -> TestResult {
     )
     .await?;
     let leader = placement.leader.ok_or("no leader")?;
+    let placement_meta = shelf.meta(0).await?.leader;
     let victim = shelf
         .boards
         .iter()
@@ -207,6 +209,8 @@ pub async fn writes_resume_after_leader_sigkill() -> TestResult {
         .await?
         .with_timeout(Duration::from_millis(500));
 
+    let follower = shelf.boards[writer].bucket("calls", 3).await?;
+    let mirror = mirror(&mut shelf, writer, follower).await?;
     let mut acked = BTreeMap::new();
     for n in 0..20u32 {
         let rev = bucket
@@ -215,6 +219,7 @@ pub async fn writes_resume_after_leader_sigkill() -> TestResult {
         acked.insert(format!("k{n}"), (n, rev));
     }
     let killed = Instant::now();
+    tracing::debug!("power cut of the stream leader");
     shelf.power_cut(victim);
     let mut failures = 0u32;
     let mut n = 20u32;
@@ -226,6 +231,7 @@ pub async fn writes_resume_after_leader_sigkill() -> TestResult {
             Ok(rev) => {
                 acked.insert(format!("k{n}"), (n, rev));
                 if failures > 0 {
+                    tracing::debug!(rev, "writes resumed");
                     break killed.elapsed();
                 }
                 n += 1;
@@ -247,14 +253,53 @@ pub async fn writes_resume_after_leader_sigkill() -> TestResult {
     eprintln!(
         "measured: KV writes resumed {resumed:?} after SIGKILL of the stream leader ({failures} failed writes, 10 ms apart)"
     );
-    // Nothing acknowledged is lost.
+    let meta = shelf.boards[writer].server().monitor().clone();
+    let meta_back = shelf.boards[writer]
+        .run(async move {
+            meta.wait_for(HealthCheck::MetaLeader, Duration::from_secs(60))
+                .await
+                .map(|()| killed.elapsed())
+        })
+        .await??;
+    eprintln!(
+        "measured: JetStream meta leader known again {meta_back:?} after the kill (the dead board led the meta group: {})",
+        placement_meta == leader
+    );
+    // Nothing acknowledged is lost, and a watch started before the kill follows on.
     for (key, (n, _)) in &acked {
         assert_eq!(
-            bucket.get(key).await?.as_deref(),
+            bucket
+                .entry_from_leader(key)
+                .await?
+                .map(|e| e.value)
+                .as_deref(),
             Some(n.to_string().as_bytes()),
             "{key}"
         );
     }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing: Vec<String> = {
+            let map = mirror.map.lock().unwrap();
+            acked
+                .keys()
+                .filter(|k| !map.contains_key(*k))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watch lost {missing:?} after the leader died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "measured: a watch kept across the leader's death had every write {:?} after the kill",
+        killed.elapsed()
+    );
     Ok(())
 }
 

@@ -34,6 +34,13 @@ where
 }
 
 fn main() {
+    // RUST_LOG=bramble_cluster=debug shows what the library does during a test.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .init();
+    }
     let binary: &'static str = Box::leak(
         shelf::binary()
             .to_string_lossy()

@@ -266,7 +266,12 @@ impl Shelf {
     /// SIGKILL of board `i`'s nats-server and everything bramble ran on it.
     pub fn power_cut(&mut self, i: usize) {
         let board = &mut self.boards[i];
-        if let Some(pid) = board.pid() {
+        let pid = board.pid();
+        // The runtime first, so the supervisor cannot restart the server it sees die.
+        if let Some(runtime) = board.runtime.take() {
+            runtime.shutdown_background();
+        }
+        if let Some(pid) = pid {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -274,9 +279,6 @@ impl Shelf {
         }
         board.client = None;
         board.server = None;
-        if let Some(runtime) = board.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 
     /// Stops board `i` cleanly.
