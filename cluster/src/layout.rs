@@ -102,29 +102,45 @@ pub async fn ensure_stream_replicas(
     stream: &str,
     replicas: usize,
 ) -> Result<usize, LayoutError> {
-    let mut handle = js
-        .get_stream(stream)
-        .await
-        .map_err(|e| classify(stream, "looking up", e))?;
-    let info = handle
-        .info()
-        .await
-        .map_err(|e| classify(stream, "reading", e))?;
+    let info = stream_info(js, stream).await?;
     let before = info.config.num_replicas;
     if before == replicas {
         return Ok(before);
     }
-    let mut config = info.config.clone();
+    let mut config = info.config;
     config.num_replicas = replicas;
-    js.update_stream(config)
+    // Right after a board joins, the meta leader can still count it offline and answer "no
+    // suitable peers" (2.10.27, seen in tests): retry for a while before giving up.
+    let deadline = Instant::now() + PEERS_GRACE;
+    loop {
+        match js.update_stream(config.clone()).await {
+            Ok(_) => return Ok(before),
+            Err(e) => match classify(stream, "updating", e) {
+                LayoutError::NotEnoughPeers { stream, .. } if Instant::now() > deadline => {
+                    return Err(LayoutError::NotEnoughPeers { stream, replicas });
+                }
+                LayoutError::NotEnoughPeers { .. } => {}
+                other => return Err(other),
+            },
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The stream's information, from its leader.
+async fn stream_info(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Result<jetstream::stream::Info, LayoutError> {
+    let mut handle = js
+        .get_stream(stream)
         .await
-        .map_err(|e| match classify(stream, "updating", e) {
-            LayoutError::NotEnoughPeers { stream, .. } => {
-                LayoutError::NotEnoughPeers { stream, replicas }
-            }
-            other => other,
-        })?;
-    Ok(before)
+        .map_err(|e| classify(stream, "looking up", e))?;
+    handle
+        .info()
+        .await
+        .cloned()
+        .map_err(|e| classify(stream, "reading", e))
 }
 
 /// Where a stream lives.
@@ -145,14 +161,7 @@ pub async fn stream_placement(
     js: &jetstream::Context,
     stream: &str,
 ) -> Result<Placement, LayoutError> {
-    let mut handle = js
-        .get_stream(stream)
-        .await
-        .map_err(|e| classify(stream, "looking up", e))?;
-    let info = handle
-        .info()
-        .await
-        .map_err(|e| classify(stream, "reading", e))?;
+    let info = stream_info(js, stream).await?;
     let mut peers = Vec::new();
     let mut leader = None;
     if let Some(cluster) = &info.cluster {

@@ -445,14 +445,7 @@ async fn verify(js: &jetstream::Context, snapshot: &Snapshot) -> Result<(), Migr
                     .into_iter()
                     .collect();
                 let found = pairs.iter().filter(|p| keys.contains(&p.key)).count();
-                if found < pairs.len() {
-                    return Err(MigrationError::Mismatch {
-                        stream: name.clone(),
-                        what: "keys",
-                        found: found as u64,
-                        expected: pairs.len() as u64,
-                    });
-                }
+                at_least(name, "keys", found, pairs.len())?;
             }
             Data::Messages { messages, .. } => {
                 let stream = js
@@ -464,16 +457,26 @@ async fn verify(js: &jetstream::Context, snapshot: &Snapshot) -> Result<(), Migr
                     .iter()
                     .filter(|m| ids.contains(&message_id(m)))
                     .count();
-                if found < messages.len() {
-                    return Err(MigrationError::Mismatch {
-                        stream: name.clone(),
-                        what: "messages",
-                        found: found as u64,
-                        expected: messages.len() as u64,
-                    });
-                }
+                at_least(name, "messages", found, messages.len())?;
             }
         }
+    }
+    Ok(())
+}
+
+fn at_least(
+    stream: &str,
+    what: &'static str,
+    found: usize,
+    expected: usize,
+) -> Result<(), MigrationError> {
+    if found < expected {
+        return Err(MigrationError::Mismatch {
+            stream: stream.to_owned(),
+            what,
+            found: found as u64,
+            expected: expected as u64,
+        });
     }
     Ok(())
 }

@@ -193,12 +193,19 @@ impl NatsServer {
     /// Restarts the server with a new configuration (routes, cluster block, JetStream on or
     /// off) and returns once it is ready again.
     pub async fn restart_with(&mut self, config: EngineConfig) -> Result<(), EngineError> {
+        self.apply(config, |config, reply| Command::Restart { config, reply })
+            .await
+    }
+
+    /// Sends the supervisor a configuration change and waits for its outcome.
+    async fn apply(
+        &mut self,
+        config: EngineConfig,
+        command: impl FnOnce(Box<EngineConfig>, oneshot::Sender<Result<(), EngineError>>) -> Command,
+    ) -> Result<(), EngineError> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Restart {
-                config: Box::new(config.clone()),
-                reply,
-            })
+            .send(command(Box::new(config.clone()), reply))
             .await
             .map_err(|_| EngineError::Stopped)?;
         answer.await.map_err(|_| EngineError::Stopped)??;
@@ -220,17 +227,8 @@ impl NatsServer {
             )));
         };
         cluster.routes = routes;
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Reload {
-                config: Box::new(config.clone()),
-                reply,
-            })
+        self.apply(config, |config, reply| Command::Reload { config, reply })
             .await
-            .map_err(|_| EngineError::Stopped)?;
-        answer.await.map_err(|_| EngineError::Stopped)??;
-        self.config = config;
-        Ok(())
     }
 
     /// Stops the server (SIGTERM, SIGKILL after 10 s) and its supervisor.

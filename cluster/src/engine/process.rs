@@ -113,7 +113,8 @@ pub(crate) async fn write_config(
     }
 }
 
-fn spawn_error(binary: &Path, source: std::io::Error) -> EngineError {
+/// The error of a binary that could not be run: missing (naming the package) or not runnable.
+pub(super) fn spawn_error(binary: &Path, source: std::io::Error) -> EngineError {
     if source.kind() == std::io::ErrorKind::NotFound {
         EngineError::BinaryMissing {
             binary: binary.to_path_buf(),

@@ -79,18 +79,7 @@ pub async fn probe(binary: &Path) -> Result<ServerVersion, EngineError> {
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                EngineError::BinaryMissing {
-                    binary: binary.to_path_buf(),
-                }
-            } else {
-                EngineError::Spawn {
-                    binary: binary.to_path_buf(),
-                    source,
-                }
-            }
-        })?;
+        .map_err(|source| super::process::spawn_error(binary, source))?;
     let text = String::from_utf8_lossy(&output.stdout);
     let text = if text.trim().is_empty() {
         String::from_utf8_lossy(&output.stderr)
