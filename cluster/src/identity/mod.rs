@@ -2,11 +2,11 @@
 //! key, join tokens.
 //!
 //! - [`ClusterIdentity::init`] (on the first board, `bramble cluster init`) makes the cluster
-//!   name, a random 32-byte cluster secret, a CA (ECDSA P-256, see [`ca`]), the cluster-wide
+//!   name, a random 32-byte cluster secret, a CA (ECDSA P-256, see `ca.rs`), the cluster-wide
 //!   route user and a 32-byte [`SealKey`]. It is saved as a root-only (0600) JSON file under
 //!   `<state_dir>/cluster/` ([`ClusterIdentity::save`]/[`load`](ClusterIdentity::load); a file
 //!   readable by others is refused).
-//! - [`ClusterIdentity::join_token`] gives the short string a new board needs (see [`token`]);
+//! - [`ClusterIdentity::join_token`] gives the short string a new board needs (see `token.rs`);
 //!   [`ClusterIdentity::check_token`] checks one that a joining board presents (another
 //!   cluster's, a forged or an old secret: typed [`TokenError`]s); [`JoinToken::pins`] lets the
 //!   joining board check the CA it is shown.

@@ -39,7 +39,7 @@ pub enum KvError {
         waited: Duration,
     },
     /// A watch's first snapshot held fewer keys than the stream counts (a consumer started
-    /// right after a replica change; see [`Bucket::keys`]): start the watch again.
+    /// right after a replica change; see [`super::Bucket::keys`]): start the watch again.
     #[error("bucket {bucket}: the watch's snapshot held {seen} keys, the stream has {expected}")]
     Incomplete {
         /// The bucket.

@@ -6,19 +6,28 @@
 //! `max_messages_per_subject` = history, rollup allowed, delete denied, direct get, discard
 //! new, 2-minute duplicate window) and then opens it with `get_key_value`.
 //!
-//! Writes are published here directly (`$KV.<bucket>.<key>`, with
-//! `Nats-Expected-Last-Subject-Sequence` for compare-and-set and `KV-Operation: DEL` for
-//! deletes), so every failure maps to one typed [`KvError`]:
+//! Writes are published here directly (`$KV.<bucket>.<key>`, `KV-Operation: DEL` for deletes),
+//! so every failure maps to one typed [`KvError`]:
 //! - [`KvError::Conflict`]: `create` of an existing key, `update`/`delete_if` on a stale
 //!   revision (JetStream error 10071).
-//! - [`KvError::NoQuorum`]: no JetStream server answered for the bucket (the server replied
-//!   "no responders", or "cluster not available"): nothing was written. This is what a board cut
-//!   off from the majority gets.
-//! - [`KvError::Timeout`]: no answer in time; the write may or may not have been stored (a
-//!   leader can fail after storing it). Callers that must know read back.
+//! - [`KvError::NoQuorum`]: no JetStream server answered for the bucket ("no responders", or
+//!   "cluster not available"): nothing was written.
+//! - [`KvError::Timeout`]: no answer in time; the write may or may not have been stored.
+//!   A board cut off from the majority gets this for the first seconds of a partition (until
+//!   its routes are found stale), `NoQuorum` after — unless it holds a replica of the bucket,
+//!   in which case it keeps getting `Timeout`. A write that timed out can still be applied
+//!   after the partition heals (seen on 2.9.10 when the cut-off board led the stream).
 //!
-//! Reads (`get`, `entry`) use direct get, which any replica answers — possibly a follower a
-//! little behind: compare-and-set with the revision read is what makes a decision safe.
+//! Compare-and-set is enforced per [`CasMode`]: by default with the bucket's last revision
+//! (`Nats-Expected-Last-Sequence`), because 2.9.10 checks the per-key revision
+//! (`Nats-Expected-Last-Subject-Sequence`) on a clustered stream only before proposing, and
+//! two racing updates from one revision both won in 17–29 of 50 rounds in the tests.
+//!
+//! Reads (`get`, `entry`) use direct get, which any replica answers — possibly one a little
+//! behind (right after a partition heals, for a moment): compare-and-set with the revision
+//! read is what makes a decision safe; [`Bucket::entry_from_leader`] reads from the leader.
+//! Watches ([`Bucket::watch_all`], [`follow`]) deliver the current values, a
+//! [`Change::Current`] marker, then every change; see `watch.rs` for what they survive.
 
 mod error;
 mod watch;
