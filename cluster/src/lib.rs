@@ -25,8 +25,8 @@
 //!    [`identity::ClusterIdentity::issue_board`] for itself; both saved root-only under
 //!    `<state_dir>/cluster/`; [`identity::BoardIdentity::write_tls_files`] for nats-server.
 //!    The join token ([`identity::ClusterIdentity::join_token`]) is printed.
-//! 2. `bramble up`: an [`engine::EngineConfig`] from the identity (routes to the other
-//!    **JetStream** boards only — see the findings), [`engine::NatsServer::start`],
+//! 2. `bramble up`: an [`engine::EngineConfig`] from the identity (routes: every
+//!    **JetStream** board, itself included — see the findings), [`engine::NatsServer::start`],
 //!    [`engine::NatsServer::wait_jetstream`], [`engine::NatsServer::connect`],
 //!    [`migrate::finish_pending_migration`] (an interrupted growth), then the buckets
 //!    (`boards`, `leases`, the desired state, secrets) with [`kv::Bucket::open_or_create`] and
@@ -52,9 +52,11 @@
 //!   (`/jsz` cluster_size 2) and refuses every JetStream request; the first R1 write succeeds
 //!   0.7–0.9 s after a second JetStream board starts. A one-board cluster therefore runs
 //!   standalone JetStream, and the first growth is a migration (below). Routes also count
-//!   toward that bootstrap size, so JetStream boards must list only JetStream boards as
-//!   routes: listing 4 routes (2 to absent or non-JetStream boards) kept 2 live JetStream
-//!   boards without a leader.
+//!   toward that bootstrap size (a route to the server itself too, though it is not dialled),
+//!   so a JetStream board's routes must be exactly the JetStream boards, itself included:
+//!   4 routes (2 to absent or non-JetStream boards) kept 2 live JetStream boards without a
+//!   leader; routes to the others only (a bootstrap size of 2 in a 3-board cluster) let two
+//!   boards form the group and the third sometimes not join within a minute (2.10.27).
 //! - **Standalone streams stay invisible after a clustered restart** (both versions: "stream
 //!   not found"); recreating the bucket gives an empty one on 2.9.10, but on 2.10.27 the
 //!   recreated stream picks up the old files on that board only (its replicas disagree).

@@ -110,7 +110,13 @@ pub struct RouteConfig {
     pub name: String,
     /// The route listener: the board's LAN address and the route port.
     pub listen: SocketAddr,
-    /// The other boards' route listeners.
+    /// Route listeners to connect to. For a JetStream board: every JetStream board of the
+    /// cluster, this one included — nats-server skips the route to itself but counts it, and
+    /// a server without JetStream state expects max(2, routes) meta peers at bootstrap, so the
+    /// list must be exactly the JetStream boards (routes to absent or non-JetStream boards
+    /// keep the meta group from electing a leader; a shorter list lets two boards form a
+    /// group of 2 that a third joins later, which on 2.10.27 sometimes never happened within
+    /// a minute). For a board without JetStream: the JetStream boards.
     pub routes: Vec<SocketAddr>,
     /// The cluster-wide route user.
     pub credentials: Credentials,
@@ -372,10 +378,11 @@ impl EngineConfig {
                     "the route listener needs the board's own LAN address, not 0.0.0.0".into(),
                 ));
             }
-            if cluster.routes.contains(&cluster.listen) {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(twice) = cluster.routes.iter().find(|r| !seen.insert(**r)) {
+                // Every route counts toward the meta group's expected size at bootstrap.
                 return Err(ConfigError::Invalid(format!(
-                    "the routes list this board's own route listener {}",
-                    cluster.listen
+                    "the route {twice} is listed twice"
                 )));
             }
             for path in [
@@ -593,9 +600,15 @@ mod tests {
 
         let mut c = config();
         if let Some(cl) = c.cluster.as_mut() {
-            cl.routes.push(cl.listen);
+            cl.routes.push(cl.routes[0]);
         }
         assert!(matches!(c.render(V29), Err(ConfigError::Invalid(_))));
+        // A route to the board itself is allowed (and counted: see `RouteConfig::routes`).
+        let mut c = config();
+        if let Some(cl) = c.cluster.as_mut() {
+            cl.routes.push(cl.listen);
+        }
+        assert!(c.render(V29).is_ok());
 
         let mut c = config();
         c.monitor_port = c.client_port;

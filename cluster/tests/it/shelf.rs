@@ -161,11 +161,7 @@ impl Shelf {
         config.cluster = routes.map(|routes| RouteConfig {
             name: self.cluster.cluster.clone(),
             listen: self.route(i),
-            routes: routes
-                .iter()
-                .filter(|&&r| r != i)
-                .map(|&r| self.route(r))
-                .collect(),
+            routes: routes.iter().map(|&r| self.route(r)).collect(),
             credentials: self.cluster.route.clone(),
             tls: board.tls.clone(),
         });
