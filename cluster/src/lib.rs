@@ -58,8 +58,8 @@
 //!   leader; routes to the others only (a bootstrap size of 2 in a 3-board cluster) let two
 //!   boards form the group and the third sometimes not join within a minute (2.10.27).
 //! - **Standalone streams stay invisible after a clustered restart** (both versions: "stream
-//!   not found"); recreating the bucket gives an empty one on 2.9.10, but on 2.10.27 the
-//!   recreated stream picks up the old files on that board only (its replicas disagree).
+//!   not found"); recreating the bucket of the same name sometimes picks up the old files on
+//!   that board only (both versions), so its replicas disagree.
 //!   [`migrate`] exports, moves the old `jetstream` directory aside and imports: 20 keys and
 //!   10 queued calls, nothing lost or repeated, 0.4–0.7 s without a server.
 //! - **Compare-and-set on 2.9.10 clusters:** per-key expected revisions are checked only by

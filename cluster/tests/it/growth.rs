@@ -108,7 +108,6 @@ pub async fn standalone_streams_invisible_after_clustered_restart() -> TestResul
         matches!(opened, Err(KvError::NoBucket { .. })),
         "the standalone bucket is visible: {opened:?}"
     );
-    let version = shelf.boards[0].server().version();
     let jsz = {
         let monitor = shelf.boards[0].server().monitor().clone();
         shelf.boards[0]
@@ -127,11 +126,9 @@ pub async fn standalone_streams_invisible_after_clustered_restart() -> TestResul
         jsz.streams,
         jsz.messages
     );
-    // 2.9 recreates it empty; 2.10 picks up the old files on the board that had them (and
-    // only there: its replicas disagree). Either way the migration must move them aside.
-    if let (Ok(b), (2, 9)) = (again, (version.major, version.minor)) {
-        assert_eq!(b.get("k").await?, None);
-    }
+    // Recreated, it is empty — or, when the board that had the old files serves the read,
+    // the old value appears on that board only (seen on 2.9.10 and 2.10.27): never a clean
+    // copy of the data. The migration moves the old files aside for that reason.
     Ok(())
 }
 
