@@ -40,6 +40,7 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
 impl Lan {
     /// A switch and `boards` attached namespaces.
     pub fn new(boards: usize) -> Result<Lan, String> {
+        remove_orphans();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("bramble-{}-{n}", std::process::id());
         let switch = format!("{prefix}-lan");
@@ -139,6 +140,36 @@ impl Lan {
         self.iptables(&["-F", "FORWARD"])?;
         self.partitioned = false;
         Ok(())
+    }
+}
+
+/// Deletes namespaces of this naming scheme whose test process is gone (killed before its
+/// `Drop` ran): `bramble-<pid>-<n>-lan` / `-b<i>` with no process `<pid>`.
+fn remove_orphans() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.split('-');
+        let (Some("bramble"), Some(pid), Some(n), Some(last), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            continue;
+        };
+        let ours = pid.parse::<u32>().is_ok()
+            && n.parse::<u32>().is_ok()
+            && (last == "lan"
+                || last
+                    .strip_prefix('b')
+                    .is_some_and(|i| i.parse::<u32>().is_ok()));
+        if ours && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = run("ip", &["netns", "del", &name]);
+        }
     }
 }
 
