@@ -74,6 +74,11 @@
 //!   silent up to a minute on 2.9.10 (re-established here on the leader advisory, a silent
 //!   watch's check against the leader, and a 3 s consumer-creation timeout: caught up 0.1–9 s
 //!   after writes resumed).
+//! - **Reads are not linearizable.** Direct gets are answered by any replica, and a watch's
+//!   or listing's consumer can sit on a replica that is behind: right after a peer removal
+//!   moved a stream to a new board, a listing through that board still showed a deleted key
+//!   (2.10.27, once in ~10 runs; right again within a second). Decisions go through
+//!   compare-and-set; [`kv::Bucket::entry_from_leader`] reads from the stream leader.
 //! - **`sync_interval`** exists from 2.10 only; 2.9.10 refuses the key ("unknown field", the
 //!   server does not start), so the engine writes it only where it exists.
 //!   [`engine::NatsServer::fsync_before_ack`] / [`queue::Durability`] tell callers whether
