@@ -1,0 +1,182 @@
+//! A LAN on one machine: a "switch" network namespace holding a bridge, and one network
+//! namespace per board attached to it by a veth pair. Board `i` has address `10.77.0.(i+1)`.
+//! Partitions are iptables DROP rules in the switch namespace (bridged traffic passes
+//! iptables there: br_netfilter's `bridge-nf-call-iptables` is 1 in a new namespace).
+//!
+//! Namespaces are made with `ip netns add` and named `bramble-<pid>-<n>-...`, so parallel test
+//! processes never collide; entered with `nsenter --net=` (never `ip netns exec`); deleted on
+//! drop.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Lan {
+    prefix: String,
+    switch: String,
+    boards: Vec<String>,
+    partitioned: bool,
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+impl Lan {
+    /// A switch and `boards` attached namespaces.
+    pub fn new(boards: usize) -> Result<Lan, String> {
+        remove_orphans();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("bramble-{}-{n}", std::process::id());
+        let switch = format!("{prefix}-lan");
+        let mut lan = Lan {
+            prefix,
+            switch: switch.clone(),
+            boards: Vec::new(),
+            partitioned: false,
+        };
+        run("ip", &["netns", "add", &switch])?;
+        run(
+            "ip",
+            &["-n", &switch, "link", "add", "br0", "type", "bridge"],
+        )?;
+        run("ip", &["-n", &switch, "link", "set", "br0", "up"])?;
+        run("ip", &["-n", &switch, "link", "set", "lo", "up"])?;
+        for i in 0..boards {
+            lan.add_board(i)?;
+        }
+        Ok(lan)
+    }
+
+    fn add_board(&mut self, i: usize) -> Result<(), String> {
+        let ns = format!("{}-b{i}", self.prefix);
+        run("ip", &["netns", "add", &ns])?;
+        self.boards.push(ns.clone());
+        let port = format!("v{i}");
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.switch,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.switch,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ],
+        )?;
+        let addr = format!("{}/24", Self::address(i));
+        run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Board `i`'s LAN address.
+    pub fn address(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, 0, u8::try_from(i + 1).unwrap_or(254))
+    }
+
+    /// The path of board `i`'s network namespace.
+    pub fn netns(&self, i: usize) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.boards[i])
+    }
+
+    fn iptables(&self, args: &[&str]) -> Result<(), String> {
+        let net = format!("--net=/run/netns/{}", self.switch);
+        let mut all = vec![net.as_str(), "iptables", "-w"];
+        all.extend_from_slice(args);
+        run("nsenter", &all)
+    }
+
+    /// Cuts every board of `side` off from every board not in it (both directions).
+    pub fn partition(&mut self, side: &[usize]) -> Result<(), String> {
+        for &a in side {
+            for b in (0..self.boards.len()).filter(|b| !side.contains(b)) {
+                let (a, b) = (Self::address(a).to_string(), Self::address(b).to_string());
+                self.iptables(&["-A", "FORWARD", "-s", &a, "-d", &b, "-j", "DROP"])?;
+                self.iptables(&["-A", "FORWARD", "-s", &b, "-d", &a, "-j", "DROP"])?;
+            }
+        }
+        self.partitioned = true;
+        Ok(())
+    }
+
+    /// Removes every partition.
+    pub fn heal(&mut self) -> Result<(), String> {
+        self.iptables(&["-F", "FORWARD"])?;
+        self.partitioned = false;
+        Ok(())
+    }
+}
+
+/// Deletes namespaces of this naming scheme whose test process is gone (killed before its
+/// `Drop` ran): `bramble-<pid>-<n>-lan` / `-b<i>` with no process `<pid>`.
+fn remove_orphans() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.split('-');
+        let (Some("bramble"), Some(pid), Some(n), Some(last), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            continue;
+        };
+        let ours = pid.parse::<u32>().is_ok()
+            && n.parse::<u32>().is_ok()
+            && (last == "lan"
+                || last
+                    .strip_prefix('b')
+                    .is_some_and(|i| i.parse::<u32>().is_ok()));
+        if ours && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = run("ip", &["netns", "del", &name]);
+        }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in self.boards.iter().chain(std::iter::once(&self.switch)) {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+    }
+}
