@@ -116,4 +116,8 @@ pub mod lease;
 pub mod membership;
 pub mod migrate;
 pub mod names;
+pub mod node;
 pub mod queue;
+pub mod settings;
+
+pub use settings::ClusterConfig;

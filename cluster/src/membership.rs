@@ -50,12 +50,27 @@ pub struct BoardInfo {
     pub started_at_ms: u64,
     /// Whether it carries JetStream.
     pub jetstream: bool,
+    /// The platform its runtime runs images for (`linux/arm64`, `linux/arm/v7`).
+    #[serde(default)]
+    pub platform: String,
+    /// Its API port (`/system`, `/function`).
+    #[serde(default)]
+    pub api_port: u16,
+    /// Its board-to-board listener's port.
+    #[serde(default)]
+    pub board_port: u16,
+    /// Its nats-server's route port.
+    #[serde(default)]
+    pub route_port: u16,
+    /// It is leaving the cluster: nothing new is placed on it.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 /// A board's memory budget for functions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryBudget {
-    /// Total bytes functions may use.
+    /// Total bytes functions may use (`u64::MAX`: the board sets no budget).
     pub total: u64,
     /// Bytes reserved by the functions placed on it.
     pub used: u64,
@@ -70,6 +85,15 @@ pub struct HardwareSummary {
     pub i2c_buses: Vec<u32>,
     /// 1-Wire sensor ids.
     pub one_wire: Vec<String>,
+    /// GPIO line names (`GPIO17`).
+    #[serde(default)]
+    pub gpio_lines: Vec<String>,
+    /// SPI devices (`0.0`).
+    #[serde(default)]
+    pub spi: Vec<String>,
+    /// PWM channels.
+    #[serde(default)]
+    pub pwm: Vec<u8>,
 }
 
 /// Whether a board is heard from.
@@ -444,6 +468,11 @@ mod tests {
             labels: BTreeMap::new(),
             started_at_ms: 0,
             jetstream: true,
+            platform: "linux/arm64".into(),
+            api_port: 8080,
+            board_port: 7425,
+            route_port: 7424,
+            leaving: false,
         };
         let value = Bytes::from(serde_json::to_vec(&info).unwrap());
         t.apply(Change::Put {

@@ -69,12 +69,14 @@ impl<P: Provider> Shared<P> {
 /// Dropping the last `Arc<Gateway>` stops its async workers; calls they had not finished stay
 /// on disk and are resumed by the next gateway on the same queue directory.
 pub struct Gateway<P: Provider> {
-    shared: Arc<Shared<P>>,
+    pub(crate) shared: Arc<Shared<P>>,
     jobs: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     /// Dropped with the gateway, which tells the workers to stop.
     stop: watch::Sender<()>,
     /// Administration routes the node adds, served behind the API's credentials.
     admin: Mutex<Vec<axum::Router>>,
+    /// Routes the node adds that need no credentials (a cluster's public hello).
+    public: Mutex<Vec<axum::Router>>,
 }
 
 impl<P: Provider> std::fmt::Debug for Gateway<P> {
@@ -131,6 +133,7 @@ impl<P: Provider> Gateway<P> {
             jobs: Mutex::new(Some(jobs)),
             stop,
             admin: Mutex::new(Vec::new()),
+            public: Mutex::new(Vec::new()),
         }))
     }
 
@@ -143,7 +146,8 @@ impl<P: Provider> Gateway<P> {
     /// `/metrics`, `/`.
     pub fn router(self: &Arc<Self>) -> axum::Router {
         let admin = self.admin.lock().map(|a| a.clone()).unwrap_or_default();
-        crate::api::router(&self.shared, &admin)
+        let public = self.public.lock().map(|a| a.clone()).unwrap_or_default();
+        crate::api::router(&self.shared, &admin, &public)
     }
 
     /// Adds routes (under `/system/...`, by convention) that need the API's credentials, for
@@ -151,6 +155,14 @@ impl<P: Provider> Gateway<P> {
     pub fn add_admin_routes(&self, routes: axum::Router) {
         if let Ok(mut admin) = self.admin.lock() {
             admin.push(routes);
+        }
+    }
+
+    /// Adds routes that need no credentials (outside `/system`, by convention), e.g. what a
+    /// board that wants to join a cluster asks first. Call before [`Gateway::serve`].
+    pub fn add_public_routes(&self, routes: axum::Router) {
+        if let Ok(mut public) = self.public.lock() {
+            public.push(routes);
         }
     }
 
@@ -187,67 +199,14 @@ impl<P: Provider> Gateway<P> {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = self.router();
-        let graceful = GracefulShutdown::new();
-        let mut connections = JoinSet::new();
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.shared.config.header_read_timeout);
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors or a connection reset before accept: keep going,
-                        // without spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let router = router.clone();
-            let service =
-                hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-                    request
-                        .extensions_mut()
-                        .insert(ConnectInfo::<SocketAddr>(peer));
-                    let router = router.clone();
-                    async move {
-                        let response = router.oneshot(request.map(Body::new)).await;
-                        Ok::<_, Infallible>(match response {
-                            Ok(response) => response,
-                            Err(never) => match never {},
-                        })
-                    }
-                });
-            let connection =
-                graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-            connections.spawn(async move {
-                if let Err(e) = connection.await {
-                    debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
-        }
-        drop(listener);
-        self.shared.draining.send_replace(true);
-        let open = connections.len();
-        info!(open, "gateway shutting down; draining requests in flight");
-        let drain = self.shared.config.drain_timeout;
-        let drained = tokio::time::timeout(drain, async {
-            graceful.shutdown().await;
-            while connections.join_next().await.is_some() {}
-        })
+        serve_connections(
+            &self.shared,
+            listener,
+            router,
+            shutdown,
+            |stream| async move { Ok::<_, std::io::Error>((stream, ())) },
+        )
         .await;
-        if drained.is_err() {
-            warn!(open = connections.len(), timeout = %crate::proxy::human(drain), "requests still in flight after the drain timeout; closing them");
-            connections.shutdown().await;
-        }
         Ok(())
     }
 
@@ -265,5 +224,96 @@ impl<P: Provider> Gateway<P> {
         request: http::Request<Body>,
     ) -> http::Response<Body> {
         crate::proxy::invoke(&self.shared, name, namespace, request).await
+    }
+}
+
+/// Serves `router` on the connections of `listener` until `shutdown` resolves, then drains (see
+/// [`Gateway::serve`]). `handshake` turns each accepted TCP stream into the stream HTTP is
+/// spoken on (TLS for board-to-board traffic) and a value every request of that connection
+/// carries as an extension; a failed handshake closes the connection. Shutdown also tells the
+/// gateway's own endless responses to end.
+pub(crate) async fn serve_connections<P, H, Fut, S, E>(
+    shared: &Arc<Shared<P>>,
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    handshake: H,
+) where
+    P: Provider,
+    H: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: Future<Output = std::io::Result<(S, E)>> + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    E: Clone + Send + Sync + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_read_timeout);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors or a connection reset before accept: keep going,
+                    // without spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let handshake = handshake(stream);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        connections.spawn(async move {
+            let (stream, extension) = match handshake.await {
+                Ok(done) => done,
+                Err(e) => {
+                    debug!(%peer, error = %e, "connection handshake failed");
+                    return;
+                }
+            };
+            let service =
+                hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(ConnectInfo::<SocketAddr>(peer));
+                    request.extensions_mut().insert(extension.clone());
+                    let router = router.clone();
+                    async move {
+                        let response = router.oneshot(request.map(Body::new)).await;
+                        Ok::<_, Infallible>(match response {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        })
+                    }
+                });
+            let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+            if let Err(e) = connection.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    shared.draining.send_replace(true);
+    let open = connections.len();
+    info!(open, "gateway shutting down; draining requests in flight");
+    let drain = shared.config.drain_timeout;
+    let drained = tokio::time::timeout(drain, async {
+        graceful.shutdown().await;
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(open = connections.len(), timeout = %crate::proxy::human(drain), "requests still in flight after the drain timeout; closing them");
+        connections.shutdown().await;
     }
 }

@@ -68,6 +68,7 @@
 
 mod api;
 mod auth;
+mod boards;
 mod config;
 mod gateway;
 mod http_util;
@@ -82,5 +83,6 @@ pub mod types;
 pub mod validate;
 
 pub use api::MAX_REPLICAS;
+pub use boards::BoardPeer;
 pub use config::{Credentials, GatewayConfig, RetryPolicy};
 pub use gateway::{Gateway, GatewayError};

@@ -271,6 +271,11 @@ impl BoardIdentity {
     }
 }
 
+/// SHA-256 of a PEM certificate (what a join token pins of the CA).
+pub fn ca_fingerprint_of(cert_pem: &str) -> Result<[u8; 32], IdentityError> {
+    ca::fingerprint(cert_pem)
+}
+
 /// 32 random alphanumeric characters (≈190 bits).
 pub(crate) fn random_password() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 32)
@@ -289,7 +294,7 @@ fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
         })
 }
 
-fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<(), IdentityError> {
+pub(crate) fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<(), IdentityError> {
     if let Some(dir) = path.parent() {
         create_private_dir(dir)?;
     }
@@ -302,7 +307,7 @@ fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<(), IdentityError> 
     bramble_base::write_atomic(path, &bytes, 0o600).map_err(io)
 }
 
-fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, IdentityError> {
+pub(crate) fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, IdentityError> {
     use std::os::unix::fs::MetadataExt;
     let io = |source| IdentityError::Io {
         action: "reading",

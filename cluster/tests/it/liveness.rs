@@ -31,10 +31,16 @@ pub(crate) fn info(shelf: &Shelf, i: usize) -> BoardInfo {
             gpio_chip: Some("pinctrl-bcm2711".into()),
             i2c_buses: vec![1],
             one_wire: vec!["28-00000abc".into()],
+            ..HardwareSummary::default()
         },
         labels: BTreeMap::from([("zone".into(), format!("shelf-{i}"))]),
         started_at_ms: 1,
         jetstream: true,
+        platform: "linux/arm64".into(),
+        api_port: 8080,
+        board_port: 7425,
+        route_port: 7424,
+        leaving: false,
     }
 }
 

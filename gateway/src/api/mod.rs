@@ -36,7 +36,11 @@ type Gw<P> = State<Arc<Shared<P>>>;
 type Params = Query<HashMap<String, String>>;
 type ApiResult = Result<Response, ApiError>;
 
-pub(crate) fn router<P: Provider>(shared: &Arc<Shared<P>>, admin: &[Router]) -> Router {
+pub(crate) fn router<P: Provider>(
+    shared: &Arc<Shared<P>>,
+    admin: &[Router],
+    public: &[Router],
+) -> Router {
     let system = Router::new()
         .route(
             "/system/functions",
@@ -98,6 +102,9 @@ pub(crate) fn router<P: Provider>(shared: &Arc<Shared<P>>, admin: &[Router]) -> 
             require_auth::<P>,
         )));
     }
+    for routes in public {
+        router = router.merge(routes.clone());
+    }
     router.layer(middleware::from_fn(log_request))
 }
 
@@ -117,7 +124,7 @@ async fn require_auth<P: Provider>(State(shared): Gw<P>, request: Request, next:
 }
 
 /// One debug line per request: method, path (never the query or a body), status, duration.
-async fn log_request(request: Request, next: Next) -> Response {
+pub(crate) async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = Instant::now();

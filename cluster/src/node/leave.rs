@@ -1,0 +1,280 @@
+//! Leaving a cluster (`bramble cluster leave`) and forgetting a dead board
+//! (`bramble cluster remove NAME`).
+//!
+//! A board leaves in this order: it says it is leaving (nothing new is placed on it), waits
+//! until its functions run elsewhere, takes itself out of the JetStream layout (promoting a
+//! board without JetStream in its place when there is one), deletes its record, stops its
+//! heartbeats and its nats-server, removes its cluster state and restarts in single-board mode.
+//! The board holding the placer's lease then removes its JetStream peer from the meta group.
+//!
+//! A cluster cannot shrink to a single JetStream board yet: with two JetStream boards and no
+//! board to promote, the last but one cannot leave (a lone clustered server has no quorum; it
+//! would have to move back to standalone JetStream, which is not done).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::layout::{self, ChangeError};
+use super::{ClusterNode, Refusal};
+use crate::membership::BoardState;
+
+/// What a leave did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Left {
+    /// The cluster left.
+    pub cluster: String,
+    /// The board promoted to carry JetStream in its place, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted: Option<String>,
+    /// Whether the cluster was told (false: it was unreachable and `force` was given, or it had
+    /// removed this board already).
+    pub told: bool,
+}
+
+fn kv_refusal(e: &crate::kv::KvError) -> Refusal {
+    Refusal::new(
+        503,
+        format!(
+            "the cluster cannot store the change now ({}); nothing was changed: try again once it has a quorum",
+            bramble_base::error_chain(e)
+        ),
+    )
+}
+
+/// Leaves the cluster. `force`: leave even when the cluster cannot be told (it is gone). The
+/// node restarts once this returns.
+pub async fn leave(
+    node: &Arc<ClusterNode>,
+    force: bool,
+    drained: impl Future<Output = Result<(), Refusal>>,
+) -> Result<Left, Refusal> {
+    let cluster = node.cluster();
+    if node.was_removed() {
+        return finish(
+            node,
+            Left {
+                cluster,
+                promoted: None,
+                told: false,
+            },
+        )
+        .await;
+    }
+    let Some(parts) = node.ready(Duration::from_secs(5)).await else {
+        if force {
+            return finish(
+                node,
+                Left {
+                    cluster,
+                    promoted: None,
+                    told: false,
+                },
+            )
+            .await;
+        }
+        return Err(Refusal::new(
+            503,
+            "this board cannot reach its cluster (no quorum?): nothing was changed; if the cluster is gone for good, leave with --force",
+        ));
+    };
+    let me = node.board();
+    let view = parts.membership.watch().borrow().clone();
+    let (current, _) = layout::read(&parts.cluster)
+        .await
+        .map_err(|e| kv_refusal(&e))?
+        .unwrap_or_default();
+    let others = view.boards.keys().any(|b| *b != me);
+    let promoted = layout::promotable(&current, &view, &me);
+    if current.jetstream.contains(&me) && current.jetstream.len() == 2 && promoted.is_none() {
+        let other = current
+            .jetstream
+            .iter()
+            .find(|b| **b != me)
+            .cloned()
+            .unwrap_or_default();
+        return Err(Refusal::new(
+            409,
+            format!(
+                "{me} and {other} are the only boards that carry JetStream, and no board can take {me}'s place: a cluster cannot shrink to one JetStream board; add a board first"
+            ),
+        ));
+    }
+    // Nothing new is placed here from now on; the layout is no longer followed.
+    node.leaving
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    node.update_me(|info| info.leaving = true);
+    let record = node.me().borrow().clone();
+    let marked = parts.membership.update(&record).await;
+    if let Err(e) = marked {
+        node.leaving
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        node.update_me(|info| info.leaving = false);
+        return Err(Refusal::new(
+            503,
+            format!(
+                "cannot tell the cluster this board is leaving: {}",
+                bramble_base::error_chain(&e)
+            ),
+        ));
+    }
+    if let Err(refusal) = drained.await {
+        node.leaving
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        node.update_me(|info| info.leaving = false);
+        let record = node.me().borrow().clone();
+        let _ = parts.membership.update(&record).await;
+        return Err(refusal);
+    }
+    let mut promoted_now = None;
+    if others {
+        let changed = layout::change(&parts.cluster, |l| {
+            let carried = l.jetstream.contains(&me);
+            l.jetstream.retain(|b| *b != me);
+            promoted_now = None;
+            if carried {
+                if !l.jetstream.is_empty() && !l.removed.contains(&me) {
+                    l.removed.push(me.clone());
+                }
+                if let Some(p) = layout::promotable(l, &view, &me) {
+                    l.jetstream.push(p.clone());
+                    promoted_now = Some(p);
+                }
+            }
+            Ok::<_, std::convert::Infallible>(carried)
+        })
+        .await;
+        match changed {
+            Ok(_) => {}
+            Err(ChangeError::Kv(e)) => {
+                node.leaving
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                node.update_me(|info| info.leaving = false);
+                return Err(kv_refusal(&e));
+            }
+            Err(ChangeError::Refused(never)) => match never {},
+        }
+        if let Some(p) = &promoted_now {
+            // The promoted board restarts its server with JetStream; wait until it carries it,
+            // so the JetStream peers never drop below a majority.
+            wait_carrying(node, p).await;
+        }
+    }
+    if let Err(e) = parts.membership.forget(&me).await {
+        tracing::warn!(error = %bramble_base::error_chain(&e), "could not delete this board's record");
+    }
+    finish(
+        node,
+        Left {
+            cluster,
+            promoted: promoted_now,
+            told: true,
+        },
+    )
+    .await
+}
+
+/// Waits (at most a minute) until `board`'s record says it carries JetStream.
+async fn wait_carrying(node: &ClusterNode, board: &str) {
+    let Some(parts) = node.parts() else { return };
+    let mut view = parts.membership.watch();
+    let carrying = |v: &Arc<crate::membership::View>| {
+        v.boards
+            .get(board)
+            .and_then(|b| b.info.as_ref())
+            .is_some_and(|i| i.jetstream)
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(60), view.wait_for(carrying)).await;
+    if waited.is_err() {
+        tracing::warn!(%board, "the promoted board does not carry JetStream yet; leaving anyway");
+    }
+}
+
+async fn finish(node: &Arc<ClusterNode>, left: Left) -> Result<Left, Refusal> {
+    node.leaving
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    node.stop().await;
+    let state_dir = node.settings().state_dir.clone();
+    tokio::task::spawn_blocking(move || super::files::ClusterFiles::remove(&state_dir))
+        .await
+        .map_err(|e| Refusal::new(500, e.to_string()))?
+        .map_err(|e| Refusal::new(500, format!("removing this board's cluster state: {e}")))?;
+    tracing::info!(cluster = %left.cluster, "left the cluster; restarting in single-board mode");
+    node.request_restart();
+    Ok(left)
+}
+
+/// Forgets board `name`, which must be dead.
+pub async fn remove(node: &ClusterNode, name: &str) -> Result<Option<String>, Refusal> {
+    let me = node.board();
+    if name == me {
+        return Err(Refusal::new(
+            400,
+            format!("{name} is this board: use `bramble cluster leave`"),
+        ));
+    }
+    let Some(parts) = node.ready(Duration::from_secs(5)).await else {
+        return Err(Refusal::new(
+            503,
+            "this board cannot reach its cluster (no quorum?): nothing was changed",
+        ));
+    };
+    let view = parts.membership.watch().borrow().clone();
+    let Some(board) = view.boards.get(name) else {
+        return Err(Refusal::new(
+            404,
+            format!("there is no board named {name} in the cluster"),
+        ));
+    };
+    if board.state != BoardState::Dead {
+        let seen = board
+            .last_seen
+            .map(|t| format!(", last heard {}", humantime::format_rfc3339_seconds(t)))
+            .unwrap_or_default();
+        return Err(Refusal::new(
+            409,
+            format!(
+                "board {name} is {}{seen}: only a dead board can be removed; a board that answers leaves with `bramble cluster leave` on it",
+                match board.state {
+                    BoardState::Alive => "alive",
+                    _ => "not dead yet (suspect)",
+                }
+            ),
+        ));
+    }
+    let mut promoted = None;
+    let changed = layout::change(&parts.cluster, |l| {
+        let carried = l.jetstream.contains(&name.to_owned());
+        l.jetstream.retain(|b| b != name);
+        promoted = None;
+        if carried {
+            if !l.removed.iter().any(|b| b == name) {
+                l.removed.push(name.to_owned());
+            }
+            if let Some(p) = layout::promotable(l, &view, name) {
+                l.jetstream.push(p.clone());
+                promoted = Some(p);
+            }
+        }
+        Ok::<_, std::convert::Infallible>(carried)
+    })
+    .await;
+    match changed {
+        Ok(_) => {}
+        Err(ChangeError::Kv(e)) => return Err(kv_refusal(&e)),
+        Err(ChangeError::Refused(never)) => match never {},
+    }
+    parts.membership.forget(name).await.map_err(|e| {
+        Refusal::new(
+            503,
+            format!(
+                "the cluster cannot delete the board's record now: {}",
+                bramble_base::error_chain(&e)
+            ),
+        )
+    })?;
+    tracing::info!(board = %name, ?promoted, "board removed from the cluster");
+    Ok(promoted)
+}
