@@ -42,6 +42,18 @@ pub enum DaemonError {
     /// fail (see [`bramble_runtime::peer`]).
     #[error("refusing to start: {detail}; fix: {}", MountNamespace::FIX)]
     MountNamespace { detail: String },
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterStartError),
+}
+
+/// How the node ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop (SIGTERM, SIGINT).
+    Stopped,
+    /// It formed, joined or left a cluster: run `bramble up` again with the same arguments
+    /// (functions kept running and are adopted).
+    Restart,
 }
 
 /// The runtime configuration a node configuration implies.
@@ -68,7 +80,7 @@ pub fn runtime_config(config: &Config) -> RuntimeConfig {
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), DaemonError> {
+) -> Result<Exit, DaemonError> {
     config.validate()?;
     refuse_another_mount_namespace(&config).await?;
     let store = Arc::new(Store::open(&config.state_dir, &config.default_namespace)?);
@@ -151,6 +163,14 @@ pub async fn run(
             source,
         })?;
     let addr = listener.local_addr().unwrap_or(config.listen);
+    let cluster = crate::cluster::ClusterSide::start(crate::cluster::Context {
+        config: &config,
+        store: Arc::clone(&store),
+        credentials: &credentials,
+        gateway: &gateway,
+        api: addr,
+    })
+    .await?;
     let secrets = config.state_dir.join("secrets");
     println!(
         "bramble {} listening on http://{addr}",
@@ -180,14 +200,28 @@ pub async fn run(
         crate::systemd::notify("READY=1");
         crate::systemd::watchdog(move || gateway_answers(probe_addr)).await;
     });
+    let restart = cluster.restart_requested();
     let shutdown = async move {
-        shutdown.await;
-        crate::systemd::notify("STOPPING=1");
+        tokio::select! {
+            () = shutdown => {
+                crate::systemd::notify("STOPPING=1");
+            }
+            () = restart => {
+                crate::systemd::notify("RELOADING=1");
+            }
+        }
     };
     let served = gateway.serve(listener, shutdown).await;
     liveness.abort();
     triggers.abort();
+    let must_restart = cluster.must_restart();
+    cluster.stop().await;
     served.map_err(DaemonError::Serve)?;
+    if must_restart {
+        tracing::info!("stopped accepting requests; restarting (functions keep running)");
+        hardware.shutdown().await;
+        return Ok(Exit::Restart);
+    }
     if config.stop_functions_on_shutdown {
         tracing::info!("stopped accepting requests; stopping every function");
         stopper.stop_all().await;
@@ -195,7 +229,7 @@ pub async fn run(
         tracing::info!("stopped accepting requests; functions keep running");
     }
     hardware.shutdown().await;
-    Ok(())
+    Ok(Exit::Stopped)
 }
 
 /// Refuses to start when containerd runs in another mount namespace: runc could not see the

@@ -2,6 +2,7 @@
 //! containers, implements the gateway's provider with the local runtime, and composes it all
 //! into `bramble up`.
 
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod doctor;

@@ -33,6 +33,9 @@ enum Command {
     /// Read GPIO lines, drive simulated ones, and watch edges.
     #[command(subcommand)]
     Gpio(cli::gpio::GpioCommand),
+    /// Form, join, list and leave a cluster of boards.
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCommand),
     /// Check that this machine can run bramble, and explain how to fix what is missing.
     Doctor(Box<cli::doctor::DoctorArgs>),
     /// Install bramble as a systemd service.
@@ -64,6 +67,7 @@ fn main() {
         Command::Function(command) => run_async(cli::functions::run(command)),
         Command::Secret(command) => run_async(cli::secret::run(command)),
         Command::Gpio(command) => run_async(cli::gpio::run(command)),
+        Command::Cluster(command) => run_async(cli::cluster::run(command)),
         Command::Doctor(args) => run_async(cli::doctor::run(&args)),
         Command::Install(args) => cli::system::install(&args),
         Command::Uninstall(args) => cli::system::uninstall(&args),
@@ -89,7 +93,7 @@ fn up(args: cli::up::UpArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let exit = runtime.block_on(async {
         let shutdown = async {
             let terminate = async {
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -108,5 +112,16 @@ fn up(args: cli::up::UpArgs) -> anyhow::Result<()> {
         bramble_agent::daemon::run(config, shutdown)
             .await
             .context("bramble up")
-    })
+    })?;
+    drop(runtime);
+    if exit == bramble_agent::daemon::Exit::Restart {
+        // Same binary, same arguments, same PID (systemd keeps tracking the service).
+        use std::os::unix::process::CommandExt as _;
+        let binary = std::env::current_exe().context("finding bramble's executable")?;
+        let error = std::process::Command::new(&binary)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        return Err(error).with_context(|| format!("restarting {}", binary.display()));
+    }
+    Ok(())
 }

@@ -287,6 +287,21 @@ impl Store {
         }
     }
 
+    /// Replaces the API credentials (a board joining a cluster takes the cluster's login).
+    pub fn set_api_credentials(&self, credentials: &ApiCredentials) -> Result<(), StoreError> {
+        write_atomic(
+            &self.dir.join("secrets/basic-auth-user"),
+            credentials.user.as_bytes(),
+            0o600,
+        )?;
+        write_atomic(
+            &self.dir.join("secrets/basic-auth-password"),
+            credentials.password.as_bytes(),
+            0o600,
+        )?;
+        Ok(())
+    }
+
     /// Where a function secret is kept.
     pub fn secret_path(&self, namespace: &str, name: &str) -> PathBuf {
         self.secrets_dir(namespace).join(name)

@@ -12,8 +12,6 @@
     dead_code
 )]
 
-#[path = "../tests/it/lan.rs"]
-mod lan;
 #[path = "../tests/it/shelf.rs"]
 mod shelf;
 

@@ -12,6 +12,8 @@
 //!   multi-platform image).
 //! - [`http`]: a minimal async HTTP client, the readiness wait on `/_/health`, and the
 //!   blocking probe and free-port helpers of the servers the testkit starts.
+//! - [`lan`]: [`lan::Lan`], a LAN on one machine (a bridge namespace and a namespace per
+//!   board, private addresses inside), partitions by iptables; for the multi-board tests.
 //! - [`load`]: [`Load`], a steady request loop counting successes, failures and bodies.
 //! - [`node`]: [`Node`], a real `bramble up` process on a [`TestEnv`], with its API at hand.
 //! - [`env`]: [`TestEnv`], a private containerd with a runtime configuration (namespace,
@@ -23,6 +25,7 @@ pub mod fixture;
 pub mod harness;
 pub mod http;
 pub mod images;
+pub mod lan;
 pub mod load;
 pub mod node;
 pub mod registry;

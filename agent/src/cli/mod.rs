@@ -2,6 +2,7 @@
 //! like faas-cli does, so they work from a laptop as well as on the board.
 
 pub(crate) mod client;
+pub(crate) mod cluster;
 pub(crate) mod deploy;
 pub(crate) mod doctor;
 pub(crate) mod functions;

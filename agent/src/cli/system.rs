@@ -598,6 +598,24 @@ pub(crate) const DEFAULT_CONFIG: &str = r#"# bramble configuration, read by `bra
 #sim_i2c = [{ bus = 1, address = 0x76, registers = [[0xD0, 0x60]] }]
 # Pairs of simulated lines wired together like a jumper: an output on one drives the other.
 #sim_jumpers = []
+
+#[cluster]
+# Used only once the board is in a cluster (`bramble cluster init` / `join`).
+# This board's name and LAN address; default: the host name, the default route's address.
+# board = "pi1"
+# address = "192.168.1.10"
+# Board-to-board listener (TLS) and nats-server's route port.
+#board_port = 7425
+#route_port = 7424
+# Labels placement constraints can name.
+#labels = []
+# A board silent this long is dead.
+#dead_after = "10s"
+# How many boards carry JetStream (the shared state): 3 or 5.
+#max_jetstream = 3
+#nats_server = "nats-server"
+# Join this cluster at start when the board is in none (as `bramble cluster init` prints it).
+# join = "bramble1.NAME.TOKEN 192.168.1.10:8080"
 "#;
 
 /// Writes `bytes` with `mode` unless the file already has exactly them.

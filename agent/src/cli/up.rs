@@ -123,6 +123,39 @@ pub(crate) struct UpArgs {
     /// (repeat; comma-separated in the variable).
     #[arg(long, env = "BRAMBLE_HARDWARE_SIM_JUMPERS", value_delimiter = ',', value_parser = parse_sim_jumper)]
     hardware_sim_jumper: Option<Vec<[String; 2]>>,
+    /// This board's name in a cluster (default: the host name).
+    #[arg(long, env = "BRAMBLE_CLUSTER_BOARD")]
+    cluster_board: Option<String>,
+    /// This board's LAN address as the other boards of a cluster reach it (default: the
+    /// address of the default route's interface).
+    #[arg(long, env = "BRAMBLE_CLUSTER_ADDRESS")]
+    cluster_address: Option<std::net::IpAddr>,
+    /// Port of the board-to-board listener (TLS under the cluster's CA).
+    #[arg(long, env = "BRAMBLE_CLUSTER_BOARD_PORT")]
+    cluster_board_port: Option<u16>,
+    /// Port of nats-server's routes.
+    #[arg(long, env = "BRAMBLE_CLUSTER_ROUTE_PORT")]
+    cluster_route_port: Option<u16>,
+    /// A label placement constraints can name, KEY=VALUE (repeat; comma-separated in the
+    /// variable).
+    #[arg(long, env = "BRAMBLE_CLUSTER_LABELS", value_delimiter = ',')]
+    cluster_label: Option<Vec<bramble_cluster::settings::Label>>,
+    /// A board silent this long is dead (`10s`).
+    #[arg(long, env = "BRAMBLE_CLUSTER_DEAD_AFTER", value_parser = parse_duration)]
+    cluster_dead_after: Option<std::time::Duration>,
+    /// How many boards carry JetStream: 3 or 5.
+    #[arg(long, env = "BRAMBLE_CLUSTER_MAX_JETSTREAM")]
+    cluster_max_jetstream: Option<u8>,
+    /// The nats-server executable.
+    #[arg(long, env = "BRAMBLE_CLUSTER_NATS_SERVER")]
+    cluster_nats_server: Option<PathBuf>,
+    /// Join this cluster at start when the board is in none: "TOKEN ADDRESS".
+    #[arg(long, env = "BRAMBLE_CLUSTER_JOIN")]
+    cluster_join: Option<bramble_cluster::settings::JoinCommand>,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// `LINE=LINE`: a simulated jumper wire.
@@ -233,6 +266,15 @@ impl UpArgs {
         set!(hardware.sim_lines = self.hardware_sim_line);
         set!(hardware.sim_i2c = self.hardware_sim_i2c);
         set!(hardware.sim_jumpers = self.hardware_sim_jumper);
+        set!(cluster.board = self.cluster_board.map(Some));
+        set!(cluster.address = self.cluster_address.map(Some));
+        set!(cluster.board_port = self.cluster_board_port);
+        set!(cluster.route_port = self.cluster_route_port);
+        set!(cluster.labels = self.cluster_label);
+        set!(cluster.dead_after = self.cluster_dead_after);
+        set!(cluster.max_jetstream = self.cluster_max_jetstream);
+        set!(cluster.nats_server = self.cluster_nats_server);
+        set!(cluster.join = self.cluster_join.map(Some));
         c.validate()?;
         Ok(c)
     }
@@ -420,6 +462,60 @@ mod tests {
             "--hardware-sim-jumper",
             "BRAMBLE_HARDWARE_SIM_JUMPERS",
             "GPIO27=GPIO17",
+        ),
+        (
+            "cluster.board",
+            "--cluster-board",
+            "BRAMBLE_CLUSTER_BOARD",
+            "pi-two",
+        ),
+        (
+            "cluster.address",
+            "--cluster-address",
+            "BRAMBLE_CLUSTER_ADDRESS",
+            "192.168.1.20",
+        ),
+        (
+            "cluster.board_port",
+            "--cluster-board-port",
+            "BRAMBLE_CLUSTER_BOARD_PORT",
+            "7500",
+        ),
+        (
+            "cluster.route_port",
+            "--cluster-route-port",
+            "BRAMBLE_CLUSTER_ROUTE_PORT",
+            "7501",
+        ),
+        (
+            "cluster.labels",
+            "--cluster-label",
+            "BRAMBLE_CLUSTER_LABELS",
+            "zone=garage",
+        ),
+        (
+            "cluster.dead_after",
+            "--cluster-dead-after",
+            "BRAMBLE_CLUSTER_DEAD_AFTER",
+            "20s",
+        ),
+        (
+            "cluster.max_jetstream",
+            "--cluster-max-jetstream",
+            "BRAMBLE_CLUSTER_MAX_JETSTREAM",
+            "5",
+        ),
+        (
+            "cluster.nats_server",
+            "--cluster-nats-server",
+            "BRAMBLE_CLUSTER_NATS_SERVER",
+            "/opt/nats-server",
+        ),
+        (
+            "cluster.join",
+            "--cluster-join",
+            "BRAMBLE_CLUSTER_JOIN",
+            "bramble1.shelf.AAECAwQFBgcICQoLDA0OD2RlZmdoaWprbG1ub3BxcnPMWzwP 192.168.1.10:8080",
         ),
     ];
 

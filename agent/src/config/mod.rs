@@ -30,6 +30,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {key}: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("invalid configuration: {0}")]
+    Cluster(bramble_cluster::settings::SettingError),
 }
 
 /// The whole configuration. Every field has a default; see the README for each key.
@@ -84,6 +86,9 @@ pub struct Config {
     pub stop_functions_on_shutdown: bool,
     /// The hardware helper: backend, socket directory, simulator lines.
     pub hardware: bramble_hardware::HardwareConfig,
+    /// Cluster mode: this board's name, address and ports in a cluster, its labels, and a
+    /// cluster to join at start. Without cluster state on disk none of it is used.
+    pub cluster: bramble_cluster::ClusterConfig,
 }
 
 /// Limits applied when a function's deployment asks none.
@@ -152,6 +157,7 @@ impl Default for Config {
             image_gc_after: Expiry::After(Duration::from_secs(3600)),
             stop_functions_on_shutdown: false,
             hardware: bramble_hardware::HardwareConfig::default(),
+            cluster: bramble_cluster::ClusterConfig::default(),
         }
     }
 }
@@ -280,6 +286,7 @@ impl Config {
                 );
             }
         }
+        self.cluster.validate().map_err(ConfigError::Cluster)?;
         Ok(())
     }
 

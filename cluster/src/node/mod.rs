@@ -437,7 +437,8 @@ impl ClusterNode {
         })
     }
 
-    /// The founder makes the buckets (and the first layout); the others open them.
+    /// The founder makes the buckets (and, on the cluster's first start, its record and the
+    /// first layout); the others open them.
     async fn open_buckets(&self) -> Result<(Bucket, Bucket), KvError> {
         let founder = self.files().node.founder;
         let open = |name: &'static str| async move {
@@ -450,8 +451,16 @@ impl ClusterNode {
         };
         let boards = open(BOARDS_BUCKET).await?;
         let cluster = open(CLUSTER_BUCKET).await?;
-        if founder {
-            layout::found(&cluster, &self.board()).await?;
+        if founder && layout::read(&cluster).await?.is_none() {
+            // The cluster's first start: the founder's record, then the first layout (in that
+            // order, so that a layout without the founder's record means it was removed).
+            let me = self.me.borrow().clone();
+            let record = bytes::Bytes::from(serde_json::to_vec(&me).unwrap_or_default());
+            match boards.create(&me.name, record).await {
+                Err(e) if !e.is_conflict() => return Err(e),
+                _ => {}
+            }
+            layout::found(&cluster, &me.name).await?;
         }
         Ok((boards, cluster))
     }

@@ -1,5 +1,5 @@
 //! Integration tests of bramble-cluster against real nats-server processes, each board in its
-//! own network namespace on a bridge that plays the LAN (see `lan.rs`, `shelf.rs`).
+//! own network namespace on a bridge that plays the LAN (see `bramble_testkit::lan`, `shelf.rs`).
 //!
 //! The nats-server under test is `BRAMBLE_NATS_SERVER` (default: `nats-server` on PATH, Debian
 //! 12's 2.9.10); `cluster/test-nats-versions` runs this binary against 2.9.10 and 2.10.27.
@@ -14,7 +14,6 @@
 mod engine;
 mod growth;
 mod kv;
-mod lan;
 mod liveness;
 mod partition;
 mod queue;

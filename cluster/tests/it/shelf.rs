@@ -18,7 +18,7 @@ use bramble_cluster::engine::{
 use bramble_cluster::identity::{BoardIdentity, ClusterIdentity};
 use bramble_cluster::kv::{Bucket, BucketConfig};
 
-use crate::lan::Lan;
+use bramble_testkit::lan::Lan;
 
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 

@@ -6,6 +6,9 @@
 //! Namespaces are made with `ip netns add` and named `bramble-<pid>-<n>-...`, so parallel test
 //! processes never collide; entered with `nsenter --net=` (never `ip netns exec`); deleted on
 //! drop.
+//!
+//! Used by the cluster engine's tests (`cluster/tests/it`) and the multi-board tests of
+//! `bramble up` (`agent/tests/cluster`).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -1,0 +1,423 @@
+//! Cluster mode in `bramble up`: composes [`bramble_cluster::node`] with the daemon.
+//!
+//! With cluster state on disk (`<state_dir>/cluster/node.json`), the node starts its
+//! [`ClusterNode`] (its nats-server, membership, lease, layout), serves the cluster's public
+//! hello and `/system/cluster` routes on the API, and the board-to-board listener (TLS under the
+//! cluster's CA) on `cluster.board_port`. Without it, `POST /system/cluster/init` and
+//! `/system/cluster/join` form or join a cluster (and `cluster.join` in the configuration joins
+//! at start): both write the state, answer, then ask the daemon to restart.
+//!
+//! Restart = a clean gateway shutdown (functions keep running, as after any restart) and a
+//! re-exec of the same binary with the same arguments (`main.rs`); the PID stays, so systemd
+//! sees the same service, which sends `READY=1` again once the gateway answers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bramble_cluster::membership::{BoardInfo, MemoryBudget};
+use bramble_cluster::node::join::{self, ApiLogin, Joiner};
+use bramble_cluster::node::{BoardFacts, ClusterNode, NodeSettings, Refusal, files, init, routes};
+use bramble_cluster::settings::{JoinCommand, board_name_from_host};
+use bramble_gateway::Gateway;
+use bramble_gateway::provider::Provider;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::store::{ApiCredentials, Store};
+
+/// The cluster side of a running daemon.
+pub struct ClusterSide {
+    /// The running node, in cluster mode.
+    pub node: Option<Arc<ClusterNode>>,
+    /// Set when the daemon must restart (init, join, leave).
+    restart: watch::Sender<bool>,
+    board_server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Why the cluster side did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterStartError {
+    #[error("starting cluster mode")]
+    Node(#[from] bramble_cluster::node::NodeError),
+    #[error("cannot listen for other boards on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the cluster needs to know of the daemon.
+pub struct Context<'a, P: Provider> {
+    pub config: &'a Config,
+    pub store: Arc<Store>,
+    pub credentials: &'a ApiCredentials,
+    pub gateway: &'a Arc<Gateway<P>>,
+    /// The API's address (its port is what other boards call).
+    pub api: SocketAddr,
+}
+
+/// This board's facts as the cluster sees them.
+pub fn facts(config: &Config) -> BoardFacts {
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "x86_64" => "amd64",
+        other => other,
+    };
+    let platform = match arch {
+        "arm" => "linux/arm/v7".to_owned(),
+        other => format!("linux/{other}"),
+    };
+    BoardFacts {
+        arch: arch.to_owned(),
+        platform,
+        memory_budget: config.memory_budget_bytes(),
+        hardware: bramble_cluster::membership::HardwareSummary::default(),
+    }
+}
+
+impl ClusterSide {
+    /// Starts cluster mode when the board has cluster state; otherwise adds the routes that
+    /// form or join one (and joins at start when `cluster.join` is set).
+    pub async fn start<P: Provider>(ctx: Context<'_, P>) -> Result<ClusterSide, ClusterStartError> {
+        let restart = watch::Sender::new(false);
+        let state_dir = ctx.config.state_dir.clone();
+        let member = tokio::task::spawn_blocking(move || files::is_member(&state_dir))
+            .await
+            .unwrap_or(false);
+        if !member {
+            let single = Arc::new(Single {
+                config: ctx.config.clone(),
+                store: ctx.store,
+                api: ctx.api,
+                restart: restart.clone(),
+            });
+            ctx.gateway
+                .add_admin_routes(single_router(Arc::clone(&single)));
+            if let Some(command) = ctx.config.cluster.join.clone() {
+                tokio::spawn(join_at_start(single, command));
+            }
+            return Ok(ClusterSide {
+                node: None,
+                restart,
+                board_server: None,
+            });
+        }
+        let settings = NodeSettings {
+            state_dir: ctx.config.state_dir.clone(),
+            config: ctx.config.cluster.clone(),
+            api: ApiLogin {
+                user: ctx.credentials.user.clone(),
+                password: ctx.credentials.password.clone(),
+            },
+            facts: facts(ctx.config),
+        };
+        let node = ClusterNode::start(settings).await?;
+        ctx.gateway
+            .add_public_routes(routes::public_router(Arc::clone(&node)));
+        ctx.gateway
+            .add_admin_routes(routes::admin_router(Arc::clone(&node)));
+        let files = node.files();
+        let tls = bramble_cluster::node::tls::server_config(&files.cluster, &files.board)
+            .map_err(bramble_cluster::node::NodeError::from)?;
+        let addr = files.node.board_listen();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ClusterStartError::Listen { addr, source })?;
+        let gateway = Arc::clone(ctx.gateway);
+        let board_routes = routes::board_router(Arc::clone(&node));
+        let stop = node.restart_requested();
+        let board_server = tokio::spawn(async move {
+            if let Err(e) = gateway
+                .serve_boards(listener, tls, board_routes, stop)
+                .await
+            {
+                tracing::error!(error = %e, "the board-to-board listener stopped");
+            }
+        });
+        {
+            let restart = restart.clone();
+            let requested = node.restart_requested();
+            tokio::spawn(async move {
+                requested.await;
+                restart.send_replace(true);
+            });
+        }
+        tracing::info!(board = %node.board(), cluster = %node.cluster(), board_port = addr.port(), "cluster mode");
+        Ok(ClusterSide {
+            node: Some(node),
+            restart,
+            board_server: Some(board_server),
+        })
+    }
+
+    /// Resolves when the daemon must restart (it formed, joined or left a cluster).
+    pub fn restart_requested(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut restart = self.restart.subscribe();
+        async move {
+            let _ = restart.wait_for(|r| *r).await;
+        }
+    }
+
+    /// True once a restart was asked for.
+    pub fn must_restart(&self) -> bool {
+        *self.restart.borrow()
+    }
+
+    /// Stops the board listener and the node's nats-server.
+    pub async fn stop(self) {
+        if let Some(server) = self.board_server {
+            server.abort();
+        }
+        if let Some(node) = self.node {
+            node.stop().await;
+        }
+    }
+}
+
+/// A board in no cluster: what forms or joins one.
+struct Single {
+    config: Config,
+    store: Arc<Store>,
+    api: SocketAddr,
+    restart: watch::Sender<bool>,
+}
+
+fn single_router(single: Arc<Single>) -> Router {
+    Router::new()
+        .route("/system/cluster", get(not_in_a_cluster))
+        .route("/system/cluster/init", post(init_handler))
+        .route("/system/cluster/join", post(join_handler))
+        .with_state(single)
+}
+
+async fn not_in_a_cluster() -> Response {
+    Refusal::new(
+        404,
+        "this board is not in a cluster: `bramble cluster init` forms one, `bramble cluster join TOKEN ADDRESS` joins one",
+    )
+    .into_response()
+}
+
+impl Single {
+    fn board_name(&self) -> String {
+        self.config.cluster.board.clone().unwrap_or_else(|| {
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default();
+            board_name_from_host(&host)
+        })
+    }
+
+    fn address(&self) -> Result<IpAddr, Refusal> {
+        if let Some(address) = self.config.cluster.address {
+            return Ok(address);
+        }
+        if !self.api.ip().is_unspecified() && !self.api.ip().is_loopback() {
+            return Ok(self.api.ip());
+        }
+        init::detect_address(&[self.config.network.bridge.as_str()]).ok_or_else(|| {
+            Refusal::new(
+                400,
+                "cannot tell this board's LAN address: set cluster.address (BRAMBLE_CLUSTER_ADDRESS)",
+            )
+        })
+    }
+
+    fn restart_soon(&self) {
+        // The answer goes out first; then the gateway drains and the daemon re-executes.
+        let restart = self.restart.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            restart.send_replace(true);
+        });
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InitBody {
+    /// The cluster's name (default `bramble`).
+    #[serde(default)]
+    cluster: Option<String>,
+}
+
+async fn init_handler(State(single): State<Arc<Single>>, body: Option<Json<InitBody>>) -> Response {
+    let name = body
+        .and_then(|b| b.0.cluster)
+        .unwrap_or_else(|| "bramble".to_owned());
+    if let Err(e) = bramble_cluster::names::validate("cluster", &name) {
+        return Refusal::new(400, e.to_string()).into_response();
+    }
+    let address = match single.address() {
+        Ok(address) => address,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let founding = init::Founding {
+        cluster: name.clone(),
+        board: single.board_name(),
+        address,
+        api_port: single.api.port(),
+        board_port: single.config.cluster.board_port,
+        route_port: single.config.cluster.route_port,
+    };
+    let state_dir = single.config.state_dir.clone();
+    let created = {
+        let founding = founding.clone();
+        tokio::task::spawn_blocking(move || init::create(&state_dir, &founding)).await
+    };
+    let token = match created {
+        Ok(Ok(token)) => token,
+        Ok(Err(e)) => {
+            return Refusal::new(500, bramble_base::error_chain(&e)).into_response();
+        }
+        Err(e) => return Refusal::new(500, e.to_string()).into_response(),
+    };
+    tracing::info!(cluster = %name, board = %founding.board, %address, "cluster formed; restarting into cluster mode");
+    single.restart_soon();
+    Json(serde_json::json!({
+        "cluster": name,
+        "board": founding.board,
+        "token": token.to_string(),
+        "join": init::join_command(&token, address, founding.api_port),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    token: String,
+    address: String,
+}
+
+async fn join_handler(State(single): State<Arc<Single>>, Json(body): Json<JoinBody>) -> Response {
+    let command = match format!("{} {}", body.token, body.address).parse::<JoinCommand>() {
+        Ok(command) => command,
+        Err(message) => return Refusal::new(400, message).into_response(),
+    };
+    match single.join(&command).await {
+        Ok(answer) => {
+            single.restart_soon();
+            Json(answer).into_response()
+        }
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+impl Single {
+    /// Joins the cluster of `command`, keeps the state and the cluster's API login.
+    async fn join(&self, command: &JoinCommand) -> Result<serde_json::Value, Refusal> {
+        let board = self.board_name();
+        let address = self
+            .config
+            .cluster
+            .address
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let facts = facts(&self.config);
+        let me = Joiner {
+            board: BoardInfo {
+                name: board.clone(),
+                address,
+                arch: facts.arch,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                nats_version: String::new(),
+                memory: MemoryBudget {
+                    total: facts.memory_budget.unwrap_or(u64::MAX),
+                    used: 0,
+                },
+                functions: 0,
+                hardware: facts.hardware,
+                labels: self
+                    .config
+                    .cluster
+                    .labels
+                    .iter()
+                    .map(|l| (l.key.clone(), l.value.clone()))
+                    .collect(),
+                started_at_ms: join::now_ms(),
+                jetstream: false,
+                platform: facts.platform,
+                api_port: self.api.port(),
+                board_port: self.config.cluster.board_port,
+                route_port: self.config.cluster.route_port,
+                leaving: false,
+            },
+            api_port: self.api.port(),
+            board_port: self.config.cluster.board_port,
+            route_port: self.config.cluster.route_port,
+        };
+        let grant = join::join(&command.token, &command.address, me)
+            .await
+            .map_err(|e| {
+                let status = match &e {
+                    join::JoinError::Refused { status, .. } => *status,
+                    join::JoinError::Address(_) => 400,
+                    join::JoinError::OtherCluster { .. } | join::JoinError::CaMismatch { .. } => {
+                        403
+                    }
+                    _ => 502,
+                };
+                Refusal::new(status, bramble_base::error_chain(&e))
+            })?;
+        let files = grant.files();
+        let login = ApiCredentials {
+            user: grant.api.user.clone(),
+            password: grant.api.password.clone(),
+        };
+        let state_dir = self.config.state_dir.clone();
+        let store = Arc::clone(&self.store);
+        let saved = tokio::task::spawn_blocking(move || {
+            store
+                .set_api_credentials(&login)
+                .map_err(|e| bramble_base::error_chain(&e))?;
+            files
+                .save(&state_dir)
+                .map_err(|e| bramble_base::error_chain(&e))
+        })
+        .await
+        .map_err(|e| Refusal::new(500, e.to_string()))?;
+        saved.map_err(|message| {
+            Refusal::new(500, format!("keeping the cluster's state: {message}"))
+        })?;
+        tracing::info!(cluster = %grant.node.cluster, %board, jetstream = grant.node.jetstream, "joined the cluster; restarting into cluster mode");
+        Ok(serde_json::json!({
+            "cluster": grant.node.cluster,
+            "board": board,
+            "address": grant.node.address,
+            "jetstream": grant.node.jetstream,
+        }))
+    }
+}
+
+/// `cluster.join` in the configuration: joins at start, retrying while the cluster cannot be
+/// reached or has no quorum; a refusal for a cause that does not pass (wrong token, name
+/// taken) is logged and not retried.
+async fn join_at_start(single: Arc<Single>, command: JoinCommand) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match single.join(&command).await {
+            Ok(_) => {
+                single.restart_soon();
+                return;
+            }
+            Err(refusal) if [502, 503].contains(&refusal.status) => {
+                tracing::warn!(reason = %refusal.message, "cannot join the cluster yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(refusal) => {
+                tracing::error!(reason = %refusal.message, "the cluster refused this board (cluster.join)");
+                return;
+            }
+        }
+    }
+}
