@@ -232,7 +232,20 @@ pub async fn run(config: &Config, host: &Host) -> Report {
         clock(host),
         state_permissions(&config.state_dir),
     ]);
+    checks.extend(nats_server(config).await);
     Report { checks }
+}
+
+/// In cluster mode: the board's nats-server (see [`bramble_cluster::node::doctor`]).
+pub async fn nats_server(config: &Config) -> Option<Check> {
+    use bramble_cluster::node::doctor::{self, Verdict};
+    let found = doctor::nats_server(&config.state_dir, &config.cluster.nats_server).await?;
+    let fix = found.fix.unwrap_or_default();
+    Some(match found.verdict {
+        Verdict::Ok => Check::ok("nats-server", found.detail),
+        Verdict::Warning => Check::warning("nats-server", found.detail, fix),
+        Verdict::Blocking => Check::blocking("nats-server", found.detail, fix),
+    })
 }
 
 /// containerd answers on the configured socket, in a release bramble supports.

@@ -157,6 +157,45 @@ impl Board {
         }
     }
 
+    /// `bramble doctor --json` on this board: its `nats-server` check.
+    fn doctor_nats(&self) -> Value {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .arg(BRAMBLE)
+            .args(["doctor", "--json", "--state-dir"])
+            .arg(self.state_dir())
+            .arg("--containerd-socket")
+            .arg(self.dir.join("no-containerd.sock"))
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor --json: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        report["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "nats-server").cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// RSS of bramble and of its nats-server, bytes.
+    fn rss(&self) -> (u64, u64) {
+        let of = |pid: Option<i32>| {
+            pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+                .and_then(|status| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
+                .map_or(0, |kb| kb * 1024)
+        };
+        let bramble = self.up.as_ref().and_then(|c| i32::try_from(c.id()).ok());
+        (of(bramble), of(self.nats_pid()))
+    }
+
     fn nats_pid(&self) -> Option<i32> {
         std::fs::read_to_string(self.state_dir().join("cluster/nats-server.pid"))
             .ok()
@@ -327,6 +366,18 @@ async fn init_join_status_leave_remove() -> TestResult {
         assert!(first["lastSeen"].is_string(), "{first}");
         assert!(first["memory"]["used"].is_u64(), "{first}");
     }
+    // doctor checks the nats-server in cluster mode, and not at all on a single board.
+    let nats = b1.doctor_nats();
+    assert_eq!(nats["status"], "ok", "{nats}");
+    for b in [&b0, &b1, &b2] {
+        let (bramble, nats) = b.rss();
+        println!(
+            "measured: {} idle RSS: bramble {} MiB + nats-server {} MiB (debug build)",
+            b.name,
+            bramble >> 20,
+            nats >> 20
+        );
+    }
     let table = b1.cluster(&["status"]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
@@ -338,6 +389,7 @@ async fn init_join_status_leave_remove() -> TestResult {
     let mut b3 = Board::new(&lan, 3, "b1");
     b3.start();
     b3.wait_up().await;
+    assert_eq!(b3.doctor_nats(), Value::Null);
     let refused = b3.cluster_refused(&["join", token, address]);
     assert!(refused.contains("already in the cluster"), "{refused}");
     b3.stop();

@@ -15,6 +15,7 @@
 //! this.
 
 pub mod answer;
+pub mod doctor;
 pub mod files;
 pub mod init;
 pub mod join;
