@@ -368,7 +368,7 @@ impl Single {
                 };
                 Refusal::new(status, bramble_base::error_chain(&e))
             })?;
-        let files = grant.files();
+        let grant_files = grant.files();
         let login = ApiCredentials {
             user: grant.api.user.clone(),
             password: grant.api.password.clone(),
@@ -379,9 +379,16 @@ impl Single {
             store
                 .set_api_credentials(&login)
                 .map_err(|e| bramble_base::error_chain(&e))?;
-            files
+            grant_files
                 .save(&state_dir)
-                .map_err(|e| bramble_base::error_chain(&e))
+                .map_err(|e| bramble_base::error_chain(&e))?;
+            match std::fs::remove_file(files::left_path(&state_dir)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!(
+                    "removing {}: {e}",
+                    files::left_path(&state_dir).display()
+                )),
+                _ => Ok(()),
+            }
         })
         .await
         .map_err(|e| Refusal::new(500, e.to_string()))?;
@@ -402,6 +409,15 @@ impl Single {
 /// reached or has no quorum; a refusal for a cause that does not pass (wrong token, name
 /// taken) is logged and not retried.
 async fn join_at_start(single: Arc<Single>, command: JoinCommand) {
+    let state_dir = single.config.state_dir.clone();
+    let left = tokio::task::spawn_blocking(move || files::left_cluster(&state_dir))
+        .await
+        .ok()
+        .flatten();
+    if left.as_deref() == Some(command.token.cluster.as_str()) {
+        tracing::info!(cluster = %command.token.cluster, "this board left cluster {} earlier: cluster.join is not acted on again (`bramble cluster join` joins explicitly)", command.token.cluster);
+        return;
+    }
     let mut wait = Duration::from_secs(1);
     loop {
         match single.join(&command).await {

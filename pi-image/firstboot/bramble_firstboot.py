@@ -52,12 +52,15 @@ APPLIED_NAME = "bramble-firstboot.applied.toml"
 LOG_NAME = "bramble-firstboot.log"
 BOOT_DIR = "/boot/firmware"
 PENDING = "var/lib/bramble-image/firstboot-functions.json"
-SECRET_KEYS = ("password", "password_hash")
+SECRET_KEYS = ("password", "password_hash", "join")
 
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 FUNCTION_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 TIMEZONE_RE = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")
+# A join command as `bramble cluster init` prints it: `bramble1.CLUSTER.PAYLOAD HOST:PORT`.
+JOIN_RE = re.compile(r"^bramble1\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.[A-Za-z0-9_-]+ [^\s]+$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9._/-]+=[A-Za-z0-9._-]*$")
 QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi)?$")
 SSH_KEY_TYPES = (
     "ssh-ed25519",
@@ -117,12 +120,20 @@ class Function:
 
 
 @dataclass
+class Cluster:
+    join: str
+    board: str | None = None
+    labels: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     hostname: str | None = None
     timezone: str | None = None
     user: User | None = None
     wifi: Wifi | None = None
     bramble: Credentials | None = None
+    cluster: Cluster | None = None
     functions: list[Function] = field(default_factory=list)
 
     def secrets(self) -> list[str]:
@@ -132,6 +143,8 @@ class Config:
             out.append(self.wifi.password)
         if self.bramble:
             out.append(self.bramble.password)
+        if self.cluster:
+            out.append(self.cluster.join.split()[0])
         if self.user and self.user.password_hash:
             out.append(self.user.password_hash)
         return out
@@ -197,7 +210,7 @@ def parse(text: str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"not valid TOML: {e}") from None
-    _unknown(data, {"hostname", "timezone", "user", "wifi", "bramble", "function"}, "")
+    _unknown(data, {"hostname", "timezone", "user", "wifi", "bramble", "cluster", "function"}, "")
     config = Config()
 
     hostname = _str(data, "hostname", "")
@@ -279,6 +292,20 @@ def parse(text: str) -> Config:
         if len(password) < 8 or any(c in password for c in "\r\n") or password != password.strip():
             raise ConfigError("[bramble] password: at least 8 characters, one line, no leading or trailing space")
         config.bramble = Credentials(api_user, password)
+
+    cluster = _table(data, "cluster", "")
+    if cluster is not None:
+        _unknown(cluster, {"join", "board", "labels"}, "[cluster] ")
+        join = " ".join((_str(cluster, "join", "[cluster] ", required=True) or "").split())
+        if not JOIN_RE.match(join):
+            raise ConfigError("[cluster] join: \"TOKEN ADDRESS\" as `bramble cluster init` printed it")
+        board = _str(cluster, "board", "[cluster] ")
+        if board is not None and not FUNCTION_RE.match(board):
+            raise ConfigError(f"[cluster] board {board!r}: lower-case letters, digits and '-'")
+        labels = cluster.get("labels", [])
+        if not isinstance(labels, list) or not all(isinstance(l, str) and LABEL_RE.match(l) for l in labels):
+            raise ConfigError('[cluster] labels: a list of "KEY=VALUE" strings, e.g. ["zone=garage"]')
+        config.cluster = Cluster(join, board, labels)
 
     functions = data.get("function", [])
     if not isinstance(functions, list):
@@ -440,6 +467,8 @@ class Applier:
             self.wifi(config.wifi)
         if config.bramble:
             self.credentials(config.bramble)
+        if config.cluster:
+            self.cluster(config.cluster)
         self.queue_functions(config.functions)
 
     def hostname(self, name: str) -> None:
@@ -526,6 +555,31 @@ class Applier:
         write_file(secrets / "basic-auth-user", creds.user, 0o600)
         write_file(secrets / "basic-auth-password", creds.password, 0o600)
         self.note(f"bramble API credentials: user {creds.user}, password from the file (in {secrets.relative_to(self.root)})")
+
+    def cluster(self, cluster: Cluster) -> None:
+        """A `[cluster]` section in bramble's configuration: bramble joins at its first start
+        (`cluster.join`), and never again once it has left. The file becomes root-only: the
+        join token is a credential."""
+        path = self.root / "etc/bramble/config.toml"
+        text = path.read_text() if path.exists() else ""
+        lines = [f"join = {json.dumps(cluster.join)}"]
+        if cluster.board:
+            lines.append(f"board = {json.dumps(cluster.board)}")
+        if cluster.labels:
+            lines.append(f"labels = {json.dumps(cluster.labels)}")
+        existing = text.splitlines()
+        header = next((i for i, l in enumerate(existing) if l.strip() == "[cluster]"), None)
+        if header is None:
+            text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + "[cluster]\n" + "\n".join(lines) + "\n"
+        else:
+            keys = {l.split("=")[0].strip() for l in lines}
+            body = existing[header + 1 :]
+            end = next((i for i, l in enumerate(body) if l.strip().startswith("[")), len(body))
+            kept = [l for l in body[:end] if l.split("=")[0].strip() not in keys]
+            text = "\n".join(existing[: header + 1] + lines + kept + body[end:]) + "\n"
+        write_file(path, text, 0o600)
+        address = cluster.join.split()[1]
+        self.note(f"cluster: joins the cluster of {address} at bramble's first start" + (f" as board {cluster.board}" if cluster.board else ""))
 
     def queue_functions(self, functions: list[Function]) -> None:
         pending = self.root / PENDING

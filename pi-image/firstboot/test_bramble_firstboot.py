@@ -291,6 +291,56 @@ class ApplyTest(unittest.TestCase):
                 self.assertFalse((self.root / "etc/hostname").exists())
 
 
+JOIN = "bramble1.shelf.AAECAwQFBgcICQoLDA0OD2RlZmdoaWprbG1ub3BxcnPMWzwP 192.168.1.10:8080"
+
+
+class ClusterTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.root, self.boot = make_tree(Path(self.tmp.name))
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def test_a_join_section_goes_into_bramble_config_root_only(self):
+        config = fb.parse(f'[cluster]\njoin = "{JOIN}"\nboard = "pi-garage"\nlabels = ["zone=garage"]\n')
+        self.assertEqual(config.secrets(), [JOIN.split()[0]])
+        (self.root / "etc/bramble").mkdir()
+        path = self.root / "etc/bramble/config.toml"
+        path.write_text('listen = "0.0.0.0:8080"\n#[cluster]\n#board_port = 7425\n')
+        fb.Applier(self.root, self.boot, run=FakeRunner(self.root), live=False).apply(config)
+        written = tomllib.loads(path.read_text())
+        self.assertEqual(written["listen"], "0.0.0.0:8080")
+        self.assertEqual(written["cluster"], {"join": JOIN, "board": "pi-garage", "labels": ["zone=garage"]})
+        self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+
+    def test_an_existing_cluster_section_is_completed_not_repeated(self):
+        (self.root / "etc/bramble").mkdir()
+        path = self.root / "etc/bramble/config.toml"
+        path.write_text('[cluster]\njoin = "old"\ndead_after = "20s"\n\n[hardware]\nbackend = "cdev"\n')
+        fb.Applier(self.root, self.boot, run=FakeRunner(self.root), live=False).apply(fb.parse(f'[cluster]\njoin = "{JOIN}"\n'))
+        written = tomllib.loads(path.read_text())
+        self.assertEqual(written["cluster"], {"join": JOIN, "dead_after": "20s"})
+        self.assertEqual(written["hardware"], {"backend": "cdev"})
+
+    def test_the_token_is_scrubbed_from_the_card(self):
+        out = fb.scrub(f'[cluster]\njoin = "{JOIN}"\nboard = "b"\n')
+        self.assertNotIn("bramble1.", out)
+        self.assertIn('board = "b"', out)
+
+    def test_mistakes_are_named(self):
+        for text, needle in [
+            ("[cluster]\n", "join"),
+            ('[cluster]\njoin = "nonsense"\n', "TOKEN ADDRESS"),
+            (f'[cluster]\njoin = "{JOIN}"\nboard = "Bad Name"\n', "board"),
+            (f'[cluster]\njoin = "{JOIN}"\nlabels = "zone=garage"\n', "labels"),
+            (f'[cluster]\njoin = "{JOIN}"\nzone = "x"\n', "unknown"),
+        ]:
+            with self.assertRaises(fb.ConfigError) as e:
+                fb.parse(text)
+            self.assertIn(needle, str(e.exception), text)
+
+
 class CommandTest(unittest.TestCase):
     """`apply` as the unit runs it: the file is consumed, its secrets leave the card."""
 

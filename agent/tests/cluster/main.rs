@@ -25,6 +25,8 @@ struct Board {
     dir: PathBuf,
     name: String,
     address: std::net::Ipv4Addr,
+    /// More flags of `bramble up`.
+    extra: Vec<String>,
     up: Option<Child>,
 }
 
@@ -39,6 +41,7 @@ impl Board {
             dir,
             name: name.to_owned(),
             address: Lan::address(i),
+            extra: Vec::new(),
             up: None,
         }
     }
@@ -68,6 +71,7 @@ impl Board {
             .args(["--cluster-board", &self.name])
             .args(["--cluster-address", &self.address.to_string()])
             .args(["--cluster-dead-after", "5s"])
+            .args(&self.extra)
             .env("BRAMBLE_LOG", "info,bramble_cluster=debug")
             .env_remove("BRAMBLE_URL")
             .stdout(log.try_clone().unwrap())
@@ -127,8 +131,12 @@ impl Board {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("bramble.log")).unwrap_or_default()
+    }
+
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("bramble.log")).unwrap_or_default();
+        let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         let from = lines.len().saturating_sub(40);
         format!(
@@ -393,12 +401,20 @@ async fn init_join_status_leave_remove() -> TestResult {
     let refused = b3.cluster_refused(&["join", token, address]);
     assert!(refused.contains("already in the cluster"), "{refused}");
     b3.stop();
+    // The fourth joins by its configuration (`cluster.join`, what the SD image's first boot
+    // writes), with no CLI.
     let mut b3 = Board::new(&lan, 3, "b3");
+    b3.extra = vec!["--cluster-join".into(), join.clone()];
     b3.start();
-    b3.wait_up().await;
-    let joined = b3.cluster_ok(&["join", token, address]);
+    let b3_status = wait_status(&b3, "b3 joined by its configuration", |s| {
+        s["connected"] == true && names_states(s).len() == 4
+    })
+    .await;
     // At most three boards carry JetStream: the fourth joins without it.
-    assert_eq!(joined["jetstream"], false, "{joined}");
+    let me = boards_of(&b3_status)
+        .into_iter()
+        .find(|(n, _, _)| n == "b3");
+    assert_eq!(me.map(|(_, _, js)| js), Some(false), "{b3_status}");
     wait_status(&b0, "four boards alive", |s| {
         names_states(s) == alive(&["b0", "b1", "b2", "b3"])
     })
@@ -422,6 +438,22 @@ async fn init_join_status_leave_remove() -> TestResult {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(!b3.state_dir().join("cluster/node.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(b3.state_dir().join("cluster-left")).unwrap(),
+        "shelf"
+    );
+    // Its configuration still says cluster.join: a board that left does not join again.
+    let started = Instant::now();
+    while !b3.log().contains("is not acted on again") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            b3.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = b3.cluster_refused(&["status"]);
+    assert!(refused.contains("not in a cluster"), "{refused}");
 
     // An alive board is not removed.
     let refused = b0.cluster_refused(&["remove", "b2"]);

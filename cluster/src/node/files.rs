@@ -64,6 +64,20 @@ pub fn node_path(state_dir: &Path) -> PathBuf {
     state_dir.join("cluster").join("node.json")
 }
 
+/// `<state_dir>/cluster-left`: the name of the cluster this board left last. A board that
+/// left is not joined again by `cluster.join` in its configuration (only by an explicit join).
+pub fn left_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("cluster-left")
+}
+
+/// The cluster this board left last, if any.
+pub fn left_cluster(state_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(left_path(state_dir))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
 /// Whether the board is in a cluster (its `node.json` exists).
 pub fn is_member(state_dir: &Path) -> bool {
     node_path(state_dir).exists()

@@ -197,10 +197,18 @@ async fn finish(node: &Arc<ClusterNode>, left: Left) -> Result<Left, Refusal> {
         .store(true, std::sync::atomic::Ordering::SeqCst);
     node.stop().await;
     let state_dir = node.settings().state_dir.clone();
-    tokio::task::spawn_blocking(move || super::files::ClusterFiles::remove(&state_dir))
-        .await
-        .map_err(|e| Refusal::new(500, e.to_string()))?
-        .map_err(|e| Refusal::new(500, format!("removing this board's cluster state: {e}")))?;
+    let cluster = left.cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        super::files::ClusterFiles::remove(&state_dir)?;
+        bramble_base::write_atomic(
+            &super::files::left_path(&state_dir),
+            cluster.as_bytes(),
+            0o600,
+        )
+    })
+    .await
+    .map_err(|e| Refusal::new(500, e.to_string()))?
+    .map_err(|e| Refusal::new(500, format!("removing this board's cluster state: {e}")))?;
     tracing::info!(cluster = %left.cluster, "left the cluster; restarting in single-board mode");
     node.request_restart();
     Ok(left)
