@@ -19,12 +19,13 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bramble_cluster::membership::{BoardInfo, MemoryBudget};
+use bramble_cluster::membership::{BoardInfo, HardwareSummary, MemoryBudget};
 use bramble_cluster::node::join::{self, ApiLogin, Joiner};
 use bramble_cluster::node::{BoardFacts, ClusterNode, NodeSettings, Refusal, files, init, routes};
 use bramble_cluster::settings::{JoinCommand, board_name_from_host};
 use bramble_gateway::Gateway;
 use bramble_gateway::provider::Provider;
+use bramble_hardware::Hardware;
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -61,9 +62,26 @@ pub struct Context<'a, P: Provider> {
     pub gateway: &'a Arc<Gateway<P>>,
     /// The API's address (its port is what other boards call).
     pub api: SocketAddr,
+    /// The hardware helper (the board's inventory).
+    pub hardware: Arc<Hardware>,
+    /// Node-wide function defaults (memory reserved by a function that sets no limit).
+    pub defaults: crate::function::Defaults,
 }
 
-/// This board's facts as the cluster sees them.
+/// The hardware summary a board's record carries.
+pub fn hardware_summary(hardware: &Hardware) -> HardwareSummary {
+    let inventory = hardware.inventory();
+    HardwareSummary {
+        gpio_chip: inventory.gpio_chip,
+        i2c_buses: inventory.i2c_buses,
+        one_wire: inventory.sensors,
+        gpio_lines: inventory.gpio_lines,
+        spi: Vec::new(),
+        pwm: Vec::new(),
+    }
+}
+
+/// This board's facts as the cluster sees them (hardware left empty: see [`hardware_summary`]).
 pub fn facts(config: &Config) -> BoardFacts {
     let arch = match std::env::consts::ARCH {
         "aarch64" => "arm64",
@@ -79,7 +97,7 @@ pub fn facts(config: &Config) -> BoardFacts {
         arch: arch.to_owned(),
         platform,
         memory_budget: config.memory_budget_bytes(),
-        hardware: bramble_cluster::membership::HardwareSummary::default(),
+        hardware: HardwareSummary::default(),
     }
 }
 
@@ -88,12 +106,18 @@ impl ClusterSide {
     /// form or join one (and joins at start when `cluster.join` is set).
     pub async fn start<P: Provider>(ctx: Context<'_, P>) -> Result<ClusterSide, ClusterStartError> {
         let restart = watch::Sender::new(false);
+        let mut board_facts = facts(ctx.config);
+        let hardware = Arc::clone(&ctx.hardware);
+        board_facts.hardware = tokio::task::spawn_blocking(move || hardware_summary(&hardware))
+            .await
+            .unwrap_or_default();
         let state_dir = ctx.config.state_dir.clone();
         let member = tokio::task::spawn_blocking(move || files::is_member(&state_dir))
             .await
             .unwrap_or(false);
         if !member {
             let single = Arc::new(Single {
+                facts: board_facts,
                 config: ctx.config.clone(),
                 store: ctx.store,
                 api: ctx.api,
@@ -117,9 +141,14 @@ impl ClusterSide {
                 user: ctx.credentials.user.clone(),
                 password: ctx.credentials.password.clone(),
             },
-            facts: facts(ctx.config),
+            facts: board_facts,
         };
         let node = ClusterNode::start(settings).await?;
+        tokio::spawn(report_usage(
+            Arc::clone(&node),
+            Arc::clone(&ctx.store),
+            ctx.defaults.clone(),
+        ));
         ctx.gateway
             .add_public_routes(routes::public_router(Arc::clone(&node)));
         ctx.gateway
@@ -184,6 +213,7 @@ impl ClusterSide {
 
 /// A board in no cluster: what forms or joins one.
 struct Single {
+    facts: BoardFacts,
     config: Config,
     store: Arc<Store>,
     api: SocketAddr,
@@ -322,7 +352,7 @@ impl Single {
             .cluster
             .address
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let facts = facts(&self.config);
+        let facts = self.facts.clone();
         let me = Joiner {
             board: BoardInfo {
                 name: board.clone(),
@@ -434,6 +464,40 @@ async fn join_at_start(single: Arc<Single>, command: JoinCommand) {
                 tracing::error!(reason = %refusal.message, "the cluster refused this board (cluster.join)");
                 return;
             }
+        }
+    }
+}
+
+/// Keeps this board's record up to date with what its functions reserve: memory against the
+/// budget and replicas, from the desired state of the board (as the local admission counts
+/// them). Ends with the node.
+async fn report_usage(
+    node: Arc<ClusterNode>,
+    store: Arc<Store>,
+    defaults: crate::function::Defaults,
+) {
+    let mut state = store.subscribe();
+    let node = Arc::downgrade(&node);
+    loop {
+        let (used, replicas) = {
+            let state = state.borrow_and_update();
+            state
+                .all_functions()
+                .fold((0u64, 0u64), |(used, replicas), (_, _, r)| {
+                    (
+                        used.saturating_add(crate::function::memory_reservation(r, &defaults)),
+                        replicas.saturating_add(r.replicas),
+                    )
+                })
+        };
+        let Some(node) = node.upgrade() else { return };
+        node.update_me(|me| {
+            me.memory.used = used;
+            me.functions = u32::try_from(replicas).unwrap_or(u32::MAX);
+        });
+        drop(node);
+        if state.changed().await.is_err() {
+            return;
         }
     }
 }

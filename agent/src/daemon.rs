@@ -99,6 +99,7 @@ pub async fn run(
         pids: config.defaults.pids,
         timeout: config.function_timeout,
     };
+    let defaults_for_cluster = defaults.clone();
     let settings = ProviderSettings {
         default_namespace: config.default_namespace.clone(),
         pull_policy: config.pull_policy,
@@ -169,6 +170,8 @@ pub async fn run(
         credentials: &credentials,
         gateway: &gateway,
         api: addr,
+        hardware: Arc::clone(&hardware),
+        defaults: defaults_for_cluster,
     })
     .await?;
     let secrets = config.state_dir.join("secrets");

@@ -74,6 +74,7 @@ pub mod cdev;
 mod config;
 mod error;
 pub mod grants;
+mod inventory;
 mod lifecycle;
 mod lines;
 pub mod pi;
@@ -94,6 +95,7 @@ use backend::{EventBus, GpioBackend, I2cBackend, PwmBackend, SpiBackend};
 pub use config::{BackendChoice, HardwareConfig};
 pub use error::{ErrorKind, HardwareError};
 pub use grants::{Bias, Direction, GrantError, Grants, LineGrant};
+pub use inventory::Inventory;
 pub use lifecycle::Mount;
 use lines::{Shared, State};
 use sensors::SensorRegistry;
@@ -117,6 +119,7 @@ struct Server {
 /// The hardware helper of a node. Shared as `Arc<Hardware>`.
 pub struct Hardware {
     shared: Arc<Shared>,
+    sources: inventory::Sources,
     socket_dir: PathBuf,
     servers: Mutex<HashMap<String, Server>>,
     /// Serializes `attach` and `detach`.
@@ -129,6 +132,7 @@ impl Hardware {
     pub fn new(config: HardwareConfig) -> Result<Arc<Hardware>, HardwareError> {
         let bus = Arc::new(EventBus::default());
         let labels = config.chip_labels.join(", ");
+        let sim_i2c_buses: Vec<u32> = config.sim_i2c.iter().map(|d| u32::from(d.bus)).collect();
         let chips = match config.backend {
             BackendChoice::Simulator => Vec::new(),
             BackendChoice::Auto | BackendChoice::Cdev => cdev::find_chips(&config.chip_labels),
@@ -182,7 +186,13 @@ impl Hardware {
                 Arc::new(pi::PiPwm::new()),
             )
         };
+        let sources = inventory::Sources {
+            chip: chips.first().map(|c| c.label.clone()),
+            sim_i2c_buses: chips.is_empty().then_some(sim_i2c_buses),
+            w1_dir: config.w1_dir.clone(),
+        };
         Ok(Arc::new(Hardware {
+            sources,
             shared: Arc::new(Shared {
                 gpio,
                 i2c,

@@ -372,7 +372,19 @@ async fn init_join_status_leave_remove() -> TestResult {
         assert_eq!(first["address"], "10.77.0.1:8080");
         assert_eq!(first["arch"], "amd64");
         assert!(first["lastSeen"].is_string(), "{first}");
-        assert!(first["memory"]["used"].is_u64(), "{first}");
+        assert_eq!(first["memory"]["used"], 0, "{first}");
+        assert!(
+            first["memory"]["budget"].as_u64().unwrap_or(0) > 0,
+            "{first}"
+        );
+        assert_eq!(first["functions"], 0, "{first}");
+        // The simulator's hardware (its BME280 on I2C bus 1), as the board's inventory says.
+        assert_eq!(first["hardware"]["gpioChip"], "simulator", "{first}");
+        assert_eq!(
+            first["hardware"]["i2cBuses"],
+            serde_json::json!([1]),
+            "{first}"
+        );
     }
     // doctor checks the nats-server in cluster mode, and not at all on a single board.
     let nats = b1.doctor_nats();
