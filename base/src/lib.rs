@@ -4,6 +4,9 @@
 //!   the same directory, fsync, rename, fsync of the directory), used for the desired state,
 //!   the network's lease cache, the async queue and installed binaries alike.
 //! - [`error_chain`]: an error and its sources on one line, for messages and logs.
+//! - [`duration_text`]: durations in configuration files as humane text (`"10s"`).
+
+pub mod duration_text;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

@@ -35,7 +35,7 @@ pub struct ClusterConfig {
     /// Labels placement constraints can name (`zone=garage`).
     pub labels: Vec<Label>,
     /// A board silent this long is dead: its functions are placed elsewhere.
-    #[serde(with = "duration")]
+    #[serde(with = "bramble_base::duration_text")]
     pub dead_after: Duration,
     /// How many boards carry JetStream (the shared state): 3 or 5.
     pub max_jetstream: u8,
@@ -231,25 +231,6 @@ macro_rules! text_serde {
 }
 
 text_serde!(Label, JoinCommand);
-
-/// Durations as humane strings: `"10s"`.
-mod duration {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a duration ({e}); write e.g. \"10s\""
-            ))
-        })
-    }
-}
 
 /// A board name from a host name: lowercase, characters other than `a-z 0-9 -` become `-`,
 /// cut to 63 characters; `board` when nothing usable is left.

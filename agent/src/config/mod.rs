@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bramble_runtime::PullPolicy;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 mod values;
 
@@ -53,13 +53,13 @@ pub struct Config {
     /// `Always`, `IfNotPresent` or `Never`.
     pub pull_policy: PullPolicy,
     /// Default upstream timeout of a function (per function: annotation `bramble.timeout`).
-    #[serde(with = "duration")]
+    #[serde(with = "bramble_base::duration_text")]
     pub function_timeout: Duration,
     /// How long a request waits for a starting function before 503/504.
-    #[serde(with = "duration")]
+    #[serde(with = "bramble_base::duration_text")]
     pub ready_timeout: Duration,
     /// Grace period between SIGTERM and SIGKILL when a function is stopped.
-    #[serde(with = "duration")]
+    #[serde(with = "bramble_base::duration_text")]
     pub stop_grace: Duration,
     /// Output kept in memory per function (`256Ki`).
     pub log_buffer: ByteSize,
@@ -336,24 +336,6 @@ fn total_memory() -> Option<u64> {
         .parse()
         .ok()?;
     Some(kib * 1024)
-}
-
-/// Durations as humane strings in TOML: `"60s"`, `"5m"`, `"1h 30m"`.
-mod duration {
-    use super::{Deserialize, Deserializer, Duration, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a duration ({e}); write e.g. \"60s\" or \"2m\""
-            ))
-        })
-    }
 }
 
 #[cfg(test)]

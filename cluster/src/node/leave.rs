@@ -52,28 +52,18 @@ pub async fn leave(
     drained: impl Future<Output = Result<(), Refusal>>,
 ) -> Result<Left, Refusal> {
     let cluster = node.cluster();
+    // Leaving without telling the cluster (it removed this board already, or it is gone).
+    let untold = Left {
+        cluster: cluster.clone(),
+        promoted: None,
+        told: false,
+    };
     if node.was_removed() {
-        return finish(
-            node,
-            Left {
-                cluster,
-                promoted: None,
-                told: false,
-            },
-        )
-        .await;
+        return finish(node, untold).await;
     }
     let Some(parts) = node.ready(Duration::from_secs(5)).await else {
         if force {
-            return finish(
-                node,
-                Left {
-                    cluster,
-                    promoted: None,
-                    told: false,
-                },
-            )
-            .await;
+            return finish(node, untold).await;
         }
         return Err(Refusal::new(
             503,
