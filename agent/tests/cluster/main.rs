@@ -509,7 +509,9 @@ async fn init_join_status_leave_remove() -> TestResult {
 
 fn main() {
     let nats: &'static str = Box::leak(
-        std::env::var("BRAMBLE_CLUSTER_NATS_SERVER")
+        // As in the engine's tests: `BRAMBLE_NATS_SERVER` (inherited by every board's bramble,
+        // whose engine runs it) picks the nats-server under test.
+        std::env::var(bramble_cluster::engine::config::BINARY_ENV)
             .unwrap_or_else(|_| "nats-server".into())
             .into_boxed_str(),
     );

@@ -159,11 +159,19 @@ pub(super) async fn follow(node: Arc<ClusterNode>, parts: Arc<Parts>) {
 }
 
 async fn apply(node: &ClusterNode, layout: &Layout, view: &View) -> Result<(), String> {
-    if node.leaving() || !view.records_loaded {
+    if node.leaving() {
         return Ok(());
+    }
+    // What the layout needs of the view is the record of every JetStream board (`routes_of`),
+    // not the whole snapshot: waiting for `records_loaded` too stalled the founder's migration
+    // when its watch of the boards bucket did not report being current (seen in ~2 of 10 runs
+    // of the multi-board test; not understood yet, see the report of issue 15).
+    if !view.records_loaded {
+        tracing::debug!("the boards' records are not all loaded yet");
     }
     let me = node.board();
     let Some(routes) = routes_of(layout, view) else {
+        tracing::debug!(jetstream = ?layout.jetstream, known = ?view.boards.keys().collect::<Vec<_>>(), "layout not followed yet: a JetStream board's record is missing");
         return Ok(());
     };
     let jetstream = layout.jetstream.contains(&me);
@@ -249,6 +257,11 @@ pub(super) async fn keep(node: Arc<ClusterNode>, parts: Arc<Parts>) {
 }
 
 async fn keep_replicas(node: &ClusterNode, layout: &Layout) {
+    if !node.files().node.clustered {
+        // A standalone server (the founder before its migration) holds one replica only; the
+        // migration sets the replicas itself.
+        return;
+    }
     let replicas = replicas_for(layout.jetstream.len());
     let names: Vec<String> = match node.jetstream().stream_names().try_collect().await {
         Ok(names) => names,
