@@ -14,6 +14,7 @@
 //!   blocking probe and free-port helpers of the servers the testkit starts.
 //! - [`load`]: [`Load`], a steady request loop counting successes, failures and bodies.
 //! - [`node`]: [`Node`], a real `bramble up` process on a [`TestEnv`], with its API at hand.
+//! - [`wrk`]: the `wrk` load generator, for the benchmarks.
 //! - [`env`]: [`TestEnv`], a private containerd with a runtime configuration (namespace,
 //!   bridge, subnet, state directory) unique to one test.
 
@@ -27,6 +28,7 @@ pub mod load;
 pub mod node;
 pub mod registry;
 pub mod stats;
+pub mod wrk;
 
 mod procfs;
 
@@ -36,4 +38,5 @@ pub use fixture::{fixture_binary, is_static_elf};
 pub use images::{example_image, fixture_image, foreign_image, multi_platform_layout};
 pub use load::{Load, LoadReport};
 pub use node::Node;
+pub use procfs::cpu_time;
 pub use registry::{Registry, write_docker_config};

@@ -187,6 +187,26 @@ impl Node {
         }
     }
 
+    /// Waits until the function's `bramble.state` is `state` (`ready`, `stopping`, …).
+    pub async fn wait_state(&self, name: &str, state: &str) -> Result<serde_json::Value, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.status(name).await.map_err(|e| e.to_string())?;
+            if let Some(s) = &status
+                && s["bramble"]["state"] == state
+            {
+                return Ok(s.clone());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{name} never was {state}: {status:?}\n{}",
+                    self.log_tail(30)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Scales `name` to `replicas` through the API and waits until that many are available.
     pub async fn scale(&self, name: &str, replicas: u64) -> Result<serde_json::Value, String> {
         let body = serde_json::json!({ "serviceName": name, "replicas": replicas }).to_string();

@@ -69,6 +69,9 @@ pub struct LocalProvider<R = Runtime> {
     locks: KeyedLocks,
     /// Set once the existing containers are adopted and every supervisor runs.
     started: watch::Sender<bool>,
+    /// Functions deleted whose replicas are still stopping: the delete answered once it was
+    /// stored; a deploy of the same name waits for this to turn `true`.
+    deleting: std::sync::Mutex<HashMap<FunctionKey, watch::Receiver<bool>>>,
     /// CPU counter samples per task, for `usage.cpu` (see [`cpu`]).
     cpu: std::sync::Mutex<cpu::CpuSamples>,
 }
@@ -146,6 +149,7 @@ impl<R: NodeRuntime> LocalProvider<R> {
             functions: RwLock::new(HashMap::new()),
             locks: KeyedLocks::default(),
             started: watch::channel(false).0,
+            deleting: std::sync::Mutex::default(),
             cpu: std::sync::Mutex::default(),
         });
         // Subscribe before adopting, so no exit between the two is missed.

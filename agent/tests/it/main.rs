@@ -13,6 +13,7 @@
 //! | `isolation`       | what a function can and cannot reach, checked from inside it          |
 //! | `hostile_clients` | idle connections, slowloris clients, oversized heads and bodies       |
 //! | `faults`          | containerd killed, broken functions, a full disk, power cuts          |
+//! | `stops`           | stops that answer at once and make no request wait for a stopping replica |
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bramble_testkit::harness::{self, Need};
@@ -24,6 +25,7 @@ mod isolation;
 mod node;
 mod ops;
 mod recovery;
+mod stops;
 
 /// What a real node needs from the machine: root, containerd, runc, iptables, the CNI plugins.
 const NODE: &[Need] = &[
@@ -43,5 +45,6 @@ fn main() {
         isolation::suite(),
         hostile_clients::suite(),
         faults::suite(),
+        stops::suite(),
     ]);
 }
