@@ -5,14 +5,17 @@
 //!   POST) at 1 and 8 connections, and the CPU time of the bramble process per proxied
 //!   request;
 //! - cold start through the gateway (request to a scaled-to-zero function → first byte), next
-//!   to the runtime's bare start of a stopped container (→ first HTTP answer).
+//!   to the runtime's bare start of a stopped container (→ first HTTP answer);
+//! - the function's own path: a 1 MiB POST echoed by the replica, straight to its address,
+//!   next to the same image in a bare container without limits.
 //!
 //! `cargo bench -p bramble-agent --bench gateway` as root, with `wrk` installed
-//! (`BRAMBLE_BENCH_SECS`, default 10, is the length of each measured run).
+//! (`BRAMBLE_BENCH_SECS`, default 10, is the length of each measured run;
+//! `BRAMBLE_BENCH_BINARY` runs another build of `bramble`, e.g. an older one to compare with).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bramble_runtime::image::no_progress;
@@ -39,7 +42,11 @@ async fn bench() -> Result<()> {
         .import(&archive, None, &no_progress)
         .await?
         .remove(0);
-    let node = Node::start(Path::new(env!("CARGO_BIN_EXE_bramble")), env, "")?;
+    let binary = std::env::var_os("BRAMBLE_BENCH_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_bramble")),
+        PathBuf::from,
+    );
+    let node = Node::start(&binary, env, "")?;
     let deploy = serde_json::json!({"service": "bench", "image": image.name}).to_string();
     expect(
         node.api("POST", "/system/functions", deploy.as_bytes())
@@ -131,6 +138,28 @@ async fn bench() -> Result<()> {
         bare.push(started.elapsed());
         runtime.stop("bare0", Duration::from_secs(5)).await?;
     }
+    // The function's own path: a 1 MiB POST echoed, straight to the replica's address (no
+    // gateway), next to the same image in a bare container (same bridge, no limits).
+    let task = runtime.start("bare0").await?;
+    first_answer(&client, SocketAddr::from((task.ip, 8080))).await?;
+    let mut own = Vec::new();
+    for (name, url) in [
+        (
+            "function (bramble's defaults)",
+            format!("http://{ip}:8080/echo"),
+        ),
+        (
+            "bare container, no limits",
+            format!("http://{}:8080/echo", task.ip),
+        ),
+    ] {
+        wrk::post_bytes(&url, 1, Duration::from_secs(1), 1 << 20, scratch.path())?;
+        own.push((
+            name,
+            wrk::post_bytes(&url, 1, seconds, 1 << 20, scratch.path())?,
+        ));
+    }
+    runtime.stop("bare0", Duration::from_secs(5)).await?;
     runtime.delete("bare0", Duration::from_secs(5)).await?;
 
     println!(
@@ -159,6 +188,19 @@ async fn bench() -> Result<()> {
             "| {connections} | **bramble's cost** | **+{:.3} ms** | | **{:.2} of direct** | |",
             ms(gw.p50.saturating_sub(fn_direct.p50)),
             gw.requests_per_second / fn_direct.requests_per_second
+        );
+    }
+    println!();
+    println!(
+        "| 1 MiB POST echoed, one connection, to the replica's address | p50 | p99 | requests/s |"
+    );
+    println!("|---|---|---|---|");
+    for (name, run) in &own {
+        println!(
+            "| {name} | {:.3} ms | {:.3} ms | {:.0} |",
+            ms(run.p50),
+            ms(run.p99),
+            run.requests_per_second
         );
     }
     println!();

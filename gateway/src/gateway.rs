@@ -212,13 +212,34 @@ impl<P: Provider> Gateway<P> {
             };
             let _ = stream.set_nodelay(true);
             let router = router.clone();
+            let shared = Arc::clone(&self.shared);
             let service =
                 hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-                    request
-                        .extensions_mut()
-                        .insert(ConnectInfo::<SocketAddr>(peer));
+                    // Invocations are the hot path: they go straight to their handler, without
+                    // the router's matching and the per-request log line's middleware (taken
+                    // as before when debug logging is on, so that line is still written).
+                    let path = request.uri().path();
+                    let shortcut = path.len() > "/function/".len()
+                        && path.starts_with("/function/")
+                        && !crate::api::request_lines_enabled();
+                    if !shortcut {
+                        request
+                            .extensions_mut()
+                            .insert(ConnectInfo::<SocketAddr>(peer));
+                    }
                     let router = router.clone();
+                    let shared = Arc::clone(&shared);
                     async move {
+                        if shortcut {
+                            return Ok::<_, Infallible>(
+                                crate::api::invoke::invoke_path(
+                                    &shared,
+                                    Some(peer.ip()),
+                                    request.map(Body::new),
+                                )
+                                .await,
+                            );
+                        }
                         let response = router.oneshot(request.map(Body::new)).await;
                         Ok::<_, Infallible>(match response {
                             Ok(response) => response,

@@ -24,12 +24,42 @@ pub fn post(
     body: &str,
     scratch: &Path,
 ) -> Result<WrkRun, String> {
-    let script = scratch.join("wrk-post.lua");
-    std::fs::write(
-        &script,
-        format!("wrk.method = \"POST\"\nwrk.body = {body:?}\n"),
+    run(
+        url,
+        connections,
+        duration,
+        &format!("wrk.body = {body:?}"),
+        scratch,
     )
-    .map_err(|e| format!("writing {}: {e}", script.display()))?;
+}
+
+/// As [`post`], with a body of `len` bytes `x` (e.g. 1 MiB, made by wrk itself).
+pub fn post_bytes(
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    len: usize,
+    scratch: &Path,
+) -> Result<WrkRun, String> {
+    run(
+        url,
+        connections,
+        duration,
+        &format!("wrk.body = string.rep(\"x\", {len})"),
+        scratch,
+    )
+}
+
+fn run(
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    body_lua: &str,
+    scratch: &Path,
+) -> Result<WrkRun, String> {
+    let script = scratch.join("wrk-post.lua");
+    std::fs::write(&script, format!("wrk.method = \"POST\"\n{body_lua}\n"))
+        .map_err(|e| format!("writing {}: {e}", script.display()))?;
     let output = Command::new("wrk")
         .args(["-t", &connections.clamp(1, 2).to_string()])
         .args(["-c", &connections.to_string()])

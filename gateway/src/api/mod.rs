@@ -23,7 +23,7 @@ use crate::validate;
 
 mod functions;
 mod images;
-mod invoke;
+pub(crate) mod invoke;
 pub(crate) mod logs;
 mod namespaces;
 mod secrets;
@@ -116,8 +116,17 @@ async fn require_auth<P: Provider>(State(shared): Gw<P>, request: Request, next:
     response
 }
 
+/// Whether [`log_request`]'s lines are written (debug level for this module).
+pub(crate) fn request_lines_enabled() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG)
+}
+
 /// One debug line per request: method, path (never the query or a body), status, duration.
 async fn log_request(request: Request, next: Next) -> Response {
+    if !request_lines_enabled() {
+        // Nothing copied or timed per request when nobody reads the line.
+        return next.run(request).await;
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = Instant::now();
