@@ -10,6 +10,8 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, PoisonError};
 
 use crate::provider::UsageSample;
+use crate::recent::Recent;
+use crate::ui::model::Invocation;
 
 /// Upper bounds of the `gateway_functions_seconds` buckets (OpenFaaS's).
 pub(crate) const BUCKETS: [f64; 11] = [
@@ -29,6 +31,19 @@ struct FunctionStats {
     started: u64,
     codes: BTreeMap<u16, CodeStats>,
     async_failed: u64,
+    /// The latest invocations, for the dashboard.
+    recent: Recent,
+}
+
+/// A function's counters as the dashboard reads them (off the invocation path).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Summary {
+    /// Finished invocations.
+    pub(crate) invocations: u64,
+    /// Of which answered 5xx.
+    pub(crate) errors: u64,
+    /// Non-cumulative counts per [`BUCKETS`] bucket, every code; the last is above the largest.
+    pub(crate) buckets: [u64; BUCKETS.len() + 1],
 }
 
 /// Counters of one gateway, keyed by `name.namespace`.
@@ -65,6 +80,7 @@ impl Metrics {
                 .position(|le| seconds <= *le)
                 .unwrap_or(BUCKETS.len());
             c.buckets[slot] += 1;
+            s.recent.record(code, seconds);
         });
     }
 
@@ -81,6 +97,38 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner);
         map.get(function)
             .map_or(0, |s| s.codes.values().map(|c| c.count).sum())
+    }
+
+    /// The counters of `function` summed over its codes, for the dashboard.
+    pub(crate) fn summary(&self, function: &str) -> Summary {
+        let map = self
+            .functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut summary = Summary::default();
+        if let Some(stats) = map.get(function) {
+            for (code, c) in &stats.codes {
+                summary.invocations += c.count;
+                if *code >= 500 {
+                    summary.errors += c.count;
+                }
+                for (total, n) in summary.buckets.iter_mut().zip(c.buckets) {
+                    *total += n;
+                }
+            }
+        }
+        summary
+    }
+
+    /// The latest invocations of `function`, newest first, and how many there were in all.
+    pub(crate) fn recent(&self, function: &str) -> (u64, Vec<Invocation>) {
+        let map = self
+            .functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.get(function)
+            .map(|s| (s.recent.written(), s.recent.newest_first()))
+            .unwrap_or_default()
     }
 
     /// The exposition text, with the provider's usage per `(name, namespace)`.
@@ -304,6 +352,25 @@ mod tests {
             );
         }
         assert!(!text.contains("gateway_async_failed_total{"));
+    }
+
+    #[test]
+    fn summaries_and_recent_invocations_for_the_dashboard() {
+        let m = Metrics::default();
+        m.finished("f.ns", 200, 0.003);
+        m.finished("f.ns", 200, 0.02);
+        m.finished("f.ns", 502, 0.5);
+        let s = m.summary("f.ns");
+        assert_eq!((s.invocations, s.errors), (3, 1));
+        assert_eq!(s.buckets[0], 1); // <= 5 ms
+        assert_eq!(s.buckets[2], 1); // <= 25 ms
+        assert_eq!(s.buckets[6], 1); // <= 0.5 s
+        assert_eq!(m.summary("g.ns"), Summary::default());
+        let (total, recent) = m.recent("f.ns");
+        assert_eq!(total, 3);
+        let statuses: Vec<u16> = recent.iter().map(|i| i.status).collect();
+        assert_eq!(statuses, [502, 200, 200]);
+        assert_eq!(m.recent("g.ns"), (0, Vec::new()));
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub(super) async fn function<P: Provider>(State(shared): Gw<P>, mut request: Req
         Ok(uri) => *request.uri_mut() = uri,
         Err(e) => return e.into_response(),
     }
+    crate::ui::session::strip_dashboard_credentials(request.headers_mut());
     crate::proxy::invoke(&shared, &name, &namespace, request).await
 }
 
@@ -92,6 +93,8 @@ pub(super) async fn async_function<P: Provider>(
     }
     let call_id = call_id_of(&parts.headers);
     let mut headers = parts.headers;
+    // Never stored with the call, never sent to the function.
+    crate::ui::session::strip_dashboard_credentials(&mut headers);
     if let Ok(v) = HeaderValue::from_str(&call_id) {
         headers.insert("x-call-id", v);
     }
