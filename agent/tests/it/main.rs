@@ -13,11 +13,13 @@
 //! | `isolation`       | what a function can and cannot reach, checked from inside it          |
 //! | `hostile_clients` | idle connections, slowloris clients, oversized heads and bodies       |
 //! | `faults`          | containerd killed, broken functions, a full disk, power cuts          |
+//! | `dashboard`       | the dashboard (`/ui/`) in a real headless Chromium over WebDriver     |
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bramble_testkit::harness::{self, Need};
 
 mod cli;
+mod dashboard;
 mod faults;
 mod hostile_clients;
 mod isolation;
@@ -43,5 +45,6 @@ fn main() {
         isolation::suite(),
         hostile_clients::suite(),
         faults::suite(),
+        dashboard::suite(),
     ]);
 }
