@@ -6,7 +6,7 @@
 //! namespace and opens one session: headless, `--no-sandbox` (tests run as root),
 //! `--disable-gpu --disable-background-networking --disable-component-update --disable-sync
 //! --no-first-run`, a fresh `--user-data-dir`. Dropping the [`Browser`] ends the session and
-//! kills the driver (which ends Chromium).
+//! kills the driver.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -226,7 +226,22 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Killing the driver ends its Chromium too (it runs it in its process group).
+        // Ending the session quits Chromium (a killed driver would leave it running); a
+        // blocking exchange of a few hundred ms, in a test.
+        if !self.session.is_empty() {
+            use std::io::{Read as _, Write as _};
+            if let Ok(mut s) = std::net::TcpStream::connect_timeout(&self.addr, DRIVER_START) {
+                let _ = s.set_read_timeout(Some(COMMAND_TIMEOUT));
+                let request = format!(
+                    "DELETE /session/{} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+                    self.session, self.addr
+                );
+                let mut answer = [0u8; 256];
+                if s.write_all(request.as_bytes()).is_ok() {
+                    let _ = s.read(&mut answer);
+                }
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

@@ -81,6 +81,17 @@ async fn deploy(node: &Node, body: &Value) -> TestResult {
     Ok(())
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn base(node: &Node) -> String {
     format!("http://{}", node.addr())
 }
@@ -130,6 +141,8 @@ async fn log_in_see_a_function_invoke_it_and_scale_it_to_zero() -> TestResult {
     )
     .await?;
     node.wait_available("hello", 1).await?;
+    let pid = node.pid().ok_or("the node is not running")?;
+    eprintln!("bramble RSS before any page: {} KiB", rss_kib(pid));
     let browser = Browser::start(1280, 900).await?;
     log_in(&browser, &node).await?;
 
@@ -143,6 +156,23 @@ async fn log_in_see_a_function_invoke_it_and_scale_it_to_zero() -> TestResult {
         )
         .await?;
     assert_eq!(state, "ready");
+    // What the README states: the page's weight and its time to first render, here.
+    let timing = browser
+        .run(
+            "const n = performance.getEntriesByType('navigation')[0]; \
+             const fcp = performance.getEntriesByName('first-contentful-paint')[0]; \
+             const files = performance.getEntriesByType('resource').filter((r) => !r.name.includes('/ui/events')); \
+             return {firstContentfulPaintMs: fcp && fcp.startTime, domContentLoadedMs: n.domContentLoadedEventEnd, \
+                     transferBytes: files.reduce((sum, r) => sum + r.transferSize, n.transferSize), \
+                     decodedBytes: files.reduce((sum, r) => sum + r.decodedBodySize, n.decodedBodySize)}",
+            &[],
+        )
+        .await?;
+    eprintln!("overview: {timing}");
+    assert!(
+        timing["transferBytes"].as_f64().unwrap_or(f64::MAX) < 300_000.0,
+        "{timing}"
+    );
     screenshot(&browser, "overview", true).await?;
 
     // Its page: invoke it from the form, see the status and the body.
@@ -209,8 +239,11 @@ async fn log_in_see_a_function_invoke_it_and_scale_it_to_zero() -> TestResult {
         )
         .await?;
     let s = node.status("hello").await?.ok_or("hello is gone")?;
-    assert_eq!(s["replicas"], 0, "{s}");
+    // `replicas` is left out at 0, as OpenFaaS does.
+    assert_eq!(s["replicas"].as_u64().unwrap_or(0), 0, "{s}");
     screenshot(&browser, "function-scaled-to-zero", false).await?;
+    drop(browser);
+    eprintln!("bramble RSS after the page closed: {} KiB", rss_kib(pid));
     Ok(())
 }
 
