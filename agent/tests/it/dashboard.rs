@@ -92,6 +92,24 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// With `BRAMBLE_BASELINE_BINARY` (a `bramble` built without the dashboard): that
+/// binary's RSS in the same state (one ready function, no page), for the README's comparison.
+async fn baseline_rss() -> TestResult {
+    let Some(binary) = std::env::var_os("BRAMBLE_BASELINE_BINARY") else {
+        return Ok(());
+    };
+    let node = Node::with_fixture(Path::new(&binary), "ui-baseline", "").await?;
+    deploy(
+        &node,
+        &json!({"service": "hello", "image": FIXTURE, "envVars": {"BODY": "hi from the dashboard"}}),
+    )
+    .await?;
+    node.wait_available("hello", 1).await?;
+    let pid = node.pid().ok_or("the baseline node is not running")?;
+    eprintln!("baseline bramble RSS: {} KiB", rss_kib(pid));
+    Ok(())
+}
+
 fn base(node: &Node) -> String {
     format!("http://{}", node.addr())
 }
@@ -143,7 +161,8 @@ async fn log_in_see_a_function_invoke_it_and_scale_it_to_zero() -> TestResult {
     node.wait_available("hello", 1).await?;
     let pid = node.pid().ok_or("the node is not running")?;
     eprintln!("bramble RSS before any page: {} KiB", rss_kib(pid));
-    let browser = Browser::start(1280, 900).await?;
+    baseline_rss().await?;
+    let browser = Browser::start(1280, 1500).await?;
     log_in(&browser, &node).await?;
 
     // The overview lists it, ready, and its invocations count as they happen.
@@ -219,6 +238,9 @@ async fn log_in_see_a_function_invoke_it_and_scale_it_to_zero() -> TestResult {
             "return [...document.querySelectorAll('section[aria-labelledby=invocations-title] td')].some((td) => td.textContent.includes('200'))",
             SHOWN,
         )
+        .await?;
+    browser
+        .run("window.scrollTo(0, 0); return null", &[])
         .await?;
     screenshot(&browser, "function", true).await?;
 
