@@ -81,17 +81,6 @@ async fn deploy(node: &Node, body: &Value) -> TestResult {
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// With `BRAMBLE_BASELINE_BINARY` (a `bramble` built without the dashboard): that
 /// binary's RSS in the same state (one ready function, no page), for the README's comparison.
 async fn baseline_rss() -> TestResult {
@@ -106,7 +95,7 @@ async fn baseline_rss() -> TestResult {
     .await?;
     node.wait_available("hello", 1).await?;
     let pid = node.pid().ok_or("the baseline node is not running")?;
-    eprintln!("baseline bramble RSS: {} KiB", rss_kib(pid));
+    eprintln!("baseline bramble RSS: {} KiB", crate::node::rss_kib(pid));
     Ok(())
 }
 
@@ -160,7 +149,10 @@ async fn log_in_see_a_function_invoke_it_and_scale_it_to_zero() -> TestResult {
     .await?;
     node.wait_available("hello", 1).await?;
     let pid = node.pid().ok_or("the node is not running")?;
-    eprintln!("bramble RSS before any page: {} KiB", rss_kib(pid));
+    eprintln!(
+        "bramble RSS before any page: {} KiB",
+        crate::node::rss_kib(pid)
+    );
     baseline_rss().await?;
     let browser = Browser::start(1280, 1500).await?;
     log_in(&browser, &node).await?;
@@ -265,7 +257,10 @@ async fn log_in_see_a_function_invoke_it_and_scale_it_to_zero() -> TestResult {
     assert_eq!(s["replicas"].as_u64().unwrap_or(0), 0, "{s}");
     screenshot(&browser, "function-scaled-to-zero", false).await?;
     drop(browser);
-    eprintln!("bramble RSS after the page closed: {} KiB", rss_kib(pid));
+    eprintln!(
+        "bramble RSS after the page closed: {} KiB",
+        crate::node::rss_kib(pid)
+    );
     Ok(())
 }
 

@@ -126,6 +126,8 @@ pub enum ReplicaState {
     Ready,
     /// Waiting out a restart backoff after a failure.
     Restarting,
+    /// Finishing its requests before it stops (scaled away, replaced by an update).
+    Stopping,
     /// No task (scaled away, not started yet).
     Stopped,
 }

@@ -116,6 +116,8 @@ export function ago(msSinceEpoch) {
 export const STATES = {
   ready: ['ready', 'ok'],
   'scaled-to-zero': ['scaled to zero', 'idle'],
+  // Main's FunctionState::Stopping (replicas finishing their requests after a scale to zero).
+  stopping: ['stopping', 'busy'],
   starting: ['starting', 'busy'],
   updating: ['updating', 'busy'],
   'crash-looping': ['crash-looping', 'bad'],

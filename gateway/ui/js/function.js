@@ -176,7 +176,7 @@ export function renderFunction(main, [target], { navigate }) {
 }
 
 function replicaKind(state) {
-  return { ready: 'ok', starting: 'busy', restarting: 'bad', stopped: 'idle' }[state] || 'idle';
+  return { ready: 'ok', starting: 'busy', restarting: 'bad', stopping: 'busy', stopped: 'idle' }[state] || 'idle';
 }
 
 function scaleForm(name, namespace) {
