@@ -265,7 +265,7 @@ async fn log_in_see_a_function_invoke_it_and_scale_it_to_zero() -> TestResult {
 }
 
 async fn deploy_from_the_form_and_see_a_crash_loop_reason() -> TestResult {
-    let node = node("ui-deploy", "").await?;
+    let mut node = node("ui-deploy", "").await?;
     deploy(
         &node,
         &json!({"service": "crashy", "image": FIXTURE, "envVars": {"EXIT_ON_START": "1"}}),
@@ -335,6 +335,45 @@ async fn deploy_from_the_form_and_see_a_crash_loop_reason() -> TestResult {
         .await?;
     assert!(node.status("formed").await?.is_some());
     screenshot(&browser, "deployed", false).await?;
+
+    // bramble goes away: the page says so, and reconnects by itself when it is back. Its
+    // sessions lived in memory, so the page then asks for a login and comes back here.
+    node.stop()?;
+    browser
+        .wait_for(
+            "the lost connection shown",
+            "return document.getElementById('connection').dataset.state === 'reconnecting'",
+            SHOWN,
+        )
+        .await?;
+    screenshot(&browser, "connection-lost", false).await?;
+    node.start_again()?;
+    browser
+        .wait_for(
+            "the login form after bramble restarted",
+            "return location.pathname === '/ui/login' && location.search.includes('formed')",
+            READY,
+        )
+        .await?;
+    let (user, password) = node.credentials()?;
+    browser.find("#username").await?.send_keys(&user).await?;
+    browser
+        .find("#password")
+        .await?
+        .send_keys(&password)
+        .await?;
+    browser
+        .find("form.login-form button[type=submit]")
+        .await?
+        .click()
+        .await?;
+    browser
+        .wait_for(
+            "the function's page, live again",
+            "return location.pathname === '/ui/functions/formed.openfaas-fn' && document.getElementById('connection').dataset.state === 'live'",
+            READY,
+        )
+        .await?;
     Ok(())
 }
 
