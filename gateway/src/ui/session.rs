@@ -157,17 +157,19 @@ pub(crate) fn strip_dashboard_credentials(headers: &mut http::HeaderMap) {
             .strip_prefix(COOKIE.as_bytes())
             .is_some_and(|rest| rest.trim_ascii_start().starts_with(b"="))
     };
-    let cookies: Vec<http::HeaderValue> = headers
+    // Nothing is copied unless the session cookie is there (an invocation from the page).
+    if !headers
         .get_all(http::header::COOKIE)
-        .iter()
-        .cloned()
-        .collect();
-    if !cookies
         .iter()
         .any(|v| v.as_bytes().split(|b| *b == b';').any(is_session))
     {
         return;
     }
+    let cookies: Vec<http::HeaderValue> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .cloned()
+        .collect();
     headers.remove(http::header::COOKIE);
     for value in cookies {
         let kept: Vec<&[u8]> = value
