@@ -481,6 +481,17 @@ async fn hardware_edges_cross_site_posts_and_a_phone_screen() -> TestResult {
         "a change without the CSRF token went through: {s}"
     );
 
+    // The images page lists the board's images.
+    browser.find("a[data-nav=images]").await?.click().await?;
+    browser
+        .wait_for(
+            "the fixture image on the images page",
+            "return document.querySelector('main').textContent.includes('fixture:test')",
+            SHOWN,
+        )
+        .await?;
+    screenshot(&browser, "images", false).await?;
+
     // A phone: no page scrolls sideways at 360 px.
     browser.resize(360, 800).await?;
     for (page, ready) in [
