@@ -184,6 +184,8 @@ impl Replica {
             state: match self.phase {
                 Phase::Stopped => ReplicaState::Stopped,
                 Phase::Starting => ReplicaState::Starting,
+                // A wait without a failed run (containerd unreachable) is a start to come.
+                Phase::Backoff(_) if self.failures == 0 => ReplicaState::Starting,
                 Phase::Ready => ReplicaState::Ready,
                 Phase::Backoff(_) => ReplicaState::Restarting,
             },
