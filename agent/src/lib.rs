@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod doctor;
 pub mod function;
 pub mod probe;

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::proxy::{HttpClient, new_client};
 use crate::queue::Queue;
+use crate::ui::NodeFeed;
 
 /// Why a gateway could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +50,15 @@ pub(crate) struct Shared<P: Provider> {
     /// `uname -m`, for `/system/info`.
     pub(crate) arch: String,
     /// Becomes `true` when [`Gateway::serve`] starts shutting down: endless responses the
-    /// gateway itself produces (followed logs) end then, so draining does not wait for them.
+    /// gateway itself produces (followed logs, dashboard streams) end then, so draining does
+    /// not wait for them.
     pub(crate) draining: watch::Sender<bool>,
+    /// The host name, for the dashboard.
+    pub(crate) hostname: String,
+    /// The dashboard's logged-in browsers.
+    pub(crate) sessions: crate::ui::session::Sessions,
+    /// What the node shows on the dashboard beyond the provider (see [`Gateway::set_node_feed`]).
+    pub(crate) feed: OnceLock<Arc<dyn NodeFeed>>,
 }
 
 impl<P: Provider> Shared<P> {
@@ -92,6 +100,13 @@ fn machine_arch() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
 }
 
+fn host_name() -> String {
+    nix::sys::utsname::uname()
+        .ok()
+        .and_then(|u| u.nodename().to_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 impl<P: Provider> Gateway<P> {
     /// A gateway for `provider`; opens the async queue directory and queues every call a
     /// previous gateway left pending (they run once [`Gateway::start_workers`] is called).
@@ -125,6 +140,9 @@ impl<P: Provider> Gateway<P> {
             queue,
             arch: machine_arch(),
             draining: watch::Sender::new(false),
+            hostname: host_name(),
+            sessions: crate::ui::session::Sessions::default(),
+            feed: OnceLock::new(),
         });
         Ok(Arc::new(Self {
             shared,
@@ -139,8 +157,8 @@ impl<P: Provider> Gateway<P> {
         &self.shared.config
     }
 
-    /// Every route: `/system/*` (Basic auth), `/function/*`, `/async-function/*`, `/healthz`,
-    /// `/metrics`, `/`.
+    /// Every route: `/system/*` (Basic auth or a dashboard session), `/function/*`,
+    /// `/async-function/*`, `/healthz`, `/metrics`, `/`, the dashboard under `/ui/`.
     pub fn router(self: &Arc<Self>) -> axum::Router {
         let admin = self.admin.lock().map(|a| a.clone()).unwrap_or_default();
         crate::api::router(&self.shared, &admin)
@@ -151,6 +169,14 @@ impl<P: Provider> Gateway<P> {
     pub fn add_admin_routes(&self, routes: axum::Router) {
         if let Ok(mut admin) = self.admin.lock() {
             admin.push(routes);
+        }
+    }
+
+    /// Plugs in what the node shows on the dashboard beyond the provider: its hardware and
+    /// its triggers' deliveries (see [`NodeFeed`]). Only the first call counts.
+    pub fn set_node_feed(&self, feed: Arc<dyn NodeFeed>) {
+        if self.shared.feed.set(feed).is_err() {
+            warn!("a node feed was already set; the dashboard keeps the first");
         }
     }
 

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::provider::UsageSample;
+use crate::recent::Recent;
+use crate::ui::model::Invocation;
 
 /// Upper bounds of the `gateway_functions_seconds` buckets (OpenFaaS's).
 pub(crate) const BUCKETS: [f64; 11] = [
@@ -31,7 +33,14 @@ struct CodeStats {
 pub(crate) struct FunctionStats {
     started: AtomicU64,
     async_failed: AtomicU64,
-    codes: Mutex<BTreeMap<u16, CodeStats>>,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    codes: BTreeMap<u16, CodeStats>,
+    /// The latest invocations, for the dashboard.
+    recent: Recent,
 }
 
 impl FunctionStats {
@@ -46,17 +55,29 @@ impl FunctionStats {
             .iter()
             .position(|le| seconds <= *le)
             .unwrap_or(BUCKETS.len());
-        let mut codes = self.codes.lock().unwrap_or_else(PoisonError::into_inner);
-        let c = codes.entry(code).or_default();
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = counts.codes.entry(code).or_default();
         c.count += 1;
         c.sum += seconds;
         c.buckets[slot] += 1;
+        counts.recent.record(code, seconds);
     }
 
     fn invocations(&self) -> u64 {
-        let codes = self.codes.lock().unwrap_or_else(PoisonError::into_inner);
-        codes.values().map(|c| c.count).sum()
+        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.codes.values().map(|c| c.count).sum()
     }
+}
+
+/// A function's counters as the dashboard reads them (off the invocation path).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Summary {
+    /// Finished invocations.
+    pub(crate) invocations: u64,
+    /// Of which answered 5xx.
+    pub(crate) errors: u64,
+    /// Non-cumulative counts per [`BUCKETS`] bucket, every code; the last is above the largest.
+    pub(crate) buckets: [u64; BUCKETS.len() + 1],
 }
 
 /// Counters of one gateway, keyed by `name.namespace`.
@@ -99,6 +120,44 @@ impl Metrics {
         map.get(function).map_or(0, |s| s.invocations())
     }
 
+    /// The counters of `function` summed over its codes, for the dashboard.
+    pub(crate) fn summary(&self, function: &str) -> Summary {
+        let mut summary = Summary::default();
+        let Some(stats) = self.get(function) else {
+            return summary;
+        };
+        let counts = stats.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        for (code, c) in &counts.codes {
+            summary.invocations += c.count;
+            if *code >= 500 {
+                summary.errors += c.count;
+            }
+            for (total, n) in summary.buckets.iter_mut().zip(c.buckets) {
+                *total += n;
+            }
+        }
+        summary
+    }
+
+    /// The latest invocations of `function`, newest first, and how many there were in all.
+    pub(crate) fn recent(&self, function: &str) -> (u64, Vec<Invocation>) {
+        self.get(function)
+            .map(|s| {
+                let counts = s.counts.lock().unwrap_or_else(PoisonError::into_inner);
+                (counts.recent.written(), counts.recent.newest_first())
+            })
+            .unwrap_or_default()
+    }
+
+    /// The counters of `function` when it has any (never made here).
+    fn get(&self, function: &str) -> Option<Arc<FunctionStats>> {
+        let map = self
+            .functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.get(function).cloned()
+    }
+
     /// The exposition text, with the provider's usage per `(name, namespace)`.
     pub(crate) fn render(&self, usage: &HashMap<(String, String), UsageSample>) -> String {
         let map = self
@@ -110,9 +169,10 @@ impl Metrics {
             .iter()
             .map(|(function, s)| {
                 let codes = s
-                    .codes
+                    .counts
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
+                    .codes
                     .clone();
                 (
                     function,
@@ -338,6 +398,25 @@ mod tests {
             );
         }
         assert!(!text.contains("gateway_async_failed_total{"));
+    }
+
+    #[test]
+    fn summaries_and_recent_invocations_for_the_dashboard() {
+        let m = Metrics::default();
+        m.function("f.ns").finished(200, 0.003);
+        m.function("f.ns").finished(200, 0.02);
+        m.function("f.ns").finished(502, 0.5);
+        let s = m.summary("f.ns");
+        assert_eq!((s.invocations, s.errors), (3, 1));
+        assert_eq!(s.buckets[0], 1); // <= 5 ms
+        assert_eq!(s.buckets[2], 1); // <= 25 ms
+        assert_eq!(s.buckets[6], 1); // <= 0.5 s
+        assert_eq!(m.summary("g.ns"), Summary::default());
+        let (total, recent) = m.recent("f.ns");
+        assert_eq!(total, 3);
+        let statuses: Vec<u16> = recent.iter().map(|i| i.status).collect();
+        assert_eq!(statuses, [502, 200, 200]);
+        assert_eq!(m.recent("g.ns"), (0, Vec::new()));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! - [`env`]: [`TestEnv`], a private containerd with a runtime configuration (namespace,
 //!   bridge, subnet, state directory) unique to one test.
 
+pub mod browser;
 pub mod containerd;
 pub mod env;
 pub mod fixture;

@@ -26,6 +26,7 @@ use bramble_gateway::types::{
     FunctionDeployment, FunctionNamespace, FunctionStatus, ImageSummary, LogRequest, ProviderInfo,
     Secret, VersionInfo,
 };
+use bramble_gateway::ui::model::Replica;
 use bramble_runtime::keyed::KeyedLocks;
 use bramble_runtime::{Error as RuntimeError, PullPolicy, Runtime};
 use tokio::sync::watch;
@@ -124,6 +125,20 @@ fn runtime_error(field: &str, e: &RuntimeError) -> ProviderError {
     }
 }
 
+/// Deploys, updates, deletes and scales (every change of the desired state) are status
+/// changes too, for the dashboard; ends with the provider.
+async fn forward_store_changes<R>(
+    mut store: watch::Receiver<Arc<crate::store::State>>,
+    ctx: std::sync::Weak<Context<R>>,
+) {
+    while store.changed().await.is_ok() {
+        let Some(ctx) = ctx.upgrade() else {
+            return;
+        };
+        ctx.changes.send_replace(());
+    }
+}
+
 impl<R: NodeRuntime> LocalProvider<R> {
     /// Creates the provider and, in the background, adopts what already runs, starts every
     /// function that should run, and removes leftovers (containers, writable snapshots,
@@ -142,6 +157,7 @@ impl<R: NodeRuntime> LocalProvider<R> {
             defaults: settings.defaults.clone(),
             ready_timeout: settings.ready_timeout,
             stop_grace: settings.stop_grace,
+            changes: watch::Sender::new(()),
         });
         let provider = Arc::new(Self {
             ctx,
@@ -158,6 +174,10 @@ impl<R: NodeRuntime> LocalProvider<R> {
         let cpu_events = provider.ctx.runtime.subscribe();
         tokio::spawn(cpu::sample(Arc::downgrade(&provider), cpu_events));
         tokio::spawn(Arc::clone(&provider).adopt_and_start());
+        tokio::spawn(forward_store_changes(
+            provider.ctx.store.subscribe(),
+            Arc::downgrade(&provider.ctx),
+        ));
         if let Some(after) = provider.settings.image_gc_after {
             tokio::spawn(Arc::clone(&provider).collect_images(after));
         }
@@ -322,5 +342,15 @@ impl<R: NodeRuntime> Provider for LocalProvider<R> {
 
     async fn usage(&self) -> HashMap<(String, String), UsageSample> {
         self.usage_samples().await
+    }
+
+    fn status_changes(&self) -> Option<watch::Receiver<()>> {
+        Some(self.ctx.changes.subscribe())
+    }
+
+    async fn replicas(&self, name: &str, namespace: &str) -> Vec<Replica> {
+        self.handle(&FunctionKey::new(name, namespace))
+            .map(|h| h.status.borrow().replicas.clone())
+            .unwrap_or_default()
     }
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bramble_gateway::types::{ExitReason, FunctionState};
+use bramble_gateway::ui::model::{Replica as ReplicaView, ReplicaState};
 use bramble_runtime::{Container, Error as RuntimeError, TaskStatus};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -67,6 +68,8 @@ pub(crate) struct Context<C> {
     pub defaults: Defaults,
     pub ready_timeout: Duration,
     pub stop_grace: Duration,
+    /// Marked changed whenever a function's status view changes (the dashboard listens).
+    pub changes: watch::Sender<()>,
 }
 
 /// A function's observable state, for status answers.
@@ -83,6 +86,8 @@ pub(crate) struct StatusView {
     /// Starts that failed because containerd could not be reached (a counter: a request
     /// waiting for a replica answers 503 at once when it grows).
     pub unavailable_starts: u64,
+    /// Every replica (a rollout's new ones too), for the dashboard.
+    pub replicas: Vec<ReplicaView>,
 }
 
 /// Messages to a supervisor.
@@ -185,6 +190,25 @@ impl Replica {
             self.phase,
             Phase::Starting | Phase::Ready | Phase::Backoff(_)
         )
+    }
+
+    /// What the dashboard shows of it.
+    fn view(&self) -> ReplicaView {
+        ReplicaView {
+            id: self.id.clone(),
+            state: match self.phase {
+                Phase::Stopped => ReplicaState::Stopped,
+                Phase::Starting => ReplicaState::Starting,
+                // A wait without a failed run (containerd unreachable) is a start to come.
+                Phase::Backoff(_) if self.failures == 0 => ReplicaState::Starting,
+                Phase::Ready => ReplicaState::Ready,
+                Phase::Backoff(_) => ReplicaState::Restarting,
+                Phase::Stopping => ReplicaState::Stopping,
+            },
+            board: None,
+            address: self.ip.map(|ip| ip.to_string()),
+            failures: self.failures,
+        }
     }
 
     /// Marks a failed run and schedules the next start.
@@ -884,7 +908,7 @@ impl<C: Containers> Supervisor<C> {
         } else {
             FunctionState::Starting
         };
-        self.status.send_replace(StatusView {
+        let previous = self.status.send_replace(StatusView {
             desired: self.record.replicas,
             available,
             state,
@@ -898,6 +922,10 @@ impl<C: Containers> Supervisor<C> {
                 .map(|r| r.id.clone())
                 .collect(),
             unavailable_starts: self.unavailable_starts,
+            replicas: self.all_replicas().map(Replica::view).collect(),
         });
+        if *self.status.borrow() != previous {
+            self.ctx.changes.send_replace(());
+        }
     }
 }

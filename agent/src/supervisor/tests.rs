@@ -49,6 +49,7 @@ fn bench() -> Bench {
         },
         ready_timeout: READY_TIMEOUT,
         stop_grace: STOP_GRACE,
+        changes: tokio::sync::watch::Sender::new(()),
     });
     Bench {
         fake,

@@ -14,11 +14,13 @@
 //! | `hostile_clients` | idle connections, slowloris clients, oversized heads and bodies       |
 //! | `faults`          | containerd killed, broken functions, a full disk, power cuts          |
 //! | `stops`           | stops that answer at once and make no request wait for a stopping replica |
+//! | `dashboard`       | the dashboard (`/ui/`) in a real headless Chromium over WebDriver     |
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bramble_testkit::harness::{self, Need};
 
 mod cli;
+mod dashboard;
 mod faults;
 mod hostile_clients;
 mod isolation;
@@ -46,5 +48,6 @@ fn main() {
         hostile_clients::suite(),
         faults::suite(),
         stops::suite(),
+        dashboard::suite(),
     ]);
 }

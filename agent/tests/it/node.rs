@@ -1113,7 +1113,8 @@ async fn stream_through(
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// bramble's resident memory, KiB (0 when it cannot be read).
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -61,8 +61,9 @@ pub(super) async fn function<P: Provider>(State(shared): Gw<P>, request: Request
 pub(crate) async fn invoke_path<P: Provider>(
     shared: &Shared<P>,
     client_ip: Option<IpAddr>,
-    request: Request,
+    mut request: Request,
 ) -> Response {
+    crate::ui::session::strip_dashboard_credentials(request.headers_mut());
     // Shares the request's bytes: the parts of the path are borrowed from it, not copied.
     let uri = request.uri().clone();
     match split_function_path(uri.path(), "/function/", &shared.config.default_namespace) {
@@ -112,6 +113,8 @@ pub(super) async fn async_function<P: Provider>(
     // Visible ASCII: call_id_of keeps no other.
     let call_id = call_id_value.to_str().unwrap_or_default().to_owned();
     let mut headers = parts.headers;
+    // Never stored with the call, never sent to the function.
+    crate::ui::session::strip_dashboard_credentials(&mut headers);
     headers.insert("x-call-id", call_id_value.clone());
     if let Some(peer) = parts
         .extensions
