@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, watch};
 /// Time allowed beyond grace and timeout for a deleted function's replicas to go.
 const DELETE_SLACK: Duration = Duration::from_secs(10);
 
-use super::{LocalProvider, hardware_error, mib, runtime_error};
+use super::{Deleting, LocalProvider, hardware_error, mib, runtime_error};
 use crate::function::{self, FunctionKey};
 use crate::runtime::NodeRuntime;
 use crate::store::{FunctionRecord, State};
@@ -57,6 +57,8 @@ impl<R: NodeRuntime> LocalProvider<R> {
         let grants = crate::triggers::hardware_grants(&request.annotations)
             .map_err(|e| ProviderError::invalid("annotations", e.to_string()))?;
         if let Some(grants) = &grants {
+            // A deleted function keeps its lines until its replicas are gone.
+            self.wait_hardware_released().await?;
             self.ctx
                 .hardware
                 .check(&key.to_string(), grants)
@@ -407,10 +409,11 @@ impl<R: NodeRuntime> LocalProvider<R> {
         // The answer does not wait for the replicas: they finish their requests and stop with
         // their grace period in the background (a deploy of the same name waits for that).
         let (finished, gone) = watch::channel(false);
+        let hardware = self.ctx.hardware.mount_of(&key.to_string()).is_some();
         {
             let mut deleting = self.deleting.lock().unwrap_or_else(PoisonError::into_inner);
-            deleting.retain(|_, done| !*done.borrow());
-            deleting.insert(key.clone(), gone);
+            deleting.retain(|_, d| !*d.gone.borrow());
+            deleting.insert(key.clone(), Deleting { gone, hardware });
         }
         let hardware = std::sync::Arc::clone(&self.ctx.hardware);
         tokio::spawn(async move {
@@ -477,15 +480,36 @@ impl<R: NodeRuntime> LocalProvider<R> {
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
             .cloned();
-        let Some(mut gone) = deleting else {
-            return Ok(());
-        };
+        match deleting {
+            Some(deleting) => self.wait_gone(key, deleting).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every deleted function that held hardware has released it (a function
+    /// deployed right after the delete of another that had its lines gets them then).
+    async fn wait_hardware_released(&self) -> ProviderResult<()> {
+        let holding: Vec<(FunctionKey, Deleting)> = self
+            .deleting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, d)| d.hardware && !*d.gone.borrow())
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .collect();
+        for (key, deleting) in holding {
+            self.wait_gone(&key, deleting).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_gone(&self, key: &FunctionKey, mut deleting: Deleting) -> ProviderResult<()> {
         // Each replica gets its grace period; the drain before it is bounded by the timeout.
         let patience = self.settings.stop_grace + self.settings.defaults.timeout + DELETE_SLACK;
-        match tokio::time::timeout(patience, gone.wait_for(|done| *done)).await {
+        match tokio::time::timeout(patience, deleting.gone.wait_for(|done| *done)).await {
             Ok(_) => {
                 let mut deleting = self.deleting.lock().unwrap_or_else(PoisonError::into_inner);
-                if deleting.get(key).is_some_and(|g| *g.borrow()) {
+                if deleting.get(key).is_some_and(|d| *d.gone.borrow()) {
                     deleting.remove(key);
                 }
                 Ok(())

@@ -71,10 +71,19 @@ pub struct LocalProvider<R = Runtime> {
     /// Set once the existing containers are adopted and every supervisor runs.
     started: watch::Sender<bool>,
     /// Functions deleted whose replicas are still stopping: the delete answered once it was
-    /// stored; a deploy of the same name waits for this to turn `true`.
-    deleting: std::sync::Mutex<HashMap<FunctionKey, watch::Receiver<bool>>>,
+    /// stored; a deploy of the same name, or of one that wants hardware, waits for them.
+    deleting: std::sync::Mutex<HashMap<FunctionKey, Deleting>>,
     /// CPU counter samples per task, for `usage.cpu` (see [`cpu`]).
     cpu: std::sync::Mutex<cpu::CpuSamples>,
+}
+
+/// A deleted function whose replicas are still stopping.
+#[derive(Clone, Debug)]
+struct Deleting {
+    /// Turns `true` once its replicas are gone and its hardware is released.
+    gone: watch::Receiver<bool>,
+    /// It held hardware (lines, buses) until then.
+    hardware: bool,
 }
 
 impl From<StoreError> for ProviderError {

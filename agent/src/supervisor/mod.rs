@@ -425,6 +425,22 @@ impl<C: Containers> Supervisor<C> {
                 self.replicas.push(replica);
             }
         }
+        // A stopped container beside running replicas that are enough is no spare (see
+        // `stopped`): e.g. one whose stop ended while the daemon was down.
+        let running = self
+            .replicas
+            .iter()
+            .filter(|r| r.phase == Phase::Starting)
+            .count();
+        if running > 0 && u64::try_from(running).unwrap_or(u64::MAX) >= self.record.replicas {
+            let (kept, needless): (Vec<Replica>, Vec<Replica>) = std::mem::take(&mut self.replicas)
+                .into_iter()
+                .partition(|r| r.phase != Phase::Stopped);
+            self.replicas = kept;
+            for replica in needless {
+                self.remove_in_background(replica.id);
+            }
+        }
         self.replicas.sort_by_key(|r| r.index);
         if let Some(rollout) = &mut self.rollout {
             rollout.adopt(&self.key, new_generation);
@@ -741,11 +757,12 @@ impl<C: Containers> Supervisor<C> {
             return;
         };
         self.replicas[position].phase = Phase::Stopped;
-        let spare = self
-            .replicas
-            .iter()
-            .any(|r| r.id != container && r.phase == Phase::Stopped && r.created);
-        if spare {
+        // Its container is kept for the next cold start only while nothing else runs or is
+        // kept: one spare for a function at zero, none beside running replicas.
+        let needless = self.replicas.iter().any(|r| {
+            r.id != container && (r.is_wanted() || (r.phase == Phase::Stopped && r.created))
+        });
+        if needless {
             let replica = self.replicas.remove(position);
             self.remove_in_background(replica.id);
         }

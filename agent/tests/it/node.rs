@@ -858,15 +858,24 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
     )
     .await?
     .expect(200, "delete")?;
-    let left = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(node.env.containerd.socket())
-        .args(["-n", &node.env.config.namespace, "containers", "ls", "-q"])
-        .output()?;
-    assert!(
-        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
-        "delete removes every container"
-    );
+    // The delete answered once stored; its replica stops in the background.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(node.env.containerd.socket())
+            .args(["-n", &node.env.config.namespace, "containers", "ls", "-q"])
+            .output()?;
+        let left = String::from_utf8_lossy(&left.stdout).trim().to_owned();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "delete removes every container: {left}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 

@@ -106,7 +106,8 @@ async fn a_request_during_a_stop_is_served_without_waiting_for_the_old_replica()
     .await?
     .expect(200, "scale to zero")?;
     let scale_took = scaled.elapsed();
-    // A request right after the scale to zero: served by a new replica, not after the old one.
+    // A request while the old replica stops: served by a new replica, not after the old one.
+    node.wait_state("slow", "stopping").await?;
     let asked = Instant::now();
     let r = node.call("GET", "/function/slow", &[], b"").await?;
     let answered = asked.elapsed();
