@@ -425,22 +425,6 @@ impl<C: Containers> Supervisor<C> {
                 self.replicas.push(replica);
             }
         }
-        // A stopped container beside running replicas that are enough is no spare (see
-        // `stopped`): e.g. one whose stop ended while the daemon was down.
-        let running = self
-            .replicas
-            .iter()
-            .filter(|r| r.phase == Phase::Starting)
-            .count();
-        if running > 0 && u64::try_from(running).unwrap_or(u64::MAX) >= self.record.replicas {
-            let (kept, needless): (Vec<Replica>, Vec<Replica>) = std::mem::take(&mut self.replicas)
-                .into_iter()
-                .partition(|r| r.phase != Phase::Stopped);
-            self.replicas = kept;
-            for replica in needless {
-                self.remove_in_background(replica.id);
-            }
-        }
         self.replicas.sort_by_key(|r| r.index);
         if let Some(rollout) = &mut self.rollout {
             rollout.adopt(&self.key, new_generation);
@@ -757,12 +741,15 @@ impl<C: Containers> Supervisor<C> {
             return;
         };
         self.replicas[position].phase = Phase::Stopped;
-        // Its container is kept for the next cold start only while nothing else runs or is
-        // kept: one spare for a function at zero, none beside running replicas.
-        let needless = self.replicas.iter().any(|r| {
-            r.id != container && (r.is_wanted() || (r.phase == Phase::Stopped && r.created))
-        });
-        if needless {
+        // One stopped container is kept as the spare the next start reuses (its network
+        // namespace and address too): a start during a stop takes another slot, so a function
+        // that goes to zero and back alternates between two containers instead of making a new
+        // one, with a new address, each time.
+        let spare = self
+            .replicas
+            .iter()
+            .any(|r| r.id != container && r.phase == Phase::Stopped && r.created);
+        if spare {
             let replica = self.replicas.remove(position);
             self.remove_in_background(replica.id);
         }

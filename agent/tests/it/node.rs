@@ -797,10 +797,22 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
         .args(["-n", &node.env.config.namespace, "containers", "ls", "-q"])
         .output()?;
     let containers = String::from_utf8_lossy(&ctr.stdout);
+    let tasks = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(node.env.containerd.socket())
+        .args(["-n", &node.env.config.namespace, "tasks", "ls"])
+        .output()?;
+    let tasks = String::from_utf8_lossy(&tasks.stdout);
+    // One replica running; at most one stopped container beside it, the spare a start
+    // during the scale to zero above left (see the supervisor's `stopped`).
     assert_eq!(
-        containers.lines().count(),
+        tasks.lines().filter(|l| l.contains("RUNNING")).count(),
         1,
-        "one container after adoption: {containers}"
+        "one running task after adoption: {tasks}"
+    );
+    assert!(
+        containers.lines().count() <= 2,
+        "no duplicate containers after adoption: {containers}"
     );
 
     // Update to another image (uploaded, a distinct one whose `/` answers its own BODY);
