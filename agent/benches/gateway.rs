@@ -142,7 +142,6 @@ async fn bench() -> Result<()> {
     for _ in 0..10 {
         let started = Instant::now();
         let task = runtime.start("bare0").await?;
-        eprintln!("bare loop: bare0 at {}", task.ip);
         first_answer(&client, SocketAddr::from((task.ip, 8080))).await?;
         bare.push(started.elapsed());
         runtime.stop("bare0", Duration::from_secs(5)).await?;
@@ -150,7 +149,6 @@ async fn bench() -> Result<()> {
     // The function's own path: a 1 MiB POST echoed, straight to the replica's address (no
     // gateway), next to the same image in a bare container (same bridge, no limits).
     let task = runtime.start("bare0").await?;
-    eprintln!("own path: bare0 at {}", task.ip);
     first_answer(&client, SocketAddr::from((task.ip, 8080))).await?;
     let mut own = Vec::new();
     for (name, url) in [
