@@ -228,6 +228,24 @@ pub(crate) fn call_id_of(headers: &HeaderMap) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("invalid-call-id"))
 }
 
+/// Appends `ip` to the request's `X-Forwarded-For` (every earlier value kept, in order).
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+    use std::fmt::Write as _;
+    let mut value = String::new();
+    for previous in headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        value.push_str(previous);
+        value.push_str(", ");
+    }
+    let _ = write!(value, "{ip}");
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
 /// Go's `strconv.ParseBool`.
 pub(crate) fn parse_bool(text: &str) -> Option<bool> {
     match text {

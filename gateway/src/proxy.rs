@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use tracing::{debug, warn};
 
 use crate::gateway::Shared;
-use crate::http_util::{call_id_of, strip_hop_by_hop, text_response};
+use crate::http_util::{append_forwarded_for, call_id_of, strip_hop_by_hop, text_response};
 use crate::metrics::FunctionStats;
 use crate::provider::{Endpoint, InFlight, Provider, ProviderError};
 
@@ -297,25 +297,7 @@ fn prepare_headers(
         headers.insert("x-forwarded-host", host);
     }
     if let Some(ip) = client_ip {
-        let mut previous = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok());
-        let value = match (previous.next(), previous.next()) {
-            (None, _) => ip.to_string(),
-            (Some(one), None) => format!("{one}, {ip}"),
-            (Some(first), Some(second)) => {
-                let mut all = format!("{first}, {second}");
-                for more in previous {
-                    all.push_str(", ");
-                    all.push_str(more);
-                }
-                format!("{all}, {ip}")
-            }
-        };
-        if let Ok(v) = HeaderValue::try_from(value) {
-            headers.insert("x-forwarded-for", v);
-        }
+        append_forwarded_for(headers, ip);
     }
     headers.insert("x-call-id", call_id);
     headers.insert("x-start-time", start_time);

@@ -4,11 +4,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, Uri};
+use http::{StatusCode, Uri};
 use tracing::{debug, warn};
 
 use crate::gateway::Shared;
-use crate::http_util::{ApiError, call_id_of, empty, read_body};
+use crate::http_util::{ApiError, append_forwarded_for, call_id_of, empty, read_body};
 use crate::provider::Provider;
 use crate::queue::{CallRecord, validate_callback_url};
 use crate::validate;
@@ -120,14 +120,7 @@ pub(super) async fn async_function<P: Provider>(
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
     {
-        let ip = peer.0.ip().to_string();
-        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(previous) => format!("{previous}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded) {
-            headers.insert("x-forwarded-for", v);
-        }
+        append_forwarded_for(&mut headers, peer.0.ip());
     }
     let record = CallRecord::new(
         call_id.clone(),
