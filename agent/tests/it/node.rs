@@ -871,23 +871,8 @@ async fn end_to_end_with_restarts_in_the_middle() -> TestResult {
     .await?
     .expect(200, "delete")?;
     // The delete answered once stored; its replica stops in the background.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = std::process::Command::new("ctr")
-            .arg("--address")
-            .arg(node.env.containerd.socket())
-            .args(["-n", &node.env.config.namespace, "containers", "ls", "-q"])
-            .output()?;
-        let left = String::from_utf8_lossy(&left.stdout).trim().to_owned();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "delete removes every container: {left}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.wait_containers_gone("hello", Duration::from_secs(30))
+        .await?;
     Ok(())
 }
 

@@ -189,19 +189,7 @@ async fn deletes_and_scale_downs_answer_at_once_while_replicas_take_their_grace(
     assert!(scale_took < AT_ONCE && delete_took < AT_ONCE);
     // Gone after its grace: no task, no container left.
     wait_running(&runtime, "slow", 0, GRACE * 3).await?;
-    let deadline = Instant::now() + GRACE;
-    while runtime
-        .list()
-        .await?
-        .iter()
-        .any(|c| c.id.starts_with("slow."))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "containers left after the delete"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.wait_containers_gone("slow", GRACE).await?;
     Ok(())
 }
 
