@@ -1,39 +1,39 @@
 //! Gateway benchmark, in one run on a private containerd and network namespace:
 //!
 //! - latency (p50/p99) and requests/s through `http://node/function/NAME`, next to the same
-//!   load sent straight to the function's IP;
+//!   load sent straight to the function's IP, with `wrk` (2 threads, keep-alive, a 10-byte
+//!   POST) at 1 and 8 connections, and the CPU time of the bramble process per proxied
+//!   request;
 //! - cold start through the gateway (request to a scaled-to-zero function → first byte), next
-//!   to the runtime's bare start of a stopped container (→ first HTTP answer).
+//!   to the runtime's bare start of a stopped container (→ first HTTP answer);
+//! - the function's own path: a 1 MiB POST echoed by the replica, straight to its address,
+//!   next to the same image in a bare container without limits.
 //!
-//! `cargo bench -p bramble-agent --bench gateway [-- REQUESTS CONCURRENCY]` as root.
+//! `cargo bench -p bramble-agent --bench gateway` as root, with `wrk` installed
+//! (`BRAMBLE_BENCH_SECS`, default 10, is the length of each measured run;
+//! `BRAMBLE_BENCH_BINARY` runs another build of `bramble`, e.g. an older one to compare with).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bramble_runtime::image::no_progress;
 use bramble_runtime::{ContainerSpec, Runtime};
 use bramble_testkit::stats::{Summary, ms};
-use bramble_testkit::{Node, TestEnv, fixture_image, harness};
+use bramble_testkit::{Node, TestEnv, cpu_time, fixture_image, harness, wrk};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn main() {
-    let mut args = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse::<usize>().ok());
-    let requests = args.next().unwrap_or(5000);
-    let concurrency = args.next().unwrap_or(8);
     let rt = harness::bench_runtime("gateway bench");
-    if let Err(e) = rt.block_on(bench(requests, concurrency)) {
+    if let Err(e) = rt.block_on(bench()) {
         eprintln!("gateway bench failed: {e}");
         std::process::exit(1);
     }
 }
 
-async fn bench(requests: usize, concurrency: usize) -> Result<()> {
+async fn bench() -> Result<()> {
     let env = TestEnv::new("gwbench")?;
     let runtime = Runtime::new(env.config.clone())?;
     let (archive, _) = fixture_image(env.scratch(), "fixture:bench")?;
@@ -42,7 +42,11 @@ async fn bench(requests: usize, concurrency: usize) -> Result<()> {
         .import(&archive, None, &no_progress)
         .await?
         .remove(0);
-    let node = Node::start(Path::new(env!("CARGO_BIN_EXE_bramble")), env, "")?;
+    let binary = std::env::var_os("BRAMBLE_BENCH_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_bramble")),
+        PathBuf::from,
+    );
+    let node = Node::start(&binary, env, "")?;
     let deploy = serde_json::json!({"service": "bench", "image": image.name}).to_string();
     expect(
         node.api("POST", "/system/functions", deploy.as_bytes())
@@ -58,16 +62,44 @@ async fn bench(requests: usize, concurrency: usize) -> Result<()> {
         .find(|c| c.id.starts_with("bench."))
         .and_then(|c| c.ip)
         .ok_or("function has no IP")?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
+    let client = reqwest::Client::builder().build()?;
     let through = format!("http://{}/function/bench", node.addr());
     let direct = format!("http://{ip}:8080/");
-    // Warm both paths (connections, caches).
-    load(&client, &through, concurrency * 10, concurrency).await?;
-    load(&client, &direct, concurrency * 10, concurrency).await?;
-    let gw = load(&client, &through, requests, concurrency).await?;
-    let fn_direct = load(&client, &direct, requests, concurrency).await?;
+    let pid = node.pid().ok_or("the node has no pid")?;
+    let scratch = tempfile::tempdir()?;
+    // wrk, 2 threads, keep-alive, a 10-byte POST: through the gateway and straight to the
+    // function's address, one connection and eight, in one run. CPU time of the bramble
+    // process per proxied request from /proc.
+    let body = "0123456789";
+    let seconds = Duration::from_secs(
+        std::env::var("BRAMBLE_BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10),
+    );
+    let mut rows = Vec::new();
+    for connections in [1, 8] {
+        // Warm both paths (connections, caches).
+        wrk::post(
+            &through,
+            connections,
+            Duration::from_secs(1),
+            body,
+            scratch.path(),
+        )?;
+        wrk::post(
+            &direct,
+            connections,
+            Duration::from_secs(1),
+            body,
+            scratch.path(),
+        )?;
+        let cpu_before = cpu_time(pid).ok_or("cannot read bramble's CPU time")?;
+        let gw = wrk::post(&through, connections, seconds, body, scratch.path())?;
+        let cpu = cpu_time(pid).ok_or("cannot read bramble's CPU time")? - cpu_before;
+        let fn_direct = wrk::post(&direct, connections, seconds, body, scratch.path())?;
+        rows.push((connections, gw, fn_direct, cpu));
+    }
 
     // Cold start through the gateway: scale to zero, then time one request to its first byte.
     let mut cold = Vec::new();
@@ -98,6 +130,14 @@ async fn bench(requests: usize, concurrency: usize) -> Result<()> {
         ..Default::default()
     };
     runtime.create(&spec).await?;
+    for c in runtime.list().await? {
+        eprintln!(
+            "container {} ip {:?} task {:?}",
+            c.id,
+            c.ip,
+            c.task.map(|t| t.status)
+        );
+    }
     let mut bare = Vec::new();
     for _ in 0..10 {
         let started = Instant::now();
@@ -106,24 +146,69 @@ async fn bench(requests: usize, concurrency: usize) -> Result<()> {
         bare.push(started.elapsed());
         runtime.stop("bare0", Duration::from_secs(5)).await?;
     }
+    // The function's own path: a 1 MiB POST echoed, straight to the replica's address (no
+    // gateway), next to the same image in a bare container (same bridge, no limits).
+    let task = runtime.start("bare0").await?;
+    first_answer(&client, SocketAddr::from((task.ip, 8080))).await?;
+    let mut own = Vec::new();
+    for (name, url) in [
+        (
+            "function (bramble's defaults)",
+            format!("http://{ip}:8080/echo"),
+        ),
+        (
+            "bare container, no limits",
+            format!("http://{}:8080/echo", task.ip),
+        ),
+    ] {
+        wrk::post_bytes(&url, 1, Duration::from_secs(1), 1 << 20, scratch.path())?;
+        own.push((
+            name,
+            wrk::post_bytes(&url, 1, seconds, 1 << 20, scratch.path())?,
+        ));
+    }
+    runtime.stop("bare0", Duration::from_secs(5)).await?;
     runtime.delete("bare0", Duration::from_secs(5)).await?;
 
     println!(
-        "gateway benchmark: {requests} requests, {concurrency} concurrent, keep-alive, {}",
+        "gateway benchmark: wrk, 2 threads, keep-alive, {}-byte POST, {} s per run, {}",
+        body.len(),
+        seconds.as_secs(),
         std::env::consts::ARCH
     );
-    println!("| path | p50 | p99 | requests/s |");
-    println!("|---|---|---|---|");
-    for (name, run) in [
-        ("through bramble (`/function/bench`)", &gw),
-        ("direct to the function's IP", &fn_direct),
-    ] {
-        let s = Summary::of(&run.latencies);
+    println!("| connections | path | p50 | p99 | requests/s | bramble CPU per request |");
+    println!("|---|---|---|---|---|---|");
+    for (connections, gw, fn_direct, cpu) in &rows {
         println!(
-            "| {name} | {:.2} ms | {:.2} ms | {:.0} |",
-            ms(s.p50),
-            ms(s.p99),
-            run.rps
+            "| {connections} | through bramble (`/function/bench`) | {:.3} ms | {:.3} ms | {:.0} | {:.1} µs |",
+            ms(gw.p50),
+            ms(gw.p99),
+            gw.requests_per_second,
+            cpu.as_secs_f64() * 1e6 / gw.requests.max(1) as f64
+        );
+        println!(
+            "| {connections} | direct to the function's IP | {:.3} ms | {:.3} ms | {:.0} | — |",
+            ms(fn_direct.p50),
+            ms(fn_direct.p99),
+            fn_direct.requests_per_second
+        );
+        println!(
+            "| {connections} | **bramble's cost** | **+{:.3} ms** | | **{:.2} of direct** | |",
+            ms(gw.p50.saturating_sub(fn_direct.p50)),
+            gw.requests_per_second / fn_direct.requests_per_second
+        );
+    }
+    println!();
+    println!(
+        "| 1 MiB POST echoed, one connection, to the replica's address | p50 | p99 | requests/s |"
+    );
+    println!("|---|---|---|---|");
+    for (name, run) in &own {
+        println!(
+            "| {name} | {:.3} ms | {:.3} ms | {:.0} |",
+            ms(run.p50),
+            ms(run.p99),
+            run.requests_per_second
         );
     }
     println!();
@@ -145,49 +230,6 @@ async fn bench(requests: usize, concurrency: usize) -> Result<()> {
         );
     }
     Ok(())
-}
-
-struct Run {
-    latencies: Vec<Duration>,
-    rps: f64,
-}
-
-/// `requests` GETs spread over `concurrency` workers; every answer must be 200.
-async fn load(
-    client: &reqwest::Client,
-    url: &str,
-    requests: usize,
-    concurrency: usize,
-) -> Result<Run> {
-    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (client, url, counter) = (client.clone(), url.to_owned(), Arc::clone(&counter));
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
-                let t = Instant::now();
-                let response = client.get(&url).send().await?;
-                let status = response.status().as_u16();
-                response.bytes().await?;
-                if status != 200 {
-                    return Err(format!("{url} answered {status}").into());
-                }
-                latencies.push(t.elapsed());
-            }
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(requests);
-    for worker in workers {
-        latencies.extend(worker.await??);
-    }
-    let elapsed = started.elapsed();
-    Ok(Run {
-        rps: latencies.len() as f64 / elapsed.as_secs_f64(),
-        latencies,
-    })
 }
 
 async fn first_answer(client: &reqwest::Client, addr: SocketAddr) -> Result<()> {

@@ -1,4 +1,5 @@
-//! `bramble up`: the node in one process — store, runtime, provider, gateway.
+//! `bramble up`: the node in one process — store, runtime, provider, gateway (with its
+//! dashboard, fed by the node's hardware and triggers).
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use bramble_runtime::peer::MountNamespace;
 use bramble_runtime::{NetworkConfig, RegistryConfig, Runtime, RuntimeConfig};
 
 use crate::config::Config;
+use crate::dashboard::NodeView;
 use crate::function::Defaults;
 use crate::provider::{LocalProvider, ProviderSettings};
 use crate::store::Store;
@@ -139,6 +141,12 @@ pub async fn run(
     };
     let gateway = Gateway::new(Arc::clone(&provider), gateway_config)?;
     gateway.add_admin_routes(bramble_hardware::admin::router(Arc::clone(&hardware)));
+    let deliveries = Arc::new(triggers::Deliveries::default());
+    gateway.set_node_feed(Arc::new(NodeView {
+        hardware: Arc::clone(&hardware),
+        deliveries: Arc::clone(&deliveries),
+        store: Arc::clone(&store),
+    }));
     gateway.start_workers();
     let triggers = {
         let ctx = triggers::Context {
@@ -146,6 +154,7 @@ pub async fn run(
             store: Arc::clone(&store),
             hardware: Arc::clone(&hardware),
             gateway: Arc::clone(&gateway),
+            deliveries,
         };
         let provider = Arc::clone(&provider);
         tokio::spawn(async move {

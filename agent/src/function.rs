@@ -30,6 +30,9 @@ pub const SCALE_ZERO_DURATION: &str = "com.openfaas.scale.zero-duration";
 pub const SCALE_MIN: &str = "com.openfaas.scale.min";
 /// Most replicas one function may have on one board.
 pub const MAX_REPLICAS: u64 = 8;
+/// Container slots of one generation of a function: its replicas, and as many again for
+/// replicas that are still stopping (a replica wanted meanwhile never waits for one).
+pub const MAX_SLOTS: u64 = 2 * MAX_REPLICAS;
 
 /// Longest period bramble accepts for a timeout, an idle time or a schedule (a year): a
 /// longer one means "never" in practice, and one long enough would overflow a timer.
@@ -280,15 +283,15 @@ mod tests {
 
     #[test]
     fn the_longest_names_still_make_valid_container_ids() {
-        // 40 + 20 characters leave 12 digits of generation: a trillion updates.
+        // 40 + 20 characters and a two-digit slot leave 11 digits of generation: a hundred
+        // billion updates.
         let name = "f".repeat(bramble_gateway::validate::MAX_FUNCTION_NAME);
         let key = FunctionKey::new(
             &name,
             &"n".repeat(bramble_gateway::validate::MAX_NAMESPACE_NAME),
         );
         assert!(
-            bramble_runtime::validate_id(&key.container_id(999_999_999_999, MAX_REPLICAS - 1))
-                .is_ok()
+            bramble_runtime::validate_id(&key.container_id(99_999_999_999, MAX_SLOTS - 1)).is_ok()
         );
     }
 

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod doctor;
 pub mod function;
 pub mod probe;

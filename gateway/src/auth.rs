@@ -9,6 +9,14 @@ use subtle::ConstantTimeEq as _;
 
 use crate::config::Credentials;
 
+/// Whether `user` and `password` are `credentials` (Basic auth, the dashboard's login form).
+/// Both are always compared, so the time taken says nothing about which one was wrong.
+pub(crate) fn valid(credentials: &Credentials, user: &[u8], password: &[u8]) -> bool {
+    let user_ok = same(user, credentials.user.as_bytes());
+    let password_ok = same(password, credentials.password.as_bytes());
+    bool::from(user_ok & password_ok)
+}
+
 /// Whether `headers` carry `credentials` as HTTP Basic auth.
 pub(crate) fn authorized(credentials: &Credentials, headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(AUTHORIZATION) else {
@@ -28,15 +36,12 @@ pub(crate) fn authorized(credentials: &Credentials, headers: &HeaderMap) -> bool
         return false;
     };
     let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
-    // Both compared, always, so the time taken says nothing about which one was wrong.
-    let user_ok = same(user, credentials.user.as_bytes());
-    let password_ok = same(password, credentials.password.as_bytes());
-    bool::from(user_ok & password_ok)
+    valid(credentials, user, password)
 }
 
 /// Constant-time equality that also hides the expected length: slices of different lengths
 /// would compare unequal at once, so their SHA-256 digests (always 32 bytes) are compared.
-fn same(given: &[u8], expected: &[u8]) -> subtle::Choice {
+pub(crate) fn same(given: &[u8], expected: &[u8]) -> subtle::Choice {
     Sha256::digest(given).ct_eq(&Sha256::digest(expected))
 }
 

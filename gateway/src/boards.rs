@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
-use crate::gateway::{Gateway, serve_connections};
+use crate::gateway::{Gateway, Shortcut, serve_connections};
 use crate::provider::Provider;
 
 /// How long a peer has to finish the TLS handshake.
@@ -40,20 +40,27 @@ impl<P: Provider> Gateway<P> {
     ) -> std::io::Result<()> {
         let acceptor = TlsAcceptor::from(tls);
         let router = routes.layer(axum::middleware::from_fn(crate::api::log_request));
-        serve_connections(&self.shared, listener, router, shutdown, move |stream| {
-            let accept = acceptor.accept(stream);
-            async move {
-                let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept)
-                    .await
-                    .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
-                let authenticated = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .is_some_and(|certs| !certs.is_empty());
-                Ok((stream, BoardPeer { authenticated }))
-            }
-        })
+        serve_connections(
+            &self.shared,
+            listener,
+            router,
+            Shortcut::None,
+            shutdown,
+            move |stream| {
+                let accept = acceptor.accept(stream);
+                async move {
+                    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept)
+                        .await
+                        .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+                    let authenticated = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|certs| !certs.is_empty());
+                    Ok((stream, BoardPeer { authenticated }))
+                }
+            },
+        )
         .await;
         Ok(())
     }

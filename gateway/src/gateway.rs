@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::proxy::{HttpClient, new_client};
 use crate::queue::Queue;
+use crate::ui::NodeFeed;
 
 /// Why a gateway could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +50,15 @@ pub(crate) struct Shared<P: Provider> {
     /// `uname -m`, for `/system/info`.
     pub(crate) arch: String,
     /// Becomes `true` when [`Gateway::serve`] starts shutting down: endless responses the
-    /// gateway itself produces (followed logs) end then, so draining does not wait for them.
+    /// gateway itself produces (followed logs, dashboard streams) end then, so draining does
+    /// not wait for them.
     pub(crate) draining: watch::Sender<bool>,
+    /// The host name, for the dashboard.
+    pub(crate) hostname: String,
+    /// The dashboard's logged-in browsers.
+    pub(crate) sessions: crate::ui::session::Sessions,
+    /// What the node shows on the dashboard beyond the provider (see [`Gateway::set_node_feed`]).
+    pub(crate) feed: OnceLock<Arc<dyn NodeFeed>>,
 }
 
 impl<P: Provider> Shared<P> {
@@ -94,6 +102,13 @@ fn machine_arch() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
 }
 
+fn host_name() -> String {
+    nix::sys::utsname::uname()
+        .ok()
+        .and_then(|u| u.nodename().to_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 impl<P: Provider> Gateway<P> {
     /// A gateway for `provider`; opens the async queue directory and queues every call a
     /// previous gateway left pending (they run once [`Gateway::start_workers`] is called).
@@ -127,6 +142,9 @@ impl<P: Provider> Gateway<P> {
             queue,
             arch: machine_arch(),
             draining: watch::Sender::new(false),
+            hostname: host_name(),
+            sessions: crate::ui::session::Sessions::default(),
+            feed: OnceLock::new(),
         });
         Ok(Arc::new(Self {
             shared,
@@ -142,8 +160,8 @@ impl<P: Provider> Gateway<P> {
         &self.shared.config
     }
 
-    /// Every route: `/system/*` (Basic auth), `/function/*`, `/async-function/*`, `/healthz`,
-    /// `/metrics`, `/`.
+    /// Every route: `/system/*` (Basic auth or a dashboard session), `/function/*`,
+    /// `/async-function/*`, `/healthz`, `/metrics`, `/`, the dashboard under `/ui/`.
     pub fn router(self: &Arc<Self>) -> axum::Router {
         let admin = self.admin.lock().map(|a| a.clone()).unwrap_or_default();
         let public = self.public.lock().map(|a| a.clone()).unwrap_or_default();
@@ -163,6 +181,14 @@ impl<P: Provider> Gateway<P> {
     pub fn add_public_routes(&self, routes: axum::Router) {
         if let Ok(mut public) = self.public.lock() {
             public.push(routes);
+        }
+    }
+
+    /// Plugs in what the node shows on the dashboard beyond the provider: its hardware and
+    /// its triggers' deliveries (see [`NodeFeed`]). Only the first call counts.
+    pub fn set_node_feed(&self, feed: Arc<dyn NodeFeed>) {
+        if self.shared.feed.set(feed).is_err() {
+            warn!("a node feed was already set; the dashboard keeps the first");
         }
     }
 
@@ -203,6 +229,7 @@ impl<P: Provider> Gateway<P> {
             &self.shared,
             listener,
             router,
+            Shortcut::Invocations,
             shutdown,
             |stream| async move { Ok::<_, std::io::Error>((stream, ())) },
         )
@@ -227,6 +254,15 @@ impl<P: Provider> Gateway<P> {
     }
 }
 
+/// Whether a listener answers `/function/NAME/...` without the router (see [`serve_connections`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shortcut {
+    /// The public listener: invocations skip the router.
+    Invocations,
+    /// Every request goes through the router (the board listener: its routes check the peer).
+    None,
+}
+
 /// Serves `router` on the connections of `listener` until `shutdown` resolves, then drains (see
 /// [`Gateway::serve`]). `handshake` turns each accepted TCP stream into the stream HTTP is
 /// spoken on (TLS for board-to-board traffic) and a value every request of that connection
@@ -236,6 +272,7 @@ pub(crate) async fn serve_connections<P, H, Fut, S, E>(
     shared: &Arc<Shared<P>>,
     listener: TcpListener,
     router: axum::Router,
+    shortcut: Shortcut,
     shutdown: impl Future<Output = ()> + Send + 'static,
     handshake: H,
 ) where
@@ -270,6 +307,7 @@ pub(crate) async fn serve_connections<P, H, Fut, S, E>(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let shared = Arc::clone(shared);
         let handshake = handshake(stream);
         let watcher = graceful.watcher();
         let builder = builder.clone();
@@ -283,12 +321,35 @@ pub(crate) async fn serve_connections<P, H, Fut, S, E>(
             };
             let service =
                 hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-                    request
-                        .extensions_mut()
-                        .insert(ConnectInfo::<SocketAddr>(peer));
-                    request.extensions_mut().insert(extension.clone());
+                    // Invocations are the hot path: on the public listener they go straight to
+                    // their handler, without the router's matching and the per-request log
+                    // line's middleware (taken as before when debug logging is on, so that line
+                    // is still written).
+                    let take_shortcut = shortcut == Shortcut::Invocations && {
+                        let path = request.uri().path();
+                        path.len() > "/function/".len()
+                            && path.starts_with("/function/")
+                            && !crate::api::request_lines_enabled()
+                    };
+                    if !take_shortcut {
+                        request
+                            .extensions_mut()
+                            .insert(ConnectInfo::<SocketAddr>(peer));
+                        request.extensions_mut().insert(extension.clone());
+                    }
                     let router = router.clone();
+                    let shared = Arc::clone(&shared);
                     async move {
+                        if take_shortcut {
+                            return Ok::<_, Infallible>(
+                                crate::api::invoke::invoke_path(
+                                    &shared,
+                                    Some(peer.ip()),
+                                    request.map(Body::new),
+                                )
+                                .await,
+                            );
+                        }
                         let response = router.oneshot(request.map(Body::new)).await;
                         Ok::<_, Infallible>(match response {
                             Ok(response) => response,

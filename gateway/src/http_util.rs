@@ -178,31 +178,72 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A new call id: 128 random bits written like a UUID (version 4).
-pub(crate) fn new_call_id() -> String {
-    let r: u128 = rand::random();
+/// A new call id: 128 random bits written like a UUID (version 4), without allocating.
+fn new_call_id_bytes() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     const VERSION_MASK: u128 = 0xf << 76;
     const VARIANT_MASK: u128 = 0x3 << 62;
+    let r: u128 = rand::random();
     let r = (((r & !VERSION_MASK) | (0x4 << 76)) & !VARIANT_MASK) | (0x2 << 62);
-    let h = format!("{r:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let mut out = [b'-'; 36];
+    let mut shift = 128;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        shift -= 4;
+        *slot = HEX[((r >> shift) & 0xf) as usize];
+    }
+    out
 }
 
-/// The caller's `X-Call-Id` when it is a sensible one, else a new one.
-pub(crate) fn call_id_of(headers: &HeaderMap) -> String {
-    headers
-        .get("x-call-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map_or_else(new_call_id, str::to_owned)
+/// A new call id: 128 random bits written like a UUID (version 4).
+pub(crate) fn new_call_id() -> String {
+    new_call_id_bytes()
+        .iter()
+        .copied()
+        .map(char::from)
+        .collect()
+}
+
+/// The caller's `X-Call-Id` when it is a sensible one (not empty, at most 128 bytes,
+/// surrounding spaces trimmed), else a new one.
+pub(crate) fn call_id_of(headers: &HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get("x-call-id")
+        && let Ok(text) = value.to_str()
+    {
+        let trimmed = text.trim();
+        if !trimmed.is_empty() && trimmed.len() <= 128 {
+            if trimmed.len() == text.len() {
+                // Shares the request's bytes.
+                return value.clone();
+            }
+            if let Ok(value) = HeaderValue::from_str(trimmed) {
+                return value;
+            }
+        }
+    }
+    // Hex digits and dashes: always a valid header value.
+    HeaderValue::from_bytes(&new_call_id_bytes())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-call-id"))
+}
+
+/// Appends `ip` to the request's `X-Forwarded-For` (every earlier value kept, in order).
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+    use std::fmt::Write as _;
+    let mut value = String::new();
+    for previous in headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        value.push_str(previous);
+        value.push_str(", ");
+    }
+    let _ = write!(value, "{ip}");
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert("x-forwarded-for", v);
+    }
 }
 
 /// Go's `strconv.ParseBool`.
@@ -290,8 +331,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-call-id", HeaderValue::from_static("mine"));
         assert_eq!(call_id_of(&h), "mine");
+        h.insert("x-call-id", HeaderValue::from_static(" mine "));
+        assert_eq!(call_id_of(&h), "mine");
         h.insert("x-call-id", HeaderValue::from_static(" "));
-        assert_ne!(call_id_of(&h), " ");
+        let new = call_id_of(&h);
+        assert_eq!(new.len(), 36);
+        assert_eq!(new.as_bytes()[14], b'4');
     }
 
     #[test]

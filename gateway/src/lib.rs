@@ -78,8 +78,10 @@ mod proptests;
 pub mod provider;
 mod proxy;
 mod queue;
+mod recent;
 mod rfc3339;
 pub mod types;
+pub mod ui;
 pub mod validate;
 
 pub use api::MAX_REPLICAS;

@@ -16,6 +16,7 @@ use crate::types::{
     FunctionDeployment, FunctionNamespace, FunctionStatus, ImageSummary, LogMessage, LogRequest,
     ProviderInfo, Secret,
 };
+use crate::ui::model::{Board, Replica};
 
 /// Why a provider refused or failed a request. Each kind maps to one HTTP status.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -216,4 +217,25 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Resource use per function (`(name, namespace)`), for `/metrics`.
     fn usage(&self) -> impl Future<Output = HashMap<(String, String), UsageSample>> + Send;
+
+    // For the dashboard (`/ui/`). The defaults suit a provider that cannot tell.
+
+    /// Marked changed whenever a function's status may have changed (deployed, deleted,
+    /// scaled, a replica ready, crashed, restarting): an open dashboard re-reads the
+    /// functions then instead of waiting for its next periodic read. `None` (the default):
+    /// the dashboard re-reads every second only.
+    fn status_changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        None
+    }
+
+    /// A function's replicas and where they run (empty by default).
+    fn replicas(&self, _name: &str, _namespace: &str) -> impl Future<Output = Vec<Replica>> + Send {
+        async { Vec::new() }
+    }
+
+    /// The boards of the cluster as this board sees them, this board included; `None` (the
+    /// default) on a board that is in no cluster.
+    fn boards(&self) -> impl Future<Output = Option<Vec<Board>>> + Send {
+        async { None }
+    }
 }

@@ -1,6 +1,6 @@
 //! The invocation path: find a ready replica, forward the request to it, stream both bodies.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,8 +19,8 @@ use hyper_util::rt::TokioExecutor;
 use tracing::{debug, warn};
 
 use crate::gateway::Shared;
-use crate::http_util::{call_id_of, strip_hop_by_hop, text_response};
-use crate::metrics::Metrics;
+use crate::http_util::{append_forwarded_for, call_id_of, strip_hop_by_hop, text_response};
+use crate::metrics::FunctionStats;
 use crate::provider::{Endpoint, InFlight, Provider, ProviderError};
 
 /// The pooled keep-alive client the gateway forwards with (one per gateway).
@@ -51,23 +51,67 @@ pub(crate) fn human(d: Duration) -> String {
     }
 }
 
-fn unix_nanos(t: SystemTime) -> u128 {
+fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn header_value(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(text).ok()
 }
 
-/// An error answer of the invocation path, with the call id.
-fn failure(status: StatusCode, message: String, call_id: &str) -> Response<Body> {
-    let mut response = text_response(status, message);
-    if let Some(v) = header_value(call_id) {
-        response.headers_mut().insert("x-call-id", v);
+/// `name.namespace`, written where it is needed rather than allocated per request.
+#[derive(Clone, Copy)]
+pub(crate) struct Qualified<'a>(pub &'a str, pub &'a str);
+
+impl std::fmt::Display for Qualified<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
     }
+}
+
+impl Qualified<'_> {
+    /// Calls `f` with the text, built on the stack when it fits (it does for valid names).
+    fn with_text<R>(self, f: impl FnOnce(&str) -> R) -> R {
+        let Qualified(name, namespace) = self;
+        let mut buf = [0u8; 160];
+        let len = name.len() + 1 + namespace.len();
+        if let Some(out) = buf.get_mut(..len) {
+            out[..name.len()].copy_from_slice(name.as_bytes());
+            out[name.len()] = b'.';
+            out[name.len() + 1..].copy_from_slice(namespace.as_bytes());
+            if let Ok(text) = std::str::from_utf8(out) {
+                return f(text);
+            }
+        }
+        f(&self.to_string())
+    }
+}
+
+/// An error answer of the invocation path, with the call id.
+fn failure(status: StatusCode, message: String, call_id: HeaderValue) -> Response<Body> {
+    let mut response = text_response(status, message);
+    response.headers_mut().insert("x-call-id", call_id);
     response
+}
+
+/// The replica's URI for `path` and `query`: one string, parsed once.
+fn upstream_uri(addr: SocketAddr, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(
+        // "http://" + "255.255.255.255:65535" + "/" + "?"
+        32 + path.len() + query.map_or(0, str::len),
+    );
+    let _ = write!(text, "http://{addr}");
+    if !path.starts_with('/') {
+        text.push('/');
+    }
+    text.push_str(path);
+    if let Some(query) = query {
+        text.push('?');
+        text.push_str(query);
+    }
+    Ok(Uri::try_from(text)?)
 }
 
 /// Sends `request` (its URI is the path and query the function sees) to function
@@ -78,9 +122,39 @@ pub(crate) async fn invoke<P: Provider>(
     namespace: &str,
     request: Request<Body>,
 ) -> Response<Body> {
+    // Shares the request's bytes.
+    let uri = request.uri().clone();
+    let client_ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    forward(
+        shared,
+        name,
+        namespace,
+        uri.path(),
+        uri.query(),
+        client_ip,
+        request,
+    )
+    .await
+}
+
+/// Sends `request` to function `name.namespace` as `path` with `query` (the rest of a
+/// `/function/NAME/…` path, taken as it is, without building another URI first);
+/// `client_ip` is appended to `X-Forwarded-For`.
+pub(crate) async fn forward<P: Provider>(
+    shared: &Shared<P>,
+    name: &str,
+    namespace: &str,
+    path: &str,
+    query: Option<&str>,
+    client_ip: Option<IpAddr>,
+    request: Request<Body>,
+) -> Response<Body> {
     let started = Instant::now();
     let start_time = SystemTime::now();
-    let function = format!("{name}.{namespace}");
+    let function = Qualified(name, namespace);
     let (mut parts, body) = request.into_parts();
     let call_id = call_id_of(&parts.headers);
 
@@ -93,67 +167,54 @@ pub(crate) async fn invoke<P: Provider>(
     {
         Ok(Ok(endpoint)) => endpoint,
         Ok(Err(ProviderError::NotFound(_))) => {
-            debug!(function = %function, "invocation of an unknown function");
+            debug!(%function, "invocation of an unknown function");
             return failure(
                 StatusCode::NOT_FOUND,
                 format!("function {function} not found"),
-                &call_id,
+                call_id,
             );
         }
         Ok(Err(e)) => {
             let status = e.status();
-            warn!(function = %function, status = status.as_u16(), error = %e, "function not available");
-            shared.metrics.started(&function);
-            shared
-                .metrics
-                .finished(&function, status.as_u16(), started.elapsed().as_secs_f64());
-            return failure(status, e.to_string(), &call_id);
+            warn!(%function, status = status.as_u16(), error = %e, "function not available");
+            let stats = function.with_text(|f| shared.metrics.function(f));
+            stats.started();
+            stats.finished(status.as_u16(), started.elapsed().as_secs_f64());
+            return failure(status, e.to_string(), call_id);
         }
         Err(_) => {
-            warn!(function = %function, "provider did not answer within the ready wait");
-            shared.metrics.started(&function);
-            shared
-                .metrics
-                .finished(&function, 504, started.elapsed().as_secs_f64());
+            warn!(%function, "provider did not answer within the ready wait");
+            let stats = function.with_text(|f| shared.metrics.function(f));
+            stats.started();
+            stats.finished(504, started.elapsed().as_secs_f64());
             return failure(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("function {function} was not ready within {}", human(wait)),
-                &call_id,
+                call_id,
             );
         }
     };
-    shared.metrics.started(&function);
+    let stats = function.with_text(|f| shared.metrics.function(f));
+    stats.started();
     let Endpoint {
         addr,
         timeout,
         in_flight,
     } = endpoint;
     let completion = Completion {
-        metrics: Arc::clone(&shared.metrics),
-        function,
+        stats,
         code: 0,
         started,
         in_flight,
     };
 
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let path_and_query = if path_and_query.starts_with('/') {
-        path_and_query.to_owned()
-    } else {
-        format!("/{path_and_query}")
-    };
-    let uri = match Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(path_and_query)
-        .build()
-    {
+    let uri = match upstream_uri(addr, path, query) {
         Ok(uri) => uri,
         Err(e) => {
             return completion.fail(
                 StatusCode::BAD_REQUEST,
                 format!("invalid request path: {e}"),
-                &call_id,
+                call_id,
             );
         }
     };
@@ -162,17 +223,14 @@ pub(crate) async fn invoke<P: Provider>(
         .get(HOST)
         .cloned()
         .or_else(|| parts.uri.authority().and_then(|a| header_value(a.as_str())));
-    let client_ip = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
     parts.uri = uri;
+    let start_header = HeaderValue::from(unix_nanos(start_time));
     prepare_headers(
         &mut parts.headers,
         original_host,
         client_ip,
-        &call_id,
-        start_time,
+        call_id.clone(),
+        start_header.clone(),
     );
     let upstream = Request::from_parts(parts, body);
 
@@ -181,43 +239,33 @@ pub(crate) async fn invoke<P: Provider>(
         Ok(Err(e)) => {
             let cause = client_error(&e);
             let message = if e.is_connect() {
-                format!(
-                    "function {} is unreachable at {addr}: {cause}",
-                    completion.function
-                )
+                format!("function {function} is unreachable at {addr}: {cause}")
             } else {
-                format!(
-                    "function {} at {addr} failed to answer: {cause}",
-                    completion.function
-                )
+                format!("function {function} at {addr} failed to answer: {cause}")
             };
-            warn!(function = %completion.function, %addr, error = %cause, "function unreachable");
-            return completion.fail(StatusCode::BAD_GATEWAY, message, &call_id);
+            warn!(%function, %addr, error = %cause, "function unreachable");
+            return completion.fail(StatusCode::BAD_GATEWAY, message, call_id);
         }
         Err(_) => {
-            warn!(function = %completion.function, timeout = %human(timeout), "function timed out");
+            warn!(%function, timeout = %human(timeout), "function timed out");
             return completion.fail(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("Function timed out after {}", human(timeout)),
-                &call_id,
+                call_id,
             );
         }
     };
 
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(v) = header_value(&call_id) {
-        parts.headers.insert("x-call-id", v);
-    }
+    parts.headers.insert("x-call-id", call_id);
     if !parts.headers.contains_key("x-duration-seconds")
-        && let Some(v) = header_value(&format!("{:.6}", started.elapsed().as_secs_f64()))
+        && let Ok(v) = HeaderValue::try_from(format!("{:.6}", started.elapsed().as_secs_f64()))
     {
         parts.headers.insert("x-duration-seconds", v);
     }
-    if !parts.headers.contains_key("x-start-time")
-        && let Some(v) = header_value(&unix_nanos(start_time).to_string())
-    {
-        parts.headers.insert("x-start-time", v);
+    if !parts.headers.contains_key("x-start-time") {
+        parts.headers.insert("x-start-time", start_header);
     }
     let completion = Completion {
         code: parts.status.as_u16(),
@@ -237,8 +285,8 @@ fn prepare_headers(
     headers: &mut HeaderMap,
     original_host: Option<HeaderValue>,
     client_ip: Option<std::net::IpAddr>,
-    call_id: &str,
-    start_time: SystemTime,
+    call_id: HeaderValue,
+    start_time: HeaderValue,
 ) {
     strip_hop_by_hop(headers);
     // The client sets `Host` to the replica; the function sees the original in X-Forwarded-Host.
@@ -249,32 +297,15 @@ fn prepare_headers(
         headers.insert("x-forwarded-host", host);
     }
     if let Some(ip) = client_ip {
-        let previous: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let value = if previous.is_empty() {
-            ip.to_string()
-        } else {
-            format!("{}, {ip}", previous.join(", "))
-        };
-        if let Some(v) = header_value(&value) {
-            headers.insert("x-forwarded-for", v);
-        }
+        append_forwarded_for(headers, ip);
     }
-    if let Some(v) = header_value(call_id) {
-        headers.insert("x-call-id", v);
-    }
-    if let Some(v) = header_value(&unix_nanos(start_time).to_string()) {
-        headers.insert("x-start-time", v);
-    }
+    headers.insert("x-call-id", call_id);
+    headers.insert("x-start-time", start_time);
 }
 
 /// Finishes an invocation once: records its metrics and releases the in-flight guard.
 struct Completion {
-    metrics: Arc<Metrics>,
-    function: String,
+    stats: Arc<FunctionStats>,
     code: u16,
     started: Instant,
     in_flight: Option<InFlight>,
@@ -282,15 +313,12 @@ struct Completion {
 
 impl Completion {
     fn record(&mut self) {
-        self.metrics.finished(
-            &self.function,
-            self.code,
-            self.started.elapsed().as_secs_f64(),
-        );
+        self.stats
+            .finished(self.code, self.started.elapsed().as_secs_f64());
         self.in_flight = None;
     }
 
-    fn fail(mut self, status: StatusCode, message: String, call_id: &str) -> Response<Body> {
+    fn fail(mut self, status: StatusCode, message: String, call_id: HeaderValue) -> Response<Body> {
         self.code = status.as_u16();
         self.record();
         failure(status, message, call_id)
@@ -383,8 +411,8 @@ mod tests {
             &mut h,
             host,
             Some("127.0.0.2".parse().unwrap()),
-            "id-1",
-            UNIX_EPOCH + Duration::from_secs(1),
+            HeaderValue::from_static("id-1"),
+            HeaderValue::from(unix_nanos(UNIX_EPOCH + Duration::from_secs(1))),
         );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.2");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "pi.local:8080");

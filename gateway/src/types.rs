@@ -108,6 +108,9 @@ pub enum FunctionState {
     Ready,
     /// Desired replicas are 0: the next request starts one.
     ScaledToZero,
+    /// Scaled to zero while its replicas finish their requests and stop (within the stop
+    /// grace period); a request meanwhile starts a new replica at once.
+    Stopping,
     /// A replica failed three times in a row and waits out its backoff.
     CrashLooping,
     /// A new version is starting beside the one that serves.
@@ -121,6 +124,7 @@ impl FunctionState {
             FunctionState::Starting => "starting",
             FunctionState::Ready => "ready",
             FunctionState::ScaledToZero => "scaled-to-zero",
+            FunctionState::Stopping => "stopping",
             FunctionState::CrashLooping => "crash-looping",
             FunctionState::Updating => "updating",
         }
@@ -474,6 +478,7 @@ mod tests {
             (FunctionState::Starting, "starting"),
             (FunctionState::Ready, "ready"),
             (FunctionState::ScaledToZero, "scaled-to-zero"),
+            (FunctionState::Stopping, "stopping"),
             (FunctionState::CrashLooping, "crash-looping"),
             (FunctionState::Updating, "updating"),
         ];

@@ -13,6 +13,7 @@
 //!
 //! Errors are one line of `text/plain`: 400 bad body, 404 no such line, 409 refused.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +27,12 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch};
 
 use crate::backend::BackendError;
 use crate::broker::{ApiError, LineLevel, event_line, ndjson, parse_level};
-use crate::grants::{Bias, Direction};
-use crate::{Hardware, HardwareError};
+use crate::grants::{Bias, Direction, Grants};
+use crate::{EdgeEvent, Hardware, HardwareError};
 
 /// Most edges one [`Hardware::toggle`] makes.
 pub const MAX_TOGGLES: u32 = 100_000;
@@ -84,6 +86,33 @@ impl Hardware {
                 },
             })
             .collect()
+    }
+
+    /// Whether this node's lines are simulated (inputs can be driven by hand).
+    pub fn is_simulator(&self) -> bool {
+        self.shared.gpio.events_for_unrequested_lines()
+    }
+
+    /// The grants of every deployed function, by function (`name.namespace`).
+    pub fn granted(&self) -> BTreeMap<String, Grants> {
+        self.shared.state().reserved.clone()
+    }
+
+    /// The edges of every line from now on (physical levels), for the dashboard. On real
+    /// hardware only requested inputs have edges.
+    pub fn subscribe_edges(&self) -> broadcast::Receiver<EdgeEvent> {
+        self.shared.bus.subscribe_all()
+    }
+
+    /// Changes whenever a line is requested or released (its direction, owners).
+    pub fn line_changes(&self) -> watch::Receiver<u64> {
+        self.shared.line_changes.subscribe()
+    }
+
+    /// The ids of the sensors present on this node (`w1:…` devices), sorted. Blocking: it
+    /// lists a sysfs directory.
+    pub fn present_sensors(&self) -> Vec<String> {
+        self.shared.sensors().present()
     }
 
     /// Drives a simulated line to the physical `level` (0 or 1): a button press in a demo

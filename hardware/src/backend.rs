@@ -83,11 +83,15 @@ impl EdgeEvent {
     }
 }
 
-/// The event path: backends emit edges here; watchers subscribe per line.
+/// The event path: backends emit edges here; watchers subscribe per line, or to every line
+/// (the dashboard's hardware page).
 #[derive(Debug, Default)]
 pub struct EventBus {
     seqno: AtomicU64,
     channels: Mutex<HashMap<String, broadcast::Sender<EdgeEvent>>>,
+    /// Every line's edges; made by the first [`EventBus::subscribe_all`], so a node whose
+    /// dashboard never shows its hardware keeps no buffer for it.
+    all: Mutex<Option<broadcast::Sender<EdgeEvent>>>,
 }
 
 impl EventBus {
@@ -95,19 +99,33 @@ impl EventBus {
     /// line's request `request` (see [`EdgeEvent::request`]).
     pub fn emit(&self, line: &str, edge: Edge, timestamp_ns: u64, line_seqno: u64, request: u64) {
         let seqno = self.seqno.fetch_add(1, Ordering::Relaxed) + 1;
-        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = channels.get(line) {
-            // No receiver is fine: nobody watches right now.
-            let _ = sender.send(EdgeEvent {
-                line: line.to_owned(),
-                edge,
-                level: edge.level(),
-                timestamp_ns,
-                seqno,
-                line_seqno,
-                request,
-            });
+        let event = || EdgeEvent {
+            line: line.to_owned(),
+            edge,
+            level: edge.level(),
+            timestamp_ns,
+            seqno,
+            line_seqno,
+            request,
+        };
+        {
+            let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(sender) = channels.get(line) {
+                // No receiver is fine: nobody watches right now.
+                let _ = sender.send(event());
+            }
         }
+        let all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = all.as_ref().filter(|s| s.receiver_count() > 0) {
+            let _ = sender.send(event());
+        }
+    }
+
+    /// A receiver of the edges of every line from now on.
+    pub fn subscribe_all(&self) -> broadcast::Receiver<EdgeEvent> {
+        let mut all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
+        all.get_or_insert_with(|| broadcast::channel(EVENT_BUFFER).0)
+            .subscribe()
     }
 
     /// A receiver of the edges of `line` from now on. The channel lives as long as the bus,
@@ -463,6 +481,16 @@ mod tests {
             assert_eq!(json["line_seqno"], 2);
         }
         assert!(other.try_recv().is_err());
+        // Every line's edges, from the subscription on.
+        let mut all = bus.subscribe_all();
+        bus.emit("GPIO27", Edge::Rising, 30, 1, 0);
+        bus.emit("GPIO4", Edge::Falling, 40, 1, 0);
+        let lines: Vec<String> = [all.try_recv().unwrap(), all.try_recv().unwrap()]
+            .into_iter()
+            .map(|e| e.line)
+            .collect();
+        assert_eq!(lines, ["GPIO27", "GPIO4"]);
+        assert_eq!(other.try_recv().unwrap().seqno, 4);
         let e = EdgeEvent {
             line: "X".into(),
             edge: Edge::Rising,

@@ -81,6 +81,8 @@ pub trait SensorKind: Send + Sync {
     /// Reads the sensor `id` (the part after `KIND:`). Blocking: call it off the async
     /// threads.
     fn read(&self, id: &str) -> Result<Reading, SensorError>;
+    /// The ids (after `KIND:`) of the sensors of this kind present on the node. Blocking.
+    fn present(&self) -> Vec<String>;
 }
 
 /// The sensor kinds of this node.
@@ -101,6 +103,21 @@ impl SensorRegistry {
     /// Adds (or replaces) a kind.
     pub fn register(&mut self, kind: Box<dyn SensorKind>) {
         self.kinds.insert(kind.kind(), kind);
+    }
+
+    /// The ids (`KIND:ID`) of the sensors present on this node, sorted. Blocking.
+    pub fn present(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .kinds
+            .values()
+            .flat_map(|kind| {
+                kind.present()
+                    .into_iter()
+                    .map(move |id| format!("{}:{id}", kind.kind()))
+            })
+            .collect();
+        ids.sort();
+        ids
     }
 
     /// Reads sensor `id` (`KIND:ID`). Blocking (a 1-Wire conversion takes up to 750 ms).
@@ -156,6 +173,23 @@ struct W1Temperature {
 impl SensorKind for W1Temperature {
     fn kind(&self) -> &'static str {
         "w1"
+    }
+
+    /// The device directories that are temperature sensors (`w1_therm`'s files); bus
+    /// masters (`w1_bus_master1`) and other devices are left out.
+    fn present(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| validate_w1(name).is_ok())
+            .filter(|name| {
+                let device = self.dir.join(name);
+                device.join("temperature").exists() || device.join("w1_slave").exists()
+            })
+            .collect()
     }
 
     fn read(&self, id: &str) -> Result<Reading, SensorError> {
@@ -275,6 +309,18 @@ mod tests {
             }
         );
         assert_eq!(registry.read("w1:28-000000000001").unwrap().value, -1.25);
+        // The bus master and devices that are no temperature sensor are not listed.
+        std::fs::create_dir_all(tmp.path().join("w1_bus_master1")).unwrap();
+        write(tmp.path(), "3a-000000000002", "state", "\n");
+        assert_eq!(
+            registry.present(),
+            ["w1:28-000000000001", "w1:28-0316a27966ff"]
+        );
+        assert!(
+            SensorRegistry::new(tmp.path().join("none"))
+                .present()
+                .is_empty()
+        );
     }
 
     #[test]

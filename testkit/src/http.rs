@@ -105,8 +105,20 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body).await?;
+        // Until the server closes, or the body its Content-Length announces is complete (a
+        // server may keep the connection open despite `Connection: close`: chromedriver).
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&chunk[..n]);
+            if complete_length(&raw).is_some_and(|len| raw.len() >= len) {
+                break;
+            }
+        }
         parse(&raw)
     })
     .await
@@ -140,6 +152,20 @@ pub async fn wait_healthy(addr: SocketAddr, timeout: Duration) -> std::io::Resul
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(50));
     }
+}
+
+/// The length of the whole response when its head is in `raw` and announces a
+/// `Content-Length` (head included); `None` otherwise.
+fn complete_length(raw: &[u8]) -> Option<usize> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let length = head.split("\r\n").skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    })?;
+    Some(end + 4 + length)
 }
 
 fn parse(raw: &[u8]) -> std::io::Result<Response> {
@@ -237,5 +263,16 @@ mod tests {
         let chunked = parse(b"HTTP/1.1 503 NO\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap();
         assert_eq!((chunked.status, chunked.text().as_str()), (503, "abcde"));
         assert!(parse(b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_response_is_complete_at_its_content_length() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length:2\r\n\r\n";
+        assert_eq!(complete_length(head), Some(head.len() + 2));
+        assert_eq!(complete_length(b"HTTP/1.1 200 OK\r\nContent-Le"), None);
+        assert_eq!(
+            complete_length(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            None
+        );
     }
 }

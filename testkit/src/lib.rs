@@ -16,9 +16,11 @@
 //!   board, private addresses inside), partitions by iptables; for the multi-board tests.
 //! - [`load`]: [`Load`], a steady request loop counting successes, failures and bodies.
 //! - [`node`]: [`Node`], a real `bramble up` process on a [`TestEnv`], with its API at hand.
+//! - [`wrk`]: the `wrk` load generator, for the benchmarks.
 //! - [`env`]: [`TestEnv`], a private containerd with a runtime configuration (namespace,
 //!   bridge, subnet, state directory) unique to one test.
 
+pub mod browser;
 pub mod containerd;
 pub mod env;
 pub mod fixture;
@@ -30,6 +32,7 @@ pub mod load;
 pub mod node;
 pub mod registry;
 pub mod stats;
+pub mod wrk;
 
 mod procfs;
 
@@ -39,4 +42,5 @@ pub use fixture::{fixture_binary, is_static_elf};
 pub use images::{example_image, fixture_image, foreign_image, multi_platform_layout};
 pub use load::{Load, LoadReport};
 pub use node::Node;
+pub use procfs::cpu_time;
 pub use registry::{Registry, write_docker_config};

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ pub struct Load {
     ok: Arc<AtomicUsize>,
     failures: Arc<Mutex<Vec<String>>>,
     bodies: Arc<Mutex<BTreeSet<String>>>,
+    /// The longest a request took, in microseconds.
+    slowest_us: Arc<AtomicU64>,
     clients: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -31,6 +33,8 @@ pub struct LoadReport {
     pub failures: Vec<String>,
     /// The distinct bodies of the 200 answers.
     pub bodies: BTreeSet<String>,
+    /// The longest any request took.
+    pub slowest: Duration,
 }
 
 impl Load {
@@ -40,20 +44,26 @@ impl Load {
         let ok = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let bodies = Arc::new(Mutex::new(BTreeSet::new()));
+        let slowest_us = Arc::new(AtomicU64::new(0));
         let clients = (0..clients)
             .map(|_| {
-                let (stop, ok, failures, bodies, path) = (
+                let (stop, ok, failures, bodies, slowest_us, path) = (
                     stop.clone(),
                     ok.clone(),
                     failures.clone(),
                     bodies.clone(),
+                    slowest_us.clone(),
                     path.to_owned(),
                 );
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        match http::request(addr, "GET", &path, &[], b"", Duration::from_secs(10))
-                            .await
-                        {
+                        let sent = std::time::Instant::now();
+                        let answer =
+                            http::request(addr, "GET", &path, &[], b"", Duration::from_secs(10))
+                                .await;
+                        let took = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        slowest_us.fetch_max(took, Ordering::Relaxed);
+                        match answer {
                             Ok(r) if r.status == 200 => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                                 lock(&bodies).insert(r.text());
@@ -71,6 +81,7 @@ impl Load {
             ok,
             failures,
             bodies,
+            slowest_us,
             clients,
         }
     }
@@ -95,6 +106,7 @@ impl Load {
             ok: self.ok.load(Ordering::Relaxed),
             failures: lock(&self.failures).clone(),
             bodies: lock(&self.bodies).clone(),
+            slowest: Duration::from_micros(self.slowest_us.load(Ordering::Relaxed)),
         })
     }
 }

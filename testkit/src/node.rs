@@ -136,6 +136,34 @@ impl Node {
         runtime_config_of(&self.env)
     }
 
+    /// Waits until containerd holds no container of function `name` (a delete answers at
+    /// once; its replicas go in the background), at most `timeout`.
+    pub async fn wait_containers_gone(&self, name: &str, timeout: Duration) -> Result<(), String> {
+        let runtime =
+            bramble_runtime::Runtime::new(self.runtime_config()).map_err(|e| e.to_string())?;
+        let prefix = format!("{name}.");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left: Vec<String> = runtime
+                .list()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|c| c.id.starts_with(&prefix))
+                .map(|c| c.id)
+                .collect();
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "containers of {name} left after {timeout:?}: {left:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Builds a second, distinct fixture image named `name` with `env` in its configuration
     /// (see [`crate::images::fixture_image_with_env`]), for this node's platform, and uploads
     /// it through `POST /system/images`; answers the upload's response.
@@ -180,6 +208,26 @@ impl Node {
             if Instant::now() > deadline {
                 return Err(format!(
                     "{name} never had {want} available replicas: {status:?}\n{}",
+                    self.log_tail(30)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the function's `bramble.state` is `state` (`ready`, `stopping`, …).
+    pub async fn wait_state(&self, name: &str, state: &str) -> Result<serde_json::Value, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.status(name).await.map_err(|e| e.to_string())?;
+            if let Some(s) = &status
+                && s["bramble"]["state"] == state
+            {
+                return Ok(s.clone());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{name} never was {state}: {status:?}\n{}",
                     self.log_tail(30)
                 ));
             }

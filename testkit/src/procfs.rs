@@ -42,6 +42,24 @@ pub(crate) fn state_and_ppid(pid: i32) -> Option<(char, i32)> {
     Some((state, ppid))
 }
 
+/// CPU time (user + system) a process has used so far; `None` when it is gone.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the state: ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime.
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|t| *t > 0)?;
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / ticks as f64,
+    ))
+}
+
 /// True when the process exists and is not a zombie.
 pub(crate) fn is_alive(pid: i32) -> bool {
     state_and_ppid(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')

@@ -14,9 +14,12 @@ use std::time::{Duration, Instant, SystemTime};
 use bramble_gateway::provider::{ProviderError, ProviderResult, UsageSample};
 use bramble_gateway::types::{BrambleStatus, FunctionDeployment, FunctionStatus, FunctionUsage};
 use bramble_runtime::image::reference::ImageRef;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use super::{LocalProvider, hardware_error, mib, runtime_error};
+/// Time allowed beyond grace and timeout for a deleted function's replicas to go.
+const DELETE_SLACK: Duration = Duration::from_secs(10);
+
+use super::{Deleting, LocalProvider, hardware_error, mib, runtime_error};
 use crate::function::{self, FunctionKey};
 use crate::runtime::NodeRuntime;
 use crate::store::{FunctionRecord, State};
@@ -54,6 +57,8 @@ impl<R: NodeRuntime> LocalProvider<R> {
         let grants = crate::triggers::hardware_grants(&request.annotations)
             .map_err(|e| ProviderError::invalid("annotations", e.to_string()))?;
         if let Some(grants) = &grants {
+            // A deleted function keeps its lines until its replicas are gone.
+            self.wait_hardware_released().await?;
             self.ctx
                 .hardware
                 .check(&key.to_string(), grants)
@@ -246,6 +251,7 @@ impl<R: NodeRuntime> LocalProvider<R> {
         let namespace = self.namespace_of(request.namespace.as_deref());
         let key = FunctionKey::new(&request.service, &namespace);
         let _guard = self.locks.lock(&key.to_string()).await;
+        self.wait_deleted(&key).await?;
         if self
             .ctx
             .store
@@ -400,14 +406,27 @@ impl<R: NodeRuntime> LocalProvider<R> {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&key);
-        if let Some(handle) = handle {
-            let (done, finished) = oneshot::channel();
-            let _ = handle.commands.send(Command::Delete(done));
-            let _ = finished.await;
+        // The answer does not wait for the replicas: they finish their requests and stop with
+        // their grace period in the background (a deploy of the same name waits for that).
+        let (finished, gone) = watch::channel(false);
+        let hardware = self.ctx.hardware.mount_of(&key.to_string()).is_some();
+        {
+            let mut deleting = self.deleting.lock().unwrap_or_else(PoisonError::into_inner);
+            deleting.retain(|_, d| !*d.gone.borrow());
+            deleting.insert(key.clone(), Deleting { gone, hardware });
         }
-        // After the replicas are gone: outputs to their safe level, lines released.
-        self.ctx.hardware.detach(&key.to_string()).await;
-        tracing::info!(function = %key, "deleted");
+        let hardware = std::sync::Arc::clone(&self.ctx.hardware);
+        tokio::spawn(async move {
+            if let Some(handle) = handle {
+                let (done, stopped) = oneshot::channel();
+                let _ = handle.commands.send(Command::Delete(done));
+                let _ = stopped.await;
+            }
+            // After the replicas are gone: outputs to their safe level, lines released.
+            hardware.detach(&key.to_string()).await;
+            tracing::info!(function = %key, "deleted; its replicas are gone");
+            finished.send_replace(true);
+        });
         Ok(())
     }
 
@@ -450,6 +469,56 @@ impl<R: NodeRuntime> LocalProvider<R> {
             let _ = handle.commands.send(Command::Scale(replicas));
         }
         Ok(())
+    }
+
+    /// Waits until the replicas of a deleted function of this name are gone (a deploy right
+    /// after a delete is queued behind it, never mixed with it).
+    async fn wait_deleted(&self, key: &FunctionKey) -> ProviderResult<()> {
+        let deleting = self
+            .deleting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned();
+        match deleting {
+            Some(deleting) => self.wait_gone(key, deleting).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every deleted function that held hardware has released it (a function
+    /// deployed right after the delete of another that had its lines gets them then).
+    async fn wait_hardware_released(&self) -> ProviderResult<()> {
+        let holding: Vec<(FunctionKey, Deleting)> = self
+            .deleting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, d)| d.hardware && !*d.gone.borrow())
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .collect();
+        for (key, deleting) in holding {
+            self.wait_gone(&key, deleting).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_gone(&self, key: &FunctionKey, mut deleting: Deleting) -> ProviderResult<()> {
+        // Each replica gets its grace period; the drain before it is bounded by the timeout.
+        let patience = self.settings.stop_grace + self.settings.defaults.timeout + DELETE_SLACK;
+        match tokio::time::timeout(patience, deleting.gone.wait_for(|done| *done)).await {
+            Ok(_) => {
+                let mut deleting = self.deleting.lock().unwrap_or_else(PoisonError::into_inner);
+                if deleting.get(key).is_some_and(|d| *d.gone.borrow()) {
+                    deleting.remove(key);
+                }
+                Ok(())
+            }
+            Err(_) => Err(ProviderError::Conflict(format!(
+                "function {key} was deleted and its replicas are still stopping after {}; retry when they are gone",
+                humantime::format_duration(patience)
+            ))),
+        }
     }
 
     /// CPU time, memory and replicas of every function, for `/metrics`.

@@ -26,6 +26,7 @@ use bramble_gateway::types::{
     FunctionDeployment, FunctionNamespace, FunctionStatus, ImageSummary, LogRequest, ProviderInfo,
     Secret, VersionInfo,
 };
+use bramble_gateway::ui::model::Replica;
 use bramble_runtime::keyed::KeyedLocks;
 use bramble_runtime::{Error as RuntimeError, PullPolicy, Runtime};
 use tokio::sync::watch;
@@ -69,8 +70,20 @@ pub struct LocalProvider<R = Runtime> {
     locks: KeyedLocks,
     /// Set once the existing containers are adopted and every supervisor runs.
     started: watch::Sender<bool>,
+    /// Functions deleted whose replicas are still stopping: the delete answered once it was
+    /// stored; a deploy of the same name, or of one that wants hardware, waits for them.
+    deleting: std::sync::Mutex<HashMap<FunctionKey, Deleting>>,
     /// CPU counter samples per task, for `usage.cpu` (see [`cpu`]).
     cpu: std::sync::Mutex<cpu::CpuSamples>,
+}
+
+/// A deleted function whose replicas are still stopping.
+#[derive(Clone, Debug)]
+struct Deleting {
+    /// Turns `true` once its replicas are gone and its hardware is released.
+    gone: watch::Receiver<bool>,
+    /// It held hardware (lines, buses) until then.
+    hardware: bool,
 }
 
 impl From<StoreError> for ProviderError {
@@ -121,6 +134,20 @@ fn runtime_error(field: &str, e: &RuntimeError) -> ProviderError {
     }
 }
 
+/// Deploys, updates, deletes and scales (every change of the desired state) are status
+/// changes too, for the dashboard; ends with the provider.
+async fn forward_store_changes<R>(
+    mut store: watch::Receiver<Arc<crate::store::State>>,
+    ctx: std::sync::Weak<Context<R>>,
+) {
+    while store.changed().await.is_ok() {
+        let Some(ctx) = ctx.upgrade() else {
+            return;
+        };
+        ctx.changes.send_replace(());
+    }
+}
+
 impl<R: NodeRuntime> LocalProvider<R> {
     /// Creates the provider and, in the background, adopts what already runs, starts every
     /// function that should run, and removes leftovers (containers, writable snapshots,
@@ -139,6 +166,7 @@ impl<R: NodeRuntime> LocalProvider<R> {
             defaults: settings.defaults.clone(),
             ready_timeout: settings.ready_timeout,
             stop_grace: settings.stop_grace,
+            changes: watch::Sender::new(()),
         });
         let provider = Arc::new(Self {
             ctx,
@@ -146,6 +174,7 @@ impl<R: NodeRuntime> LocalProvider<R> {
             functions: RwLock::new(HashMap::new()),
             locks: KeyedLocks::default(),
             started: watch::channel(false).0,
+            deleting: std::sync::Mutex::default(),
             cpu: std::sync::Mutex::default(),
         });
         // Subscribe before adopting, so no exit between the two is missed.
@@ -154,6 +183,10 @@ impl<R: NodeRuntime> LocalProvider<R> {
         let cpu_events = provider.ctx.runtime.subscribe();
         tokio::spawn(cpu::sample(Arc::downgrade(&provider), cpu_events));
         tokio::spawn(Arc::clone(&provider).adopt_and_start());
+        tokio::spawn(forward_store_changes(
+            provider.ctx.store.subscribe(),
+            Arc::downgrade(&provider.ctx),
+        ));
         if let Some(after) = provider.settings.image_gc_after {
             tokio::spawn(Arc::clone(&provider).collect_images(after));
         }
@@ -318,5 +351,15 @@ impl<R: NodeRuntime> Provider for LocalProvider<R> {
 
     async fn usage(&self) -> HashMap<(String, String), UsageSample> {
         self.usage_samples().await
+    }
+
+    fn status_changes(&self) -> Option<watch::Receiver<()>> {
+        Some(self.ctx.changes.subscribe())
+    }
+
+    async fn replicas(&self, name: &str, namespace: &str) -> Vec<Replica> {
+        self.handle(&FunctionKey::new(name, namespace))
+            .map(|h| h.status.borrow().replicas.clone())
+            .unwrap_or_default()
     }
 }

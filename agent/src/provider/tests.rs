@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{LocalProvider, ProviderSettings};
 use crate::function::Defaults;
-use crate::runtime::fake::{FakeRuntime, Script};
+use crate::runtime::fake::{Call, FakeRuntime, Script};
 use crate::store::Store;
 use bramble_hardware::{BackendChoice, Hardware, HardwareConfig};
 
@@ -142,4 +142,69 @@ async fn a_deploy_beyond_the_memory_budget_is_refused_with_the_numbers_and_chang
             .count(),
         0
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_answers_at_once_and_a_deploy_of_the_same_name_waits_for_its_replicas() {
+    let b = bench();
+    assert!(b.provider.wait_started(Duration::from_secs(5)).await);
+    let image = "docker.io/library/img:latest";
+    b.fake.script(
+        image,
+        Script {
+            stop_takes: Duration::from_secs(10),
+            ..Script::ready_after(Duration::from_millis(20))
+        },
+    );
+    b.provider.deploy(deployment("f", "img")).await.unwrap();
+    b.provider
+        .endpoint("f", "openfaas-fn", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let asked = Instant::now();
+    b.provider.delete("f", "openfaas-fn").await.unwrap();
+    assert_eq!(
+        asked.elapsed(),
+        Duration::ZERO,
+        "the delete waited for the replica"
+    );
+    // Gone from the API at once, while its replica still takes its grace period.
+    assert!(
+        b.provider
+            .get_function("f", "openfaas-fn", false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        b.provider
+            .list_functions("openfaas-fn")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(b.fake.running().len(), 1);
+    // A deploy of the same name is queued behind the old replicas, never mixed with them.
+    let redeployed = Instant::now();
+    b.provider.deploy(deployment("f", "img")).await.unwrap();
+    let old = "f.openfaas-fn-1-0".to_owned();
+    let gone = b
+        .fake
+        .when(&Call::Delete(old.clone()))
+        .expect("the old container was removed");
+    assert!(gone <= Instant::now());
+    assert_eq!(redeployed.elapsed(), Duration::from_secs(10));
+    b.provider
+        .endpoint("f", "openfaas-fn", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // In order: the old container removed, then the new deployment's made and started.
+    let calls: Vec<Call> = b.fake.calls().into_iter().map(|(_, c)| c).collect();
+    let position = |call: &Call| calls.iter().rposition(|c| c == call);
+    let (deleted, created, started) = (
+        position(&Call::Delete(old.clone())),
+        position(&Call::Create(old.clone())),
+        position(&Call::Start(old.clone())),
+    );
+    assert!(deleted < created && created < started, "{calls:?}");
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bramble_gateway::types::{ExitReason, FunctionState};
+use bramble_gateway::ui::model::Replica as ReplicaView;
 use bramble_runtime::{Container, Error as RuntimeError, TaskStatus};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -33,18 +34,16 @@ use crate::probe::Probe;
 use crate::runtime::Containers;
 use crate::store::{FunctionRecord, Store, StoreError};
 
+mod replica;
 mod rollout;
 mod route;
 #[cfg(test)]
 mod tests;
 
+use replica::{Free, Phase, Replica, free_slot};
 use rollout::Rollout;
 pub(crate) use route::{Route, Slot};
 
-/// First restart delay; doubled per consecutive failure.
-const BACKOFF_START: Duration = Duration::from_millis(250);
-/// Longest restart delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A replica that ran this long before exiting starts its backoff afresh.
 const STABLE_RUN: Duration = Duration::from_secs(30);
 /// How often idle functions are considered for scale-to-zero.
@@ -67,6 +66,8 @@ pub(crate) struct Context<C> {
     pub defaults: Defaults,
     pub ready_timeout: Duration,
     pub stop_grace: Duration,
+    /// Marked changed whenever a function's status view changes (the dashboard listens).
+    pub changes: watch::Sender<()>,
 }
 
 /// A function's observable state, for status answers.
@@ -83,6 +84,8 @@ pub(crate) struct StatusView {
     /// Starts that failed because containerd could not be reached (a counter: a request
     /// waiting for a replica answers 503 at once when it grows).
     pub unavailable_starts: u64,
+    /// Every replica (a rollout's new ones too), for the dashboard.
+    pub replicas: Vec<ReplicaView>,
 }
 
 /// Messages to a supervisor.
@@ -108,6 +111,10 @@ pub(crate) enum Command {
     Oom {
         container: String,
     },
+    /// A replica scaled away has finished stopping (its slot is free again).
+    Stopped {
+        container: String,
+    },
     /// Events may have been missed: re-check every task.
     Resync,
     Probed {
@@ -122,64 +129,6 @@ pub(crate) struct Handle {
     pub route: Arc<Route>,
     pub commands: mpsc::UnboundedSender<Command>,
     pub status: watch::Receiver<StatusView>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// No task (never started, stopped on purpose).
-    Stopped,
-    /// Task running, health check in progress.
-    Starting,
-    Ready,
-    /// Waiting to restart after a failure.
-    Backoff(Instant),
-}
-
-#[derive(Debug)]
-struct Replica {
-    index: u64,
-    id: String,
-    /// The container record exists in containerd.
-    created: bool,
-    phase: Phase,
-    ip: Option<Ipv4Addr>,
-    /// Where requests to the task this replica runs now are counted.
-    slot: Option<Arc<Slot>>,
-    /// The pid of the task this replica runs now.
-    pid: Option<u32>,
-    started_at: Option<Instant>,
-    /// Consecutive failed runs (drives the backoff).
-    failures: u32,
-}
-
-impl Replica {
-    fn new(key: &FunctionKey, generation: u64, index: u64) -> Self {
-        Self {
-            index,
-            id: key.container_id(generation, index),
-            created: false,
-            phase: Phase::Stopped,
-            ip: None,
-            slot: None,
-            pid: None,
-            started_at: None,
-            failures: 0,
-        }
-    }
-
-    /// The task runs (probing or serving).
-    fn is_live(&self) -> bool {
-        matches!(self.phase, Phase::Starting | Phase::Ready)
-    }
-
-    /// Marks a failed run and schedules the next start.
-    fn backoff(&mut self) {
-        let delay = BACKOFF_START
-            .saturating_mul(1 << self.failures.min(7))
-            .min(BACKOFF_MAX);
-        self.failures = self.failures.saturating_add(1);
-        self.phase = Phase::Backoff(Instant::now() + delay);
-    }
 }
 
 struct Supervisor<C> {
@@ -318,6 +267,7 @@ impl<C: Containers> Supervisor<C> {
             Command::Oom { container } => {
                 self.oom.insert(container);
             }
+            Command::Stopped { container } => self.stopped(&container),
             Command::Resync => self.resync().await,
             Command::Probed { container, result } => self.probed(&container, result).await,
             Command::Delete(_) | Command::Shutdown(_) => {}
@@ -338,8 +288,7 @@ impl<C: Containers> Supervisor<C> {
             };
             let running = c.task.is_some_and(|t| t.status == TaskStatus::Running);
             let of_rollout = rolling_out.is_some_and(|(g, count)| g == generation && index < count);
-            if !(of_rollout || generation == self.record.generation)
-                || index >= function::MAX_REPLICAS
+            if !(of_rollout || generation == self.record.generation) || index >= function::MAX_SLOTS
             {
                 // A leftover of an interrupted update or of an old generation.
                 self.remove_in_background(c.id);
@@ -373,37 +322,66 @@ impl<C: Containers> Supervisor<C> {
     }
 
     /// Brings the replicas of the current generation (and of a rollout) to what is desired.
+    ///
+    /// A replica's index is its container's slot, not its rank: replicas that are stopping
+    /// keep their slot until their task is gone, and a replica wanted meanwhile takes another
+    /// slot — a stopped container (restarted in tens of milliseconds), or a new one — so no
+    /// request ever waits for a replica that is stopping.
     async fn reconcile(&mut self) {
-        let desired = self.record.replicas;
-        for index in 0..desired {
-            if !self.replicas.iter().any(|r| r.index == index) {
-                self.replicas
-                    .push(Replica::new(&self.key, self.record.generation, index));
-            }
-        }
-        self.replicas.sort_by_key(|r| r.index);
+        let desired = usize::try_from(self.record.replicas).unwrap_or(usize::MAX);
         let now = Instant::now();
         let record = self.record.clone();
         let mut replicas = std::mem::take(&mut self.replicas);
-        // Stopped only once they are out of the route: a drain that started before the
-        // publish could miss a request picking the replica meanwhile, which the stop would
-        // then refuse.
-        let mut to_stop = Vec::new();
-        for replica in &mut replicas {
-            let wanted = replica.index < desired;
-            match replica.phase {
-                Phase::Stopped if wanted => self.start_in(replica, &record).await,
-                Phase::Backoff(at) if wanted && at <= now => self.start_in(replica, &record).await,
-                Phase::Starting | Phase::Ready if !wanted => {
-                    replica.phase = Phase::Stopped;
-                    if let Some(slot) = replica.slot.take() {
-                        to_stop.push((replica.id.clone(), slot));
-                    }
+        let live = replicas.iter().filter(|r| r.is_wanted()).count();
+        // Too few: take slots for the missing replicas, stopped containers first.
+        for _ in live..desired {
+            match free_slot(&replicas) {
+                Some(Free::Stopped(i)) => replicas[i].phase = Phase::Backoff(now),
+                Some(Free::New(index)) => {
+                    let mut replica = Replica::new(&self.key, record.generation, index);
+                    replica.phase = Phase::Backoff(now);
+                    replicas.push(replica);
                 }
-                Phase::Backoff(_) if !wanted => replica.phase = Phase::Stopped,
-                _ => {}
+                // Every slot is taken by a replica still stopping: its end wakes us again.
+                None => break,
             }
         }
+        // Too many: the ones not serving yet go first, then the newest.
+        let mut surplus = live.saturating_sub(desired);
+        let mut to_stop = Vec::new();
+        let mut order: Vec<usize> = (0..replicas.len())
+            .filter(|i| replicas[*i].is_wanted())
+            .collect();
+        order.sort_by_key(|i| {
+            (
+                replicas[*i].phase == Phase::Ready,
+                std::cmp::Reverse(replicas[*i].index),
+            )
+        });
+        for i in order {
+            if surplus == 0 {
+                break;
+            }
+            surplus -= 1;
+            let replica = &mut replicas[i];
+            match replica.slot.take() {
+                // A running task: out of the route first (below), then drained and stopped.
+                // Stopped only once it is out of the route: a drain that started before the
+                // publish could miss a request picking the replica meanwhile, which the stop
+                // would then refuse.
+                Some(slot) if replica.is_live() => {
+                    replica.phase = Phase::Stopping;
+                    to_stop.push((replica.id.clone(), slot));
+                }
+                _ => replica.phase = Phase::Stopped,
+            }
+        }
+        for replica in &mut replicas {
+            if matches!(replica.phase, Phase::Backoff(at) if at <= now) {
+                self.start_in(replica, &record).await;
+            }
+        }
+        replicas.sort_by_key(|r| r.index);
         self.replicas = replicas;
         if let Some(mut rollout) = self.rollout.take() {
             for replica in &mut rollout.replicas {
@@ -545,7 +523,10 @@ impl<C: Containers> Supervisor<C> {
             // Not the exit of an earlier task of this container, nor of one stopped on purpose
             // or already handled.
             let earlier_task = pid.is_some() && replica.pid.is_some() && pid != replica.pid;
-            let handled = matches!(replica.phase, Phase::Stopped | Phase::Backoff(_));
+            let handled = matches!(
+                replica.phase,
+                Phase::Stopped | Phase::Backoff(_) | Phase::Stopping
+            );
             !earlier_task && !handled
         });
         if !relevant {
@@ -620,6 +601,7 @@ impl<C: Containers> Supervisor<C> {
         let runtime = self.ctx.runtime.clone();
         let grace = self.ctx.stop_grace;
         let drain_for = self.route.timeout();
+        let commands = self.commands.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(drain_for, slot.drained()).await;
             let result = if remove {
@@ -630,7 +612,33 @@ impl<C: Containers> Supervisor<C> {
             if let Err(e) = result {
                 tracing::warn!(container = %id, error = %e.chain(), "stopping a drained replica failed");
             }
+            let _ = commands.send(Command::Stopped { container: id });
         });
+    }
+
+    /// A replica scaled away is gone: its container stays for a fast restart — unless another
+    /// stopped one already does (one spare per function is enough), then it is removed.
+    fn stopped(&mut self, container: &str) {
+        let Some(position) = self
+            .replicas
+            .iter()
+            .position(|r| r.id == container && r.phase == Phase::Stopping)
+        else {
+            return;
+        };
+        self.replicas[position].phase = Phase::Stopped;
+        // One stopped container is kept as the spare the next start reuses (its network
+        // namespace and address too): a start during a stop takes another slot, so a function
+        // that goes to zero and back alternates between two containers instead of making a new
+        // one, with a new address, each time.
+        let spare = self
+            .replicas
+            .iter()
+            .any(|r| r.id != container && r.phase == Phase::Stopped && r.created);
+        if spare {
+            let replica = self.replicas.remove(position);
+            self.remove_in_background(replica.id);
+        }
     }
 
     /// Changes this function's record in the saved state, when `applies` holds for it.
@@ -756,14 +764,17 @@ impl<C: Containers> Supervisor<C> {
     /// Publishes ready addresses and the status.
     fn publish(&mut self) {
         // Outputs go to their safe state when the last replica stops, crashes or is removed.
-        let live = self.all_replicas().any(Replica::is_live);
+        // A stopping replica still runs (finishing its requests) and may use its hardware.
+        let live = self
+            .all_replicas()
+            .any(|r| r.is_live() || r.phase == Phase::Stopping);
         if std::mem::replace(&mut self.hardware_live, live) && !live {
             self.ctx.hardware.safe_state(&self.key.to_string());
         }
         let ready: Vec<Arc<Slot>> = self
             .replicas
             .iter()
-            .filter(|r| r.phase == Phase::Ready && r.index < self.record.replicas)
+            .filter(|r| r.phase == Phase::Ready)
             .filter_map(|r| r.slot.clone())
             .collect();
         let available = ready.len() as u64;
@@ -774,6 +785,10 @@ impl<C: Containers> Supervisor<C> {
             .any(|r| matches!(r.phase, Phase::Backoff(_)) && r.failures >= CRASH_LOOP_FAILURES);
         let state = if self.rollout.is_some() {
             FunctionState::Updating
+        } else if self.record.replicas == 0
+            && self.replicas.iter().any(|r| r.phase == Phase::Stopping)
+        {
+            FunctionState::Stopping
         } else if self.record.replicas == 0 {
             FunctionState::ScaledToZero
         } else if available >= self.record.replicas {
@@ -783,7 +798,7 @@ impl<C: Containers> Supervisor<C> {
         } else {
             FunctionState::Starting
         };
-        self.status.send_replace(StatusView {
+        let previous = self.status.send_replace(StatusView {
             desired: self.record.replicas,
             available,
             state,
@@ -797,6 +812,10 @@ impl<C: Containers> Supervisor<C> {
                 .map(|r| r.id.clone())
                 .collect(),
             unavailable_starts: self.unavailable_starts,
+            replicas: self.all_replicas().map(Replica::view).collect(),
         });
+        if *self.status.borrow() != previous {
+            self.ctx.changes.send_replace(());
+        }
     }
 }

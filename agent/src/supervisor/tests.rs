@@ -49,6 +49,7 @@ fn bench() -> Bench {
         },
         ready_timeout: READY_TIMEOUT,
         stop_grace: STOP_GRACE,
+        changes: tokio::sync::watch::Sender::new(()),
     });
     Bench {
         fake,
@@ -196,7 +197,7 @@ async fn a_scaled_down_replica_leaves_the_route_then_stops_once_its_requests_fin
         stopped, finished,
         "the stop waited longer than the last request"
     );
-    // Scaled to zero, the container stays for a fast restart; the other replica runs on.
+    // Its container stays as the spare for a fast restart; the other replica runs on.
     assert!(b.fake.containers().contains(&gone));
     assert_eq!(b.fake.running(), vec![b.id(1, 0)]);
 }
@@ -444,4 +445,92 @@ async fn a_request_in_flight_keeps_an_idle_function_up() {
         v.state == FunctionState::ScaledToZero
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_during_a_stop_starts_another_replica_at_once() {
+    let b = bench();
+    // A stock OpenFaaS function: it takes its whole grace period to exit after SIGTERM.
+    b.fake.script(
+        "img",
+        Script {
+            stop_takes: STOP_GRACE,
+            ..Script::ready_after(Duration::from_millis(20))
+        },
+    );
+    let handle = b.deploy(record("img", 1, 1)).await;
+    until(&handle, "ready", |v| v.state == FunctionState::Ready).await;
+    b.save(&record("img", 0, 1)).await;
+    handle.commands.send(Command::Scale(0)).unwrap();
+    let view = until(&handle, "stopping", |v| v.state == FunctionState::Stopping).await;
+    assert_eq!((view.desired, view.available), (0, 0));
+    // A request arrives right after the scale to zero.
+    let asked = Instant::now();
+    handle.commands.send(Command::Wake).unwrap();
+    until(&handle, "serving again", |v| v.available == 1).await;
+    let waited = asked.elapsed();
+    assert!(
+        waited < Duration::from_secs(1),
+        "the request waited {waited:?} (the old replica takes {STOP_GRACE:?} to stop)"
+    );
+    // The old replica still had its whole grace period, beside the new one.
+    let old = b.id(1, 0);
+    let new = b.id(1, 1);
+    assert_eq!(
+        b.fake.when(&Call::Stopped(old.clone())),
+        None,
+        "the old replica was cut short"
+    );
+    assert!(b.fake.running().contains(&old) && b.fake.running().contains(&new));
+    tokio::time::sleep(STOP_GRACE).await;
+    let stop = b.fake.when(&Call::Stop(old.clone())).unwrap();
+    let stopped = b.fake.when(&Call::Stopped(old.clone())).unwrap();
+    assert_eq!(stopped - stop, STOP_GRACE);
+    assert_eq!(b.fake.running(), vec![new.clone()]);
+    // Its stopped container stays as the spare: the next scale from zero restarts it.
+    b.save(&record("img", 0, 1)).await;
+    handle.commands.send(Command::Scale(0)).unwrap();
+    until(&handle, "stopping", |v| v.state == FunctionState::Stopping).await;
+    handle.commands.send(Command::Wake).unwrap();
+    until(&handle, "serving again", |v| v.available == 1).await;
+    let restarts = b
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|(_, c)| *c == Call::Start(old.clone()))
+        .count();
+    assert_eq!(restarts, 2, "the spare container was not reused");
+    tokio::time::sleep(STOP_GRACE * 2).await;
+    // Never more than one spare: two containers in all, one running.
+    assert_eq!(b.fake.containers().len(), 2, "{:?}", b.fake.containers());
+    assert_eq!(b.fake.running(), vec![old]);
+    let view = handle.status.borrow().clone();
+    assert_eq!((view.state, view.available), (FunctionState::Ready, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scale_to_zero_reads_stopping_until_the_replicas_are_gone() {
+    let b = bench();
+    b.fake.script(
+        "img",
+        Script {
+            stop_takes: Duration::from_secs(4),
+            ..Script::ready_after(Duration::from_millis(20))
+        },
+    );
+    let handle = b.deploy(record("img", 2, 1)).await;
+    until(&handle, "ready", |v| v.available == 2).await;
+    b.save(&record("img", 0, 1)).await;
+    let scaled = Instant::now();
+    handle.commands.send(Command::Scale(0)).unwrap();
+    until(&handle, "stopping", |v| v.state == FunctionState::Stopping).await;
+    assert!(
+        handle.route.pick().is_none(),
+        "a stopping replica is still routed"
+    );
+    until(&handle, "scaled to zero", |v| {
+        v.state == FunctionState::ScaledToZero
+    })
+    .await;
+    assert_eq!(scaled.elapsed(), Duration::from_secs(4));
 }

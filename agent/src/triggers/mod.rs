@@ -30,6 +30,7 @@
 //! what the OpenFaaS cron-connector sends: an empty body with `X-Topic: cron-function` and
 //! `X-Connector: cron-connector`.
 
+pub mod deliveries;
 pub mod journal;
 pub mod sources;
 pub mod spec;
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bramble_gateway::Gateway;
+use bramble_gateway::ui::model::{Delivery, DeliveryOutcome};
 use bramble_hardware::Hardware;
 use futures::StreamExt as _;
 use serde_json::Value;
@@ -51,6 +53,7 @@ use tracing::{debug, error, info, warn};
 use crate::function::FunctionKey;
 use crate::provider::LocalProvider;
 use crate::store::Store;
+pub use deliveries::Deliveries;
 use journal::{Journal, Pending};
 use sources::Message;
 pub use spec::{Trigger, hardware_grants, parse};
@@ -73,6 +76,8 @@ pub struct Context {
     pub hardware: Arc<Hardware>,
     /// For invocations.
     pub gateway: Arc<Gateway<LocalProvider>>,
+    /// Where each delivery is recorded, for the dashboard.
+    pub deliveries: Arc<Deliveries>,
 }
 
 /// How long a stopped trigger may take to finish the queue write it is in.
@@ -151,6 +156,12 @@ async fn reconcile(
         }
     }
     futures::future::join_all(stopping).await;
+    let kept: BTreeSet<(String, &str)> = desired
+        .keys()
+        .map(|(function, trigger)| (function.to_string(), trigger.as_str()))
+        .collect();
+    ctx.deliveries
+        .retain(|function, trigger| kept.contains(&(function.to_owned(), trigger)));
     for (id, trigger) in &desired {
         if running.contains_key(id) {
             continue;
@@ -266,6 +277,7 @@ async fn deliver(
         {
             attempt = Some(Box::pin(invoke(
                 Arc::clone(&ctx.gateway),
+                Arc::clone(&ctx.deliveries),
                 function.clone(),
                 trigger.clone(),
                 head.clone(),
@@ -397,19 +409,70 @@ enum Outcome {
     Retry(String),
 }
 
-/// One delivery attempt of `pending`.
+/// One delivery attempt of `pending`, recorded in `deliveries` once it ended.
 async fn invoke(
     gateway: Arc<Gateway<LocalProvider>>,
+    deliveries: Arc<Deliveries>,
     function: FunctionKey,
     trigger: Trigger,
     pending: Pending,
 ) -> Outcome {
-    let request = match request(&trigger, &pending) {
+    let started = Instant::now();
+    let (outcome, status) = attempt(&gateway, &function, &trigger, &pending).await;
+    deliveries.record(Delivery {
+        at_ms: journal::now_ms(),
+        function: function.to_string(),
+        trigger: trigger.id(),
+        kind: trigger.kind().to_owned(),
+        source: source_of(&trigger, &pending),
+        sequence: pending.sequence,
+        count: pending.count,
+        status,
+        outcome: match (&outcome, status) {
+            (Outcome::Retry(_), _) => DeliveryOutcome::Retrying,
+            (Outcome::Answered, s) if (1..400).contains(&s) => DeliveryOutcome::Delivered,
+            (Outcome::Answered, _) => DeliveryOutcome::Failed,
+        },
+        ms: started.elapsed().as_secs_f64() * 1000.0,
+    });
+    outcome
+}
+
+/// What fired a delivery, for the dashboard: `GPIO17 falling`, the schedule, the reading.
+fn source_of(trigger: &Trigger, pending: &Pending) -> String {
+    let field = |name: &str| {
+        pending.last.get(name).map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    };
+    match &trigger.source {
+        spec::Source::Gpio(g) => match field("edge") {
+            Some(edge) => format!("{} {edge}", g.line),
+            None => g.line.clone(),
+        },
+        spec::Source::Schedule(s) => s.text.clone(),
+        spec::Source::Sensor(s) => match (field("value"), field("unit")) {
+            (Some(value), Some(unit)) => format!("{} {value} {unit}", s.sensor),
+            _ => s.sensor.clone(),
+        },
+    }
+}
+
+/// One delivery attempt: its outcome and the status answered (0 when the answer could not
+/// be read).
+async fn attempt(
+    gateway: &Gateway<LocalProvider>,
+    function: &FunctionKey,
+    trigger: &Trigger,
+    pending: &Pending,
+) -> (Outcome, u16) {
+    let request = match request(trigger, pending) {
         Ok(request) => request,
         Err(e) => {
             // Cannot happen with a parsed trigger; dropping the event beats retrying forever.
             error!(function = %function, error = %e, "cannot build the trigger's request; event dropped");
-            return Outcome::Answered;
+            return (Outcome::Answered, 0);
         }
     };
     let started = Instant::now();
@@ -424,20 +487,28 @@ async fn invoke(
         match chunk {
             Ok(chunk) if answer.len() < ANSWER_LOG_BYTES => answer.extend_from_slice(&chunk),
             Ok(_) => {}
-            Err(e) => return Outcome::Retry(format!("reading the answer failed: {e}")),
+            Err(e) => {
+                return (
+                    Outcome::Retry(format!("reading the answer failed: {e}")),
+                    status.as_u16(),
+                );
+            }
         }
     }
     let answer = String::from_utf8_lossy(&answer[..answer.len().min(ANSWER_LOG_BYTES)]);
     let answer = answer.trim();
     if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
-        return Outcome::Retry(format!("{status}: {answer}"));
+        return (
+            Outcome::Retry(format!("{status}: {answer}")),
+            status.as_u16(),
+        );
     }
     if status.is_success() {
         debug!(function = %function, trigger = %trigger.id(), sequence = pending.sequence, count = pending.count, %status, took = ?started.elapsed(), "trigger delivered");
     } else {
         warn!(function = %function, trigger = %trigger.id(), sequence = pending.sequence, %status, %answer, "trigger delivered; the function answered with an error");
     }
-    Outcome::Answered
+    (Outcome::Answered, status.as_u16())
 }
 
 /// The request a function receives for `pending`.

@@ -188,6 +188,26 @@ impl Trigger {
             .collect()
     }
 
+    /// What fires it, for people: `GPIO17 falling`, `*/5 * * * *`, `w1:28-… above 30
+    /// every 30s`.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            Source::Gpio(g) => format!("{} {}", g.line, g.edges),
+            Source::Schedule(s) => s.text.clone(),
+            Source::Sensor(s) => {
+                let (side, value) = match s.threshold {
+                    Threshold::Above(v) => ("above", v),
+                    Threshold::Below(v) => ("below", v),
+                };
+                format!(
+                    "{} {side} {value} every {}",
+                    s.sensor,
+                    humantime::format_duration(s.every)
+                )
+            }
+        }
+    }
+
     /// `gpio`, `schedule` or `sensor`.
     pub fn kind(&self) -> &'static str {
         match self.source {
@@ -546,6 +566,7 @@ mod tests {
         );
         assert_eq!(triggers[0].path, "/press?x=1");
         assert_eq!(triggers[0].id(), "gpio-GPIO17");
+        assert_eq!(triggers[0].describe(), "GPIO17 rising");
         let grants = hardware_grants(&a).unwrap().unwrap();
         assert_eq!(
             grants.gpio_summary(),
@@ -663,6 +684,10 @@ mod tests {
         assert_eq!(s.threshold, Threshold::Above(30.5));
         assert_eq!((s.every, s.hysteresis), (Duration::from_secs(5), 0.5));
         assert_eq!(triggers[0].id(), "sensor-w1-28-0316a27966ff-above-30.5");
+        assert_eq!(
+            triggers[0].describe(),
+            "w1:28-0316a27966ff above 30.5 every 5s"
+        );
         assert_ne!(triggers[0].id(), triggers[1].id());
         for (value, expected) in [
             ("w1:28-0316a27966ff", "missing threshold"),

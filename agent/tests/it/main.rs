@@ -13,17 +13,21 @@
 //! | `isolation`       | what a function can and cannot reach, checked from inside it          |
 //! | `hostile_clients` | idle connections, slowloris clients, oversized heads and bodies       |
 //! | `faults`          | containerd killed, broken functions, a full disk, power cuts          |
+//! | `stops`           | stops that answer at once and make no request wait for a stopping replica |
+//! | `dashboard`       | the dashboard (`/ui/`) in a real headless Chromium over WebDriver     |
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bramble_testkit::harness::{self, Need};
 
 mod cli;
+mod dashboard;
 mod faults;
 mod hostile_clients;
 mod isolation;
 mod node;
 mod ops;
 mod recovery;
+mod stops;
 
 /// What a real node needs from the machine: root, containerd, runc, iptables, the CNI plugins.
 const NODE: &[Need] = &[
@@ -43,5 +47,7 @@ fn main() {
         isolation::suite(),
         hostile_clients::suite(),
         faults::suite(),
+        stops::suite(),
+        dashboard::suite(),
     ]);
 }

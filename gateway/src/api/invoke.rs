@@ -1,11 +1,14 @@
 //! `/function/NAME[.NS]/…` and `/async-function/…`: invocations, proxied or queued.
 
-use axum::extract::{Request, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, Uri};
+use http::{StatusCode, Uri};
 use tracing::{debug, warn};
 
-use crate::http_util::{ApiError, call_id_of, empty, read_body};
+use crate::gateway::Shared;
+use crate::http_util::{ApiError, append_forwarded_for, call_id_of, empty, read_body};
 use crate::provider::Provider;
 use crate::queue::{CallRecord, validate_callback_url};
 use crate::validate;
@@ -13,11 +16,11 @@ use crate::validate;
 use super::{ApiResult, Gw};
 
 /// Splits `/PREFIX/NAME[.NS][/rest]` into name, namespace and the path the function sees.
-pub(super) fn split_function_path(
-    path: &str,
+pub(super) fn split_function_path<'a>(
+    path: &'a str,
     prefix: &str,
-    default_namespace: &str,
-) -> Result<(String, String, String), ApiError> {
+    default_namespace: &'a str,
+) -> Result<(&'a str, &'a str, &'a str), ApiError> {
     let rest = path.strip_prefix(prefix).unwrap_or(path);
     let (target, function_path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -29,11 +32,7 @@ pub(super) fn split_function_path(
     };
     validate::function_name(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     validate::namespace_name(namespace).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    Ok((
-        name.to_owned(),
-        namespace.to_owned(),
-        function_path.to_owned(),
-    ))
+    Ok((name, namespace, function_path))
 }
 
 /// The function's view of a request URI: `rest` plus the original query.
@@ -49,32 +48,52 @@ pub(super) fn function_uri(rest: &str, original: &Uri) -> Result<Uri, ApiError> 
     Ok(Uri::from(pq))
 }
 
-pub(super) async fn function<P: Provider>(State(shared): Gw<P>, mut request: Request) -> Response {
-    let (name, namespace, rest) = match split_function_path(
-        request.uri().path(),
-        "/function/",
-        &shared.config.default_namespace,
-    ) {
-        Ok(split) => split,
-        Err(e) => return e.into_response(),
-    };
-    match function_uri(&rest, request.uri()) {
-        Ok(uri) => *request.uri_mut() = uri,
-        Err(e) => return e.into_response(),
+pub(super) async fn function<P: Provider>(State(shared): Gw<P>, request: Request) -> Response {
+    let client_ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    invoke_path(&shared, client_ip, request).await
+}
+
+/// `/function/NAME[.NS]/rest`: the route's handler, and the server's shortcut to it (see
+/// [`crate::Gateway::serve`]).
+pub(crate) async fn invoke_path<P: Provider>(
+    shared: &Shared<P>,
+    client_ip: Option<IpAddr>,
+    mut request: Request,
+) -> Response {
+    crate::ui::session::strip_dashboard_credentials(request.headers_mut());
+    // Shares the request's bytes: the parts of the path are borrowed from it, not copied.
+    let uri = request.uri().clone();
+    match split_function_path(uri.path(), "/function/", &shared.config.default_namespace) {
+        Ok((name, namespace, rest)) => {
+            crate::proxy::forward(
+                shared,
+                name,
+                namespace,
+                rest,
+                uri.query(),
+                client_ip,
+                request,
+            )
+            .await
+        }
+        Err(e) => e.into_response(),
     }
-    crate::proxy::invoke(&shared, &name, &namespace, request).await
 }
 
 pub(super) async fn async_function<P: Provider>(
     State(shared): Gw<P>,
     request: Request,
 ) -> ApiResult {
+    let original = request.uri().clone();
     let (name, namespace, rest) = split_function_path(
-        request.uri().path(),
+        original.path(),
         "/async-function/",
         &shared.config.default_namespace,
     )?;
-    let uri = function_uri(&rest, request.uri())?;
+    let uri = function_uri(rest, &original)?;
     let (parts, body) = request.into_parts();
     let callback_url = match parts.headers.get("x-callback-url") {
         Some(value) => {
@@ -85,33 +104,28 @@ pub(super) async fn async_function<P: Provider>(
     let body = read_body(&parts.headers, body, shared.config.max_async_body).await?;
     // A clear 404 now rather than a callback saying 404 later; when the provider cannot tell
     // (it is down), the call is queued and retried.
-    if let Ok(None) = shared.provider.get_function(&name, &namespace, false).await {
+    if let Ok(None) = shared.provider.get_function(name, namespace, false).await {
         return Err(ApiError::not_found(format!(
             "function {name}.{namespace} not found"
         )));
     }
-    let call_id = call_id_of(&parts.headers);
+    let call_id_value = call_id_of(&parts.headers);
+    // Visible ASCII: call_id_of keeps no other.
+    let call_id = call_id_value.to_str().unwrap_or_default().to_owned();
     let mut headers = parts.headers;
-    if let Ok(v) = HeaderValue::from_str(&call_id) {
-        headers.insert("x-call-id", v);
-    }
+    // Never stored with the call, never sent to the function.
+    crate::ui::session::strip_dashboard_credentials(&mut headers);
+    headers.insert("x-call-id", call_id_value.clone());
     if let Some(peer) = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
     {
-        let ip = peer.0.ip().to_string();
-        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(previous) => format!("{previous}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded) {
-            headers.insert("x-forwarded-for", v);
-        }
+        append_forwarded_for(&mut headers, peer.0.ip());
     }
     let record = CallRecord::new(
         call_id.clone(),
-        &name,
-        &namespace,
+        name,
+        namespace,
         &parts.method,
         uri.to_string(),
         &headers,
@@ -137,9 +151,7 @@ pub(super) async fn async_function<P: Provider>(
     })?;
     debug!(call_id = %call_id, function = %format!("{name}.{namespace}"), "async call queued");
     let mut response = empty(StatusCode::ACCEPTED);
-    if let Ok(v) = HeaderValue::from_str(&call_id) {
-        response.headers_mut().insert("x-call-id", v);
-    }
+    response.headers_mut().insert("x-call-id", call_id_value);
     Ok(response)
 }
 
@@ -149,18 +161,20 @@ mod tests {
 
     #[test]
     fn function_paths_split_on_the_last_dot() {
-        let split = |p: &str| split_function_path(p, "/function/", "openfaas-fn");
+        fn split(p: &str) -> Result<(&str, &str, &str), ApiError> {
+            split_function_path(p, "/function/", "openfaas-fn")
+        }
         assert_eq!(
             split("/function/hello").unwrap(),
-            ("hello".into(), "openfaas-fn".into(), "/".into())
+            ("hello", "openfaas-fn", "/")
         );
         assert_eq!(
             split("/function/hello/").unwrap(),
-            ("hello".into(), "openfaas-fn".into(), "/".into())
+            ("hello", "openfaas-fn", "/")
         );
         assert_eq!(
             split("/function/hello.dev/a/b.c").unwrap(),
-            ("hello".into(), "dev".into(), "/a/b.c".into())
+            ("hello", "dev", "/a/b.c")
         );
         assert!(
             split("/function/a.b.c")

@@ -1,5 +1,6 @@
 //! The routes (the table is in the crate documentation): the OpenFaaS REST API under
-//! `/system`, `/function`, `/async-function`, `/healthz`, `/metrics` and `/`.
+//! `/system`, `/function`, `/async-function`, `/healthz`, `/metrics`, `/` and the dashboard
+//! (`/ui/`, see [`crate::ui`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,9 +10,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{any, get, post};
-use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderValue, StatusCode};
 use serde::Serialize;
 use tracing::{debug, warn};
@@ -23,7 +24,7 @@ use crate::validate;
 
 mod functions;
 mod images;
-mod invoke;
+pub(crate) mod invoke;
 pub(crate) mod logs;
 mod namespaces;
 mod secrets;
@@ -81,13 +82,18 @@ pub(crate) fn router<P: Provider>(
         // them, 401 like every other /system route (nothing is learnt about what exists).
         .route("/system", any(not_found))
         .route("/system/", any(not_found))
-        .route("/system/{*rest}", any(not_found))
-        .route_layer(middleware::from_fn_with_state(
+        .route("/system/{*rest}", any(not_found));
+    let protect = |routes: Router<Arc<Shared<P>>>| {
+        routes.route_layer(middleware::from_fn_with_state(
             Arc::clone(shared),
             require_auth::<P>,
-        ));
+        ))
+    };
+    let system = protect(system);
+    let ui = crate::ui::router(protect);
     let mut router: Router = Router::new()
         .merge(system)
+        .merge(ui)
         .route("/healthz", get(system::healthz::<P>))
         .route("/metrics", get(system::metrics::<P>))
         .route("/", get(root))
@@ -110,21 +116,30 @@ pub(crate) fn router<P: Provider>(
 
 // Middleware
 
+/// Basic auth, or a dashboard session (whose changes must come from the dashboard itself):
+/// see [`crate::ui::access`].
 async fn require_auth<P: Provider>(State(shared): Gw<P>, request: Request, next: Next) -> Response {
-    if crate::auth::authorized(&shared.config.credentials, request.headers()) {
-        return next.run(request).await;
+    let (parts, body) = request.into_parts();
+    match crate::ui::access::authorize(&shared.config.credentials, &shared.sessions, &parts) {
+        Ok(_) => next.run(Request::from_parts(parts, body)).await,
+        Err(refusal) => {
+            debug!(path = %parts.uri.path(), ?refusal, "request refused");
+            refusal.into_response()
+        }
     }
-    debug!(path = %request.uri().path(), "request without valid credentials");
-    let mut response = text_response(StatusCode::UNAUTHORIZED, "invalid credentials");
-    response.headers_mut().insert(
-        WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"Restricted\""),
-    );
-    response
+}
+
+/// Whether [`log_request`]'s lines are written (debug level for this module).
+pub(crate) fn request_lines_enabled() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG)
 }
 
 /// One debug line per request: method, path (never the query or a body), status, duration.
 pub(crate) async fn log_request(request: Request, next: Next) -> Response {
+    if !request_lines_enabled() {
+        // Nothing copied or timed per request when nobody reads the line.
+        return next.run(request).await;
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = Instant::now();
@@ -137,7 +152,17 @@ async fn not_found() -> Response {
     text_response(StatusCode::NOT_FOUND, "not found")
 }
 
-async fn root() -> Response {
+/// `GET /`: a browser is sent to the dashboard; other clients (the watchdog, curl) get the
+/// text they always got.
+async fn root(headers: http::HeaderMap) -> Response {
+    if crate::ui::wants_html(&headers) {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SEE_OTHER;
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, HeaderValue::from_static("/ui/"));
+        return response;
+    }
     text_response(
         StatusCode::OK,
         "bramble: an OpenFaaS-compatible function runtime for Raspberry Pi boards.\n\

@@ -6,3 +6,4 @@ mod asyncq;
 mod common;
 mod proxy;
 mod robust;
+mod ui;
