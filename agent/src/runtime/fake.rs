@@ -60,7 +60,10 @@ impl Script {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Exit {
     Code(u32),
+    /// Killed for memory; containerd's OOM event comes before the exit.
     Oom,
+    /// Killed for memory; the OOM event comes after the exit (as under load).
+    OomReportedLate,
 }
 
 /// A call the fake received.
@@ -297,6 +300,12 @@ impl Containers for FakeRuntime {
                 match exit {
                     Exit::Code(code) => fake.end_task(&id, pid, code, false),
                     Exit::Oom => fake.end_task(&id, pid, 137, true),
+                    Exit::OomReportedLate => {
+                        if fake.end_task(&id, pid, 137, false) {
+                            let _ = fake.events.send(TaskEvent::Oom { container: id });
+                        }
+                        true
+                    }
                 };
             });
         }

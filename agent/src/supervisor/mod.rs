@@ -144,7 +144,10 @@ struct Supervisor<C> {
     /// See [`StatusView::unavailable_starts`].
     unavailable_starts: u64,
     last_exit: Option<ExitReason>,
+    /// The container whose exit `last_exit` tells.
+    last_exit_of: Option<String>,
     message: Option<String>,
+    /// Containers with an OOM kill reported before their task's exit.
     oom: std::collections::HashSet<String>,
     /// Whether a replica ran at the last publish (for safe-state transitions).
     hardware_live: bool,
@@ -176,6 +179,7 @@ pub(crate) fn spawn<C: Containers>(
         restarts: 0,
         unavailable_starts: 0,
         last_exit: None,
+        last_exit_of: None,
         message: None,
         oom: std::collections::HashSet::new(),
         hardware_live: false,
@@ -264,9 +268,7 @@ impl<C: Containers> Supervisor<C> {
                 pid,
                 exit_status,
             } => self.exited(&container, Some(pid), exit_status),
-            Command::Oom { container } => {
-                self.oom.insert(container);
-            }
+            Command::Oom { container } => self.oom_killed(container),
             Command::Stopped { container } => self.stopped(&container),
             Command::Resync => self.resync().await,
             Command::Probed { container, result } => self.probed(&container, result).await,
@@ -545,7 +547,26 @@ impl<C: Containers> Supervisor<C> {
         replica.backoff();
         self.restarts += 1;
         self.last_exit = Some(reason);
+        self.last_exit_of = Some(container.to_owned());
         self.publish();
+    }
+
+    /// containerd reports an OOM kill either before the task's exit or, under load, after it.
+    /// Before: the exit is told as an OOM when it comes. After: the SIGKILL exit of that
+    /// container just told is one, as long as its replica has not started again (an OOM kept
+    /// for later would be pinned on the next task's exit instead).
+    fn oom_killed(&mut self, container: String) {
+        let exited_just_now = self.last_exit == Some(ExitReason::Signal(9))
+            && self.last_exit_of.as_deref() == Some(container.as_str())
+            && self
+                .find(&container)
+                .is_some_and(|r| matches!(r.phase, Phase::Backoff(_) | Phase::Stopped));
+        if exited_just_now {
+            self.last_exit = Some(ExitReason::Oom);
+            self.publish();
+        } else {
+            self.oom.insert(container);
+        }
     }
 
     /// Re-checks every task after an interruption of the event stream.

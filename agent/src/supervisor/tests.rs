@@ -347,6 +347,36 @@ async fn the_restart_backoff_doubles_and_resets_after_a_stable_run() {
     provider.abort();
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_oom_reported_after_the_exit_is_still_an_oom_and_not_the_next_exits() {
+    let b = bench();
+    b.fake.script(
+        "img",
+        Script {
+            exits_after: Some((Duration::from_secs(1), Exit::OomReportedLate)),
+            ..Script::ready_after(Duration::from_millis(10))
+        },
+    );
+    let handle = b.deploy(record("img", 1, 1)).await;
+    let events = b.fake.subscribe();
+    let provider = pump(&b, events, &handle);
+    until(&handle, "the late OOM told", |v| {
+        v.restarts == 1 && v.last_exit == Some(ExitReason::Oom)
+    })
+    .await;
+    // The restarted task exits by itself: told as it is, not as the earlier OOM.
+    b.fake.script(
+        "img",
+        Script {
+            exits_after: Some((Duration::from_secs(1), Exit::Code(3))),
+            ..Script::ready_after(Duration::from_millis(10))
+        },
+    );
+    let view = until(&handle, "the next exit", |v| v.restarts >= 2).await;
+    assert_eq!(view.last_exit, Some(ExitReason::ExitCode(3)));
+    provider.abort();
+}
+
 /// Starts of the function's containers, in order.
 fn start_times(b: &Bench) -> Vec<Instant> {
     b.fake
