@@ -18,6 +18,7 @@
 //! | [`layout`] | replicas, placement, peer removal | [`layout::ensure_stream_replicas`], [`layout::wait_stream_replicas`], [`layout::stream_placement`], [`layout::remove_peer`] |
 //! | [`migrate`] | standalone → clustered without losing data | [`migrate::migrate_standalone_to_clustered`], [`migrate::finish_pending_migration`], [`migrate::export`], [`migrate::import`] |
 //! | [`names`] | the names that go into subjects, server names and files | [`names::validate`] |
+//! | [`reconcile`] | a board runs what the cluster assigned to it, through its own provider | [`reconcile::reconcile`], [`reconcile::Target`], [`reconcile::Report`] |
 //!
 //! # A board, start to finish (what the agent will do)
 //!
@@ -118,6 +119,7 @@ pub mod migrate;
 pub mod names;
 pub mod node;
 pub mod queue;
+pub mod reconcile;
 pub mod settings;
 
 pub use settings::ClusterConfig;

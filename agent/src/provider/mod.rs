@@ -37,6 +37,8 @@ use crate::store::{Store, StoreError};
 use crate::supervisor::{Context, Handle};
 use bramble_hardware::{ErrorKind as HardwareErrorKind, Hardware, HardwareError};
 
+#[cfg(test)]
+mod cluster_tests;
 mod cpu;
 mod endpoint;
 mod functions;

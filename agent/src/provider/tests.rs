@@ -14,13 +14,13 @@ use crate::runtime::fake::{Call, FakeRuntime, Script};
 use crate::store::Store;
 use bramble_hardware::{BackendChoice, Hardware, HardwareConfig};
 
-struct Bench {
-    fake: FakeRuntime,
-    provider: Arc<LocalProvider<FakeRuntime>>,
+pub(super) struct Bench {
+    pub(super) fake: FakeRuntime,
+    pub(super) provider: Arc<LocalProvider<FakeRuntime>>,
     _dir: tempfile::TempDir,
 }
 
-fn bench() -> Bench {
+pub(super) fn bench() -> Bench {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("state"), "openfaas-fn").unwrap());
     let hardware = Hardware::new(HardwareConfig {
@@ -52,7 +52,7 @@ fn bench() -> Bench {
     }
 }
 
-fn deployment(name: &str, image: &str) -> FunctionDeployment {
+pub(super) fn deployment(name: &str, image: &str) -> FunctionDeployment {
     FunctionDeployment {
         service: name.into(),
         image: image.into(),
