@@ -16,7 +16,12 @@ use bramble_testkit::harness::{self, Need, Trial};
 use bramble_testkit::lan::Lan;
 use serde_json::Value;
 
-const BRAMBLE: &str = env!("CARGO_BIN_EXE_bramble");
+/// The `bramble` binary the boards run: this build's, or `BRAMBLE_CLUSTER_BINARY` (e.g. a release
+/// build, to measure its memory).
+fn bramble() -> String {
+    std::env::var("BRAMBLE_CLUSTER_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bramble").to_owned())
+}
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// One board: a `bramble up` in namespace `i` of the LAN, with its own directories.
@@ -58,7 +63,7 @@ impl Board {
             .unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.netns.display()))
-            .arg(BRAMBLE)
+            .arg(bramble())
             .arg("up")
             .args(["--listen", "0.0.0.0:8080"])
             .arg("--state-dir")
@@ -85,7 +90,7 @@ impl Board {
     fn cluster(&self, args: &[&str]) -> Output {
         Command::new("nsenter")
             .arg(format!("--net={}", self.netns.display()))
-            .arg(BRAMBLE)
+            .arg(bramble())
             .arg("cluster")
             .args(args)
             .args(["-g", "http://127.0.0.1:8080"])
@@ -169,7 +174,7 @@ impl Board {
     fn doctor_nats(&self) -> Value {
         let out = Command::new("nsenter")
             .arg(format!("--net={}", self.netns.display()))
-            .arg(BRAMBLE)
+            .arg(bramble())
             .args(["doctor", "--json", "--state-dir"])
             .arg(self.state_dir())
             .arg("--containerd-socket")
@@ -392,10 +397,15 @@ async fn init_join_status_leave_remove() -> TestResult {
     for b in [&b0, &b1, &b2] {
         let (bramble, nats) = b.rss();
         println!(
-            "measured: {} idle RSS: bramble {} MiB + nats-server {} MiB (debug build)",
+            "measured: {} idle RSS: bramble {} MiB + nats-server {} MiB ({})",
             b.name,
             bramble >> 20,
-            nats >> 20
+            nats >> 20,
+            if std::env::var_os("BRAMBLE_CLUSTER_BINARY").is_some() {
+                "BRAMBLE_CLUSTER_BINARY"
+            } else {
+                "this build"
+            }
         );
     }
     let table = b1.cluster(&["status"]);
