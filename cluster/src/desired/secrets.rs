@@ -28,6 +28,8 @@ impl DesiredStore {
         };
         self.require_namespace(&namespace).await?;
         let kv_key = key.kv_key();
+        let what = format!("storing secret {} in namespace {namespace}", key.name);
+        self.probe(&self.secrets, &kv_key, &what).await?;
         let record = SecretRecord {
             sealed: self.seal.seal(&kv_key, &value),
             changed: Stamp::now(&self.config.board),
@@ -36,14 +38,7 @@ impl DesiredStore {
             .secrets
             .put(&kv_key, encode(&record))
             .await
-            .map_err(|e| {
-                self.kv_error(
-                    e,
-                    &format!("storing secret {} in namespace {namespace}", key.name),
-                    true,
-                    String::new,
-                )
-            })?;
+            .map_err(|e| self.kv_error(e, &what, true, String::new))?;
         Ok(self.confirmed(DesiredBucket::Secrets, revision).await)
     }
 
