@@ -15,20 +15,24 @@ pub struct Quorum {
 }
 
 impl Quorum {
-    /// Counted from a membership view (`None` before any board record is known).
+    /// Counted from a membership view: the JetStream boards, and those of them alive. `None`
+    /// unless the view shows a majority missing — membership notices a silent board ~2-3 s
+    /// after its last heartbeat, after the first writes already failed, and "3 of 3 answer"
+    /// next to "no quorum" would mislead.
     pub fn of_view(view: &crate::membership::View) -> Option<Quorum> {
         let jetstream: Vec<_> = view
             .boards
             .values()
             .filter(|b| b.info.as_ref().is_some_and(|i| i.jetstream))
             .collect();
-        (!jetstream.is_empty()).then(|| Quorum {
+        let quorum = Quorum {
             answering: jetstream
                 .iter()
                 .filter(|b| b.state == crate::membership::BoardState::Alive)
                 .count(),
             of: jetstream.len(),
-        })
+        };
+        (quorum.of > 0 && quorum.answering * 2 <= quorum.of).then_some(quorum)
     }
 }
 
@@ -253,6 +257,62 @@ mod tests {
             provider.to_string(),
             "deploying function hello.openfaas-fn: the cluster's store failed: bucket functions does not exist"
         );
+    }
+
+    #[test]
+    fn quorum_is_told_only_when_membership_shows_a_majority_missing() {
+        use crate::membership::{BoardInfo, BoardState, BoardView, View};
+        let board = |name: &str, jetstream: bool, state: BoardState| {
+            let info: BoardInfo = serde_json::from_value(serde_json::json!({
+                "name": name, "address": "10.0.0.1", "arch": "arm64", "version": "0",
+                "nats_version": "2.9.10", "memory": {"total": 1, "used": 0}, "functions": 0,
+                "hardware": {"i2c_buses": [], "one_wire": []}, "labels": {},
+                "started_at_ms": 1, "jetstream": jetstream, "platform": "linux/arm64",
+                "api_port": 8080, "board_port": 7425, "route_port": 7424, "leaving": false
+            }))
+            .unwrap();
+            let view = BoardView {
+                info: Some(info),
+                state,
+                last_seen: None,
+            };
+            (name.to_owned(), view)
+        };
+        let view = |boards: Vec<(String, BoardView)>| View {
+            boards: boards.into_iter().collect(),
+            records_loaded: true,
+        };
+        let all_alive = view(vec![
+            board("pi1", true, BoardState::Alive),
+            board("pi2", true, BoardState::Alive),
+            board("pi3", true, BoardState::Alive),
+        ]);
+        assert_eq!(Quorum::of_view(&all_alive), None);
+        let cut_off = view(vec![
+            board("pi1", true, BoardState::Alive),
+            board("pi2", true, BoardState::Suspect),
+            board("pi3", true, BoardState::Dead),
+            board("zero", false, BoardState::Alive),
+        ]);
+        assert_eq!(
+            Quorum::of_view(&cut_off),
+            Some(Quorum {
+                answering: 1,
+                of: 3
+            })
+        );
+        let two = view(vec![
+            board("pi1", true, BoardState::Alive),
+            board("pi2", true, BoardState::Dead),
+        ]);
+        assert_eq!(
+            Quorum::of_view(&two),
+            Some(Quorum {
+                answering: 1,
+                of: 2
+            })
+        );
+        assert_eq!(Quorum::of_view(&View::default()), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bramble_cluster::desired::{
     DesiredBucket, DesiredConfig, DesiredError, DesiredStore, FunctionRecord, Stored,
 };
+use bramble_cluster::membership::MembershipConfig;
 use bramble_gateway::types::{FunctionDeployment, FunctionNamespace, Secret};
 use http::StatusCode;
 
@@ -434,8 +435,16 @@ pub async fn three_boards_race_and_converge() -> TestResult {
 pub async fn minority_writes_get_503() -> TestResult {
     let mut shelf = three_boards().await?;
     let t = Duration::from_secs(2);
+    // Membership on every board: the minority's "no quorum" says how many boards answer.
+    let mut members = Vec::new();
+    for i in 0..3 {
+        members
+            .push(crate::liveness::membership(&mut shelf, i, MembershipConfig::default()).await?);
+    }
     let majority = store(&mut shelf, 0, true, 3, t).await?;
-    let minority = store(&mut shelf, 2, false, 3, t).await?;
+    let minority = store(&mut shelf, 2, false, 3, t)
+        .await?
+        .with_membership(members[2].watch());
     majority.deploy(deployment("before", "nginx:1"), 1).await?;
     let cut = Instant::now();
     shelf.lan.partition(&[2])?;
@@ -446,6 +455,7 @@ pub async fn minority_writes_get_503() -> TestResult {
     let mut unconfirmed = Vec::new();
     let mut n = 0;
     let mut slowest = Duration::ZERO;
+    let mut last_refusal = String::new();
     while refused.is_empty() || cut.elapsed() < Duration::from_secs(8) {
         assert!(cut.elapsed() < Duration::from_secs(30), "never 'no quorum'");
         let name = format!("minority-{n}");
@@ -474,6 +484,7 @@ pub async fn minority_writes_get_503() -> TestResult {
                     "{e}"
                 );
                 assert!(e.to_string().ends_with("nothing was changed"), "{e}");
+                last_refusal = e.to_string();
                 refused.push((n, name));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -489,6 +500,11 @@ pub async fn minority_writes_get_503() -> TestResult {
         "measured: minority writes: {} refused (no quorum), {} unconfirmed; slowest answer {slowest:?}",
         refused.len(),
         unconfirmed.len()
+    );
+    // By now the minority's membership has found the others silent.
+    assert_eq!(
+        last_refusal,
+        "the cluster has no quorum (1 of 3 JetStream boards answer); nothing was changed"
     );
     // The majority keeps working meanwhile.
     let deadline = Instant::now() + Duration::from_secs(20);
