@@ -11,15 +11,26 @@
 //!
 //! # How a `ClusterProvider` uses it (the gateway's `Provider` trait)
 //!
-//! - Reads (`list_functions`, `get_function`, `list_namespaces`, `get_namespace`,
-//!   `list_secrets`) use [`DesiredStore::snapshot`]: no KV round trip per read.
-//! - `deploy` → [`DesiredStore::deploy`] (409 when it exists), `update` →
-//!   [`DesiredStore::update`], `scale` → [`DesiredStore::scale`], `delete` →
-//!   [`DesiredStore::delete`]; namespaces and secrets likewise. The provider first runs its
-//!   own checks of the deployment (settings, hardware grants, triggers, replicas bound) and
-//!   computes the initial replicas; the store checks names, the namespace and the secrets.
-//! - Every write answers once stored **and** shown by this board's mirror, so a deploy then a
-//!   list on the same board lists it. Errors convert with `ProviderError::from`.
+//! The provider runs its own checks of a deployment first (settings, hardware grants,
+//! triggers, the replica bound, the initial replicas — `agent::function` today); the store
+//! checks names, the namespace and the secrets, and does the compare-and-set. Errors convert
+//! with `ProviderError::from(DesiredError)` (same status, same message).
+//!
+//! | `Provider` method | here |
+//! |---|---|
+//! | `list_functions`, `get_function` | [`DesiredStore::snapshot`] → [`Desired::functions_in`], [`Desired::function`] (replicas from the record; available replicas and boards from the placement, later) |
+//! | `deploy` | [`DesiredStore::deploy`]`(deployment, initial_replicas)` — 409 when it exists |
+//! | `update` | [`DesiredStore::update`] — 404, or 409 when another board changed it meanwhile |
+//! | `scale` | [`DesiredStore::scale`] — retries on conflicts |
+//! | `delete` | [`DesiredStore::delete`] |
+//! | `list_namespaces`, `get_namespace` | [`Desired::namespaces`] (the default one always there) |
+//! | `create_namespace`, `update_namespace`, `delete_namespace` | [`DesiredStore::create_namespace`], [`DesiredStore::update_namespace`], [`DesiredStore::delete_namespace`] |
+//! | `list_secrets` | [`Desired::secret_names`] (names only) |
+//! | `put_secret`, `delete_secret` | [`DesiredStore::put_secret`], [`DesiredStore::delete_secret`] |
+//! | (the board's reconciler) | [`Mirror::subscribe`] for changes, [`DesiredStore::open_secret`] for a secret a local replica needs |
+//!
+//! Every write answers once stored **and** shown by this board's mirror ([`Mirror::wait_for`],
+//! at most [`DesiredConfig::confirm`]), so a deploy then a list on the same board lists it.
 //!
 //! The buckets are made by the founder (replicas `node::replicas_for` the JetStream boards),
 //! opened by the others; the node's layout task changes the replicas of every stream as the
