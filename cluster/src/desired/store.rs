@@ -161,9 +161,9 @@ impl DesiredStore {
             .to_owned()
     }
 
-    /// Deploys a new function with `replicas` desired replicas. 409 when it exists; 400 when
-    /// its names are not valid, its namespace does not exist (or is being deleted) or a secret
-    /// it names does not exist.
+    /// Deploys a new function with `replicas` desired replicas. 409 when it exists or its
+    /// namespace is being deleted; 400 when its names are not valid, its namespace does not
+    /// exist or a secret it names does not exist.
     pub async fn deploy(
         &self,
         mut deployment: FunctionDeployment,
@@ -197,20 +197,20 @@ impl DesiredStore {
         // (from the leader). Either it sees this one, or this sees its mark.
         match self.namespaces.entry_from_leader(&namespace).await {
             Ok(entry) => {
-                let gone = match entry {
-                    None => true,
-                    Some(e) => {
-                        decode::<NamespaceRecord>(NAMESPACES_BUCKET, &namespace, &e.value)?.deleting
-                    }
+                let refusal = match entry {
+                    None => Some(DesiredError::invalid(
+                        "namespace",
+                        format!("namespace {namespace} was deleted meanwhile; nothing was changed"),
+                    )),
+                    Some(e) => decode::<NamespaceRecord>(NAMESPACES_BUCKET, &namespace, &e.value)?
+                        .deleting
+                        .then(|| being_deleted(&namespace)),
                 };
-                if gone {
+                if let Some(refusal) = refusal {
                     if let Err(e) = self.functions.delete_if(&key.kv_key(), revision).await {
                         tracing::warn!(function = %key, error = %bramble_base::error_chain(&e), "taking back a function deployed into a namespace being deleted");
                     }
-                    return Err(DesiredError::invalid(
-                        "namespace",
-                        format!("namespace {namespace} was deleted meanwhile"),
-                    ));
+                    return Err(refusal);
                 }
             }
             Err(e) => {
@@ -406,8 +406,8 @@ impl DesiredStore {
         }
     }
 
-    /// 400 unless the namespace exists and is not being deleted. The mirror first; the stream
-    /// leader when the mirror does not have it or shows it being deleted.
+    /// 400 unless the namespace exists, 409 while it is being deleted. The mirror first; the
+    /// stream leader when the mirror does not have it or shows it being deleted.
     pub(super) async fn require_namespace(&self, namespace: &str) -> Result<(), DesiredError> {
         let key = namespace_key(namespace).map_err(|e| match e {
             DesiredError::Invalid { message, .. } => DesiredError::invalid("namespace", message),
@@ -436,10 +436,7 @@ impl DesiredStore {
                 "namespace",
                 format!("namespace {key} does not exist"),
             )),
-            Some(r) if r.deleting => Err(DesiredError::invalid(
-                "namespace",
-                format!("namespace {key} is being deleted"),
-            )),
+            Some(r) if r.deleting => Err(being_deleted(&key)),
             Some(_) => Ok(()),
         }
     }
@@ -561,6 +558,13 @@ impl DesiredStore {
     ) -> DesiredError {
         DesiredError::from_kv(e, what, write, conflict, self.quorum())
     }
+}
+
+/// The 409 of a deploy into a namespace another board is deleting.
+fn being_deleted(namespace: &str) -> DesiredError {
+    DesiredError::Conflict(format!(
+        "namespace {namespace} is being deleted by another board; nothing was changed"
+    ))
 }
 
 /// The 409 of a compare-and-set that lost.

@@ -205,6 +205,9 @@ pub fn follow(bucket: Bucket) -> tokio::sync::mpsc::Receiver<Change> {
                     loop {
                         let item = tokio::select! {
                             item = changes.next() => item,
+                            // The receiver is gone: stop now, not at the next change (a quiet
+                            // bucket may have none for hours).
+                            () = tx.closed() => return,
                             Some(_) = async {
                                 match elected.as_mut() {
                                     Some(sub) => sub.next().await,

@@ -421,6 +421,66 @@ pub async fn three_boards_race_and_converge() -> TestResult {
         }
     }
 
+    // A deploy into a namespace racing with its delete on another board: never both (a
+    // function left in a deleted namespace); both can lose, and nothing changes then.
+    let mut outcomes = std::collections::BTreeMap::new();
+    for round in 0..10 {
+        let ns = format!("doomed-{round}");
+        s1.create_namespace(namespace(&ns, "x")).await?;
+        let (deployed, deleted) = tokio::join!(
+            s0.deploy(in_namespace("f", &ns, &[]), 1),
+            s1.delete_namespace(&ns)
+        );
+        assert!(
+            !(deployed.is_ok() && deleted.is_ok()),
+            "round {round}: both the deploy and the namespace's delete won"
+        );
+        for (what, r) in [
+            ("deploy", deployed.as_ref().err()),
+            ("delete", deleted.as_ref().err()),
+        ] {
+            if let Some(e) = r {
+                assert!(
+                    matches!(e.status(), StatusCode::BAD_REQUEST | StatusCode::CONFLICT),
+                    "round {round}: {what}: {e}"
+                );
+            }
+        }
+        // s0's mirror up to date: one more function write of its own (after its rollback, if
+        // any), and the namespaces as s1 (which answered after its mirror showed them) has them.
+        let namespace_left = deleted.is_err();
+        let function_left = deployed.is_ok();
+        let settle = format!("settle-{round}");
+        s0.deploy(deployment(&settle, "nginx:1"), 0).await?;
+        let namespaces = Stored {
+            bucket: DesiredBucket::Namespaces,
+            revision: s1.snapshot().revision(DesiredBucket::Namespaces),
+        };
+        assert!(s0.mirror().wait_for(namespaces, t).await);
+        let state = s0.snapshot();
+        assert_eq!(
+            state.namespaces.contains_key(&ns),
+            namespace_left,
+            "round {round}"
+        );
+        assert_eq!(
+            state.function(&ns, "f").is_some(),
+            function_left,
+            "round {round}"
+        );
+        *outcomes.entry((function_left, namespace_left)).or_insert(0) += 1;
+        if function_left {
+            s0.delete(&ns, "f").await?;
+        }
+        s0.delete(NS, &settle).await?;
+        if namespace_left {
+            s0.delete_namespace(&ns).await?;
+        }
+    }
+    eprintln!(
+        "measured: deploy vs namespace delete, (function kept, namespace kept) → rounds: {outcomes:?}"
+    );
+
     // Secrets written on one board open on another.
     s1.put_secret(secret("shared", "between boards")).await?;
     assert!(
