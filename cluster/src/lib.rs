@@ -9,6 +9,7 @@
 //!
 //! | module | what | main items |
 //! |---|---|---|
+//! | [`desired`] | functions, namespaces and secrets of the whole cluster (issue 15 step 2) | [`desired::DesiredStore`] (`open`, `deploy`, `update`, `scale`, `delete`, namespaces, `put_secret`, `delete_secret`, `open_secret`, `snapshot`), [`desired::Mirror`] (`wait_for`), [`desired::Desired`], [`desired::DesiredError`] |
 //! | [`engine`] | the nats-server a board runs and supervises | [`engine::EngineConfig`], [`engine::NatsServer`] (`start`, `wait_jetstream`, `connect`, `connect_system`, `restart_with`, `reload_routes`, `stop`, `rss`, `version`, `fsync_before_ack`, `state`), [`engine::Monitor`] |
 //! | [`identity`] | cluster name, secret, CA, board certificates and users, join tokens, sealing | [`identity::ClusterIdentity`] (`init`, `join_token`, `check_token`, `issue_board`, `save`/`load`), [`identity::BoardIdentity`], [`identity::JoinToken`], [`identity::SealKey`] |
 //! | [`kv`] | KV buckets made without the client's KV API; typed errors | [`kv::Bucket`] (`open_or_create`, `get`, `entry`, `entry_from_leader`, `create`, `update`, `put`, `delete`, `delete_if`, `keys`, `watch_all`, `ensure_replicas`), [`kv::follow`], [`kv::CasMode`], [`kv::KvError`] |
@@ -108,6 +109,7 @@
 //!   (heartbeat 1 s, dead_after 10 s; the last heartbeat precedes the kill by up to 1 s); the
 //!   lease moved once, 10.0 s after its holder's power cut.
 
+pub mod desired;
 pub mod engine;
 pub mod identity;
 mod jserr;

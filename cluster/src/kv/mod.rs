@@ -383,11 +383,10 @@ impl Bucket {
             .map(|_| ())
     }
 
-    /// Deletes `key` only if its latest revision is `revision`.
-    pub async fn delete_if(&self, key: &str, revision: u64) -> Result<(), KvError> {
-        self.cas_write(key, Bytes::new(), revision, true)
-            .await
-            .map(|_| ())
+    /// Deletes `key` only if its latest revision is `revision`; returns the revision of the
+    /// delete marker (what a watch sees).
+    pub async fn delete_if(&self, key: &str, revision: u64) -> Result<u64, KvError> {
+        self.cas_write(key, Bytes::new(), revision, true).await
     }
 
     /// A compare-and-set write in this bucket's [`CasMode`].

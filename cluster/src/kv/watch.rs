@@ -56,6 +56,40 @@ impl Bucket {
         }
     }
 
+    /// The keys with a value that match `filter` (KV key tokens, `*` for one token, `>` for
+    /// the rest: `openfaas-fn.*`), as the **stream leader** has them: the subjects it counts,
+    /// each read from the leader to skip delete markers. Unlike [`Bucket::keys`] (a watch,
+    /// which a replica that is behind can answer), a key written before this call is listed.
+    /// One request per matching key: for small listings that decide something.
+    pub async fn keys_from_leader(&self, filter: &str) -> Result<Vec<String>, KvError> {
+        use futures::TryStreamExt as _;
+        let stream = self
+            .js
+            .get_stream_no_info(self.stream_name())
+            .await
+            .map_err(|e| classify(&self.name, "listing keys", e))?;
+        let prefix = format!("$KV.{}.", self.name);
+        let mut subjects = stream
+            .info_with_subjects(format!("{prefix}{filter}"))
+            .await
+            .map_err(|e| classify(&self.name, "listing keys", e))?;
+        let mut keys = Vec::new();
+        while let Some((subject, _)) = subjects
+            .try_next()
+            .await
+            .map_err(|e| classify(&self.name, "listing keys", e))?
+        {
+            let Some(key) = subject.strip_prefix(&prefix) else {
+                continue;
+            };
+            if self.entry_from_leader(key).await?.is_some() {
+                keys.push(key.to_owned());
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     /// The current values, then every change, as a stream: puts and deletes of every key,
     /// starting with each key's latest value, and [`Change::Current`] once those have all been
     /// delivered — checked against the number of keys the stream leader counted when the
@@ -171,6 +205,9 @@ pub fn follow(bucket: Bucket) -> tokio::sync::mpsc::Receiver<Change> {
                     loop {
                         let item = tokio::select! {
                             item = changes.next() => item,
+                            // The receiver is gone: stop now, not at the next change (a quiet
+                            // bucket may have none for hours).
+                            () = tx.closed() => return,
                             Some(_) = async {
                                 match elected.as_mut() {
                                     Some(sub) => sub.next().await,

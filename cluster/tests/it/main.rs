@@ -11,6 +11,7 @@
     unreachable_pub
 )]
 
+mod desired;
 mod engine;
 mod growth;
 mod kv;
@@ -47,6 +48,18 @@ fn main() {
             .into_boxed_str(),
     );
     let trials = vec![
+        trial(
+            "desired_standalone_round_trips",
+            desired::standalone_round_trips,
+        ),
+        trial(
+            "desired_three_boards_race_and_converge",
+            desired::three_boards_race_and_converge,
+        ),
+        trial(
+            "desired_minority_writes_get_503",
+            desired::minority_writes_get_503,
+        ),
         trial(
             "engine_starts_reports_and_restarts_after_sigkill",
             engine::starts_reports_and_restarts_after_sigkill,
