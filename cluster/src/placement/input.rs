@@ -235,6 +235,9 @@ impl Function {
     pub fn fits_board(&self, board: &Board) -> bool {
         self.constraints.iter().all(|c| c.matches(board))
             && board.runs(self.platforms.as_deref())
-            && self.hardware.as_ref().is_none_or(|g| board.lacks(g).is_none())
+            && self
+                .hardware
+                .as_ref()
+                .is_none_or(|g| board.lacks(g).is_none())
     }
 }

@@ -79,9 +79,7 @@ pub fn admit(input: &PlacementInput, function: &Function) -> Result<Admitted, Re
             let now = reservations(&placed);
             let asks_more = match input.previous.function(&function.key) {
                 None => true,
-                Some(before) => {
-                    function.replicas > before.replicas || now < reservations(before)
-                }
+                Some(before) => function.replicas > before.replicas || now < reservations(before),
             };
             if asks_more {
                 Err(refuse(reason))
@@ -151,10 +149,12 @@ impl<'a> Loads<'a> {
     }
 
     fn add(&mut self, b: usize, function: &Slot<'a>, replicas: u32) {
-        self.used[b] = self.used[b]
-            .saturating_add(function.f.memory.saturating_mul(u64::from(replicas)));
+        self.used[b] =
+            self.used[b].saturating_add(function.f.memory.saturating_mul(u64::from(replicas)));
         if let Some(grants) = &function.f.hardware
-            && !self.granted[b].iter().any(|(name, _)| *name == function.label)
+            && !self.granted[b]
+                .iter()
+                .any(|(name, _)| *name == function.label)
         {
             self.granted[b].push((function.label, grants));
         }

@@ -129,7 +129,7 @@ pub enum UnplacedReason {
 /// `N MiB`, rounded down (free memory) or up (memory needed), with one decimal below 10 MiB.
 pub(crate) fn mib(bytes: u64, up: bool) -> String {
     const MIB: u64 = 1 << 20;
-    if bytes < 10 * MIB && bytes % MIB != 0 {
+    if bytes < 10 * MIB && !bytes.is_multiple_of(MIB) {
         let tenths = if up {
             bytes.saturating_mul(10).div_ceil(MIB)
         } else {
@@ -137,11 +137,7 @@ pub(crate) fn mib(bytes: u64, up: bool) -> String {
         };
         return format!("{}.{} MiB", tenths / 10, tenths % 10);
     }
-    let whole = if up {
-        bytes.div_ceil(MIB)
-    } else {
-        bytes / MIB
-    };
+    let whole = if up { bytes.div_ceil(MIB) } else { bytes / MIB };
     format!("{whole} MiB")
 }
 
