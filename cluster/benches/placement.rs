@@ -133,7 +133,11 @@ fn main() {
             black_box(admit(black_box(&again), &candidate)).ok();
         });
         let wanted: u32 = fresh.functions.iter().map(|f| f.replicas).sum();
-        let placed: u32 = plan.functions.iter().map(|f| f.boards.values().sum::<u32>()).sum();
+        let placed: u32 = plan
+            .functions
+            .iter()
+            .map(|f| f.boards.values().sum::<u32>())
+            .sum();
         println!(
             "| {b} | {f} | {wanted} | {placed} | {} | {} | {} | {} |",
             ms(from_nothing),
