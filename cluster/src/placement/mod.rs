@@ -23,12 +23,13 @@
 //!   elsewhere). A function whose qualifying boards are all dead or suspect *waits* for them
 //!   ([`Plan::waiting`]) instead of being moved.
 //! - **Spread**: a function's new replicas go to qualifying boards that have none of it yet,
-//!   then to those with the fewest; among equals the one with the most free memory, then the
-//!   first name.
+//!   then to those with the fewest; among equals the one with the most free memory (no budget
+//!   counts as the most), then the least memory reserved, the fewest replicas, the first name.
 //! - **Stability**: what is still valid in the previous plan is kept (a board that joins gets
 //!   only new work); placing again with the result as previous changes nothing.
-//! - Functions are placed in key order (namespace, name): when memory is short, the first
-//!   keys get it. An unplaced function carries a typed [`UnplacedReason`] whose message names
+//! - Functions are placed in key order (namespace, name), every function's first replica (or
+//!   home) before any function's second: when memory is short, functions already placed keep
+//!   theirs, then the first keys get it. An unplaced function carries a typed [`UnplacedReason`] whose message names
 //!   the cause, e.g. "needs 256 MiB; the most free on a qualifying board is 120 MiB (b2)".
 
 pub mod constraints;

@@ -5,9 +5,11 @@
 //!    keeps what it has), lend no hardware it needs to another function kept there, and have
 //!    room; scaled down, replicas go first from the boards with the most, then from boards
 //!    other than its home, suspect boards first.
-//! 2. **Add** (functions by key): the missing replicas go one at a time to the alive,
-//!    qualifying board with room that has the fewest replicas of the function (spread first),
-//!    then the most free memory, then the first name.
+//! 2. **Add** (functions by key; first every function's first replica or home, then the
+//!    rest): the missing replicas go one at a time to the alive, qualifying board with room
+//!    that has the fewest replicas of the function (spread first), then the most free memory
+//!    (boards without a budget first), then the least memory reserved, the fewest
+//!    reservations, the first name.
 //! 3. **Explain**: from the final loads, why a function (or some of its replicas) is not
 //!    placed, or which boards it waits for.
 //!
@@ -113,6 +115,8 @@ fn unique_functions<'a>(functions: impl Iterator<Item = &'a Function>) -> Vec<&'
 struct Loads<'a> {
     boards: &'a [&'a Board],
     used: Vec<u64>,
+    /// Reservations (replicas, and homes of functions at zero) per board.
+    replicas: Vec<u32>,
     /// The functions granted hardware on each board: (function, grants).
     granted: Vec<Vec<(&'a str, &'a Grants)>>,
 }
@@ -122,6 +126,7 @@ impl<'a> Loads<'a> {
         Loads {
             boards,
             used: vec![0; boards.len()],
+            replicas: vec![0; boards.len()],
             granted: vec![Vec::new(); boards.len()],
         }
     }
@@ -151,6 +156,7 @@ impl<'a> Loads<'a> {
     fn add(&mut self, b: usize, function: &Slot<'a>, replicas: u32) {
         self.used[b] =
             self.used[b].saturating_add(function.f.memory.saturating_mul(u64::from(replicas)));
+        self.replicas[b] = self.replicas[b].saturating_add(replicas);
         if let Some(grants) = &function.f.hardware
             && !self.granted[b]
                 .iter()
@@ -206,8 +212,13 @@ fn run(boards: &[&Board], functions: &[&Function], previous: &Plan) -> Plan {
             keep(slot, prev, &index, &mut loads);
         }
     }
+    // Every function its first reservation before any its second.
     for slot in &mut slots {
-        add(slot, &mut loads);
+        add(slot, 1, &mut loads);
+    }
+    for slot in &mut slots {
+        let target = slot.target;
+        add(slot, target, &mut loads);
     }
     let mut plan = Plan::default();
     for slot in &slots {
@@ -308,10 +319,12 @@ fn keep<'a>(
     }
 }
 
-/// Places a function's missing replicas: spread first, then the most free memory, then name.
-fn add<'a>(slot: &mut Slot<'a>, loads: &mut Loads<'a>) {
+/// Places a function's missing replicas, up to `upto`: spread first, then the most free
+/// memory, then the least reserved, the fewest reservations, the first name.
+fn add<'a>(slot: &mut Slot<'a>, upto: u32, loads: &mut Loads<'a>) {
+    let upto = upto.min(slot.target);
     let mut total = slot.total();
-    if total >= slot.target {
+    if total >= upto {
         return;
     }
     let grants = slot.f.hardware.as_ref();
@@ -322,7 +335,7 @@ fn add<'a>(slot: &mut Slot<'a>, loads: &mut Loads<'a>) {
                 && loads.conflict(*b, slot.label, grants).is_none()
         })
         .collect();
-    while total < slot.target {
+    while total < upto {
         let best = candidates
             .iter()
             .copied()
@@ -331,6 +344,8 @@ fn add<'a>(slot: &mut Slot<'a>, loads: &mut Loads<'a>) {
                 (
                     slot.counts.get(b).copied().unwrap_or(0),
                     Reverse(loads.free(*b)),
+                    loads.used[*b],
+                    loads.replicas[*b],
                     *b,
                 )
             });

@@ -432,6 +432,42 @@ fn the_least_loaded_board_is_chosen_first() {
 }
 
 #[test]
+fn without_budgets_the_board_with_the_least_reserved_is_chosen() {
+    let unlimited = |name: &str| Board {
+        memory_budget: None,
+        ..board(name)
+    };
+    let boards = vec![unlimited("b1"), unlimited("b2"), unlimited("b3")];
+    let plan = placed(&input(
+        boards.clone(),
+        vec![func("a", 1, 128), func("b", 1, 64), func("c", 1, 64)],
+    ));
+    assert_eq!(boards_of(&plan, "a"), counts(&[("b1", 1)]));
+    assert_eq!(boards_of(&plan, "b"), counts(&[("b2", 1)]));
+    assert_eq!(boards_of(&plan, "c"), counts(&[("b3", 1)]));
+    // Functions without a memory limit: the board with the fewest replicas.
+    let plan = placed(&input(
+        boards,
+        vec![func("x", 2, 0), func("y", 1, 0), func("z", 0, 0)],
+    ));
+    assert_eq!(boards_of(&plan, "x"), counts(&[("b1", 1), ("b2", 1)]));
+    // First replicas and homes first: x on b1, y on b2, z's home b3; then x's second.
+    assert_eq!(boards_of(&plan, "y"), counts(&[("b2", 1)]));
+    assert_eq!(plan.function(&key("z")).unwrap().home, "b3");
+}
+
+#[test]
+fn every_function_gets_its_first_replica_before_any_its_second() {
+    let plan = placed(&input(
+        vec![with_budget("b1", 256)],
+        vec![func("a", 4, 64), func("b", 1, 64)],
+    ));
+    assert_eq!(boards_of(&plan, "a"), counts(&[("b1", 3)]));
+    assert_eq!(boards_of(&plan, "b"), counts(&[("b1", 1)]));
+    assert!(plan.function(&key("a")).unwrap().short.is_some());
+}
+
+#[test]
 fn a_board_that_joins_gets_only_new_work() {
     let functions = vec![func("a", 2, 64), func("b", 1, 64)];
     let before = placed(&input(vec![board("b1"), board("b2")], functions.clone()));
