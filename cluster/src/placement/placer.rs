@@ -279,7 +279,11 @@ fn keep<'a>(
         prev.boards
             .iter()
             .filter(|(_, n)| **n > 0)
-            .filter_map(|(name, n)| index.get(name.as_str()).map(|b| (*b, *n)))
+            .filter_map(|(name, n)| {
+                index
+                    .get(name.as_str())
+                    .map(|b| (*b, (*n).min(slot.target)))
+            })
             .collect()
     };
     let grants = slot.f.hardware.as_ref();

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::input::FunctionKey;
 use crate::membership::BoardState;
 
-/// Which boards run which replicas.
+/// Which boards run which replicas. Each list is sorted by key, as [`super::place`] makes it
+/// ([`Plan::find`] searches them by bisection).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// Functions placed (at least their home), by key.
@@ -44,7 +45,9 @@ pub struct FunctionPlan {
 impl FunctionPlan {
     /// Replicas placed.
     pub fn placed(&self) -> u32 {
-        self.boards.values().sum()
+        self.boards
+            .values()
+            .fold(0, |sum, n| sum.saturating_add(*n))
     }
 }
 

@@ -636,6 +636,27 @@ fn a_changed_function_moves_when_its_boards_no_longer_qualify() {
 }
 
 #[test]
+fn a_previous_plan_with_absurd_numbers_is_read_safely() {
+    let previous = Plan {
+        functions: vec![FunctionPlan {
+            key: key("f"),
+            replicas: u32::MAX,
+            boards: counts(&[("b1", u32::MAX), ("b2", u32::MAX), ("gone", 7)]),
+            home: "nowhere".into(),
+            short: None,
+        }],
+        ..Plan::default()
+    };
+    assert_eq!(previous.functions[0].placed(), u32::MAX);
+    let plan = placed(&PlacementInput {
+        previous,
+        ..input(vec![board("b1"), board("b2")], vec![func("f", 3, 64)])
+    });
+    assert_eq!(boards_of(&plan, "f"), counts(&[("b1", 2), ("b2", 1)]));
+    assert_eq!(plan.function(&key("f")).unwrap().home, "b1");
+}
+
+#[test]
 fn without_boards_nothing_is_placed() {
     let plan = placed(&input(Vec::new(), vec![func("f", 1, 64)]));
     assert_eq!(reason_of(&plan, "f"), UnplacedReason::NoBoards);
