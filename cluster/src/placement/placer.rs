@@ -117,8 +117,9 @@ struct Loads<'a> {
     used: Vec<u64>,
     /// Reservations (replicas, and homes of functions at zero) per board.
     replicas: Vec<u32>,
-    /// The functions granted hardware on each board: (function, grants).
-    granted: Vec<Vec<(&'a str, &'a Grants)>>,
+    /// The functions granted hardware on each board, by function index (key order, so that
+    /// a conflict message names the same function whatever the order of placing).
+    granted: Vec<BTreeMap<usize, (&'a str, &'a Grants)>>,
 }
 
 impl<'a> Loads<'a> {
@@ -127,7 +128,7 @@ impl<'a> Loads<'a> {
             boards,
             used: vec![0; boards.len()],
             replicas: vec![0; boards.len()],
-            granted: vec![Vec::new(); boards.len()],
+            granted: vec![BTreeMap::new(); boards.len()],
         }
     }
 
@@ -150,19 +151,15 @@ impl<'a> Loads<'a> {
     /// Why board `b` cannot lend `grants` to `function`, if it cannot.
     fn conflict(&self, b: usize, function: &str, grants: Option<&Grants>) -> Option<String> {
         let grants = grants?;
-        check_conflicts(function, grants, self.granted[b].iter().copied()).err()
+        check_conflicts(function, grants, self.granted[b].values().copied()).err()
     }
 
     fn add(&mut self, b: usize, function: &Slot<'a>, replicas: u32) {
         self.used[b] =
             self.used[b].saturating_add(function.f.memory.saturating_mul(u64::from(replicas)));
         self.replicas[b] = self.replicas[b].saturating_add(replicas);
-        if let Some(grants) = &function.f.hardware
-            && !self.granted[b]
-                .iter()
-                .any(|(name, _)| *name == function.label)
-        {
-            self.granted[b].push((function.label, grants));
+        if let Some(grants) = &function.f.hardware {
+            self.granted[b].insert(function.index, (function.label, grants));
         }
     }
 }
@@ -170,6 +167,8 @@ impl<'a> Loads<'a> {
 /// One function while it is placed.
 struct Slot<'a> {
     f: &'a Function,
+    /// Its place in key order.
+    index: usize,
     /// `name.namespace`, the name grant conflicts use.
     label: &'a str,
     /// Per board (by index): constraints, platform and hardware allow it.
@@ -198,7 +197,9 @@ fn run(boards: &[&Board], functions: &[&Function], previous: &Plan) -> Plan {
     let mut slots: Vec<Slot<'_>> = functions
         .iter()
         .zip(&labels)
-        .map(|(f, label)| Slot {
+        .enumerate()
+        .map(|(index, (f, label))| Slot {
+            index,
             f,
             label,
             qualifies: boards.iter().map(|b| f.fits_board(b)).collect(),

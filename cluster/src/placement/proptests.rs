@@ -2,7 +2,8 @@
 //! plan made for other board states: budgets hold, dead and leaving boards run nothing, a
 //! suspect board gets nothing new, constraints, platforms and hardware are respected, no
 //! board lends a line to two functions that cannot share it, every function is accounted for
-//! once, and placing is deterministic (order of the input too) and idempotent.
+//! once, and placing is deterministic (order of the input too) and idempotent, whatever the
+//! previous plan holds.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -169,6 +170,36 @@ fn inputs() -> impl Strategy<Value = PlacementInput> {
         })
 }
 
+/// Any plan at all as previous (as KV could hold it): known and unknown boards and functions,
+/// any counts, homes anywhere.
+fn any_previous() -> impl Strategy<Value = Plan> {
+    vec(
+        (0u8..10, 0u32..=6, vec((0u8..8, 0u32..=6), 0..4), 0u8..8),
+        0..10,
+    )
+    .prop_map(|entries| {
+        let mut functions: Vec<FunctionPlan> = entries
+            .into_iter()
+            .map(|(f, replicas, boards, home)| FunctionPlan {
+                key: FunctionKey::new("fn", &format!("f{f}")),
+                replicas,
+                boards: boards
+                    .into_iter()
+                    .map(|(b, n)| (format!("b{b}"), n))
+                    .collect(),
+                home: format!("b{home}"),
+                short: None,
+            })
+            .collect();
+        functions.sort_by(|a, b| a.key.cmp(&b.key));
+        functions.dedup_by(|a, b| a.key == b.key);
+        Plan {
+            functions,
+            ..Plan::default()
+        }
+    })
+}
+
 /// Reservations per (board, function): replicas, or 1 for the home of a function at zero.
 fn reservations(plan: &Plan) -> BTreeMap<(String, FunctionKey), u32> {
     let mut out = BTreeMap::new();
@@ -278,6 +309,18 @@ proptest! {
     fn plans_respect_every_rule(input in inputs()) {
         let plan = place(&input);
         check(&input, &plan);
+    }
+
+    #[test]
+    fn any_previous_plan_gives_a_plan_that_respects_every_rule(
+        input in inputs(),
+        previous in any_previous(),
+    ) {
+        let input = PlacementInput { previous, ..input };
+        let plan = place(&input);
+        check(&input, &plan);
+        let again = PlacementInput { previous: plan.clone(), ..input };
+        prop_assert_eq!(&place(&again), &plan);
     }
 
     #[test]
