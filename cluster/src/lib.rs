@@ -18,6 +18,7 @@
 //! | [`queue`] | the `CALLS` work queue | [`queue::CallQueue`] (`open_or_create`, `enqueue`, `worker`, `pending`, `durability`), [`queue::Worker`], [`queue::Call`] (`done`, `in_progress`, `retry`), [`queue::Durability`] |
 //! | [`layout`] | replicas, placement, peer removal | [`layout::ensure_stream_replicas`], [`layout::wait_stream_replicas`], [`layout::stream_placement`], [`layout::remove_peer`] |
 //! | [`migrate`] | standalone → clustered without losing data | [`migrate::migrate_standalone_to_clustered`], [`migrate::finish_pending_migration`], [`migrate::export`], [`migrate::import`] |
+//! | [`placement`] | which boards run which replicas: pure, deterministic | [`placement::place`], [`placement::admit`], [`placement::parse_constraints`], [`placement::Plan`] (`for_board`, `find`), [`placement::PlacementInput`], [`placement::Board`], [`placement::Function`], [`placement::UnplacedReason`] |
 //! | [`names`] | the names that go into subjects, server names and files | [`names::validate`] |
 //! | [`reconcile`] | a board runs what the cluster assigned to it, through its own provider | [`reconcile::reconcile`], [`reconcile::Target`], [`reconcile::Report`] |
 //!
@@ -120,6 +121,7 @@ pub mod membership;
 pub mod migrate;
 pub mod names;
 pub mod node;
+pub mod placement;
 pub mod queue;
 pub mod reconcile;
 pub mod settings;

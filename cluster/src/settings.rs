@@ -141,6 +141,26 @@ pub struct Label {
     pub value: String,
 }
 
+impl Label {
+    /// Whether `key` can be a label's key: 1-63 characters of `A-Z a-z 0-9 - _ . /`.
+    pub fn valid_key(key: &str) -> bool {
+        label_text(key, true)
+    }
+
+    /// Whether `value` can be a label's value: 1-63 characters of `A-Z a-z 0-9 - _ .`.
+    pub fn valid_value(value: &str) -> bool {
+        label_text(value, false)
+    }
+}
+
+fn label_text(s: &str, slash: bool) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') || (slash && b == b'/')
+        })
+}
+
 impl FromStr for Label {
     type Err = String;
 
@@ -151,16 +171,7 @@ impl FromStr for Label {
             ));
         };
         let (key, value) = (key.trim(), value.trim());
-        let ok = |s: &str, slash: bool| {
-            !s.is_empty()
-                && s.len() <= 63
-                && s.bytes().all(|b| {
-                    b.is_ascii_alphanumeric()
-                        || matches!(b, b'-' | b'_' | b'.')
-                        || (slash && b == b'/')
-                })
-        };
-        if !ok(key, true) || !ok(value, false) {
+        if !Label::valid_key(key) || !Label::valid_value(value) {
             return Err(format!(
                 "{text:?} is not a label: KEY and VALUE are 1-63 characters of A-Z a-z 0-9 - _ . (and / in the key)"
             ));
