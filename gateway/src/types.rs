@@ -326,6 +326,18 @@ pub struct Secret {
     pub raw_value: Option<Vec<u8>>,
 }
 
+impl Secret {
+    /// The value's bytes (`rawValue` before `value`); `Err` with the 400 message when neither
+    /// is given.
+    pub fn into_value(self) -> Result<Vec<u8>, &'static str> {
+        match (self.value, self.raw_value) {
+            (_, Some(raw)) => Ok(raw),
+            (Some(text), None) => Ok(text.into_bytes()),
+            (None, None) => Err("a secret needs a value or a rawValue"),
+        }
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A secret's value never reaches a log line.

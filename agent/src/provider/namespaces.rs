@@ -125,20 +125,11 @@ impl<R: NodeRuntime> LocalProvider<R> {
     pub(super) async fn store_secret(&self, secret: Secret) -> ProviderResult<()> {
         let namespace = self.namespace_of(secret.namespace.as_deref());
         self.require_namespace(&namespace)?;
-        let value = match (secret.value, secret.raw_value) {
-            (_, Some(raw)) => raw,
-            (Some(text), None) => text.into_bytes(),
-            (None, None) => {
-                return Err(ProviderError::invalid(
-                    "value",
-                    "a secret needs a value or a rawValue",
-                ));
-            }
-        };
-        self.ctx
-            .store
-            .put_secret(&namespace, &secret.name, value)
-            .await?;
+        let name = secret.name.clone();
+        let value = secret
+            .into_value()
+            .map_err(|message| ProviderError::invalid("value", message))?;
+        self.ctx.store.put_secret(&namespace, &name, value).await?;
         Ok(())
     }
 

@@ -16,16 +16,9 @@ impl DesiredStore {
     pub async fn put_secret(&self, secret: Secret) -> Result<Stored, DesiredError> {
         let namespace = self.namespace_of(secret.namespace.as_deref());
         let key = SecretKey::new(&namespace, &secret.name)?;
-        let value = match (secret.value, secret.raw_value) {
-            (_, Some(raw)) => raw,
-            (Some(text), None) => text.into_bytes(),
-            (None, None) => {
-                return Err(DesiredError::invalid(
-                    "value",
-                    "a secret needs a value or a rawValue",
-                ));
-            }
-        };
+        let value = secret
+            .into_value()
+            .map_err(|message| DesiredError::invalid("value", message))?;
         self.require_namespace(&namespace).await?;
         let kv_key = key.kv_key();
         let what = format!("storing secret {} in namespace {namespace}", key.name);
