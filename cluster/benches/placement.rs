@@ -61,7 +61,7 @@ fn functions(n: usize) -> Vec<Function> {
                     .unwrap()
             });
             Function {
-                key: FunctionKey::new("openfaas-fn", &format!("fn{i:04}")),
+                key: FunctionKey::of("openfaas-fn", &format!("fn{i:04}")),
                 replicas: u32::try_from(i % 4).unwrap(),
                 memory: [32, 64, 128][i % 3] * MIB,
                 platforms: (i % 2 == 0).then(|| vec!["linux/arm64".parse().unwrap()]),
@@ -112,7 +112,7 @@ fn main() {
         let mut died = again.clone();
         died.boards[1].state = BoardState::Dead;
         let candidate = Function {
-            key: FunctionKey::new("openfaas-fn", "new"),
+            key: FunctionKey::of("openfaas-fn", "new"),
             replicas: 3,
             memory: 64 * MIB,
             platforms: None,

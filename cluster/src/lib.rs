@@ -112,6 +112,7 @@
 
 pub mod desired;
 pub mod engine;
+pub mod function_key;
 pub mod identity;
 mod jserr;
 pub mod kv;

@@ -27,8 +27,8 @@ use sha2::{Digest, Sha256};
 /// The annotation that marks a function the cluster deployed, with its deployment's digest.
 pub const SPEC_ANNOTATION: &str = "com.bramble.cluster.spec";
 
-/// A function as `(namespace, name)`.
-pub type Key = (String, String);
+pub use crate::desired::SecretKey;
+pub use crate::function_key::FunctionKey;
 
 /// One function this board must run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,9 +63,9 @@ pub struct Target {
     /// Namespaces, by name (those of the assigned functions at least).
     pub namespaces: BTreeMap<String, FunctionNamespace>,
     /// Functions, by `(namespace, name)`.
-    pub functions: BTreeMap<Key, Assigned>,
+    pub functions: BTreeMap<FunctionKey, Assigned>,
     /// The secrets the assigned functions use, by `(namespace, name)`.
-    pub secrets: BTreeMap<Key, SecretValue>,
+    pub secrets: BTreeMap<SecretKey, SecretValue>,
 }
 
 /// What one pass did.
@@ -73,19 +73,19 @@ pub struct Target {
 pub enum Action {
     CreatedNamespace(String),
     UpdatedNamespace(String),
-    WroteSecret(Key),
-    Deployed(Key),
-    Updated(Key),
-    Scaled(Key, u64),
-    Deleted(Key),
+    WroteSecret(SecretKey),
+    Deployed(FunctionKey),
+    Updated(FunctionKey),
+    Scaled(FunctionKey, u64),
+    Deleted(FunctionKey),
 }
 
 /// What a failed change was about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Subject {
     Namespace(String),
-    Secret(Key),
-    Function(Key),
+    Secret(SecretKey),
+    Function(FunctionKey),
     /// Reading what the board runs (the pass stopped there).
     Listing,
 }
@@ -98,7 +98,7 @@ pub struct Report {
     /// Changes that failed (retried on the next pass), with the local provider's error.
     pub failed: Vec<(Subject, ProviderError)>,
     /// Functions on this board the cluster did not deploy (left alone).
-    pub unmanaged: Vec<Key>,
+    pub unmanaged: Vec<FunctionKey>,
 }
 
 impl Report {
@@ -112,8 +112,8 @@ impl Report {
 /// replica counts it applied.
 #[derive(Debug, Default)]
 pub struct Memory {
-    secrets: HashMap<Key, u64>,
-    replicas: HashMap<Key, u64>,
+    secrets: HashMap<SecretKey, u64>,
+    replicas: HashMap<FunctionKey, u64>,
 }
 
 /// The digest [`SPEC_ANNOTATION`] carries: of the deployment as the cluster stores it, without
@@ -166,8 +166,8 @@ async fn secrets<L: Provider>(
             continue;
         }
         let put = Secret {
-            name: key.1.clone(),
-            namespace: Some(key.0.clone()),
+            name: key.name.clone(),
+            namespace: Some(key.namespace.clone()),
             value: None,
             raw_value: Some(secret.value.clone()),
         };
@@ -201,13 +201,13 @@ async fn functions<L: Provider>(
     }
     namespaces.sort();
     namespaces.dedup();
-    let mut running: BTreeMap<Key, (Option<String>, u64)> = BTreeMap::new();
+    let mut running: BTreeMap<FunctionKey, (Option<String>, u64)> = BTreeMap::new();
     for namespace in &namespaces {
         match local.list_functions(namespace).await {
             Ok(list) => {
                 for f in list {
                     let digest = f.annotations.get(SPEC_ANNOTATION).cloned();
-                    running.insert((namespace.clone(), f.name), (digest, f.replicas));
+                    running.insert(FunctionKey::of(namespace, &f.name), (digest, f.replicas));
                 }
             }
             Err(ProviderError::NotFound(_)) => {}
@@ -220,7 +220,7 @@ async fn functions<L: Provider>(
     for (key, assigned) in &target.functions {
         let digest = spec_digest(&assigned.deployment);
         let mut deployment = assigned.deployment.clone();
-        deployment.namespace = Some(key.0.clone());
+        deployment.namespace = Some(key.namespace.clone());
         deployment
             .annotations
             .insert(SPEC_ANNOTATION.to_owned(), digest.clone());
@@ -252,7 +252,10 @@ async fn functions<L: Provider>(
         };
         let applied = memory.replicas.get(key) == Some(&assigned.replicas);
         if replicas_now != Some(assigned.replicas) && !applied {
-            match local.scale(&key.1, &key.0, assigned.replicas).await {
+            match local
+                .scale(&key.name, &key.namespace, assigned.replicas)
+                .await
+            {
                 Ok(()) => report
                     .actions
                     .push(Action::Scaled(key.clone(), assigned.replicas)),
@@ -275,7 +278,7 @@ async fn functions<L: Provider>(
             report.unmanaged.push(key.clone());
             continue;
         }
-        match local.delete(&key.1, &key.0).await {
+        match local.delete(&key.name, &key.namespace).await {
             Ok(()) | Err(ProviderError::NotFound(_)) => {
                 report.actions.push(Action::Deleted(key.clone()));
             }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bramble_cluster::reconcile::{
-    Action, Assigned, Memory, SPEC_ANNOTATION, SecretValue, Subject, Target, reconcile,
+    Action, Assigned, FunctionKey, Memory, SPEC_ANNOTATION, SecretKey, SecretValue, Subject,
+    Target, reconcile,
 };
 use bramble_gateway::provider::Provider;
 use bramble_gateway::types::FunctionNamespace;
@@ -15,8 +16,15 @@ use crate::runtime::fake::{Call, Script};
 
 const IMAGE: &str = "docker.io/library/img:latest";
 
-fn key(namespace: &str, name: &str) -> (String, String) {
-    (namespace.to_owned(), name.to_owned())
+fn key(namespace: &str, name: &str) -> FunctionKey {
+    FunctionKey::of(namespace, name)
+}
+
+fn secret(namespace: &str, name: &str) -> SecretKey {
+    SecretKey {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }
 }
 
 /// A target of one function `f` in namespace `shelf` using secret `token`.
@@ -41,7 +49,7 @@ fn target(replicas: u64) -> Target {
             },
         )]),
         secrets: BTreeMap::from([(
-            key("shelf", "token"),
+            secret("shelf", "token"),
             SecretValue {
                 revision: 7,
                 value: b"s3cret".to_vec(),
@@ -63,7 +71,7 @@ async fn a_board_runs_its_part_and_a_second_pass_changes_nothing() {
         report.actions,
         [
             Action::CreatedNamespace("shelf".into()),
-            Action::WroteSecret(key("shelf", "token")),
+            Action::WroteSecret(secret("shelf", "token")),
             Action::Deployed(key("shelf", "f")),
             Action::Scaled(key("shelf", "f"), 2),
         ]
@@ -135,14 +143,17 @@ async fn a_scale_is_not_a_rollout_and_a_changed_spec_is() {
     assert!(again.actions.is_empty(), "{again:?}");
     // A new revision of the secret is written once.
     changed.secrets.insert(
-        key("shelf", "token"),
+        secret("shelf", "token"),
         SecretValue {
             revision: 8,
             value: b"rotated".to_vec(),
         },
     );
     let report = reconcile(&*b.provider, &changed, &mut memory).await;
-    assert_eq!(report.actions, [Action::WroteSecret(key("shelf", "token"))]);
+    assert_eq!(
+        report.actions,
+        [Action::WroteSecret(secret("shelf", "token"))]
+    );
 }
 
 #[tokio::test(start_paused = true)]

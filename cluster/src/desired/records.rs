@@ -30,15 +30,9 @@ pub const NAMESPACES_BUCKET: &str = "namespaces";
 /// The bucket of secrets (sealed values).
 pub const SECRETS_BUCKET: &str = "secrets";
 
-/// A function's name in its namespace; its KV key is `<namespace>.<name>`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FunctionKey {
-    /// The namespace.
-    pub namespace: String,
-    /// The function's name.
-    pub name: String,
-}
+pub use crate::function_key::FunctionKey;
 
+/// A function's KV key is `<namespace>.<name>`.
 impl FunctionKey {
     /// A checked key: both names DNS-1123 labels (function ≤ 40, namespace ≤ 20 characters).
     pub fn new(namespace: &str, name: &str) -> Result<FunctionKey, DesiredError> {
@@ -59,13 +53,6 @@ impl FunctionKey {
     pub fn from_kv_key(key: &str) -> Option<FunctionKey> {
         let (namespace, name) = key.split_once('.')?;
         FunctionKey::new(namespace, name).ok()
-    }
-}
-
-impl fmt::Display for FunctionKey {
-    /// `name.namespace`, the way faas-cli and the local provider name a function.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.name, self.namespace)
     }
 }
 

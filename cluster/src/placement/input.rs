@@ -1,12 +1,10 @@
 //! What the placer is given: the boards, the functions, the previous plan.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use bramble_gateway::types::FunctionDeployment;
 use bramble_hardware::grants::{self, GrantError, Grants};
 use bramble_runtime::image::platform::Platform;
-use serde::{Deserialize, Serialize};
 
 use super::Plan;
 use super::constraints::{Constraint, ConstraintError, normalise_arch, parse_constraints};
@@ -23,30 +21,7 @@ pub struct PlacementInput {
     pub previous: Plan,
 }
 
-/// A function: `namespace` and `name`. Shown as `name.namespace`, as OpenFaaS does.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct FunctionKey {
-    /// Its namespace.
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-}
-
-impl FunctionKey {
-    /// The key of `name` in `namespace`.
-    pub fn new(namespace: &str, name: &str) -> FunctionKey {
-        FunctionKey {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        }
-    }
-}
-
-impl fmt::Display for FunctionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.name, self.namespace)
-    }
-}
+pub use crate::function_key::FunctionKey;
 
 /// A board as the placer sees it.
 #[derive(Clone, Debug, PartialEq)]

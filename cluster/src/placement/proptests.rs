@@ -110,7 +110,7 @@ fn functions() -> impl Strategy<Value = Vec<Function>> {
                 let entries: Vec<String> =
                     constraints.iter().map(|c| CONSTRAINTS[*c].into()).collect();
                 Function {
-                    key: FunctionKey::new("fn", &format!("f{i}")),
+                    key: FunctionKey::of("fn", &format!("f{i}")),
                     replicas,
                     memory: memory * 32 * MIB,
                     platforms: platforms
@@ -181,7 +181,7 @@ fn any_previous() -> impl Strategy<Value = Plan> {
         let mut functions: Vec<FunctionPlan> = entries
             .into_iter()
             .map(|(f, replicas, boards, home)| FunctionPlan {
-                key: FunctionKey::new("fn", &format!("f{f}")),
+                key: FunctionKey::of("fn", &format!("f{f}")),
                 replicas,
                 boards: boards
                     .into_iter()
@@ -347,7 +347,7 @@ proptest! {
         let current = PlacementInput { previous: place(&input), ..input };
         let Some(candidate) = extra.into_iter().next() else { return Ok(()) };
         let candidate = Function {
-            key: FunctionKey::new("fn", "new"),
+            key: FunctionKey::of("fn", "new"),
             ..candidate
         };
         let admitted = admit(&current, &candidate);

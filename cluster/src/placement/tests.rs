@@ -50,7 +50,7 @@ fn in_state(mut b: Board, state: BoardState) -> Board {
 }
 
 fn key(name: &str) -> FunctionKey {
-    FunctionKey::new("openfaas-fn", name)
+    FunctionKey::of("openfaas-fn", name)
 }
 
 fn func(name: &str, replicas: u32, mib: u64) -> Function {
