@@ -22,14 +22,17 @@ use axum::{Json, Router};
 use bramble_cluster::membership::{BoardInfo, HardwareSummary, MemoryBudget};
 use bramble_cluster::node::join::{self, ApiLogin, Joiner};
 use bramble_cluster::node::{BoardFacts, ClusterNode, NodeSettings, Refusal, files, init, routes};
+use bramble_cluster::provider::{ClusterProvider, DeploymentCheck};
 use bramble_cluster::settings::{JoinCommand, board_name_from_host};
 use bramble_gateway::Gateway;
-use bramble_gateway::provider::Provider;
+use bramble_gateway::provider::{Provider, ProviderError};
+use bramble_gateway::types::FunctionDeployment;
 use bramble_hardware::Hardware;
 use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::provider::LocalProvider;
 use crate::store::{ApiCredentials, Store};
 
 /// The cluster side of a running daemon.
@@ -54,12 +57,29 @@ pub enum ClusterStartError {
     },
 }
 
+/// The provider the gateway serves: the board's own, wrapped so that it works on the whole
+/// cluster once the board is in one (a plain pass-through before).
+pub type NodeProvider = ClusterProvider<LocalProvider>;
+
+/// The single-board checks of a deployment, for the cluster's API.
+pub struct Checks;
+
+impl DeploymentCheck for Checks {
+    fn check(&self, deployment: &FunctionDeployment) -> Result<u64, ProviderError> {
+        crate::function::check_deployment(deployment)?;
+        Ok(crate::function::initial_replicas(deployment))
+    }
+}
+
 /// What the cluster needs to know of the daemon.
-pub struct Context<'a, P: Provider> {
+pub struct Context<'a> {
     pub config: &'a Config,
     pub store: Arc<Store>,
     pub credentials: &'a ApiCredentials,
-    pub gateway: &'a Arc<Gateway<P>>,
+    pub gateway: &'a Arc<Gateway<NodeProvider>>,
+    /// The gateway's provider (attached to the node in cluster mode; its local part runs this
+    /// board's part of the cluster).
+    pub provider: Arc<NodeProvider>,
     /// The API's address (its port is what other boards call).
     pub api: SocketAddr,
     /// The hardware helper (the board's inventory).
@@ -98,13 +118,14 @@ pub fn facts(config: &Config) -> BoardFacts {
         platform,
         memory_budget: config.memory_budget_bytes(),
         hardware: HardwareSummary::default(),
+        default_memory: config.defaults.memory.bytes(),
     }
 }
 
 impl ClusterSide {
     /// Starts cluster mode when the board has cluster state; otherwise adds the routes that
     /// form or join one (and joins at start when `cluster.join` is set).
-    pub async fn start<P: Provider>(ctx: Context<'_, P>) -> Result<ClusterSide, ClusterStartError> {
+    pub async fn start(ctx: Context<'_>) -> Result<ClusterSide, ClusterStartError> {
         let restart = watch::Sender::new(false);
         let mut board_facts = facts(ctx.config);
         let hardware = Arc::clone(&ctx.hardware);
@@ -144,6 +165,12 @@ impl ClusterSide {
             facts: board_facts,
         };
         let node = ClusterNode::start(settings).await?;
+        node.run_board(Arc::clone(ctx.provider.local()));
+        ctx.provider.attach(Arc::clone(&node));
+        tokio::spawn(report_ready(
+            Arc::clone(&node),
+            Arc::clone(ctx.provider.local()),
+        ));
         tokio::spawn(report_usage(
             Arc::clone(&node),
             Arc::clone(&ctx.store),
@@ -380,6 +407,7 @@ impl Single {
                 board_port: self.config.cluster.board_port,
                 route_port: self.config.cluster.route_port,
                 leaving: false,
+                ready: Default::default(),
             },
             api_port: self.api.port(),
             board_port: self.config.cluster.board_port,
@@ -499,5 +527,32 @@ async fn report_usage(
         if state.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Keeps this board's record telling the ready replicas of each function it runs (what every
+/// board's API sums into `availableReplicas`), re-read whenever a function's status changes.
+async fn report_ready(node: Arc<ClusterNode>, local: Arc<LocalProvider>) {
+    let Some(mut changes) = local.status_changes() else {
+        return;
+    };
+    let node = Arc::downgrade(&node);
+    loop {
+        let mut ready = std::collections::BTreeMap::new();
+        for namespace in local.list_namespaces().await.unwrap_or_default() {
+            for f in local.list_functions(&namespace).await.unwrap_or_default() {
+                if f.available_replicas > 0 {
+                    ready.insert(format!("{}.{namespace}", f.name), f.available_replicas);
+                }
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        node.update_me(|me| me.ready = ready);
+        drop(node);
+        if changes.changed().await.is_err() {
+            return;
+        }
+        // Several replicas start together: one record write for them.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

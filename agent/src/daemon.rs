@@ -139,7 +139,11 @@ pub async fn run(
         },
         ..GatewayConfig::default()
     };
-    let gateway = Gateway::new(Arc::clone(&provider), gateway_config)?;
+    let node_provider = Arc::new(crate::cluster::NodeProvider::new(
+        Arc::clone(&provider),
+        Arc::new(crate::cluster::Checks),
+    ));
+    let gateway = Gateway::new(Arc::clone(&node_provider), gateway_config)?;
     gateway.add_admin_routes(bramble_hardware::admin::router(Arc::clone(&hardware)));
     let deliveries = Arc::new(triggers::Deliveries::default());
     gateway.set_node_feed(Arc::new(NodeView {
@@ -178,6 +182,7 @@ pub async fn run(
         store: Arc::clone(&store),
         credentials: &credentials,
         gateway: &gateway,
+        provider: Arc::clone(&node_provider),
         api: addr,
         hardware: Arc::clone(&hardware),
         defaults: defaults_for_cluster,

@@ -8,8 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bramble_gateway::provider::ProviderError;
 use bramble_gateway::types::FunctionDeployment;
 use bramble_gateway::validate;
+use bramble_runtime::image::reference::ImageRef;
 use bramble_runtime::{ContainerSpec, Limits, Secret};
 
 use crate::store::{FunctionRecord, Store};
@@ -122,6 +124,23 @@ pub fn initial_replicas(deployment: &FunctionDeployment) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1)
         .min(MAX_REPLICAS)
+}
+
+/// Checks what a deployment says by itself, without looking at the node (settings, image name,
+/// triggers, hardware grants): the checks of a single board and of a cluster alike. Returns
+/// the parsed image and grants.
+pub fn check_deployment(
+    deployment: &FunctionDeployment,
+) -> Result<(ImageRef, Option<bramble_hardware::Grants>), ProviderError> {
+    validate_settings(deployment)
+        .map_err(|(field, message)| ProviderError::invalid(field, message))?;
+    let image = ImageRef::parse(&deployment.image)
+        .map_err(|e| ProviderError::invalid("image", e.to_string()))?;
+    crate::triggers::parse(&deployment.annotations)
+        .map_err(|e| ProviderError::invalid("annotations", e.to_string()))?;
+    let grants = crate::triggers::hardware_grants(&deployment.annotations)
+        .map_err(|e| ProviderError::invalid("annotations", e.to_string()))?;
+    Ok((image, grants))
 }
 
 /// Checks the parts of a deployment the gateway cannot: settings only bramble reads.

@@ -123,6 +123,7 @@ pub mod migrate;
 pub mod names;
 pub mod node;
 pub mod placement;
+pub mod provider;
 pub mod queue;
 pub mod reconcile;
 pub mod settings;

@@ -65,6 +65,9 @@ pub struct BoardInfo {
     /// It is leaving the cluster: nothing new is placed on it.
     #[serde(default)]
     pub leaving: bool,
+    /// Ready replicas per function it runs (`name.namespace`), as its supervisors see them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ready: BTreeMap<String, u64>,
 }
 
 /// A board's memory budget for functions.
@@ -473,6 +476,7 @@ mod tests {
             board_port: 7425,
             route_port: 7424,
             leaving: false,
+            ready: Default::default(),
         };
         let value = Bytes::from(serde_json::to_vec(&info).unwrap());
         t.apply(Change::Put {

@@ -115,6 +115,9 @@ pub enum FunctionState {
     CrashLooping,
     /// A new version is starting beside the one that serves.
     Updating,
+    /// In a cluster: no board can run it (the message says why: memory, platform, hardware,
+    /// constraints).
+    Unplaced,
 }
 
 impl FunctionState {
@@ -127,6 +130,7 @@ impl FunctionState {
             FunctionState::Stopping => "stopping",
             FunctionState::CrashLooping => "crash-looping",
             FunctionState::Updating => "updating",
+            FunctionState::Unplaced => "unplaced",
         }
     }
 }
@@ -224,6 +228,34 @@ pub struct BrambleStatus {
     /// A human explanation when something is wrong (failed update, image error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// In a cluster: which boards the function's replicas are placed on (omitted on a single
+    /// board).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<PlacedReplicas>,
+}
+
+/// A function's replicas on one board of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacedReplicas {
+    /// The board.
+    pub board: String,
+    /// Replicas placed there (0 on the home board of a function scaled to zero).
+    pub replicas: u64,
+    /// What they do.
+    pub state: PlacedState,
+}
+
+/// What a function's replicas on a board do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacedState {
+    /// Placed there; the board runs them.
+    Placed,
+    /// Scaled to zero: this board wakes it.
+    Home,
+    /// The board that must run it is down; the function waits for it.
+    Waiting,
 }
 
 /// A function as `GET /system/functions` and `GET /system/function/{name}` show it.
@@ -285,6 +317,28 @@ pub struct FunctionStatus {
     pub usage: Option<FunctionUsage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bramble: Option<BrambleStatus>,
+}
+
+impl FunctionStatus {
+    /// The status of function `name` in `namespace` as deployed by `d`: what the deployment
+    /// says, no replicas, no state.
+    pub fn of_deployment(name: &str, namespace: &str, d: &FunctionDeployment) -> FunctionStatus {
+        FunctionStatus {
+            name: name.to_owned(),
+            image: d.image.clone(),
+            namespace: Some(namespace.to_owned()),
+            env_process: d.env_process.clone(),
+            env_vars: d.env_vars.clone(),
+            constraints: d.constraints.clone(),
+            secrets: d.secrets.clone(),
+            labels: d.labels.clone(),
+            annotations: d.annotations.clone(),
+            limits: d.limits.clone(),
+            requests: d.requests.clone(),
+            read_only_root_filesystem: d.read_only_root_filesystem,
+            ..FunctionStatus::default()
+        }
+    }
 }
 
 /// Body of `POST /system/scale-function/{name}`. The path name is ignored; `serviceName` counts
@@ -493,6 +547,7 @@ mod tests {
             (FunctionState::Stopping, "stopping"),
             (FunctionState::CrashLooping, "crash-looping"),
             (FunctionState::Updating, "updating"),
+            (FunctionState::Unplaced, "unplaced"),
         ];
         for (state, word) in all {
             assert_eq!(serde_json::to_value(state).unwrap(), word);

@@ -787,6 +787,7 @@ mod tests {
             restarts: 4,
             last_exit: Some(ExitReason::Oom),
             message: Some("the function ran out of memory (64Mi)".into()),
+            ..BrambleStatus::default()
         });
         f.limits = Some(FunctionResources {
             memory: Some("64Mi".into()),

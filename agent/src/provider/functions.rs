@@ -37,8 +37,7 @@ impl<R: NodeRuntime> LocalProvider<R> {
         let namespace = self.namespace_of(request.namespace.as_deref());
         self.require_namespace(&namespace)?;
         request.namespace = Some(namespace.clone());
-        function::validate_settings(&request)
-            .map_err(|(field, message)| ProviderError::invalid(field, message))?;
+        let (image, grants) = function::check_deployment(&request)?;
         for (i, secret) in request.secrets.iter().enumerate() {
             if !self.ctx.store.has_secret(&namespace, secret).await {
                 return Err(ProviderError::invalid(
@@ -49,13 +48,7 @@ impl<R: NodeRuntime> LocalProvider<R> {
                 ));
             }
         }
-        let image = ImageRef::parse(&request.image)
-            .map_err(|e| ProviderError::invalid("image", e.to_string()))?;
         let key = FunctionKey::new(&request.service, &namespace);
-        crate::triggers::parse(&request.annotations)
-            .map_err(|e| ProviderError::invalid("annotations", e.to_string()))?;
-        let grants = crate::triggers::hardware_grants(&request.annotations)
-            .map_err(|e| ProviderError::invalid("annotations", e.to_string()))?;
         if let Some(grants) = &grants {
             // A deleted function keeps its lines until its replicas are gone.
             self.wait_hardware_released().await?;
@@ -158,29 +151,17 @@ impl<R: NodeRuntime> LocalProvider<R> {
             .map(|h| h.status.borrow().clone())
             .unwrap_or_default();
         FunctionStatus {
-            name: key.name.clone(),
-            image: d.image.clone(),
-            namespace: Some(key.namespace.clone()),
-            env_process: d.env_process.clone(),
-            env_vars: d.env_vars.clone(),
-            constraints: d.constraints.clone(),
-            secrets: d.secrets.clone(),
-            labels: d.labels.clone(),
-            annotations: d.annotations.clone(),
-            limits: d.limits.clone(),
-            requests: d.requests.clone(),
-            read_only_root_filesystem: d.read_only_root_filesystem,
-            invocation_count: 0.0,
             replicas: record.replicas,
             available_replicas: view.available,
             created_at: Some(humantime::format_rfc3339_seconds(record.created_at).to_string()),
-            usage: None,
             bramble: Some(BrambleStatus {
                 state: view.state,
                 restarts: view.restarts,
                 last_exit: view.last_exit,
                 message: view.message,
+                replicas: Vec::new(),
             }),
+            ..FunctionStatus::of_deployment(&key.name, &key.namespace, d)
         }
     }
 

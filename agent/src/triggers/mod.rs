@@ -50,8 +50,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
+use crate::cluster::NodeProvider;
 use crate::function::FunctionKey;
-use crate::provider::LocalProvider;
 use crate::store::Store;
 pub use deliveries::Deliveries;
 use journal::{Journal, Pending};
@@ -75,7 +75,7 @@ pub struct Context {
     /// For GPIO edges and sensor readings.
     pub hardware: Arc<Hardware>,
     /// For invocations.
-    pub gateway: Arc<Gateway<LocalProvider>>,
+    pub gateway: Arc<Gateway<NodeProvider>>,
     /// Where each delivery is recorded, for the dashboard.
     pub deliveries: Arc<Deliveries>,
 }
@@ -411,7 +411,7 @@ enum Outcome {
 
 /// One delivery attempt of `pending`, recorded in `deliveries` once it ended.
 async fn invoke(
-    gateway: Arc<Gateway<LocalProvider>>,
+    gateway: Arc<Gateway<NodeProvider>>,
     deliveries: Arc<Deliveries>,
     function: FunctionKey,
     trigger: Trigger,
@@ -462,7 +462,7 @@ fn source_of(trigger: &Trigger, pending: &Pending) -> String {
 /// One delivery attempt: its outcome and the status answered (0 when the answer could not
 /// be read).
 async fn attempt(
-    gateway: &Gateway<LocalProvider>,
+    gateway: &Gateway<NodeProvider>,
     function: &FunctionKey,
     trigger: &Trigger,
     pending: &Pending,

@@ -103,6 +103,33 @@ impl Board {
             .unwrap()
     }
 
+    /// `bramble ARGS` (any command that talks to the node's API) on this board.
+    fn bramble(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .arg(bramble())
+            .args(args)
+            .args(["-g", "http://127.0.0.1:8080"])
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .env_remove("BRAMBLE_USER")
+            .env_remove("BRAMBLE_PASSWORD")
+            .env_remove("BRAMBLE_URL")
+            .env_remove("OPENFAAS_URL")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `bramble describe NAME --json` on this board (`None`: not found).
+    fn describe(&self, name: &str) -> Option<Value> {
+        let out = self.bramble(&["describe", name, "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
     /// `bramble cluster ARGS --json`, which must succeed.
     fn cluster_ok(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
@@ -299,6 +326,18 @@ async fn wait_status(board: &Board, what: &str, check: impl Fn(&Value) -> bool) 
     )
 }
 
+/// Waits (at most 30 s) until `done` holds.
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn names_states(status: &Value) -> Vec<(String, String)> {
     boards_of(status)
         .into_iter()
@@ -414,6 +453,94 @@ async fn init_join_status_leave_remove() -> TestResult {
         table.contains("BOARD") && table.contains("b2*") && table.contains("alive"),
         "{table}"
     );
+
+    // One desired state: a function deployed through one board is listed by every board, with
+    // where the placer put it; a scale through another spreads it; a deployment that no board
+    // can take is refused at once. (No containerd here: the boards cannot start the replicas,
+    // so none is ready; what runs is the runtime tests' business.)
+    let deployed = b0.bramble(&[
+        "deploy",
+        "--name",
+        "hello",
+        "--image",
+        "hello:latest",
+        "--memory",
+        "32Mi",
+        "--json",
+    ]);
+    assert!(
+        deployed.status.success(),
+        "deploy through b0: {}\n{}",
+        String::from_utf8_lossy(&deployed.stderr),
+        b0.log_tail()
+    );
+    let placed_on = |status: &Value| -> Vec<(String, u64)> {
+        status["bramble"]["replicas"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter(|p| p["state"] == "placed")
+                    .map(|p| {
+                        (
+                            p["board"].as_str().unwrap_or_default().to_owned(),
+                            p["replicas"].as_u64().unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let placed = Instant::now();
+    for b in [&b0, &b1, &b2] {
+        wait_for(&format!("{} shows hello placed", b.name), || {
+            b.describe("hello")
+                .is_some_and(|s| placed_on(&s).len() == 1 && s["replicas"] == 1)
+        })
+        .await;
+    }
+    println!(
+        "measured: deploy through b0 → placed, shown by every board: {:?}",
+        placed.elapsed()
+    );
+    let scaled = b2.bramble(&["scale", "hello", "2"]);
+    assert!(
+        scaled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scaled.stderr)
+    );
+    wait_for("hello spread over two boards", || {
+        b1.describe("hello").is_some_and(|s| {
+            let on = placed_on(&s);
+            on.len() == 2 && on.iter().all(|(_, n)| *n == 1)
+        })
+    })
+    .await;
+    let stack = b1.dir.join("stack.yml");
+    std::fs::write(
+        &stack,
+        "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  attic:\n    image: hello:latest\n    constraints:\n      - node=attic\n",
+    )?;
+    let refused = b1.bramble(&["deploy", "-f", stack.to_str().unwrap_or_default()]);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("node=attic"),
+        "{why}"
+    );
+    assert!(
+        b2.describe("attic").is_none(),
+        "a refused deployment was stored"
+    );
+    let removed = b1.bramble(&["rm", "hello"]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    assert!(
+        b1.describe("hello").is_none(),
+        "removed, yet still listed by the board that took the change"
+    );
+    wait_for("hello gone from b0", || b0.describe("hello").is_none()).await;
 
     // A fourth board under a name already taken: refused, nothing changed.
     let mut b3 = Board::new(&lan, 3, "b1");

@@ -21,7 +21,9 @@ pub mod init;
 pub mod join;
 pub mod layout;
 pub mod leave;
+pub mod placer;
 pub mod routes;
+pub mod runner;
 pub mod server;
 pub mod status;
 pub mod tls;
@@ -33,6 +35,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use tokio::sync::watch;
 
+use crate::desired::{DesiredConfig, DesiredStore};
 use crate::engine::{EngineConfig, EngineError, JetStreamConfig, NatsServer, RouteConfig};
 use crate::identity::IdentityError;
 use crate::kv::{Bucket, BucketConfig, KvError};
@@ -40,6 +43,7 @@ use crate::lease::{Lease, LeaseConfig};
 use crate::membership::{
     BOARDS_BUCKET, BoardInfo, HardwareSummary, Membership, MembershipConfig, MemoryBudget, View,
 };
+use crate::placement::Plan;
 use crate::settings::ClusterConfig;
 
 use files::ClusterFiles;
@@ -62,6 +66,8 @@ pub struct BoardFacts {
     pub memory_budget: Option<u64>,
     /// Hardware it lends to functions.
     pub hardware: HardwareSummary,
+    /// What a function without a memory limit reserves (the node default), bytes.
+    pub default_memory: Option<u64>,
 }
 
 /// How a node runs in its cluster.
@@ -121,6 +127,10 @@ pub struct Parts {
     pub membership: Membership,
     /// The placer's lease.
     pub lease: Lease,
+    /// The cluster's functions, namespaces and secrets.
+    pub desired: DesiredStore,
+    /// The plan in force (`None` until one was read).
+    pub plan: watch::Receiver<Option<Arc<Plan>>>,
 }
 
 /// The cluster side of a running node.
@@ -413,20 +423,37 @@ impl ClusterNode {
                 return;
             }
         };
+        let desired = loop {
+            let config =
+                DesiredConfig::new(&me.name, self.files().node.founder, self.replicas_now());
+            let seal = self.files().cluster.seal_key.clone();
+            match DesiredStore::open(&self.js, config, seal).await {
+                Ok(store) => break store.with_membership(membership.watch()),
+                Err(e) => {
+                    tracing::debug!(error = %bramble_base::error_chain(&e), "opening the desired state");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let plan = placer::follow(cluster.clone());
         let parts = Arc::new(Parts {
             boards,
             cluster,
             membership,
             lease,
+            desired,
+            plan,
         });
         self.parts.send_replace(Some(Arc::clone(&parts)));
         tracing::info!(board = %me.name, cluster = %self.cluster(), waited = ?started.elapsed(), "in the cluster");
         let record = tokio::spawn(Arc::clone(&self).write_record(Arc::clone(&parts)));
         let layout = tokio::spawn(layout::follow(Arc::clone(&self), Arc::clone(&parts)));
-        let keeper = tokio::spawn(layout::keep(Arc::clone(&self), parts));
+        let keeper = tokio::spawn(layout::keep(Arc::clone(&self), Arc::clone(&parts)));
+        let placing = tokio::spawn(placer::run(parts, self.settings.facts.default_memory));
         self.keep(record);
         self.keep(layout);
         self.keep(keeper);
+        self.keep(placing);
     }
 
     fn replicas_now(&self) -> usize {
@@ -487,6 +514,20 @@ impl ClusterNode {
         self.leaving.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Runs this board's part of the plan on `local` (its own provider) for as long as the node
+    /// runs: waits for the cluster's parts, then [`runner::run`].
+    pub fn run_board<L: bramble_gateway::provider::Provider>(self: &Arc<Self>, local: Arc<L>) {
+        let node = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let Some(parts) = node.ready(Duration::MAX).await else {
+                return;
+            };
+            let plan = parts.plan.clone();
+            runner::run(node.board(), parts, plan, local).await;
+        });
+        self.keep(task);
+    }
+
     /// Asks the daemon to restart.
     pub(crate) fn request_restart(&self) {
         self.restart.send_replace(true);
@@ -521,6 +562,7 @@ fn board_info(files: &ClusterFiles, settings: &NodeSettings, nats_version: Strin
         board_port: files.node.board_port,
         route_port: files.node.route_port,
         leaving: false,
+        ready: Default::default(),
     }
 }
 

@@ -97,6 +97,7 @@ fn board_status(name: &str, view: &BoardView) -> BoardStatus {
         board_port: 0,
         route_port: 0,
         leaving: false,
+        ready: Default::default(),
     };
     let info = view.info.as_ref().unwrap_or(&empty);
     let address = match info.address {

@@ -849,6 +849,7 @@ fn boards_come_from_membership_records() {
         board_port: 7425,
         route_port: 7424,
         leaving: true,
+        ready: Default::default(),
     };
     let b = Board::from_info(&info, BoardState::Suspect);
     assert_eq!(b.arch, "arm");

@@ -41,6 +41,7 @@ pub(crate) fn info(shelf: &Shelf, i: usize) -> BoardInfo {
         board_port: 7425,
         route_port: 7424,
         leaving: false,
+        ready: Default::default(),
     }
 }
 

@@ -116,11 +116,13 @@ export function ago(msSinceEpoch) {
 export const STATES = {
   ready: ['ready', 'ok'],
   'scaled-to-zero': ['scaled to zero', 'idle'],
-  // Main's FunctionState::Stopping (replicas finishing their requests after a scale to zero).
+  // Replicas finishing their requests after a scale to zero.
   stopping: ['stopping', 'busy'],
   starting: ['starting', 'busy'],
   updating: ['updating', 'busy'],
   'crash-looping': ['crash-looping', 'bad'],
+  // In a cluster: no board can run it (the function's message says why).
+  unplaced: ['unplaced', 'bad'],
 };
 
 /** A state badge. */

@@ -122,7 +122,7 @@ function functionRow(f) {
         fill(cells.state, stateBadge(f.state), reason);
         lastState = f.state;
       }
-      setText(reason, f.state === 'crash-looping' || f.state === 'starting' ? why : '');
+      setText(reason, ['crash-looping', 'starting', 'unplaced'].includes(f.state) ? why : '');
       reason.hidden = !reason.textContent;
       setText(cells.replicas, `${f.available}/${f.replicas}`);
       setText(cells.invocations, count(f.invocations));

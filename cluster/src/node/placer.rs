@@ -1,0 +1,177 @@
+//! The placer at work: while this board holds the placer's lease, it places every function of
+//! the desired state on the boards ([`crate::placement::place`]) whenever the functions or the
+//! boards change, and writes the plan to the `cluster` bucket (key [`PLAN_KEY`], with
+//! compare-and-set on the revision it read, so a placer that lost its lease meanwhile cannot
+//! overwrite its successor's plan). Every board follows the plan ([`follow`]).
+//!
+//! The placer waits until the board records are loaded and the desired state's mirror is
+//! current: a plan made from half a view would move functions for nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::Parts;
+use crate::desired::Desired;
+use crate::kv::{Bucket, Change, KvError};
+use crate::membership::View;
+use crate::placement::{Board, Function, PlacementInput, Plan, place};
+
+/// The key of the plan in the `cluster` bucket.
+pub const PLAN_KEY: &str = "plan";
+
+/// How long the placer lets changes settle before placing (a deploy of a stack writes several
+/// functions in a row).
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Places again at least this often while it holds the lease (a write that failed is retried).
+const AGAIN: Duration = Duration::from_secs(5);
+
+/// The input of one placing: every board of the view with a record, every function of the
+/// desired state (a stored function whose deployment no longer parses is left out, with a
+/// warning: the API refuses such deployments before storing them). `default_memory` is what a
+/// function without a memory limit reserves.
+pub fn input(
+    view: &View,
+    desired: &Desired,
+    previous: Plan,
+    default_memory: Option<u64>,
+) -> PlacementInput {
+    let functions = desired
+        .functions
+        .iter()
+        .filter_map(|(key, record)| {
+            let replicas = u32::try_from(record.value.replicas).unwrap_or(u32::MAX);
+            match Function::from_deployment(
+                key.clone(),
+                replicas,
+                &record.value.deployment,
+                default_memory,
+                None,
+            ) {
+                Ok(function) => Some(function),
+                Err(e) => {
+                    tracing::warn!(function = %key, error = %e, "not placed: its stored deployment does not parse");
+                    None
+                }
+            }
+        })
+        .collect();
+    PlacementInput {
+        boards: Board::all_from_view(view),
+        functions,
+        previous,
+    }
+}
+
+/// The plan and its revision, as the stream leader has it (`None`: no plan yet).
+pub async fn read(bucket: &Bucket) -> Result<Option<(Plan, u64)>, KvError> {
+    let Some(entry) = bucket.entry_from_leader(PLAN_KEY).await? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice(&entry.value) {
+        Ok(plan) => Ok(Some((plan, entry.revision))),
+        Err(e) => {
+            // Replaced by the next placing.
+            tracing::warn!(error = %e, "the stored plan does not parse; placing afresh");
+            Ok(Some((Plan::default(), entry.revision)))
+        }
+    }
+}
+
+/// Places while this board holds the lease; returns never (aborted with the node).
+pub async fn run(parts: Arc<Parts>, default_memory: Option<u64>) {
+    let mut lease = parts.lease.watch();
+    let mut desired = parts.desired.mirror().subscribe();
+    let mut view = parts.membership.watch();
+    loop {
+        let ready = lease.borrow_and_update().is_holder()
+            && view.borrow_and_update().records_loaded
+            && desired.borrow_and_update().is_current();
+        if ready && let Err(e) = place_once(&parts, &desired, &view, default_memory).await {
+            tracing::debug!(error = %bramble_base::error_chain(&e), "placing; trying again");
+        }
+        tokio::select! {
+            _ = lease.changed() => {}
+            _ = desired.changed() => {}
+            _ = view.changed() => {}
+            () = tokio::time::sleep(AGAIN) => {}
+        }
+        tokio::time::sleep(SETTLE).await;
+    }
+}
+
+async fn place_once(
+    parts: &Parts,
+    desired: &watch::Receiver<Arc<Desired>>,
+    view: &watch::Receiver<Arc<View>>,
+    default_memory: Option<u64>,
+) -> Result<(), KvError> {
+    let stored = read(&parts.cluster).await?;
+    let (previous, revision) = stored.map_or((Plan::default(), None), |(p, r)| (p, Some(r)));
+    let input = input(
+        &view.borrow().clone(),
+        &desired.borrow().clone(),
+        previous.clone(),
+        default_memory,
+    );
+    let plan = place(&input);
+    if plan == previous && revision.is_some() {
+        return Ok(());
+    }
+    let value = Bytes::from(serde_json::to_vec(&plan).unwrap_or_default());
+    let written = match revision {
+        Some(revision) => parts.cluster.update(PLAN_KEY, value, revision).await,
+        None => parts.cluster.create(PLAN_KEY, value).await,
+    };
+    match written {
+        Ok(_) => {
+            tracing::info!(
+                placed = plan.functions.len(),
+                unplaced = plan.unplaced.len(),
+                waiting = plan.waiting.len(),
+                "new plan"
+            );
+            Ok(())
+        }
+        // Another placer wrote meanwhile (a lease hand-over): its plan stands; the next round
+        // reads it.
+        Err(e) if e.is_conflict() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Follows the plan: the receiver shows the latest one; `None` until one was read (a board must
+/// not take "no plan read yet" for "nothing to run").
+pub fn follow(cluster: Bucket) -> watch::Receiver<Option<Arc<Plan>>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut changes = crate::kv::follow(cluster);
+        while let Some(change) = changes.recv().await {
+            if let Change::Put { key, value, .. } = change
+                && key == PLAN_KEY
+            {
+                match serde_json::from_slice::<Plan>(&value) {
+                    Ok(plan) => {
+                        tx.send_if_modified(|current| {
+                            let changed = current.as_deref() != Some(&plan);
+                            if changed {
+                                *current = Some(Arc::new(plan));
+                            }
+                            changed
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a plan that does not parse; kept the last one");
+                    }
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,462 @@
+//! The gateway's `Provider` of a board in a cluster: [`ClusterProvider`] wraps the board's own
+//! provider (`L`, the single-board `LocalProvider`).
+//!
+//! On a board in no cluster it passes every call through: nothing changes. Once a cluster node
+//! is attached ([`ClusterProvider::attach`]), the API works on the whole cluster:
+//!
+//! - **Writes** (functions, namespaces, secrets) are checked like on a single board (the
+//!   [`DeploymentCheck`] the node gives: settings, triggers, grants, the image's name), then
+//!   against the placement — a deployment no board can take is refused at once with the
+//!   numbers, changing nothing ([`crate::placement::admit`]) — and stored in the desired state
+//!   with compare-and-set ([`crate::desired`]): a race between two boards gives one 409; no
+//!   quorum gives 503. They answer once stored and visible on this board.
+//! - **Reads** come from this board's mirror of the desired state, the plan and the boards'
+//!   records: every board lists every function, with `replicas` (desired) and
+//!   `availableReplicas` (ready, summed over the boards), and `bramble.replicas` says where
+//!   they are placed ([`status::function_status`]).
+//! - **Invocations** (`endpoint`) are answered by the replicas of this board; a function that
+//!   runs only on other boards is refused with 503 naming them (routing between boards is the
+//!   next step). Logs come from this board's replicas. Images are each board's own.
+//!
+//! Until the board has reached its cluster (at start, after a power cut of the whole shelf,
+//! the cluster may have no quorum yet), reads show what this board runs and writes answer 503.
+
+pub mod status;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bramble_gateway::provider::{
+    Endpoint, LogStream, Provider, ProviderError, ProviderResult, UsageSample,
+};
+use bramble_gateway::types::{
+    FunctionDeployment, FunctionNamespace, FunctionStatus, ImageSummary, LogRequest, ProviderInfo,
+    Secret,
+};
+use bramble_gateway::ui::model::{Board, Replica};
+
+use crate::desired::FunctionKey;
+use crate::node::{ClusterNode, Parts};
+use crate::placement::{self, Admitted, Placement};
+
+/// The single-board checks of a deployment the node runs before the cluster stores it.
+pub trait DeploymentCheck: Send + Sync + 'static {
+    /// Checks `deployment` without side effects (its settings, triggers, hardware grants and
+    /// image name); returns the replicas it starts with.
+    fn check(&self, deployment: &FunctionDeployment) -> ProviderResult<u64>;
+}
+
+/// The provider of a board that may be in a cluster (see the module docs).
+pub struct ClusterProvider<L> {
+    local: Arc<L>,
+    check: Arc<dyn DeploymentCheck>,
+    node: OnceLock<Arc<ClusterNode>>,
+}
+
+/// How a call is served.
+enum Mode {
+    /// No cluster: the board's own provider.
+    Single,
+    /// In a cluster that answers.
+    Cluster(Arc<ClusterNode>, Arc<Parts>),
+    /// In a cluster this board has not reached since it started.
+    Unreached,
+}
+
+fn unreached() -> ProviderError {
+    ProviderError::Unavailable(
+        "this board has not reached its cluster since it started (the cluster has no quorum yet, or its nats-server is starting); nothing was changed — functions running here keep serving".into(),
+    )
+}
+
+impl<L: Provider> ClusterProvider<L> {
+    /// A provider that passes everything to `local` until a node is attached.
+    pub fn new(local: Arc<L>, check: Arc<dyn DeploymentCheck>) -> ClusterProvider<L> {
+        ClusterProvider {
+            local,
+            check,
+            node: OnceLock::new(),
+        }
+    }
+
+    /// Cluster mode from now on. Only the first call counts.
+    pub fn attach(&self, node: Arc<ClusterNode>) {
+        if self.node.set(node).is_err() {
+            tracing::warn!("a cluster node was already attached; keeping the first");
+        }
+    }
+
+    /// The board's own provider.
+    pub fn local(&self) -> &Arc<L> {
+        &self.local
+    }
+
+    fn mode(&self) -> Mode {
+        match self.node.get() {
+            None => Mode::Single,
+            Some(node) => match node.parts() {
+                Some(parts) => Mode::Cluster(Arc::clone(node), parts),
+                None => Mode::Unreached,
+            },
+        }
+    }
+
+    /// Checks a deployment as a single board would, then against the placement; returns its
+    /// key and initial replicas.
+    fn admit(
+        &self,
+        node: &ClusterNode,
+        parts: &Parts,
+        deployment: &FunctionDeployment,
+        replicas: Option<u64>,
+    ) -> ProviderResult<(FunctionKey, u64)> {
+        let initial = self.check.check(deployment)?;
+        let namespace = parts.desired.namespace_of(deployment.namespace.as_deref());
+        let key = FunctionKey::new(&namespace, &deployment.service).map_err(ProviderError::from)?;
+        let replicas = replicas.unwrap_or(initial);
+        let default_memory = node.settings().facts.default_memory;
+        let function = placement::Function::from_deployment(
+            key.clone(),
+            u32::try_from(replicas).unwrap_or(u32::MAX),
+            deployment,
+            default_memory,
+            None,
+        )
+        .map_err(|e| match e {
+            placement::FunctionError::Constraint(e) => {
+                ProviderError::invalid("constraints", e.to_string())
+            }
+            placement::FunctionError::Grant(e) => {
+                ProviderError::invalid("annotations", e.to_string())
+            }
+            placement::FunctionError::Memory(m) => ProviderError::invalid("limits.memory", m),
+        })?;
+        let previous = parts.plan.borrow().as_deref().cloned().unwrap_or_default();
+        let input = crate::node::placer::input(
+            &parts.membership.watch().borrow().clone(),
+            &parts.desired.snapshot(),
+            previous,
+            default_memory,
+        );
+        match placement::admit(&input, &function) {
+            Ok(Admitted::Placed(_) | Admitted::Waiting(_)) => Ok((key, replicas)),
+            Err(refused) => Err(ProviderError::invalid("service", refused.to_string())),
+        }
+    }
+
+    /// This board's status of a function it runs, if it does.
+    async fn local_status(&self, key: &FunctionKey) -> Option<FunctionStatus> {
+        self.local
+            .get_function(&key.name, &key.namespace, false)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn cluster_status(
+        &self,
+        parts: &Parts,
+        key: &FunctionKey,
+        record: &crate::desired::FunctionRecord,
+    ) -> FunctionStatus {
+        let plan = parts.plan.borrow().clone();
+        let view = parts.membership.watch().borrow().clone();
+        let local = self.local_status(key).await;
+        status::function_status(key, record, plan.as_deref(), &view, local)
+    }
+}
+
+impl<L: Provider> Provider for ClusterProvider<L> {
+    async fn list_functions(&self, namespace: &str) -> ProviderResult<Vec<FunctionStatus>> {
+        let Mode::Cluster(_, parts) = self.mode() else {
+            return self.local.list_functions(namespace).await;
+        };
+        let desired = parts.desired.snapshot();
+        let mut list = Vec::new();
+        for (key, record) in desired.functions_in(namespace) {
+            list.push(self.cluster_status(&parts, key, &record.value).await);
+        }
+        Ok(list)
+    }
+
+    async fn get_function(
+        &self,
+        name: &str,
+        namespace: &str,
+        usage: bool,
+    ) -> ProviderResult<Option<FunctionStatus>> {
+        let Mode::Cluster(_, parts) = self.mode() else {
+            return self.local.get_function(name, namespace, usage).await;
+        };
+        let desired = parts.desired.snapshot();
+        let Some(record) = desired.function(namespace, name) else {
+            return Ok(None);
+        };
+        let key = FunctionKey::of(namespace, name);
+        let mut status = self.cluster_status(&parts, &key, &record.value).await;
+        if usage && let Ok(Some(local)) = self.local.get_function(name, namespace, true).await {
+            status.usage = local.usage;
+        }
+        Ok(Some(status))
+    }
+
+    async fn deploy(&self, request: FunctionDeployment) -> ProviderResult<()> {
+        match self.mode() {
+            Mode::Single => self.local.deploy(request).await,
+            Mode::Unreached => Err(unreached()),
+            Mode::Cluster(node, parts) => {
+                let (_, replicas) = self.admit(&node, &parts, &request, None)?;
+                parts.desired.deploy(request, replicas).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn update(&self, request: FunctionDeployment) -> ProviderResult<()> {
+        match self.mode() {
+            Mode::Single => self.local.update(request).await,
+            Mode::Unreached => Err(unreached()),
+            Mode::Cluster(node, parts) => {
+                let namespace = parts.desired.namespace_of(request.namespace.as_deref());
+                let replicas = parts
+                    .desired
+                    .snapshot()
+                    .function(&namespace, &request.service)
+                    .map(|r| r.value.replicas);
+                self.admit(&node, &parts, &request, replicas)?;
+                parts.desired.update(request).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn delete(&self, name: &str, namespace: &str) -> ProviderResult<()> {
+        match self.mode() {
+            Mode::Single => self.local.delete(name, namespace).await,
+            Mode::Unreached => Err(unreached()),
+            Mode::Cluster(_, parts) => {
+                parts.desired.delete(namespace, name).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn scale(&self, name: &str, namespace: &str, replicas: u64) -> ProviderResult<()> {
+        match self.mode() {
+            Mode::Single => self.local.scale(name, namespace, replicas).await,
+            Mode::Unreached => Err(unreached()),
+            Mode::Cluster(node, parts) => {
+                let deployment = parts
+                    .desired
+                    .snapshot()
+                    .function(namespace, name)
+                    .map(|r| r.value.deployment.clone())
+                    .ok_or_else(|| {
+                        ProviderError::NotFound(format!(
+                            "function {name} not found in namespace {namespace}"
+                        ))
+                    })?;
+                self.admit(&node, &parts, &deployment, Some(replicas))?;
+                parts.desired.scale(namespace, name, replicas).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn list_namespaces(&self) -> ProviderResult<Vec<String>> {
+        let Mode::Cluster(_, parts) = self.mode() else {
+            return self.local.list_namespaces().await;
+        };
+        Ok(parts
+            .desired
+            .snapshot()
+            .namespaces
+            .keys()
+            .cloned()
+            .collect())
+    }
+
+    async fn get_namespace(&self, name: &str) -> ProviderResult<Option<FunctionNamespace>> {
+        let Mode::Cluster(_, parts) = self.mode() else {
+            return self.local.get_namespace(name).await;
+        };
+        Ok(parts
+            .desired
+            .snapshot()
+            .namespaces
+            .get(name)
+            .map(|record| FunctionNamespace {
+                name: name.to_owned(),
+                labels: record.value.labels.clone(),
+                annotations: record.value.annotations.clone(),
+            }))
+    }
+
+    async fn create_namespace(&self, namespace: FunctionNamespace) -> ProviderResult<()> {
+        match self.mode() {
+            Mode::Single => self.local.create_namespace(namespace).await,
+            Mode::Unreached => Err(unreached()),
+            Mode::Cluster(_, parts) => {
+                parts.desired.create_namespace(namespace).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn update_namespace(&self, namespace: FunctionNamespace) -> ProviderResult<()> {
+        match self.mode() {
+            Mode::Single => self.local.update_namespace(namespace).await,
+            Mode::Unreached => Err(unreached()),
+            Mode::Cluster(_, parts) => {
+                parts.desired.update_namespace(namespace).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn delete_namespace(&self, name: &str) -> ProviderResult<()> {
+        match self.mode() {
+            Mode::Single => self.local.delete_namespace(name).await,
+            Mode::Unreached => Err(unreached()),
+            Mode::Cluster(_, parts) => {
+                parts.desired.delete_namespace(name).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn list_secrets(&self, namespace: &str) -> ProviderResult<Vec<Secret>> {
+        let Mode::Cluster(_, parts) = self.mode() else {
+            return self.local.list_secrets(namespace).await;
+        };
+        Ok(parts
+            .desired
+            .snapshot()
+            .secret_names(namespace)
+            .into_iter()
+            .map(|name| Secret {
+                name,
+                namespace: Some(namespace.to_owned()),
+                value: None,
+                raw_value: None,
+            })
+            .collect())
+    }
+
+    async fn put_secret(&self, secret: Secret) -> ProviderResult<()> {
+        match self.mode() {
+            Mode::Single => self.local.put_secret(secret).await,
+            Mode::Unreached => Err(unreached()),
+            Mode::Cluster(_, parts) => {
+                parts.desired.put_secret(secret).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn delete_secret(&self, name: &str, namespace: &str) -> ProviderResult<()> {
+        match self.mode() {
+            Mode::Single => self.local.delete_secret(name, namespace).await,
+            Mode::Unreached => Err(unreached()),
+            Mode::Cluster(_, parts) => {
+                parts.desired.delete_secret(namespace, name).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn logs(&self, request: LogRequest) -> ProviderResult<LogStream> {
+        self.local.logs(request).await
+    }
+
+    async fn list_images(&self) -> ProviderResult<Vec<ImageSummary>> {
+        self.local.list_images().await
+    }
+
+    async fn import_images(
+        &self,
+        archive: &Path,
+        name: Option<&str>,
+    ) -> ProviderResult<Vec<String>> {
+        self.local.import_images(archive, name).await
+    }
+
+    async fn remove_image(&self, name: &str) -> ProviderResult<()> {
+        self.local.remove_image(name).await
+    }
+
+    fn info(&self) -> ProviderInfo {
+        let mut info = self.local.info();
+        if self.node.get().is_some() {
+            info.orchestration = format!("{} (cluster)", info.orchestration);
+        }
+        info
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        self.local.health().await
+    }
+
+    async fn endpoint(
+        &self,
+        name: &str,
+        namespace: &str,
+        wait: Duration,
+    ) -> ProviderResult<Endpoint> {
+        let Mode::Cluster(node, parts) = self.mode() else {
+            return self.local.endpoint(name, namespace, wait).await;
+        };
+        let key = FunctionKey::of(namespace, name);
+        let here = node.board();
+        let elsewhere = match parts.plan.borrow().as_deref().and_then(|p| {
+            p.find(&key).map(|placement| match placement {
+                Placement::Placed(placed) => {
+                    let mut boards: Vec<String> = placed.boards.keys().cloned().collect();
+                    if boards.is_empty() {
+                        boards.push(placed.home.clone());
+                    }
+                    Ok(boards)
+                }
+                Placement::Unplaced(reason) => Err(format!("cannot be placed: {reason}")),
+                Placement::Waiting(waiting) => Err(format!(
+                    "waiting for {}",
+                    waiting.keys().cloned().collect::<Vec<_>>().join(", ")
+                )),
+            })
+        }) {
+            Some(Ok(boards)) if boards.contains(&here) => None,
+            Some(Ok(boards)) => Some(format!(
+                "function {name} runs on {}, not on this board ({here}); call it there (routing between boards comes later)",
+                boards.join(", ")
+            )),
+            Some(Err(why)) => Some(format!("function {name} {why}")),
+            None => None,
+        };
+        match elsewhere {
+            Some(message) => Err(ProviderError::Unavailable(message)),
+            None => self.local.endpoint(name, namespace, wait).await,
+        }
+    }
+
+    async fn usage(&self) -> HashMap<(String, String), UsageSample> {
+        self.local.usage().await
+    }
+
+    fn status_changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        self.local.status_changes()
+    }
+
+    async fn replicas(&self, name: &str, namespace: &str) -> Vec<Replica> {
+        self.local.replicas(name, namespace).await
+    }
+
+    async fn boards(&self) -> Option<Vec<Board>> {
+        let Mode::Cluster(node, parts) = self.mode() else {
+            return None;
+        };
+        let view = parts.membership.watch().borrow().clone();
+        Some(status::boards(&view, &node.board()))
+    }
+}
