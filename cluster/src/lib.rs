@@ -112,6 +112,8 @@
 
 pub mod desired;
 pub mod engine;
+#[cfg(test)]
+mod fixtures;
 pub mod function_key;
 pub mod identity;
 mod jserr;

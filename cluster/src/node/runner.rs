@@ -165,3 +165,68 @@ pub async fn run<L: Provider>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::{secrets_needed, target};
+    use crate::desired::{Desired, SecretKey, Versioned};
+    use crate::fixtures::{key, placed, record};
+    use crate::placement::Plan;
+    use crate::reconcile::SecretValue;
+
+    #[test]
+    fn a_board_runs_its_functions_with_their_secrets_and_nothing_else() {
+        let mut desired = Desired::default();
+        desired.functions.insert(
+            key("f"),
+            Versioned {
+                value: record(2, &["token"]),
+                revision: 3,
+            },
+        );
+        desired.functions.insert(
+            key("g"),
+            Versioned {
+                value: record(1, &[]),
+                revision: 4,
+            },
+        );
+        let token = SecretKey {
+            namespace: "openfaas-fn".into(),
+            name: "token".into(),
+        };
+        desired.secrets.insert(token.clone(), 9);
+        let plan = Plan {
+            functions: vec![
+                placed("f", &[("b0", 1), ("b1", 1)], "b0"),
+                placed("g", &[("b1", 1)], "b1"),
+                placed("gone", &[("b0", 1)], "b0"),
+            ],
+            ..Plan::default()
+        };
+        let mut cache = HashMap::new();
+        assert_eq!(
+            secrets_needed("b0", &plan, &desired, &cache),
+            [(token.clone(), 9)]
+        );
+        cache.insert(
+            token.clone(),
+            SecretValue {
+                revision: 9,
+                value: b"v".to_vec(),
+            },
+        );
+        assert!(secrets_needed("b0", &plan, &desired, &cache).is_empty());
+        let mine = target("b0", &plan, &desired, &cache);
+        // `gone` was deleted after the plan was made: not deployed again.
+        assert_eq!(mine.functions.keys().collect::<Vec<_>>(), [&key("f")]);
+        assert_eq!(mine.functions[&key("f")].replicas, 1);
+        assert_eq!(mine.secrets.keys().collect::<Vec<_>>(), [&token]);
+        let theirs = target("b1", &plan, &desired, &cache);
+        assert_eq!(theirs.functions.len(), 2);
+        assert!(theirs.secrets.contains_key(&token));
+        assert!(target("b2", &plan, &desired, &cache).functions.is_empty());
+    }
+}

@@ -22,6 +22,8 @@
 //! the cluster may have no quorum yet), reads show what this board runs and writes answer 503.
 
 pub mod status;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::Path;
