@@ -80,6 +80,26 @@ pub enum Action {
     Deleted(FunctionKey),
 }
 
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::CreatedNamespace(name) => write!(f, "created namespace {name}"),
+            Action::UpdatedNamespace(name) => write!(f, "updated namespace {name}"),
+            Action::WroteSecret(key) => {
+                write!(
+                    f,
+                    "wrote secret {} in namespace {}",
+                    key.name, key.namespace
+                )
+            }
+            Action::Deployed(key) => write!(f, "deployed {key}"),
+            Action::Updated(key) => write!(f, "updated {key}"),
+            Action::Scaled(key, replicas) => write!(f, "scaled {key} to {replicas}"),
+            Action::Deleted(key) => write!(f, "deleted {key}"),
+        }
+    }
+}
+
 /// What a failed change was about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Subject {
@@ -88,6 +108,17 @@ pub enum Subject {
     Function(FunctionKey),
     /// Reading what the board runs (the pass stopped there).
     Listing,
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Namespace(name) => write!(f, "namespace {name}"),
+            Subject::Secret(key) => write!(f, "secret {} in namespace {}", key.name, key.namespace),
+            Subject::Function(key) => write!(f, "function {key}"),
+            Subject::Listing => f.write_str("the board's functions"),
+        }
+    }
 }
 
 /// What one pass did and what it could not do.

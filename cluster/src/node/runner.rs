@@ -145,10 +145,10 @@ pub async fn run<L: Provider>(
             cache.retain(|key, _| target.secrets.contains_key(key));
             let report = reconcile(&*local, &target, &mut memory).await;
             for action in &report.actions {
-                tracing::info!(?action, "running this board's part of the cluster");
+                tracing::info!(%action, "running this board's part of the cluster");
             }
             for (subject, error) in &report.failed {
-                tracing::warn!(?subject, error = %error, "cannot run this board's part yet; retrying");
+                tracing::warn!(%subject, error = %error, "cannot run this board's part yet; retrying");
             }
             settled &= report.converged();
         }
