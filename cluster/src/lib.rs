@@ -1,9 +1,13 @@
 //! bramble-cluster: several boards, one bramble, on NATS JetStream (issue 15).
 //!
-//! This is step 1, the **engine layer**: running nats-server, the cluster's identity, KV with
-//! compare-and-set, membership, a lease, the durable call queue, and changing the JetStream
-//! layout as boards come and go. Nothing here is wired into the agent or the gateway yet; a
-//! single board without a cluster never touches this crate.
+//! The **engine layer** (running nats-server, the cluster's identity, KV with compare-and-set,
+//! membership, a lease, the durable call queue, changing the JetStream layout as boards come
+//! and go), the **node side** ([`node`]: a board's cluster files, init, the join handshake,
+//! leave/remove, status, the placer at work and the board's part of the plan), the cluster's
+//! **desired state** ([`desired`]), **placement** ([`placement`]), the board's **reconciler**
+//! ([`reconcile`]) and the gateway's **provider** of a board in a cluster ([`provider`]). A
+//! single board without a cluster runs none of it: its [`provider::ClusterProvider`] passes
+//! every call to the board's own provider.
 //!
 //! # Modules
 //!
@@ -20,6 +24,9 @@
 //! | [`migrate`] | standalone → clustered without losing data | [`migrate::migrate_standalone_to_clustered`], [`migrate::finish_pending_migration`], [`migrate::export`], [`migrate::import`] |
 //! | [`placement`] | which boards run which replicas: pure, deterministic | [`placement::place`], [`placement::admit`], [`placement::parse_constraints`], [`placement::Plan`] (`for_board`, `find`), [`placement::PlacementInput`], [`placement::Board`], [`placement::Function`], [`placement::UnplacedReason`] |
 //! | [`names`] | the names that go into subjects, server names and files | [`names::validate`] |
+//! | [`node`] | what `bramble up` runs in a cluster: files, init, join (both sides), layout, leave/remove, status, the placer at work ([`node::placer`]), the board's part of the plan ([`node::runner`]) | [`node::ClusterNode`] (`start`, `ready`, `run_board`, `view`, `stop`), [`node::Parts`] |
+//! | [`provider`] | the gateway's `Provider` of a board that may be in a cluster | [`provider::ClusterProvider`] (`new`, `attach`), [`provider::DeploymentCheck`] |
+//! | [`function_key`] | the key of a function everywhere in the crate | [`function_key::FunctionKey`] |
 //! | [`reconcile`] | a board runs what the cluster assigned to it, through its own provider | [`reconcile::reconcile`], [`reconcile::Target`], [`reconcile::Report`] |
 //!
 //! # A board, start to finish (what the agent will do)
