@@ -502,6 +502,23 @@ async fn init_join_status_leave_remove() -> TestResult {
         "measured: deploy through b0 → placed, shown by every board: {:?}",
         placed.elapsed()
     );
+    // A board that does not run it says which board does (routing between boards comes later).
+    let host = b0
+        .describe("hello")
+        .map(|s| placed_on(&s))
+        .and_then(|on| on.first().map(|(board, _)| board.clone()))
+        .unwrap_or_default();
+    let other = [&b0, &b1, &b2]
+        .into_iter()
+        .find(|b| b.name != host)
+        .unwrap();
+    let invoked = other.bramble(&["invoke", "hello"]);
+    let why = String::from_utf8_lossy(&invoked.stderr);
+    assert!(
+        !invoked.status.success() && why.contains(&format!("runs on {host}")),
+        "invoke on {}: {why}",
+        other.name
+    );
     let scaled = b2.bramble(&["scale", "hello", "2"]);
     assert!(
         scaled.status.success(),

@@ -411,32 +411,42 @@ impl<L: Provider> Provider for ClusterProvider<L> {
             return self.local.endpoint(name, namespace, wait).await;
         };
         let key = FunctionKey::of(namespace, name);
-        let here = node.board();
-        let elsewhere = match parts.plan.borrow().as_deref().and_then(|p| {
-            p.find(&key).map(|placement| match placement {
-                Placement::Placed(placed) => {
-                    let mut boards: Vec<String> = placed.boards.keys().cloned().collect();
-                    if boards.is_empty() {
-                        boards.push(placed.home.clone());
-                    }
-                    Ok(boards)
+        let refusal = {
+            let plan = parts.plan.borrow();
+            let here = node.me().borrow().name.clone();
+            match plan.as_deref().and_then(|p| p.find(&key)) {
+                // Not placed yet (deployed a moment ago), or placed here: this board answers.
+                None => None,
+                Some(Placement::Placed(placed))
+                    if placed.boards.contains_key(&here) || placed.home == here =>
+                {
+                    None
                 }
-                Placement::Unplaced(reason) => Err(format!("cannot be placed: {reason}")),
-                Placement::Waiting(waiting) => Err(format!(
-                    "waiting for {}",
-                    waiting.keys().cloned().collect::<Vec<_>>().join(", ")
+                Some(Placement::Placed(placed)) => {
+                    let boards: Vec<&str> = placed.boards.keys().map(String::as_str).collect();
+                    Some(format!(
+                        "function {name} runs on {}, not on this board ({here}); call it there (routing between boards comes later)",
+                        if boards.is_empty() {
+                            placed.home.clone()
+                        } else {
+                            boards.join(", ")
+                        }
+                    ))
+                }
+                Some(Placement::Unplaced(reason)) => {
+                    Some(format!("function {name} cannot be placed: {reason}"))
+                }
+                Some(Placement::Waiting(boards)) => Some(format!(
+                    "function {name} is waiting for {}",
+                    boards
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
-            })
-        }) {
-            Some(Ok(boards)) if boards.contains(&here) => None,
-            Some(Ok(boards)) => Some(format!(
-                "function {name} runs on {}, not on this board ({here}); call it there (routing between boards comes later)",
-                boards.join(", ")
-            )),
-            Some(Err(why)) => Some(format!("function {name} {why}")),
-            None => None,
+            }
         };
-        match elsewhere {
+        match refusal {
             Some(message) => Err(ProviderError::Unavailable(message)),
             None => self.local.endpoint(name, namespace, wait).await,
         }
