@@ -381,6 +381,16 @@ pub struct Secret {
 }
 
 impl Secret {
+    /// A secret as a listing shows it: its name in its namespace, never a value.
+    pub fn name_only(name: String, namespace: &str) -> Secret {
+        Secret {
+            name,
+            namespace: Some(namespace.to_owned()),
+            value: None,
+            raw_value: None,
+        }
+    }
+
     /// The value's bytes (`rawValue` before `value`); `Err` with the 400 message when neither
     /// is given.
     pub fn into_value(self) -> Result<Vec<u8>, &'static str> {

@@ -113,12 +113,7 @@ impl<R: NodeRuntime> LocalProvider<R> {
             .list_secrets(namespace)
             .await?
             .into_iter()
-            .map(|name| Secret {
-                name,
-                namespace: Some(namespace.to_owned()),
-                value: None,
-                raw_value: None,
-            })
+            .map(|name| Secret::name_only(name, namespace))
             .collect())
     }
 

@@ -88,19 +88,9 @@ impl Board {
 
     /// `bramble cluster ARGS` on this board.
     fn cluster(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.netns.display()))
-            .arg(bramble())
-            .arg("cluster")
-            .args(args)
-            .args(["-g", "http://127.0.0.1:8080"])
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .env_remove("BRAMBLE_USER")
-            .env_remove("BRAMBLE_PASSWORD")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        let mut all = vec!["cluster"];
+        all.extend_from_slice(args);
+        self.bramble(&all)
     }
 
     /// `bramble ARGS` (any command that talks to the node's API) on this board.

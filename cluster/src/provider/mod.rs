@@ -338,12 +338,7 @@ impl<L: Provider> Provider for ClusterProvider<L> {
             .snapshot()
             .secret_names(namespace)
             .into_iter()
-            .map(|name| Secret {
-                name,
-                namespace: Some(namespace.to_owned()),
-                value: None,
-                raw_value: None,
-            })
+            .map(|name| Secret::name_only(name, namespace))
             .collect())
     }
 
