@@ -81,17 +81,32 @@ pub async fn read(bucket: &Bucket) -> Result<Option<(Plan, u64)>, KvError> {
     }
 }
 
-/// Places while this board holds the lease; returns never (aborted with the node).
+/// The stored plan as the placer knows it: what it read or wrote last, and its revision
+/// (`None`: no plan stored yet).
+type Known = (Plan, Option<u64>);
+
+/// Places while this board holds the lease; returns never (aborted with the node). The view
+/// changes with every heartbeat: placing again is cheap (microseconds for a shelf), and the
+/// plan is written only when it changes, so an idle cluster writes nothing.
 pub async fn run(parts: Arc<Parts>, default_memory: Option<u64>) {
     let mut lease = parts.lease.watch();
     let mut desired = parts.desired.mirror().subscribe();
     let mut view = parts.membership.watch();
+    let mut known: Option<Known> = None;
     loop {
-        let ready = lease.borrow_and_update().is_holder()
-            && view.borrow_and_update().records_loaded
-            && desired.borrow_and_update().is_current();
-        if ready && let Err(e) = place_once(&parts, &desired, &view, default_memory).await {
+        // Every input marked seen, so that `changed` below waits for the next change.
+        let holder = lease.borrow_and_update().is_holder();
+        let loaded = view.borrow_and_update().records_loaded;
+        let current = desired.borrow_and_update().is_current();
+        if !holder {
+            // A placer that gets the lease (again) reads what its predecessor wrote.
+            known = None;
+        } else if loaded
+            && current
+            && let Err(e) = place_once(&parts, &desired, &view, default_memory, &mut known).await
+        {
             tracing::debug!(error = %bramble_base::error_chain(&e), "placing; trying again");
+            known = None;
         }
         tokio::select! {
             _ = lease.changed() => {}
@@ -108,9 +123,16 @@ async fn place_once(
     desired: &watch::Receiver<Arc<Desired>>,
     view: &watch::Receiver<Arc<View>>,
     default_memory: Option<u64>,
+    known: &mut Option<Known>,
 ) -> Result<(), KvError> {
-    let stored = read(&parts.cluster).await?;
-    let (previous, revision) = stored.map_or((Plan::default(), None), |(p, r)| (p, Some(r)));
+    let (previous, revision) = match known.take() {
+        Some(known) => known,
+        None => read(&parts.cluster)
+            .await?
+            .map_or((Plan::default(), None), |(plan, revision)| {
+                (plan, Some(revision))
+            }),
+    };
     let input = input(
         &view.borrow().clone(),
         &desired.borrow().clone(),
@@ -119,6 +141,7 @@ async fn place_once(
     );
     let plan = place(&input);
     if plan == previous && revision.is_some() {
+        *known = Some((previous, revision));
         return Ok(());
     }
     let value = Bytes::from(serde_json::to_vec(&plan).unwrap_or_default());
@@ -127,17 +150,18 @@ async fn place_once(
         None => parts.cluster.create(PLAN_KEY, value).await,
     };
     match written {
-        Ok(_) => {
+        Ok(revision) => {
             tracing::info!(
                 placed = plan.functions.len(),
                 unplaced = plan.unplaced.len(),
                 waiting = plan.waiting.len(),
                 "new plan"
             );
+            *known = Some((plan, Some(revision)));
             Ok(())
         }
         // Another placer wrote meanwhile (a lease hand-over): its plan stands; the next round
-        // reads it.
+        // reads it (`known` stays empty).
         Err(e) if e.is_conflict() => Ok(()),
         Err(e) => Err(e),
     }
