@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.1 client for tests: one request per connection, whole body read.
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -104,13 +105,26 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
+        // A server may answer before the body is all sent (413 for a body over its limit) and
+        // close: like curl, read the answer it sent instead of failing on the write.
+        let unsent = match stream.write_all(body).await {
+            Ok(()) => None,
+            Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+                Some(e)
+            }
+            Err(e) => return Err(e),
+        };
         // Until the server closes, or the body its Content-Length announces is complete (a
         // server may keep the connection open despite `Connection: close`: chromedriver).
         let mut raw = Vec::new();
         let mut chunk = vec![0u8; 16 * 1024];
         loop {
-            let n = stream.read(&mut chunk).await?;
+            let n = match stream.read(&mut chunk).await {
+                Ok(n) => n,
+                // Reset after its early answer: what was read is the answer.
+                Err(e) if unsent.is_some() && !raw.is_empty() && e.kind() == ErrorKind::ConnectionReset => 0,
+                Err(e) => return Err(unsent.unwrap_or(e)),
+            };
             if n == 0 {
                 break;
             }
@@ -119,7 +133,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 break;
             }
         }
-        parse(&raw)
+        match unsent {
+            Some(e) if raw.is_empty() => Err(e),
+            _ => parse(&raw),
+        }
     })
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{method} {target}: no answer within {timeout:?}")))?
