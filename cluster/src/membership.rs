@@ -459,25 +459,7 @@ mod tests {
     #[test]
     fn records_with_a_foreign_name_are_ignored() {
         let mut t = tracker();
-        let info = BoardInfo {
-            name: "pi2".into(),
-            address: IpAddr::from([10, 0, 0, 2]),
-            arch: "arm64".into(),
-            version: "0.1.0".into(),
-            nats_version: "2.9.10".into(),
-            memory: MemoryBudget::default(),
-            functions: 0,
-            hardware: HardwareSummary::default(),
-            labels: BTreeMap::new(),
-            started_at_ms: 0,
-            jetstream: true,
-            platform: "linux/arm64".into(),
-            api_port: 8080,
-            board_port: 7425,
-            route_port: 7424,
-            leaving: false,
-            ready: Default::default(),
-        };
+        let info = crate::fixtures::info("pi2");
         let value = Bytes::from(serde_json::to_vec(&info).unwrap());
         t.apply(Change::Put {
             key: "pi1".into(),

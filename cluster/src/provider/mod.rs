@@ -95,6 +95,16 @@ impl<L: Provider> ClusterProvider<L> {
         &self.local
     }
 
+    /// Where a change goes: `None` on a board in no cluster (its own provider), the cluster
+    /// otherwise; 503 while the board has not reached its cluster.
+    fn writer(&self) -> ProviderResult<Option<(Arc<ClusterNode>, Arc<Parts>)>> {
+        match self.mode() {
+            Mode::Single => Ok(None),
+            Mode::Unreached => Err(unreached()),
+            Mode::Cluster(node, parts) => Ok(Some((node, parts))),
+        }
+    }
+
     fn mode(&self) -> Mode {
         match self.node.get() {
             None => Mode::Single,
@@ -105,22 +115,22 @@ impl<L: Provider> ClusterProvider<L> {
         }
     }
 
-    /// Checks a deployment as a single board would, then against the placement; returns its
-    /// key and initial replicas.
+    /// Checks a deployment as a single board would, then against the placement; returns the
+    /// replicas it starts with (`replicas`, or the deployment's own initial count).
     fn admit(
         &self,
         node: &ClusterNode,
         parts: &Parts,
         deployment: &FunctionDeployment,
         replicas: Option<u64>,
-    ) -> ProviderResult<(FunctionKey, u64)> {
+    ) -> ProviderResult<u64> {
         let initial = self.check.check(deployment)?;
         let namespace = parts.desired.namespace_of(deployment.namespace.as_deref());
         let key = FunctionKey::new(&namespace, &deployment.service).map_err(ProviderError::from)?;
         let replicas = replicas.unwrap_or(initial);
         let default_memory = node.settings().facts.default_memory;
         let function = placement::Function::from_deployment(
-            key.clone(),
+            key,
             u32::try_from(replicas).unwrap_or(u32::MAX),
             deployment,
             default_memory,
@@ -143,7 +153,7 @@ impl<L: Provider> ClusterProvider<L> {
             default_memory,
         );
         match placement::admit(&input, &function) {
-            Ok(Admitted::Placed(_) | Admitted::Waiting(_)) => Ok((key, replicas)),
+            Ok(Admitted::Placed(_) | Admitted::Waiting(_)) => Ok(replicas),
             Err(refused) => Err(ProviderError::invalid("service", refused.to_string())),
         }
     }
@@ -205,66 +215,54 @@ impl<L: Provider> Provider for ClusterProvider<L> {
     }
 
     async fn deploy(&self, request: FunctionDeployment) -> ProviderResult<()> {
-        match self.mode() {
-            Mode::Single => self.local.deploy(request).await,
-            Mode::Unreached => Err(unreached()),
-            Mode::Cluster(node, parts) => {
-                let (_, replicas) = self.admit(&node, &parts, &request, None)?;
-                parts.desired.deploy(request, replicas).await?;
-                Ok(())
-            }
-        }
+        let Some((node, parts)) = self.writer()? else {
+            return self.local.deploy(request).await;
+        };
+        let replicas = self.admit(&node, &parts, &request, None)?;
+        parts.desired.deploy(request, replicas).await?;
+        Ok(())
     }
 
     async fn update(&self, request: FunctionDeployment) -> ProviderResult<()> {
-        match self.mode() {
-            Mode::Single => self.local.update(request).await,
-            Mode::Unreached => Err(unreached()),
-            Mode::Cluster(node, parts) => {
-                let namespace = parts.desired.namespace_of(request.namespace.as_deref());
-                let replicas = parts
-                    .desired
-                    .snapshot()
-                    .function(&namespace, &request.service)
-                    .map(|r| r.value.replicas);
-                self.admit(&node, &parts, &request, replicas)?;
-                parts.desired.update(request).await?;
-                Ok(())
-            }
-        }
+        let Some((node, parts)) = self.writer()? else {
+            return self.local.update(request).await;
+        };
+        let namespace = parts.desired.namespace_of(request.namespace.as_deref());
+        let replicas = parts
+            .desired
+            .snapshot()
+            .function(&namespace, &request.service)
+            .map(|r| r.value.replicas);
+        self.admit(&node, &parts, &request, replicas)?;
+        parts.desired.update(request).await?;
+        Ok(())
     }
 
     async fn delete(&self, name: &str, namespace: &str) -> ProviderResult<()> {
-        match self.mode() {
-            Mode::Single => self.local.delete(name, namespace).await,
-            Mode::Unreached => Err(unreached()),
-            Mode::Cluster(_, parts) => {
-                parts.desired.delete(namespace, name).await?;
-                Ok(())
-            }
-        }
+        let Some((_, parts)) = self.writer()? else {
+            return self.local.delete(name, namespace).await;
+        };
+        parts.desired.delete(namespace, name).await?;
+        Ok(())
     }
 
     async fn scale(&self, name: &str, namespace: &str, replicas: u64) -> ProviderResult<()> {
-        match self.mode() {
-            Mode::Single => self.local.scale(name, namespace, replicas).await,
-            Mode::Unreached => Err(unreached()),
-            Mode::Cluster(node, parts) => {
-                let deployment = parts
-                    .desired
-                    .snapshot()
-                    .function(namespace, name)
-                    .map(|r| r.value.deployment.clone())
-                    .ok_or_else(|| {
-                        ProviderError::NotFound(format!(
-                            "function {name} not found in namespace {namespace}"
-                        ))
-                    })?;
-                self.admit(&node, &parts, &deployment, Some(replicas))?;
-                parts.desired.scale(namespace, name, replicas).await?;
-                Ok(())
-            }
-        }
+        let Some((node, parts)) = self.writer()? else {
+            return self.local.scale(name, namespace, replicas).await;
+        };
+        let deployment = parts
+            .desired
+            .snapshot()
+            .function(namespace, name)
+            .map(|r| r.value.deployment.clone())
+            .ok_or_else(|| {
+                ProviderError::NotFound(format!(
+                    "function {name} not found in namespace {namespace}"
+                ))
+            })?;
+        self.admit(&node, &parts, &deployment, Some(replicas))?;
+        parts.desired.scale(namespace, name, replicas).await?;
+        Ok(())
     }
 
     async fn list_namespaces(&self) -> ProviderResult<Vec<String>> {
@@ -297,36 +295,27 @@ impl<L: Provider> Provider for ClusterProvider<L> {
     }
 
     async fn create_namespace(&self, namespace: FunctionNamespace) -> ProviderResult<()> {
-        match self.mode() {
-            Mode::Single => self.local.create_namespace(namespace).await,
-            Mode::Unreached => Err(unreached()),
-            Mode::Cluster(_, parts) => {
-                parts.desired.create_namespace(namespace).await?;
-                Ok(())
-            }
-        }
+        let Some((_, parts)) = self.writer()? else {
+            return self.local.create_namespace(namespace).await;
+        };
+        parts.desired.create_namespace(namespace).await?;
+        Ok(())
     }
 
     async fn update_namespace(&self, namespace: FunctionNamespace) -> ProviderResult<()> {
-        match self.mode() {
-            Mode::Single => self.local.update_namespace(namespace).await,
-            Mode::Unreached => Err(unreached()),
-            Mode::Cluster(_, parts) => {
-                parts.desired.update_namespace(namespace).await?;
-                Ok(())
-            }
-        }
+        let Some((_, parts)) = self.writer()? else {
+            return self.local.update_namespace(namespace).await;
+        };
+        parts.desired.update_namespace(namespace).await?;
+        Ok(())
     }
 
     async fn delete_namespace(&self, name: &str) -> ProviderResult<()> {
-        match self.mode() {
-            Mode::Single => self.local.delete_namespace(name).await,
-            Mode::Unreached => Err(unreached()),
-            Mode::Cluster(_, parts) => {
-                parts.desired.delete_namespace(name).await?;
-                Ok(())
-            }
-        }
+        let Some((_, parts)) = self.writer()? else {
+            return self.local.delete_namespace(name).await;
+        };
+        parts.desired.delete_namespace(name).await?;
+        Ok(())
     }
 
     async fn list_secrets(&self, namespace: &str) -> ProviderResult<Vec<Secret>> {
@@ -343,25 +332,19 @@ impl<L: Provider> Provider for ClusterProvider<L> {
     }
 
     async fn put_secret(&self, secret: Secret) -> ProviderResult<()> {
-        match self.mode() {
-            Mode::Single => self.local.put_secret(secret).await,
-            Mode::Unreached => Err(unreached()),
-            Mode::Cluster(_, parts) => {
-                parts.desired.put_secret(secret).await?;
-                Ok(())
-            }
-        }
+        let Some((_, parts)) = self.writer()? else {
+            return self.local.put_secret(secret).await;
+        };
+        parts.desired.put_secret(secret).await?;
+        Ok(())
     }
 
     async fn delete_secret(&self, name: &str, namespace: &str) -> ProviderResult<()> {
-        match self.mode() {
-            Mode::Single => self.local.delete_secret(name, namespace).await,
-            Mode::Unreached => Err(unreached()),
-            Mode::Cluster(_, parts) => {
-                parts.desired.delete_secret(namespace, name).await?;
-                Ok(())
-            }
-        }
+        let Some((_, parts)) = self.writer()? else {
+            return self.local.delete_secret(name, namespace).await;
+        };
+        parts.desired.delete_secret(namespace, name).await?;
+        Ok(())
     }
 
     async fn logs(&self, request: LogRequest) -> ProviderResult<LogStream> {
@@ -408,12 +391,14 @@ impl<L: Provider> Provider for ClusterProvider<L> {
         let key = FunctionKey::of(namespace, name);
         let refusal = {
             let plan = parts.plan.borrow();
-            let here = node.me().borrow().name.clone();
+            let me = node.me();
+            let me = me.borrow();
+            let here = me.name.as_str();
             match plan.as_deref().and_then(|p| p.find(&key)) {
                 // Not placed yet (deployed a moment ago), or placed here: this board answers.
                 None => None,
                 Some(Placement::Placed(placed))
-                    if placed.boards.contains_key(&here) || placed.home == here =>
+                    if placed.boards.contains_key(here) || placed.home == here =>
                 {
                     None
                 }
