@@ -62,12 +62,21 @@ pub enum ClusterStartError {
 pub type NodeProvider = ClusterProvider<LocalProvider>;
 
 /// The single-board checks of a deployment, for the cluster's API.
-pub struct Checks;
+pub struct Checks {
+    /// Node-wide function defaults (the upstream timeout).
+    pub defaults: crate::function::Defaults,
+    /// How long a board waits for a replica to become ready.
+    pub ready_wait: std::time::Duration,
+}
 
 impl DeploymentCheck for Checks {
     fn check(&self, deployment: &FunctionDeployment) -> Result<u64, ProviderError> {
         crate::function::check_deployment(deployment)?;
         Ok(crate::function::initial_replicas(deployment))
+    }
+
+    fn remote_timeout(&self, deployment: &FunctionDeployment) -> std::time::Duration {
+        crate::function::timeout(deployment, &self.defaults) + self.ready_wait
     }
 }
 
@@ -183,6 +192,10 @@ impl ClusterSide {
         let files = node.files();
         let tls = bramble_cluster::node::tls::server_config(&files.cluster, &files.board)
             .map_err(bramble_cluster::node::NodeError::from)?;
+        ctx.gateway.set_board_tls(
+            bramble_cluster::node::tls::client_config(&files.cluster, &files.board)
+                .map_err(bramble_cluster::node::NodeError::from)?,
+        );
         let addr = files.node.board_listen();
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -141,7 +141,10 @@ pub async fn run(
     };
     let node_provider = Arc::new(crate::cluster::NodeProvider::new(
         Arc::clone(&provider),
-        Arc::new(crate::cluster::Checks),
+        Arc::new(crate::cluster::Checks {
+            defaults: defaults_for_cluster.clone(),
+            ready_wait: config.ready_timeout,
+        }),
     ));
     let gateway = Gateway::new(Arc::clone(&node_provider), gateway_config)?;
     gateway.add_admin_routes(bramble_hardware::admin::router(Arc::clone(&hardware)));

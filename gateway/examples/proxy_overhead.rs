@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bramble_gateway::provider::{
-    Endpoint, LogStream, Provider, ProviderError, ProviderResult, UsageSample,
+    Endpoint, LogStream, Provider, ProviderError, ProviderResult, Upstream, UsageSample,
 };
 use bramble_gateway::types::{
     FunctionDeployment, FunctionNamespace, FunctionStatus, LogRequest, ProviderInfo, Secret,
@@ -106,7 +106,7 @@ impl Provider for Static {
     }
     async fn endpoint(&self, _: &str, _: &str, _: Duration) -> ProviderResult<Endpoint> {
         Ok(Endpoint {
-            addr: self.addr,
+            upstream: Upstream::Replica(self.addr),
             timeout: Duration::from_secs(30),
             in_flight: None,
         })

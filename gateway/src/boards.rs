@@ -5,16 +5,55 @@
 //! certificate as server certificate, and a client certificate the cluster CA signed asked of
 //! every peer. A peer without one (a board that is joining and has no certificate yet) may
 //! connect; the routes that only boards may use check [`BoardPeer::authenticated`].
+//!
+//! The internal invocation path, `/cluster/function/NAME.NS/…`, is where a board sends a
+//! request for a function that runs elsewhere ([`crate::provider::Upstream::Board`]): the board
+//! that receives it answers from its own replicas ([`crate::provider::Provider::endpoint_here`])
+//! and never sends it on, so a request takes one extra hop at most. The sending board proxies
+//! with [`BoardClient`]: hyper's pooled keep-alive client over TLS, showing its own board
+//! certificate ([`crate::Gateway::set_board_tls`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
-use crate::gateway::{Gateway, Shortcut, serve_connections};
+use crate::gateway::{Gateway, Shared, Shortcut, serve_connections};
+use crate::http_util::ApiError;
 use crate::provider::Provider;
+use crate::proxy::Caller;
+
+/// The path prefix of the internal invocation path on the board listener.
+pub(crate) const INVOKE_PREFIX: &str = "/cluster/function/";
+
+/// The client a board proxies to other boards with.
+pub(crate) type BoardClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector>, axum::body::Body>;
+
+fn board_client(tls: rustls::ClientConfig) -> BoardClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(3)));
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(32)
+        .build(connector)
+}
 
 /// How long a peer has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,7 +67,16 @@ pub struct BoardPeer {
 }
 
 impl<P: Provider> Gateway<P> {
-    /// Serves `routes` (and later the internal invocation path) on `listener` with TLS
+    /// Lets this gateway send invocations to other boards ([`crate::provider::Upstream::Board`])
+    /// with `tls`: trusting the cluster's CA and showing this board's certificate. Only the
+    /// first call counts; until then such an invocation answers 502.
+    pub fn set_board_tls(&self, tls: rustls::ClientConfig) {
+        if self.shared.boards.set(board_client(tls)).is_err() {
+            tracing::warn!("the board-to-board client was set already; keeping the first");
+        }
+    }
+
+    /// Serves `routes` and the internal invocation path on `listener` with TLS
     /// (`tls` must verify client certificates against the cluster CA, and may allow peers
     /// without one) until `shutdown` resolves; drains like [`Gateway::serve`].
     pub async fn serve_boards(
@@ -39,7 +87,15 @@ impl<P: Provider> Gateway<P> {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let acceptor = TlsAcceptor::from(tls);
-        let router = routes.layer(axum::middleware::from_fn(crate::api::log_request));
+        let invoke = axum::Router::new()
+            .route(
+                &format!("{INVOKE_PREFIX}{{*function}}"),
+                axum::routing::any(invoke_here::<P>),
+            )
+            .with_state(Arc::clone(&self.shared));
+        let router = routes
+            .merge(invoke)
+            .layer(axum::middleware::from_fn(crate::api::log_request));
         serve_connections(
             &self.shared,
             listener,
@@ -63,5 +119,58 @@ impl<P: Provider> Gateway<P> {
         )
         .await;
         Ok(())
+    }
+}
+
+/// `/cluster/function/NAME.NS/…` on the board listener: an invocation another board sent here,
+/// answered from this board's replicas only. Boards only: 403 for a peer without a certificate
+/// the cluster's CA signed.
+async fn invoke_here<P: Provider>(
+    State(shared): State<Arc<Shared<P>>>,
+    request: Request,
+) -> Response {
+    let authenticated = request
+        .extensions()
+        .get::<BoardPeer>()
+        .is_some_and(|peer| peer.authenticated);
+    if !authenticated {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default();
+        tracing::info!(%peer, "an invocation from a peer that is no board of the cluster refused");
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only boards of the cluster may use this path (no client certificate the cluster's CA signed)",
+        )
+        .into_response();
+    }
+    let uri = request.uri().clone();
+    // The sending board named the namespace; a bare name is refused rather than guessed.
+    let Some(target) = uri.path().strip_prefix(INVOKE_PREFIX) else {
+        return ApiError::not_found("no such path").into_response();
+    };
+    if !target.split('/').next().is_some_and(|t| t.contains('.')) {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the internal invocation path needs NAME.NAMESPACE",
+        )
+        .into_response();
+    }
+    match crate::api::invoke::split_function_path(uri.path(), INVOKE_PREFIX, "") {
+        Ok((name, namespace, rest)) => {
+            crate::proxy::forward(
+                &shared,
+                name,
+                namespace,
+                rest,
+                uri.query(),
+                Caller::Board,
+                request,
+            )
+            .await
+        }
+        Err(e) => e.into_response(),
     }
 }

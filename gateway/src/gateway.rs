@@ -59,6 +59,9 @@ pub(crate) struct Shared<P: Provider> {
     pub(crate) sessions: crate::ui::session::Sessions,
     /// What the node shows on the dashboard beyond the provider (see [`Gateway::set_node_feed`]).
     pub(crate) feed: OnceLock<Arc<dyn NodeFeed>>,
+    /// The client invocations for functions on other boards go with (cluster mode, see
+    /// [`Gateway::set_board_tls`]).
+    pub(crate) boards: OnceLock<crate::boards::BoardClient>,
 }
 
 impl<P: Provider> Shared<P> {
@@ -145,6 +148,7 @@ impl<P: Provider> Gateway<P> {
             hostname: host_name(),
             sessions: crate::ui::session::Sessions::default(),
             feed: OnceLock::new(),
+            boards: OnceLock::new(),
         });
         Ok(Arc::new(Self {
             shared,

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -80,10 +81,30 @@ pub type ProviderResult<T> = Result<T, ProviderError>;
 /// streaming a long response) until dropped.
 pub type InFlight = Box<dyn Send + Sync>;
 
+/// Where one request to a function goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// A ready replica on this board (`IP:8080` on the function bridge).
+    Replica(SocketAddr),
+    /// Another board of the cluster, which answers from its own replicas (and starts one if it
+    /// has none ready): the request goes to its board listener, over TLS under the cluster's CA
+    /// (see [`crate::Gateway::set_board_tls`]). That board never sends it on again.
+    Board(BoardAddr),
+}
+
+/// A board's listener for board-to-board traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoardAddr {
+    /// The board's name (error messages, logs).
+    pub name: Arc<str>,
+    /// Its board listener (LAN address and board port; the address is in its certificate).
+    pub addr: SocketAddr,
+}
+
 /// Where to send one request to a function.
 pub struct Endpoint {
-    /// A ready replica's address (`IP:8080` on the function bridge).
-    pub addr: SocketAddr,
+    /// Where it goes.
+    pub upstream: Upstream,
     /// The function's upstream timeout (default 60 s, per-function annotation).
     pub timeout: Duration,
     /// Held for the duration of the request.
@@ -93,7 +114,7 @@ pub struct Endpoint {
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
-            .field("addr", &self.addr)
+            .field("upstream", &self.upstream)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -214,6 +235,18 @@ pub trait Provider: Send + Sync + 'static {
         namespace: &str,
         wait: Duration,
     ) -> impl Future<Output = ProviderResult<Endpoint>> + Send;
+
+    /// Like [`Provider::endpoint`], for a request another board of the cluster sent here: only
+    /// this board's own replicas (and starting one here), never another board — so a request
+    /// takes one extra hop at most. The default suits a provider in no cluster.
+    fn endpoint_here(
+        &self,
+        name: &str,
+        namespace: &str,
+        wait: Duration,
+    ) -> impl Future<Output = ProviderResult<Endpoint>> + Send {
+        self.endpoint(name, namespace, wait)
+    }
 
     /// Resource use per function (`(name, namespace)`), for `/metrics`.
     fn usage(&self) -> impl Future<Output = HashMap<(String, String), UsageSample>> + Send;

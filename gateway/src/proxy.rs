@@ -21,7 +21,17 @@ use tracing::{debug, warn};
 use crate::gateway::Shared;
 use crate::http_util::{append_forwarded_for, call_id_of, strip_hop_by_hop, text_response};
 use crate::metrics::FunctionStats;
-use crate::provider::{Endpoint, InFlight, Provider, ProviderError};
+use crate::provider::{Endpoint, InFlight, Provider, ProviderError, Upstream};
+
+/// Who sent an invocation: its headers and where it may go depend on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// A client, from this address: any replica of the cluster may answer.
+    Client(Option<IpAddr>),
+    /// Another board of the cluster, which proxied a client's request here: only this board's
+    /// replicas answer, and the forwarding headers it set are the client's.
+    Board,
+}
 
 /// The pooled keep-alive client the gateway forwards with (one per gateway).
 pub(crate) type HttpClient = Client<HttpConnector, Body>;
@@ -95,15 +105,33 @@ fn failure(status: StatusCode, message: String, call_id: HeaderValue) -> Respons
     response
 }
 
-/// The replica's URI for `path` and `query`: one string, parsed once.
-fn upstream_uri(addr: SocketAddr, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+/// Where an upstream is, for messages: `10.62.0.5:8080`, `board b1 (10.77.0.2:8443)`.
+struct Where<'a>(&'a Upstream);
+
+impl std::fmt::Display for Where<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Upstream::Replica(addr) => write!(f, "{addr}"),
+            Upstream::Board(board) => write!(f, "board {} ({})", board.name, board.addr),
+        }
+    }
+}
+
+/// The upstream URI for `path` (after `prefix`) and `query`: one string, parsed once.
+fn upstream_uri(
+    scheme: &str,
+    addr: SocketAddr,
+    prefix: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, http::Error> {
     use std::fmt::Write as _;
     let mut text = String::with_capacity(
-        // "http://" + "255.255.255.255:65535" + "/" + "?"
-        32 + path.len() + query.map_or(0, str::len),
+        // "https://" + "255.255.255.255:65535" + "/" + "?"
+        32 + prefix.len() + path.len() + query.map_or(0, str::len),
     );
-    let _ = write!(text, "http://{addr}");
-    if !path.starts_with('/') {
+    let _ = write!(text, "{scheme}://{addr}{prefix}");
+    if prefix.is_empty() && !path.starts_with('/') {
         text.push('/');
     }
     text.push_str(path);
@@ -134,22 +162,22 @@ pub(crate) async fn invoke<P: Provider>(
         namespace,
         uri.path(),
         uri.query(),
-        client_ip,
+        Caller::Client(client_ip),
         request,
     )
     .await
 }
 
 /// Sends `request` to function `name.namespace` as `path` with `query` (the rest of a
-/// `/function/NAME/…` path, taken as it is, without building another URI first);
-/// `client_ip` is appended to `X-Forwarded-For`.
+/// `/function/NAME/…` path, taken as it is, without building another URI first); a client's
+/// address is appended to `X-Forwarded-For`.
 pub(crate) async fn forward<P: Provider>(
     shared: &Shared<P>,
     name: &str,
     namespace: &str,
     path: &str,
     query: Option<&str>,
-    client_ip: Option<IpAddr>,
+    caller: Caller,
     request: Request<Body>,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -159,11 +187,13 @@ pub(crate) async fn forward<P: Provider>(
     let call_id = call_id_of(&parts.headers);
 
     let wait = shared.config.ready_wait;
-    let endpoint: Endpoint = match tokio::time::timeout(
-        wait + ENDPOINT_GRACE,
-        shared.provider.endpoint(name, namespace, wait),
-    )
-    .await
+    let endpoint = async {
+        match caller {
+            Caller::Client(_) => shared.provider.endpoint(name, namespace, wait).await,
+            Caller::Board => shared.provider.endpoint_here(name, namespace, wait).await,
+        }
+    };
+    let endpoint: Endpoint = match tokio::time::timeout(wait + ENDPOINT_GRACE, endpoint).await
     {
         Ok(Ok(endpoint)) => endpoint,
         Ok(Err(ProviderError::NotFound(_))) => {
@@ -197,7 +227,7 @@ pub(crate) async fn forward<P: Provider>(
     let stats = function.with_text(|f| shared.metrics.function(f));
     stats.started();
     let Endpoint {
-        addr,
+        upstream,
         timeout,
         in_flight,
     } = endpoint;
@@ -208,7 +238,17 @@ pub(crate) async fn forward<P: Provider>(
         in_flight,
     };
 
-    let uri = match upstream_uri(addr, path, query) {
+    let uri = match &upstream {
+        Upstream::Replica(addr) => upstream_uri("http", *addr, "", path, query),
+        Upstream::Board(board) => upstream_uri(
+            "https",
+            board.addr,
+            crate::boards::INVOKE_PREFIX,
+            &format!("{function}{}", if path.is_empty() { "/" } else { path }),
+            query,
+        ),
+    };
+    let uri = match uri {
         Ok(uri) => uri,
         Err(e) => {
             return completion.fail(
@@ -218,32 +258,64 @@ pub(crate) async fn forward<P: Provider>(
             );
         }
     };
-    let original_host = parts
-        .headers
-        .get(HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| header_value(a.as_str())));
-    parts.uri = uri;
     let start_header = HeaderValue::from(unix_nanos(start_time));
-    prepare_headers(
-        &mut parts.headers,
-        original_host,
-        client_ip,
-        call_id.clone(),
-        start_header.clone(),
-    );
-    let upstream = Request::from_parts(parts, body);
+    match caller {
+        Caller::Client(client_ip) => {
+            let original_host = parts
+                .headers
+                .get(HOST)
+                .cloned()
+                .or_else(|| parts.uri.authority().and_then(|a| header_value(a.as_str())));
+            prepare_headers(
+                &mut parts.headers,
+                original_host,
+                client_ip,
+                call_id.clone(),
+                start_header.clone(),
+            );
+        }
+        // The board that sent it set the client's forwarding headers and the call's start.
+        Caller::Board => {
+            let start = parts.headers.get("x-start-time").cloned();
+            prepare_headers(
+                &mut parts.headers,
+                None,
+                None,
+                call_id.clone(),
+                start.unwrap_or_else(|| start_header.clone()),
+            );
+        }
+    }
+    parts.uri = uri;
+    let upstream_request = Request::from_parts(parts, body);
+    let sent = match &upstream {
+        Upstream::Replica(_) => shared.client.request(upstream_request),
+        Upstream::Board(board) => match shared.boards.get() {
+            Some(client) => client.request(upstream_request),
+            None => {
+                return completion.fail(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "function {function} runs on board {}, and this board cannot reach other boards (no board-to-board TLS set up)",
+                        board.name
+                    ),
+                    call_id,
+                );
+            }
+        },
+    };
 
-    let response = match tokio::time::timeout(timeout, shared.client.request(upstream)).await {
+    let response = match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
             let cause = client_error(&e);
+            let at = Where(&upstream);
             let message = if e.is_connect() {
-                format!("function {function} is unreachable at {addr}: {cause}")
+                format!("function {function} is unreachable at {at}: {cause}")
             } else {
-                format!("function {function} at {addr} failed to answer: {cause}")
+                format!("function {function} at {at} failed to answer: {cause}")
             };
-            warn!(%function, %addr, error = %cause, "function unreachable");
+            warn!(%function, upstream = %at, error = %cause, "function unreachable");
             return completion.fail(StatusCode::BAD_GATEWAY, message, call_id);
         }
         Err(_) => {

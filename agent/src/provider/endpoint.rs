@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bramble_gateway::provider::{Endpoint, LogStream, ProviderError, ProviderResult};
+use bramble_gateway::provider::{Endpoint, LogStream, ProviderError, ProviderResult, Upstream};
 use bramble_gateway::types::{FunctionState, LogMessage, LogRequest};
 use futures::StreamExt;
 
@@ -44,7 +44,7 @@ impl<R: NodeRuntime> LocalProvider<R> {
         };
         if let Some((addr, guard)) = handle.route.pick() {
             return Ok(Endpoint {
-                addr,
+                upstream: Upstream::Replica(addr),
                 timeout: handle.route.timeout(),
                 in_flight: Some(Box::new(guard)),
             });
@@ -65,7 +65,7 @@ impl<R: NodeRuntime> LocalProvider<R> {
         };
         if ready && let Some((addr, guard)) = handle.route.pick() {
             return Ok(Endpoint {
-                addr,
+                upstream: Upstream::Replica(addr),
                 timeout: handle.route.timeout(),
                 in_flight: Some(Box::new(guard)),
             });

@@ -238,7 +238,7 @@ impl ClusterNode {
         Ok(node)
     }
 
-    fn keep(&self, task: tokio::task::JoinHandle<()>) {
+    pub(crate) fn keep(&self, task: tokio::task::JoinHandle<()>) {
         self.tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

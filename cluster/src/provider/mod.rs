@@ -14,13 +14,16 @@
 //!   records: every board lists every function, with `replicas` (desired) and
 //!   `availableReplicas` (ready, summed over the boards), and `bramble.replicas` says where
 //!   they are placed ([`status::function_status`]).
-//! - **Invocations** (`endpoint`) are answered by the replicas of this board; a function that
-//!   runs only on other boards is refused with 503 naming them (routing between boards is the
-//!   next step). Logs come from this board's replicas. Images are each board's own.
+//! - **Invocations** (`endpoint`) are answered by this board's replicas when the function is
+//!   placed here, otherwise sent to a board that runs it ([`routes`]: a table in memory, kept
+//!   up to date from the plan and the boards' records); a board answers what another board sent
+//!   from its own replicas only (`endpoint_here`): one extra hop at most. Logs come from this
+//!   board's replicas. Images are each board's own.
 //!
 //! Until the board has reached its cluster (at start, after a power cut of the whole shelf,
 //! the cluster may have no quorum yet), reads show what this board runs and writes answer 503.
 
+pub mod routes;
 pub mod status;
 #[cfg(test)]
 mod tests;
@@ -31,8 +34,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bramble_gateway::provider::{
-    Endpoint, LogStream, Provider, ProviderError, ProviderResult, UsageSample,
+    Endpoint, LogStream, Provider, ProviderError, ProviderResult, Upstream, UsageSample,
 };
+use tokio::sync::watch;
 use bramble_gateway::types::{
     FunctionDeployment, FunctionNamespace, FunctionStatus, ImageSummary, LogRequest, ProviderInfo,
     Secret,
@@ -41,13 +45,18 @@ use bramble_gateway::ui::model::{Board, Replica};
 
 use crate::desired::FunctionKey;
 use crate::node::{ClusterNode, Parts};
-use crate::placement::{self, Admitted, Placement};
+use crate::placement::{self, Admitted};
+
+use routes::{Route, Routes};
 
 /// The single-board checks of a deployment the node runs before the cluster stores it.
 pub trait DeploymentCheck: Send + Sync + 'static {
     /// Checks `deployment` without side effects (its settings, triggers, hardware grants and
     /// image name); returns the replicas it starts with.
     fn check(&self, deployment: &FunctionDeployment) -> ProviderResult<u64>;
+    /// How long this board waits for another board's answer to a call of the function: its
+    /// upstream timeout plus the time that board may take to start a replica.
+    fn remote_timeout(&self, deployment: &FunctionDeployment) -> Duration;
 }
 
 /// The provider of a board that may be in a cluster (see the module docs).
@@ -55,6 +64,8 @@ pub struct ClusterProvider<L> {
     local: Arc<L>,
     check: Arc<dyn DeploymentCheck>,
     node: OnceLock<Arc<ClusterNode>>,
+    /// Where invocations go, kept up to date once attached ([`routes`]).
+    routes: watch::Sender<Arc<Routes>>,
 }
 
 /// How a call is served.
@@ -80,13 +91,27 @@ impl<L: Provider> ClusterProvider<L> {
             local,
             check,
             node: OnceLock::new(),
+            routes: watch::Sender::new(Arc::default()),
         }
     }
 
-    /// Cluster mode from now on. Only the first call counts.
+    /// Cluster mode from now on. Only the first call counts. Starts keeping the routes of
+    /// invocations up to date (for as long as the node runs).
     pub fn attach(&self, node: Arc<ClusterNode>) {
-        if self.node.set(node).is_err() {
+        if self.node.set(Arc::clone(&node)).is_err() {
             tracing::warn!("a cluster node was already attached; keeping the first");
+            return;
+        }
+        let routes = self.routes.clone();
+        let check = Arc::clone(&self.check);
+        let task = tokio::spawn(async move {
+            let Some(parts) = node.ready(Duration::MAX).await else {
+                return;
+            };
+            follow_routes(node.board(), &parts, check.as_ref(), &routes).await;
+        });
+        if let Some(node) = self.node.get() {
+            node.keep(task);
         }
     }
 
@@ -177,6 +202,35 @@ impl<L: Provider> ClusterProvider<L> {
         let view = parts.membership.watch().borrow().clone();
         let local = self.local_status(key).await;
         status::function_status(key, record, plan.as_deref(), &view, local)
+    }
+}
+
+/// Rebuilds `routes` whenever the plan, the boards' records or the desired state change.
+async fn follow_routes(
+    me: String,
+    parts: &Parts,
+    check: &dyn DeploymentCheck,
+    routes: &watch::Sender<Arc<Routes>>,
+) {
+    let mut plan = parts.plan.clone();
+    let mut view = parts.membership.watch();
+    let mut desired = parts.desired.mirror().subscribe();
+    loop {
+        let table = {
+            let plan = plan.borrow_and_update().clone();
+            let view = view.borrow_and_update().clone();
+            let desired = desired.borrow_and_update().clone();
+            plan.map(|plan| Routes::build(&me, &plan, &view, &desired, check))
+        };
+        if let Some(table) = table {
+            routes.send_replace(Arc::new(table));
+        }
+        tokio::select! {
+            Ok(()) = plan.changed() => {}
+            Ok(()) = view.changed() => {}
+            Ok(()) = desired.changed() => {}
+            else => return,
+        }
     }
 }
 
@@ -385,51 +439,37 @@ impl<L: Provider> Provider for ClusterProvider<L> {
         namespace: &str,
         wait: Duration,
     ) -> ProviderResult<Endpoint> {
-        let Mode::Cluster(node, parts) = self.mode() else {
+        if matches!(self.mode(), Mode::Single) {
             return self.local.endpoint(name, namespace, wait).await;
-        };
-        let key = FunctionKey::of(namespace, name);
-        let refusal = {
-            let plan = parts.plan.borrow();
-            let me = node.me();
-            let me = me.borrow();
-            let here = me.name.as_str();
-            match plan.as_deref().and_then(|p| p.find(&key)) {
+        }
+        let elsewhere = {
+            let routes = self.routes.borrow();
+            match routes.find(namespace, name) {
                 // Not placed yet (deployed a moment ago), or placed here: this board answers.
-                None => None,
-                Some(Placement::Placed(placed))
-                    if placed.boards.contains_key(here) || placed.home == here =>
-                {
-                    None
+                None | Some(Route::Here) => None,
+                Some(Route::Refused(message)) => {
+                    return Err(ProviderError::Unavailable(message.clone()));
                 }
-                Some(Placement::Placed(placed)) => {
-                    let boards: Vec<&str> = placed.boards.keys().map(String::as_str).collect();
-                    Some(format!(
-                        "function {name} runs on {}, not on this board ({here}); call it there (routing between boards comes later)",
-                        if boards.is_empty() {
-                            placed.home.clone()
-                        } else {
-                            boards.join(", ")
-                        }
-                    ))
-                }
-                Some(Placement::Unplaced(reason)) => {
-                    Some(format!("function {name} cannot be placed: {reason}"))
-                }
-                Some(Placement::Waiting(boards)) => Some(format!(
-                    "function {name} is waiting for {}",
-                    boards
-                        .keys()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
+                Some(Route::Elsewhere(remote)) => remote.pick().map(|board| Endpoint {
+                    upstream: Upstream::Board(board.clone()),
+                    timeout: remote.timeout,
+                    in_flight: None,
+                }),
             }
         };
-        match refusal {
-            Some(message) => Err(ProviderError::Unavailable(message)),
+        match elsewhere {
+            Some(endpoint) => Ok(endpoint),
             None => self.local.endpoint(name, namespace, wait).await,
         }
+    }
+
+    async fn endpoint_here(
+        &self,
+        name: &str,
+        namespace: &str,
+        wait: Duration,
+    ) -> ProviderResult<Endpoint> {
+        self.local.endpoint(name, namespace, wait).await
     }
 
     async fn usage(&self) -> HashMap<(String, String), UsageSample> {

@@ -16,7 +16,7 @@ use crate::validate;
 use super::{ApiResult, Gw};
 
 /// Splits `/PREFIX/NAME[.NS][/rest]` into name, namespace and the path the function sees.
-pub(super) fn split_function_path<'a>(
+pub(crate) fn split_function_path<'a>(
     path: &'a str,
     prefix: &str,
     default_namespace: &'a str,
@@ -74,7 +74,7 @@ pub(crate) async fn invoke_path<P: Provider>(
                 namespace,
                 rest,
                 uri.query(),
-                client_ip,
+                crate::proxy::Caller::Client(client_ip),
                 request,
             )
             .await

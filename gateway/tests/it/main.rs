@@ -3,6 +3,7 @@
 
 mod api;
 mod asyncq;
+mod boards;
 mod common;
 mod proxy;
 mod robust;

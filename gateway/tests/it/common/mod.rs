@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use base64::Engine as _;
 use bramble_gateway::provider::{
-    Endpoint, LogStream, Provider, ProviderError, ProviderResult, UsageSample,
+    BoardAddr, Endpoint, LogStream, Provider, ProviderError, ProviderResult, Upstream,
+    UsageSample,
 };
 use bramble_gateway::types::{
     FunctionDeployment, FunctionNamespace, FunctionStatus, ImageSummary, LogMessage, LogRequest,
@@ -136,6 +137,8 @@ pub struct MemProvider {
     pub calls: Mutex<Vec<String>>,
     /// Where the functions are served; `None` = not ready (503).
     pub upstream: Mutex<Option<SocketAddr>>,
+    /// When set, `endpoint` sends calls to this board instead (`endpoint_here` never does).
+    pub board: Mutex<Option<BoardAddr>>,
     pub timeout: Mutex<Duration>,
     /// `endpoint` fails with Unavailable this many more times.
     pub unavailable: AtomicUsize,
@@ -168,6 +171,7 @@ impl MemProvider {
             state: Mutex::new(state),
             calls: Mutex::default(),
             upstream: Mutex::new(upstream),
+            board: Mutex::new(None),
             timeout: Mutex::new(Duration::from_secs(30)),
             unavailable: AtomicUsize::new(0),
             endpoint_error: Mutex::new(None),
@@ -541,6 +545,31 @@ impl Provider for MemProvider {
         _wait: Duration,
     ) -> ProviderResult<Endpoint> {
         self.record(format!("endpoint {name} {namespace}"));
+        self.endpoint_of(name, namespace, true).await
+    }
+
+    async fn endpoint_here(
+        &self,
+        name: &str,
+        namespace: &str,
+        _wait: Duration,
+    ) -> ProviderResult<Endpoint> {
+        self.record(format!("endpoint_here {name} {namespace}"));
+        self.endpoint_of(name, namespace, false).await
+    }
+
+    async fn usage(&self) -> HashMap<(String, String), UsageSample> {
+        self.usage.lock().unwrap().clone()
+    }
+}
+
+impl MemProvider {
+    async fn endpoint_of(
+        &self,
+        name: &str,
+        namespace: &str,
+        may_go_elsewhere: bool,
+    ) -> ProviderResult<Endpoint> {
         self.endpoint_calls.fetch_add(1, Ordering::SeqCst);
         self.endpoint_called.notify_waiters();
         if !self
@@ -566,6 +595,13 @@ impl Provider for MemProvider {
                 "function {name}.{namespace} is starting"
             )));
         }
+        if may_go_elsewhere && let Some(board) = self.board.lock().unwrap().clone() {
+            return Ok(Endpoint {
+                upstream: Upstream::Board(board),
+                timeout: *self.timeout.lock().unwrap(),
+                in_flight: None,
+            });
+        }
         let Some(addr) = *self.upstream.lock().unwrap() else {
             return Err(ProviderError::Unavailable(format!(
                 "function {name}.{namespace} has no replica"
@@ -573,14 +609,10 @@ impl Provider for MemProvider {
         };
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         Ok(Endpoint {
-            addr,
+            upstream: Upstream::Replica(addr),
             timeout: *self.timeout.lock().unwrap(),
             in_flight: Some(Box::new(InFlightGuard(Arc::clone(&self.in_flight)))),
         })
-    }
-
-    async fn usage(&self) -> HashMap<(String, String), UsageSample> {
-        self.usage.lock().unwrap().clone()
     }
 }
 
