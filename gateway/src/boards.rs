@@ -36,10 +36,12 @@ use crate::proxy::Caller;
 pub(crate) const INVOKE_PREFIX: &str = "/cluster/function/";
 
 /// The client a board proxies to other boards with.
-pub(crate) type BoardClient =
-    Client<hyper_rustls::HttpsConnector<HttpConnector>, axum::body::Body>;
+pub(crate) type BoardClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, axum::body::Body>;
 
-fn board_client(tls: rustls::ClientConfig) -> BoardClient {
+fn board_client(mut tls: rustls::ClientConfig) -> BoardClient {
+    // hyper-rustls offers the protocols it speaks itself (and refuses a configuration that
+    // names some already).
+    tls.alpn_protocols.clear();
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(3)));

@@ -193,8 +193,7 @@ pub(crate) async fn forward<P: Provider>(
             Caller::Board => shared.provider.endpoint_here(name, namespace, wait).await,
         }
     };
-    let endpoint: Endpoint = match tokio::time::timeout(wait + ENDPOINT_GRACE, endpoint).await
-    {
+    let endpoint: Endpoint = match tokio::time::timeout(wait + ENDPOINT_GRACE, endpoint).await {
         Ok(Ok(endpoint)) => endpoint,
         Ok(Err(ProviderError::NotFound(_))) => {
             debug!(%function, "invocation of an unknown function");

@@ -113,20 +113,7 @@ impl Node {
         let (node_binary, _) = node_command(binary)?;
         let platform = node_platform(&node_binary)?;
         let env = TestEnv::new(name)?;
-        // The importing runtime takes the node's platform: it refuses images for another one.
-        let mut config = env.config.clone();
-        config.platform = Some(platform.clone());
-        let runtime = bramble_runtime::Runtime::new(config)?;
-        let (archive, _) = if platform == Platform::host() {
-            crate::fixture_image(env.scratch(), "fixture:test")?
-        } else {
-            crate::images::fixture_image_labelled(env.scratch(), "fixture:test", platform)?
-        };
-        runtime
-            .images()
-            .import(&archive, None, &bramble_runtime::image::no_progress)
-            .await?;
-        drop(runtime);
+        import_fixture(&env, platform).await?;
         Ok(Node::start(binary, env, extra_config)?)
     }
 
@@ -466,6 +453,28 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Imports the fixture image ([`FIXTURE_IMAGE`]) for `platform` into `env`'s containerd, so
+/// that a node on it deploys with no registry.
+pub async fn import_fixture(
+    env: &TestEnv,
+    platform: Platform,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // The importing runtime takes the node's platform: it refuses images for another one.
+    let mut config = env.config.clone();
+    config.platform = Some(platform.clone());
+    let runtime = bramble_runtime::Runtime::new(config)?;
+    let (archive, _) = if platform == Platform::host() {
+        crate::fixture_image(env.scratch(), "fixture:test")?
+    } else {
+        crate::images::fixture_image_labelled(env.scratch(), "fixture:test", platform)?
+    };
+    runtime
+        .images()
+        .import(&archive, None, &bramble_runtime::image::no_progress)
+        .await?;
+    Ok(())
 }
 
 /// The runtime configuration a node started on `env` uses: `env`'s, but with the network

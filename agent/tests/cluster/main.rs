@@ -8,10 +8,13 @@
 //! API answers meanwhile). Measured figures are printed (`measured: ...`), never asserted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod routing;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use bramble_runtime::image::platform::Platform;
 use bramble_testkit::harness::{self, Need, Trial};
 use bramble_testkit::lan::Lan;
 use serde_json::Value;
@@ -33,6 +36,8 @@ struct Board {
     /// More flags of `bramble up`.
     extra: Vec<String>,
     up: Option<Child>,
+    /// The board's own containerd (with the fixture image), when it runs functions.
+    env: Option<bramble_testkit::TestEnv>,
 }
 
 impl Board {
@@ -48,7 +53,30 @@ impl Board {
             address: Lan::address(i),
             extra: Vec::new(),
             up: None,
+            env: None,
         }
+    }
+
+    /// A board that runs functions: its own containerd, holding the fixture image.
+    async fn with_containerd(lan: &Lan, i: usize, name: &str) -> Board {
+        let mut board = Board::new(lan, i, name);
+        let env = bramble_testkit::TestEnv::new(name).unwrap();
+        bramble_testkit::node::import_fixture(&env, Platform::host())
+            .await
+            .unwrap();
+        // Its containerd namespace, bridge and subnet are its own (runc's state and the
+        // cgroups are shared by every containerd of this machine).
+        let c = &env.config;
+        std::fs::write(
+            board.dir.join("bramble.toml"),
+            format!(
+                "containerd_namespace = \"{}\"\n\n[network]\nbridge = \"{}\"\nsubnet = \"{}\"\n",
+                c.namespace, c.network.bridge, c.network.subnet
+            ),
+        )
+        .unwrap();
+        board.env = Some(env);
+        board
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -61,17 +89,33 @@ impl Board {
             .append(true)
             .open(self.dir.join("bramble.log"))
             .unwrap();
+        let (config, run_dir, socket) = match &self.env {
+            Some(env) => (
+                vec![
+                    "--config".to_owned(),
+                    self.dir.join("bramble.toml").display().to_string(),
+                ],
+                env.config.run_dir.clone(),
+                env.containerd.socket().to_path_buf(),
+            ),
+            None => (
+                Vec::new(),
+                self.dir.join("run"),
+                self.dir.join("no-containerd.sock"),
+            ),
+        };
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.netns.display()))
             .arg(bramble())
             .arg("up")
+            .args(config)
             .args(["--listen", "0.0.0.0:8080"])
             .arg("--state-dir")
             .arg(self.state_dir())
             .arg("--run-dir")
-            .arg(self.dir.join("run"))
+            .arg(run_dir)
             .arg("--containerd-socket")
-            .arg(self.dir.join("no-containerd.sock"))
+            .arg(socket)
             .args(["--hardware-backend", "simulator"])
             .args(["--cluster-board", &self.name])
             .args(["--cluster-address", &self.address.to_string()])
@@ -492,23 +536,7 @@ async fn init_join_status_leave_remove() -> TestResult {
         "measured: deploy through b0 → placed, shown by every board: {:?}",
         placed.elapsed()
     );
-    // A board that does not run it says which board does (routing between boards comes later).
-    let host = b0
-        .describe("hello")
-        .map(|s| placed_on(&s))
-        .and_then(|on| on.first().map(|(board, _)| board.clone()))
-        .unwrap_or_default();
-    let other = [&b0, &b1, &b2]
-        .into_iter()
-        .find(|b| b.name != host)
-        .unwrap();
-    let invoked = other.bramble(&["invoke", "hello"]);
-    let why = String::from_utf8_lossy(&invoked.stderr);
-    assert!(
-        !invoked.status.success() && why.contains(&format!("runs on {host}")),
-        "invoke on {}: {why}",
-        other.name
-    );
+    // (Invocations between boards, which need replicas that run: the `routing` tests.)
     let scaled = b2.bramble(&["scale", "hello", "2"]);
     assert!(
         scaled.status.success(),
@@ -659,9 +687,14 @@ fn main() {
             .unwrap_or_else(|_| "nats-server".into())
             .into_boxed_str(),
     );
-    let trials = vec![Trial::test("init_join_status_leave_remove", || {
-        harness::block_on(init_join_status_leave_remove())
-    })];
+    let trials = vec![
+        Trial::test("init_join_status_leave_remove", || {
+            harness::block_on(init_join_status_leave_remove())
+        }),
+        Trial::test("deploy_on_one_board_invoke_on_every_board", || {
+            harness::block_on(routing::deploy_on_one_board_invoke_on_every_board())
+        }),
+    ];
     harness::main(
         &[
             Need::Root,
@@ -669,6 +702,9 @@ fn main() {
             Need::Binary("ip"),
             Need::Binary("iptables"),
             Need::Binary("nsenter"),
+            Need::Binary("containerd"),
+            Need::Binary("runc"),
+            Need::CniPlugins,
         ],
         trials,
     )

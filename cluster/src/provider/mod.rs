@@ -36,12 +36,12 @@ use std::time::Duration;
 use bramble_gateway::provider::{
     Endpoint, LogStream, Provider, ProviderError, ProviderResult, Upstream, UsageSample,
 };
-use tokio::sync::watch;
 use bramble_gateway::types::{
     FunctionDeployment, FunctionNamespace, FunctionStatus, ImageSummary, LogRequest, ProviderInfo,
     Secret,
 };
 use bramble_gateway::ui::model::{Board, Replica};
+use tokio::sync::watch;
 
 use crate::desired::FunctionKey;
 use crate::node::{ClusterNode, Parts};

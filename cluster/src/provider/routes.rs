@@ -58,7 +58,9 @@ impl Remote {
         match self.ready.len() {
             0 => self.wake.as_ref(),
             1 => self.ready.first(),
-            n => self.ready.get(self.next.fetch_add(1, Ordering::Relaxed) % n),
+            n => self
+                .ready
+                .get(self.next.fetch_add(1, Ordering::Relaxed) % n),
         }
     }
 }
@@ -130,7 +132,14 @@ fn route(me: &str, f: &FunctionPlan, view: &View, timeout: Duration) -> Route {
         let Some((view, addr)) = reachable(view, board) else {
             continue;
         };
-        if view.info.as_ref().and_then(|i| i.ready.get(&id)).copied().unwrap_or(0) == 0 {
+        if view
+            .info
+            .as_ref()
+            .and_then(|i| i.ready.get(&id))
+            .copied()
+            .unwrap_or(0)
+            == 0
+        {
             continue;
         }
         match view.state {
@@ -220,7 +229,12 @@ mod tests {
             panic!("not elsewhere: {route:?}");
         };
         (0..n)
-            .map(|_| remote.pick().map(|b| b.name.to_string()).unwrap_or_default())
+            .map(|_| {
+                remote
+                    .pick()
+                    .map(|b| b.name.to_string())
+                    .unwrap_or_default()
+            })
             .collect()
     }
 
@@ -247,7 +261,10 @@ mod tests {
         ]);
         let f = placed("f", &[("b1", 2), ("b2", 1), ("b3", 1), ("b4", 1)], "b1");
         let r = routes("b0", vec![f], &v);
-        assert_eq!(picks(r.find("openfaas-fn", "f"), 4), ["b1", "b2", "b1", "b2"]);
+        assert_eq!(
+            picks(r.find("openfaas-fn", "f"), 4),
+            ["b1", "b2", "b1", "b2"]
+        );
         let Some(Route::Elsewhere(remote)) = r.find("openfaas-fn", "f") else {
             panic!()
         };

@@ -79,7 +79,10 @@ impl Ca {
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain(cert), PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap())
+            .with_single_cert(
+                chain(cert),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
             .unwrap();
         Arc::new(config)
     }
@@ -92,7 +95,7 @@ impl Ca {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(self.roots());
-        match board {
+        let mut config = match board {
             Some((cert, key)) => builder
                 .with_client_auth_cert(
                     chain(cert),
@@ -100,7 +103,10 @@ impl Ca {
                 )
                 .unwrap(),
             None => builder.with_no_client_auth(),
-        }
+        };
+        // As the cluster's own client configuration does.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config
     }
 }
 
@@ -180,26 +186,48 @@ async fn a_call_through_another_board_is_answered_by_the_board_that_runs_it() {
     let get = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
     // What the function sees is what the client sent, as if it ran on board A.
     assert_eq!(get("x-forwarded-host"), Some("pi.local:8080"));
-    assert_eq!(get("x-forwarded-for"), Some("127.0.0.1"), "the client's, once");
+    assert_eq!(
+        get("x-forwarded-for"),
+        Some("127.0.0.1"),
+        "the client's, once"
+    );
     assert_eq!(get("x-call-id"), Some("call-1"));
     assert_eq!(get("x-custom"), Some("kept"));
     assert_eq!(r.header("x-call-id"), Some("call-1"));
     assert!(r.header("x-fixture-pid").is_some());
     // A asked its provider where to go; B answered from its own replicas only.
-    assert!(boards.a.provider.calls().contains(&"endpoint fn openfaas-fn".to_owned()));
+    assert!(
+        boards
+            .a
+            .provider
+            .calls()
+            .contains(&"endpoint fn openfaas-fn".to_owned())
+    );
     let b_calls = boards.b.provider.calls();
-    assert!(b_calls.contains(&"endpoint_here fn openfaas-fn".to_owned()), "{b_calls:?}");
-    assert!(!b_calls.contains(&"endpoint fn openfaas-fn".to_owned()), "{b_calls:?}");
+    assert!(
+        b_calls.contains(&"endpoint_here fn openfaas-fn".to_owned()),
+        "{b_calls:?}"
+    );
+    assert!(
+        !b_calls.contains(&"endpoint fn openfaas-fn".to_owned()),
+        "{b_calls:?}"
+    );
 
     // Bodies stream both ways, whole: 8 MiB echoed back.
     let big = vec![b'x'; 8 << 20];
-    let r = boards.a.send("POST", "/function/fn/echo", &[], big.clone()).await;
+    let r = boards
+        .a
+        .send("POST", "/function/fn/echo", &[], big.clone())
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body.len(), big.len());
     assert!(r.body == big);
 
     // The function's own answer passes through the hop unchanged, errors included.
-    let r = boards.a.send("GET", "/function/fn/status?code=418", &[], "").await;
+    let r = boards
+        .a
+        .send("GET", "/function/fn/status?code=418", &[], "")
+        .await;
     assert_eq!(r.status.as_u16(), 418, "{}", r.text());
 }
 
@@ -267,7 +295,8 @@ async fn a_board_that_does_not_answer_is_a_502_naming_it() {
     let r = boards.a.send("GET", "/function/fn/", &[], "").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert!(
-        r.text().contains(&format!("unreachable at board b9 ({addr})")),
+        r.text()
+            .contains(&format!("unreachable at board b9 ({addr})")),
         "{}",
         r.text()
     );

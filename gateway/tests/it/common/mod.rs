@@ -12,8 +12,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use base64::Engine as _;
 use bramble_gateway::provider::{
-    BoardAddr, Endpoint, LogStream, Provider, ProviderError, ProviderResult, Upstream,
-    UsageSample,
+    BoardAddr, Endpoint, LogStream, Provider, ProviderError, ProviderResult, Upstream, UsageSample,
 };
 use bramble_gateway::types::{
     FunctionDeployment, FunctionNamespace, FunctionStatus, ImageSummary, LogMessage, LogRequest,

@@ -1,0 +1,255 @@
+//! Boards that run functions: each with its own containerd (and the fixture image), its own
+//! bramble and nats-server. A function deployed through one board answers on every board —
+//! from the board that runs it, through one extra hop over TLS — and scaled to three it runs
+//! on all three, each board answering from its own replica.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bramble_testkit::http;
+use bramble_testkit::lan::Lan;
+use bramble_testkit::node::FIXTURE_IMAGE;
+use serde_json::Value;
+
+use crate::{Board, TestResult, alive, names_states, wait_for, wait_status};
+
+/// Runs `f` on a thread inside network namespace `netns` (a client on that board), with a
+/// runtime of its own: sockets made there belong to that namespace.
+fn in_netns<T: Send>(netns: &Path, f: impl AsyncFnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let ns = std::fs::File::open(netns).unwrap();
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(f())
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+const API: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
+/// `GET /function/echo/headers` on `board` (from the board itself): status and body.
+fn call(board: &Board) -> (u16, String) {
+    in_netns(&board.netns, async || {
+        let r = http::request(
+            API,
+            "GET",
+            "/function/echo/headers",
+            &[],
+            b"",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        (r.status, r.text())
+    })
+}
+
+/// Latencies of `n` calls of `/function/echo/` on `board`, sorted, in milliseconds.
+fn latencies(board: &Board, n: usize) -> Vec<f64> {
+    in_netns(&board.netns, async || {
+        let mut all = Vec::with_capacity(n);
+        for _ in 0..n {
+            let started = Instant::now();
+            let r = http::request(
+                API,
+                "GET",
+                "/function/echo/",
+                &[],
+                b"",
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            all.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        all.sort_by(f64::total_cmp);
+        all
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Where the plan puts `echo`, as `board` shows it: (board, replicas) placed.
+fn placed_on(board: &Board) -> Vec<(String, u64)> {
+    board
+        .describe("echo")
+        .and_then(|s| {
+            s["bramble"]["replicas"].as_array().map(|r| {
+                r.iter()
+                    .filter(|p| p["state"] == "placed")
+                    .map(|p| {
+                        (
+                            p["board"].as_str().unwrap_or_default().to_owned(),
+                            p["replicas"].as_u64().unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Which board's replica answered a call of `/headers`: the one whose function bridge the
+/// replica's address (`host:`, what the gateway connected to) is on.
+fn answered_on(boards: &[Board], headers: &str) -> String {
+    let host = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .unwrap_or_default();
+    boards
+        .iter()
+        .find(|b| {
+            let subnet = &b.env.as_ref().unwrap().config.network.subnet;
+            host.starts_with(subnet.trim_end_matches("0/24"))
+        })
+        .map(|b| b.name.clone())
+        .unwrap_or_else(|| format!("no board (host {host})"))
+}
+
+fn available(board: &Board) -> u64 {
+    board
+        .describe("echo")
+        .map_or(0, |s: Value| s["availableReplicas"].as_u64().unwrap_or(0))
+}
+
+pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
+    let lan = Lan::new(3)?;
+    let mut boards = Vec::new();
+    for (i, name) in ["b0", "b1", "b2"].into_iter().enumerate() {
+        boards.push(Board::with_containerd(&lan, i, name).await);
+    }
+    for b in &mut boards {
+        b.start();
+    }
+    for b in &boards {
+        b.wait_up().await;
+    }
+    let init = boards[0].cluster_ok(&["init", "--name", "shelf"]);
+    let join = init["join"].as_str().unwrap().to_owned();
+    let (token, address) = join.split_once(' ').unwrap();
+    for b in &boards[1..] {
+        b.cluster_ok(&["join", token, address]);
+    }
+    for b in &boards {
+        wait_status(b, "three boards alive", |s| {
+            names_states(s) == alive(&["b0", "b1", "b2"])
+        })
+        .await;
+    }
+
+    // Deployed through b1, placed on one board, answered by every board.
+    let deployed = Instant::now();
+    let out = boards[1].bramble(&["deploy", "--name", "echo", "--image", FIXTURE_IMAGE]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        boards[1].log_tail()
+    );
+    wait_for("echo ready", || available(&boards[1]) == 1).await;
+    println!(
+        "measured: deploy through b1 → one replica ready, shown by b1: {:?}",
+        deployed.elapsed()
+    );
+    let on = placed_on(&boards[1]);
+    assert_eq!(on.len(), 1, "{on:?}");
+    let host = on[0].0.clone();
+    for b in &boards {
+        // Every board knows where it runs before it is asked (the routes follow the records).
+        wait_for(&format!("{} sees echo ready", b.name), || available(b) == 1).await;
+        let (status, text) = call(b);
+        assert_eq!(
+            status,
+            200,
+            "{} answered {status}: {text}\n{}",
+            b.name,
+            b.log_tail()
+        );
+        // The replica on the host's function bridge answered…
+        assert_eq!(answered_on(&boards, &text), host, "{}: {text}", b.name);
+        // …and saw the client's request as if it ran on the board asked.
+        assert!(
+            text.contains("\nx-forwarded-host: 127.0.0.1:8080\n"),
+            "{}: {text}",
+            b.name
+        );
+        assert!(
+            text.contains("\nx-forwarded-for: 127.0.0.1\n"),
+            "{}: {text}",
+            b.name
+        );
+    }
+
+    // The extra hop's cost: calls on the board that runs it against calls on one that does not.
+    let here = boards.iter().find(|b| b.name == host).unwrap();
+    let there = boards.iter().find(|b| b.name != host).unwrap();
+    let _ = latencies(there, 20);
+    let local = latencies(here, 200);
+    let remote = latencies(there, 200);
+    println!(
+        "measured: invoke on the board that runs it ({}) p50 {:.3} ms p99 {:.3} ms; through another board ({}) p50 {:.3} ms p99 {:.3} ms (one connection per call, debug build)",
+        here.name,
+        percentile(&local, 0.5),
+        percentile(&local, 0.99),
+        there.name,
+        percentile(&remote, 0.5),
+        percentile(&remote, 0.99),
+    );
+
+    // Scaled through b2 to three: one replica on each board, and each board answers itself.
+    let out = boards[2].bramble(&["scale", "echo", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scaled = Instant::now();
+    wait_for("echo on three boards, three ready", || {
+        let on = placed_on(&boards[0]);
+        on.len() == 3 && on.iter().all(|(_, n)| *n == 1) && available(&boards[0]) == 3
+    })
+    .await;
+    println!(
+        "measured: scale 1 → 3 over three boards, all ready: {:?}",
+        scaled.elapsed()
+    );
+    for b in &boards {
+        let (status, text) = call(b);
+        assert_eq!(status, 200, "{}: {text}", b.name);
+        assert_eq!(
+            answered_on(&boards, &text),
+            b.name,
+            "the call left {}: {text}",
+            b.name
+        );
+    }
+
+    // Removed through b0: gone everywhere, its containers too.
+    let out = boards[0].bramble(&["rm", "echo"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for b in &boards {
+        wait_for(&format!("echo gone from {}", b.name), || {
+            b.describe("echo").is_none()
+        })
+        .await;
+        let (status, _) = call(b);
+        assert_eq!(status, 404, "{}", b.name);
+    }
+    Ok(())
+}
