@@ -47,6 +47,7 @@
 //! | any `/function/{name[.ns]}[/path]` | the function's | streamed both ways; `name.ns` split on the last `.` |
 //! | `POST /async-function/{name[.ns]}[/path]` | 202 + `X-Call-Id` | 507 when the queue's disk is full |
 //! | `GET /` | 200 text | |
+//! | any `/cluster/function/{name.ns}[/path]` (board listener only, TLS) | the function's | a call another board sent; 403 without a board certificate (see `Gateway::serve_boards`) |
 //!
 //! `/system/*` needs HTTP Basic auth (401, `WWW-Authenticate: Basic realm="Restricted"`,
 //! `invalid credentials`); the others are open. Bodies of `/system/*` above `max_api_body` get
