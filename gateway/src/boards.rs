@@ -17,9 +17,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -29,8 +31,8 @@ use tokio_rustls::rustls;
 
 use crate::gateway::{Gateway, Shared, Shortcut, serve_connections};
 use crate::http_util::ApiError;
-use crate::provider::Provider;
-use crate::proxy::Caller;
+use crate::provider::{BoardAddr, InFlight, Provider, Upstream};
+use crate::proxy::{Caller, Qualified, SendFailure, send_once};
 
 /// The path prefix of the internal invocation path on the board listener.
 pub(crate) const INVOKE_PREFIX: &str = "/cluster/function/";
@@ -121,6 +123,112 @@ impl<P: Provider> Gateway<P> {
         )
         .await;
         Ok(())
+    }
+}
+
+/// A call on its way to another board: what [`send`] needs to send it again elsewhere.
+pub(crate) struct Call<'a> {
+    pub(crate) function: Qualified<'a>,
+    /// The path and query the function sees.
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    /// How long the provider may take to find where it goes next.
+    pub(crate) wait: Duration,
+}
+
+/// Bodies up to this size are kept while a call goes to another board, so that it can be sent
+/// again elsewhere when that board does not answer; longer ones stream, sent once.
+const KEPT_BODY: u64 = 64 * 1024;
+
+/// How many times a call is sent again after a board failed it at the connection.
+const RESENDS: usize = 2;
+
+/// Sends a call (its headers prepared) to `board`. When the board cannot be reached (the
+/// connection refused: nothing was sent), or, for an idempotent method, the connection breaks
+/// before its answer (the board died with the call), the provider hears that the board is
+/// unreachable ([`Provider::unreachable`]) and the call goes where the provider says now —
+/// another board, or a replica of this one — as long as its body was short enough to keep.
+/// Answers the response and, when it ended on a replica of this board, its in-flight guard.
+pub(crate) async fn send<P: Provider>(
+    shared: &Shared<P>,
+    call: &Call<'_>,
+    board: BoardAddr,
+    timeout: Duration,
+    parts: http::request::Parts,
+    body: Body,
+) -> Result<(http::Response<Incoming>, Option<InFlight>), SendFailure> {
+    let Call {
+        function,
+        path,
+        query,
+        wait,
+    } = *call;
+    let kept = match hyper::body::Body::size_hint(&body).exact() {
+        Some(len) if len <= KEPT_BODY => {
+            let limit = usize::try_from(KEPT_BODY).unwrap_or(usize::MAX);
+            let Some(bytes) = crate::proxy::collect_limited(body, limit).await else {
+                return Err(SendFailure {
+                    status: StatusCode::BAD_REQUEST,
+                    message: "the request body ended before its Content-Length".into(),
+                    unsent: true,
+                    broken: false,
+                });
+            };
+            bytes
+        }
+        _ => {
+            // Too long to keep: sent once.
+            let request = Request::from_parts(parts, body);
+            let upstream = Upstream::Board(board);
+            let sent = send_once(shared, function, &upstream, path, query, request, timeout).await;
+            if let (Err(failure), Upstream::Board(board)) = (&sent, &upstream)
+                && (failure.unsent || failure.broken)
+            {
+                shared.provider.unreachable(board);
+            }
+            return sent.map(|response| (response, None));
+        }
+    };
+    let idempotent = parts.method.is_idempotent();
+    let mut upstream = Upstream::Board(board);
+    let mut timeout = timeout;
+    let mut in_flight = None;
+    let mut resends = 0;
+    loop {
+        let mut request = Request::new(Body::from(kept.clone()));
+        *request.method_mut() = parts.method.clone();
+        *request.version_mut() = parts.version;
+        *request.headers_mut() = parts.headers.clone();
+        let failure =
+            match send_once(shared, function, &upstream, path, query, request, timeout).await {
+                Ok(response) => return Ok((response, in_flight)),
+                Err(failure) => failure,
+            };
+        let dropped = failure.unsent || failure.broken;
+        if let Upstream::Board(board) = &upstream
+            && dropped
+        {
+            shared.provider.unreachable(board);
+        }
+        let again = failure.unsent || (failure.broken && idempotent);
+        if !again || resends == RESENDS {
+            return Err(failure);
+        }
+        let Qualified(name, namespace) = function;
+        let next = match shared.provider.endpoint(name, namespace, wait).await {
+            Ok(next) if next.upstream != upstream => next,
+            _ => return Err(failure),
+        };
+        tracing::info!(
+            %function,
+            failed = %failure.message,
+            to = ?next.upstream,
+            "a board failed a call; sending it again elsewhere"
+        );
+        upstream = next.upstream;
+        timeout = next.timeout;
+        in_flight = next.in_flight;
+        resends += 1;
     }
 }
 

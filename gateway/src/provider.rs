@@ -248,6 +248,11 @@ pub trait Provider: Send + Sync + 'static {
         self.endpoint(name, namespace, wait)
     }
 
+    /// A call sent to `board` failed at the connection (refused, or broken before an
+    /// answer): route around it for a while. The default (a provider in no cluster) does
+    /// nothing.
+    fn unreachable(&self, _board: &BoardAddr) {}
+
     /// Resource use per function (`(name, namespace)`), for `/metrics`.
     fn usage(&self) -> impl Future<Output = HashMap<(String, String), UsageSample>> + Send;
 

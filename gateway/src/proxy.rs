@@ -117,6 +117,92 @@ impl std::fmt::Display for Where<'_> {
     }
 }
 
+/// Why a call could not be sent, or got no answer.
+#[derive(Debug)]
+pub(crate) struct SendFailure {
+    /// The answer the client gets (502, 504, 400).
+    pub(crate) status: StatusCode,
+    /// What went wrong, naming the function and where it was sent.
+    pub(crate) message: String,
+    /// The connection failed before anything was sent: sending it elsewhere is safe.
+    pub(crate) unsent: bool,
+    /// The connection broke after the call was sent, before an answer: the function may have
+    /// run.
+    pub(crate) broken: bool,
+}
+
+/// Sends `request` (its URI is set here from `path` and `query`) to `upstream` once, within
+/// `timeout`.
+pub(crate) async fn send_once<P: Provider>(
+    shared: &Shared<P>,
+    function: Qualified<'_>,
+    upstream: &Upstream,
+    path: &str,
+    query: Option<&str>,
+    mut request: Request<Body>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, SendFailure> {
+    let failure = |status, message| SendFailure {
+        status,
+        message,
+        unsent: false,
+        broken: false,
+    };
+    let uri = match upstream {
+        Upstream::Replica(addr) => upstream_uri("http", *addr, "", path, query),
+        Upstream::Board(board) => upstream_uri(
+            "https",
+            board.addr,
+            crate::boards::INVOKE_PREFIX,
+            &format!("{function}{}", if path.is_empty() { "/" } else { path }),
+            query,
+        ),
+    };
+    *request.uri_mut() = uri.map_err(|e| {
+        failure(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request path: {e}"),
+        )
+    })?;
+    let sent = match upstream {
+        Upstream::Replica(_) => shared.client.request(request),
+        Upstream::Board(board) => match shared.boards.get() {
+            Some(client) => client.request(request),
+            None => {
+                return Err(failure(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "function {function} runs on board {}, and this board cannot reach other boards (no board-to-board TLS set up)",
+                        board.name
+                    ),
+                ));
+            }
+        },
+    };
+    match tokio::time::timeout(timeout, sent).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => {
+            let cause = client_error(&e);
+            let at = Where(upstream);
+            let connect = e.is_connect();
+            Err(SendFailure {
+                status: StatusCode::BAD_GATEWAY,
+                message: if connect {
+                    format!("function {function} is unreachable at {at}: {cause}")
+                } else {
+                    format!("function {function} at {at} failed to answer: {cause}")
+                },
+                unsent: connect,
+                broken: !connect,
+            })
+        }
+        Err(_) => Err(failure(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("Function timed out after {}", human(timeout)),
+        )),
+    }
+}
+
 /// The upstream URI for `path` (after `prefix`) and `query`: one string, parsed once.
 fn upstream_uri(
     scheme: &str,
@@ -237,26 +323,6 @@ pub(crate) async fn forward<P: Provider>(
         in_flight,
     };
 
-    let uri = match &upstream {
-        Upstream::Replica(addr) => upstream_uri("http", *addr, "", path, query),
-        Upstream::Board(board) => upstream_uri(
-            "https",
-            board.addr,
-            crate::boards::INVOKE_PREFIX,
-            &format!("{function}{}", if path.is_empty() { "/" } else { path }),
-            query,
-        ),
-    };
-    let uri = match uri {
-        Ok(uri) => uri,
-        Err(e) => {
-            return completion.fail(
-                StatusCode::BAD_REQUEST,
-                format!("invalid request path: {e}"),
-                call_id,
-            );
-        }
-    };
     let start_header = HeaderValue::from(unix_nanos(start_time));
     match caller {
         Caller::Client(client_ip) => {
@@ -285,45 +351,36 @@ pub(crate) async fn forward<P: Provider>(
             );
         }
     }
-    parts.uri = uri;
-    let upstream_request = Request::from_parts(parts, body);
-    let sent = match &upstream {
-        Upstream::Replica(_) => shared.client.request(upstream_request),
-        Upstream::Board(board) => match shared.boards.get() {
-            Some(client) => client.request(upstream_request),
-            None => {
-                return completion.fail(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "function {function} runs on board {}, and this board cannot reach other boards (no board-to-board TLS set up)",
-                        board.name
-                    ),
-                    call_id,
-                );
-            }
-        },
-    };
-
-    let response = match tokio::time::timeout(timeout, sent).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => {
-            let cause = client_error(&e);
-            let at = Where(&upstream);
-            let message = if e.is_connect() {
-                format!("function {function} is unreachable at {at}: {cause}")
-            } else {
-                format!("function {function} at {at} failed to answer: {cause}")
-            };
-            warn!(%function, upstream = %at, error = %cause, "function unreachable");
-            return completion.fail(StatusCode::BAD_GATEWAY, message, call_id);
+    let sent = match upstream {
+        Upstream::Replica(_) => {
+            let request = Request::from_parts(parts, body);
+            send_once(shared, function, &upstream, path, query, request, timeout)
+                .await
+                .map(|response| (response, None))
         }
-        Err(_) => {
-            warn!(%function, timeout = %human(timeout), "function timed out");
-            return completion.fail(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("Function timed out after {}", human(timeout)),
-                call_id,
-            );
+        Upstream::Board(board) => {
+            let call = crate::boards::Call {
+                function,
+                path,
+                query,
+                wait,
+            };
+            crate::boards::send(shared, &call, board, timeout, parts, body).await
+        }
+    };
+    let (response, completion) = match sent {
+        Ok((response, None)) => (response, completion),
+        // Sent again, to a replica of this board: held like one.
+        Ok((response, Some(in_flight))) => (
+            response,
+            Completion {
+                in_flight: Some(in_flight),
+                ..completion
+            },
+        ),
+        Err(failure) => {
+            warn!(%function, error = %failure.message, "function not reached");
+            return completion.fail(failure.status, failure.message, call_id);
         }
     };
 

@@ -30,11 +30,12 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bramble_gateway::provider::{
-    Endpoint, LogStream, Provider, ProviderError, ProviderResult, Upstream, UsageSample,
+    BoardAddr, Endpoint, LogStream, Provider, ProviderError, ProviderResult, Upstream, UsageSample,
 };
 use bramble_gateway::types::{
     FunctionDeployment, FunctionNamespace, FunctionStatus, ImageSummary, LogRequest, ProviderInfo,
@@ -66,6 +67,44 @@ pub struct ClusterProvider<L> {
     node: OnceLock<Arc<ClusterNode>>,
     /// Where invocations go, kept up to date once attached ([`routes`]).
     routes: watch::Sender<Arc<Routes>>,
+    /// Boards that failed a call at the connection lately: skipped while others can answer.
+    unreachable: Unreachable,
+}
+
+/// How long a board that failed a call at the connection is skipped: until its record says
+/// whether it is dead, a call that goes there would fail again.
+const SKIP_UNREACHABLE: Duration = Duration::from_secs(5);
+
+/// Boards that failed a call at the connection, with when.
+#[derive(Default)]
+struct Unreachable {
+    /// True while the list may hold a board: invocations read nothing else when it is false.
+    any: std::sync::atomic::AtomicBool,
+    boards: std::sync::Mutex<Vec<(Arc<str>, std::time::Instant)>>,
+}
+
+impl Unreachable {
+    fn add(&self, board: &Arc<str>) {
+        let mut boards = self.boards.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        boards.retain(|(b, _)| b != board);
+        boards.push((Arc::clone(board), now));
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// The boards to skip now; `None` when there are none.
+    fn now(&self) -> Option<Vec<Arc<str>>> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut boards = self.boards.lock().unwrap_or_else(PoisonError::into_inner);
+        boards.retain(|(_, at)| at.elapsed() < SKIP_UNREACHABLE);
+        if boards.is_empty() {
+            self.any.store(false, Ordering::Release);
+            return None;
+        }
+        Some(boards.iter().map(|(b, _)| Arc::clone(b)).collect())
+    }
 }
 
 /// How a call is served.
@@ -92,6 +131,7 @@ impl<L: Provider> ClusterProvider<L> {
             check,
             node: OnceLock::new(),
             routes: watch::Sender::new(Arc::default()),
+            unreachable: Unreachable::default(),
         }
     }
 
@@ -442,6 +482,7 @@ impl<L: Provider> Provider for ClusterProvider<L> {
         if matches!(self.mode(), Mode::Single) {
             return self.local.endpoint(name, namespace, wait).await;
         }
+        let skip = self.unreachable.now();
         let elsewhere = {
             let routes = self.routes.borrow();
             match routes.find(namespace, name) {
@@ -450,17 +491,24 @@ impl<L: Provider> Provider for ClusterProvider<L> {
                 Some(Route::Refused(message)) => {
                     return Err(ProviderError::Unavailable(message.clone()));
                 }
-                Some(Route::Elsewhere(remote)) => remote.pick().map(|board| Endpoint {
-                    upstream: Upstream::Board(board.clone()),
-                    timeout: remote.timeout,
-                    in_flight: None,
-                }),
+                Some(Route::Elsewhere(remote)) => remote
+                    .pick(|b| skip.as_ref().is_some_and(|skip| skip.contains(&b.name)))
+                    .map(|board| Endpoint {
+                        upstream: Upstream::Board(board.clone()),
+                        timeout: remote.timeout,
+                        in_flight: None,
+                    }),
             }
         };
         match elsewhere {
             Some(endpoint) => Ok(endpoint),
             None => self.local.endpoint(name, namespace, wait).await,
         }
+    }
+
+    fn unreachable(&self, board: &BoardAddr) {
+        tracing::info!(board = %board.name, addr = %board.addr, "a board failed a call; skipped for a while");
+        self.unreachable.add(&board.name);
     }
 
     async fn endpoint_here(

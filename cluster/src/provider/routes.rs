@@ -44,8 +44,8 @@ pub enum Route {
 pub struct Remote {
     /// Boards with a ready replica, taken in turn.
     ready: Vec<BoardAddr>,
-    /// Where to go when none is ready: that board starts one.
-    wake: Option<BoardAddr>,
+    /// Where to go when none is ready, in order: that board starts one.
+    wake: Vec<BoardAddr>,
     /// How long to wait for the board's answer.
     pub timeout: Duration,
     /// The next of `ready` to take.
@@ -53,15 +53,19 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// The board to send the next call to; `None` when no board can take it now.
-    pub fn pick(&self) -> Option<&BoardAddr> {
-        match self.ready.len() {
-            0 => self.wake.as_ref(),
-            1 => self.ready.first(),
-            n => self
-                .ready
-                .get(self.next.fetch_add(1, Ordering::Relaxed) % n),
-        }
+    /// The board to send the next call to: the next ready one, else the first to wake it —
+    /// skipping those `avoid` names (boards that just failed a call) while there are others;
+    /// `None` when no board can take it.
+    pub fn pick(&self, avoid: impl Fn(&BoardAddr) -> bool) -> Option<&BoardAddr> {
+        let n = self.ready.len();
+        let start = match n {
+            0 | 1 => 0,
+            n => self.next.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        let in_turn = (0..n).filter_map(|i| self.ready.get((start + i) % n));
+        let mut candidates = in_turn.chain(&self.wake);
+        let first = candidates.clone().next();
+        candidates.find(|b| !avoid(b)).or(first)
     }
 }
 
@@ -148,15 +152,16 @@ fn route(me: &str, f: &FunctionPlan, view: &View, timeout: Duration) -> Route {
         }
     }
     let ready = if alive.is_empty() { suspect } else { alive };
-    let wake = f
-        .boards
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(b, _)| b)
-        .chain(std::iter::once(&f.home))
-        .filter(|b| *b != me)
-        .find_map(|b| reachable(view, b).map(|(_, addr)| addr));
-    if ready.is_empty() && wake.is_none() {
+    let mut wake: Vec<BoardAddr> = Vec::new();
+    let placed = f.boards.iter().filter(|(_, n)| **n > 0).map(|(b, _)| b);
+    for b in placed.chain(std::iter::once(&f.home)).filter(|b| *b != me) {
+        if let Some((_, addr)) = reachable(view, b)
+            && !wake.contains(&addr)
+        {
+            wake.push(addr);
+        }
+    }
+    if ready.is_empty() && wake.is_empty() {
         return Route::Refused(format!(
             "function {} runs on {}, which {} not reachable now",
             f.key.name,
@@ -225,13 +230,17 @@ mod tests {
     }
 
     fn picks(route: Option<&Route>, n: usize) -> Vec<String> {
+        picks_avoiding(route, n, &[])
+    }
+
+    fn picks_avoiding(route: Option<&Route>, n: usize, avoid: &[&str]) -> Vec<String> {
         let Some(Route::Elsewhere(remote)) = route else {
             panic!("not elsewhere: {route:?}");
         };
         (0..n)
             .map(|_| {
                 remote
-                    .pick()
+                    .pick(|b| avoid.contains(&&*b.name))
                     .map(|b| b.name.to_string())
                     .unwrap_or_default()
             })
@@ -276,9 +285,27 @@ mod tests {
         };
         assert_eq!(remote.timeout, DEFAULT_TIMEOUT);
         assert_eq!(
-            remote.pick().map(|b| b.addr),
+            remote.pick(|_| false).map(|b| b.addr),
             Some("10.0.0.1:8443".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn a_board_that_failed_a_call_is_skipped_while_there_are_others() {
+        let v = view(vec![
+            board("b1", BoardState::Alive, &[("f.openfaas-fn", 1)]),
+            board("b2", BoardState::Alive, &[("f.openfaas-fn", 1)]),
+            board("b3", BoardState::Alive, &[]),
+        ]);
+        let f = placed("f", &[("b1", 1), ("b2", 1), ("b3", 1)], "b1");
+        let r = routes("b0", vec![f], &v);
+        let f = r.find("openfaas-fn", "f");
+        assert_eq!(picks_avoiding(f, 3, &["b1"]), ["b2", "b2", "b2"]);
+        // Both ready boards failed: the next that wakes it (b3 starts a replica).
+        assert_eq!(picks_avoiding(f, 2, &["b1", "b2"]), ["b3", "b3"]);
+        // All of them failed: one anyway (it may be back), rather than no answer.
+        let last = picks_avoiding(f, 1, &["b1", "b2", "b3"]);
+        assert!(["b1", "b2"].contains(&last[0].as_str()), "{last:?}");
     }
 
     #[test]

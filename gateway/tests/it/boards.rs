@@ -301,3 +301,49 @@ async fn a_board_that_does_not_answer_is_a_502_naming_it() {
         r.text()
     );
 }
+
+#[tokio::test]
+async fn a_call_a_board_refuses_goes_where_the_provider_says_next() {
+    let boards = two_boards(true).await;
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = gone.local_addr().unwrap();
+    drop(gone);
+    // A has a replica of its own too, to go to once the board is routed around.
+    let fixture = Fixture::start().await;
+    boards.a.provider.upstream.lock().unwrap().replace(fixture.addr);
+    let dead_board = || {
+        boards.a.provider.board.lock().unwrap().replace(BoardAddr {
+            name: "b9".into(),
+            addr,
+        });
+    };
+    dead_board();
+    let r = boards.a.send("POST", "/function/fn/echo", &[], "kept body").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), "kept body", "the body was kept and sent again");
+    let calls = boards.a.provider.calls();
+    assert!(calls.contains(&"unreachable b9".to_owned()), "{calls:?}");
+    assert_eq!(
+        calls.iter().filter(|c| *c == "endpoint fn openfaas-fn").count(),
+        2,
+        "asked again where to go: {calls:?}"
+    );
+
+    // A body too long to keep streams once: the provider hears of the board, the client gets
+    // the 502.
+    dead_board();
+    let big = vec![b'x'; 100 * 1024];
+    let r = boards.a.send("POST", "/function/fn/echo", &[], big).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.text().contains("unreachable at board b9"), "{}", r.text());
+    assert_eq!(
+        boards
+            .a
+            .provider
+            .calls()
+            .iter()
+            .filter(|c| *c == "unreachable b9")
+            .count(),
+        2
+    );
+}

@@ -547,6 +547,12 @@ impl Provider for MemProvider {
         self.endpoint_of(name, namespace, true).await
     }
 
+    fn unreachable(&self, board: &BoardAddr) {
+        self.record(format!("unreachable {}", board.name));
+        // Routed around from now on: this provider's own replica answers.
+        self.board.lock().unwrap().take();
+    }
+
     async fn endpoint_here(
         &self,
         name: &str,
