@@ -342,6 +342,14 @@ impl Containerd {
         found
     }
 
+    /// A power cut of the machine this containerd plays: SIGKILL to containerd, its shims and
+    /// its containers, leaving its directories as they are (a [`Containerd::start_again`]
+    /// finds the state a reboot would).
+    pub fn power_cut(&mut self) {
+        let runc = self.runc_containers(&self.bundles());
+        self.kill_everything(&runc);
+    }
+
     /// Everything the instance started: containerd, its shims, their descendants (the
     /// containers), anything left in the containers' cgroups. Killed with SIGKILL.
     fn kill_everything(&mut self, runc: &[(PathBuf, Vec<PathBuf>)]) {

@@ -276,7 +276,8 @@ impl Board {
             .and_then(|p| p.trim().parse().ok())
     }
 
-    /// A power cut: SIGKILL of bramble and its nats-server.
+    /// A power cut: SIGKILL of bramble, its nats-server and, on a board that runs functions,
+    /// its containerd, shims and containers.
     fn power_cut(&mut self) {
         let nats = self.nats_pid();
         if let Some(mut child) = self.up.take() {
@@ -288,6 +289,9 @@ impl Board {
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
+        }
+        if let Some(env) = self.env.as_mut() {
+            env.containerd.power_cut();
         }
     }
 
@@ -693,6 +697,9 @@ fn main() {
         }),
         Trial::test("deploy_on_one_board_invoke_on_every_board", || {
             harness::block_on(routing::deploy_on_one_board_invoke_on_every_board())
+        }),
+        Trial::test("a_board_powered_off_under_load", || {
+            harness::block_on(routing::a_board_powered_off_under_load())
         }),
     ];
     harness::main(

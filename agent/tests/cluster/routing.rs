@@ -37,11 +37,16 @@ const API: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr:
 
 /// `GET /function/echo/headers` on `board` (from the board itself): status and body.
 fn call(board: &Board) -> (u16, String) {
+    call_function(board, "echo")
+}
+
+/// `GET /function/NAME/headers` on `board` (from the board itself): status and body.
+fn call_function(board: &Board, name: &str) -> (u16, String) {
     in_netns(&board.netns, async || {
         let r = http::request(
             API,
             "GET",
-            "/function/echo/headers",
+            &format!("/function/{name}/headers"),
             &[],
             b"",
             Duration::from_secs(30),
@@ -83,8 +88,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Where the plan puts `echo`, as `board` shows it: (board, replicas) placed.
 fn placed_on(board: &Board) -> Vec<(String, u64)> {
+    placed(board, "echo")
+}
+
+/// Where the plan puts function `name`, as `board` shows it: (board, replicas) placed.
+fn placed(board: &Board, name: &str) -> Vec<(String, u64)> {
     board
-        .describe("echo")
+        .describe(name)
         .and_then(|s| {
             s["bramble"]["replicas"].as_array().map(|r| {
                 r.iter()
@@ -119,16 +129,20 @@ fn answered_on(boards: &[Board], headers: &str) -> String {
 }
 
 fn available(board: &Board) -> u64 {
+    available_of(board, "echo")
+}
+
+fn available_of(board: &Board, name: &str) -> u64 {
     board
-        .describe("echo")
+        .describe(name)
         .map_or(0, |s: Value| s["availableReplicas"].as_u64().unwrap_or(0))
 }
 
-pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
-    let lan = Lan::new(3)?;
+/// Three boards b0, b1, b2 with their own containerd, in one cluster, all alive.
+async fn shelf(lan: &Lan) -> Vec<Board> {
     let mut boards = Vec::new();
     for (i, name) in ["b0", "b1", "b2"].into_iter().enumerate() {
-        boards.push(Board::with_containerd(&lan, i, name).await);
+        boards.push(Board::with_containerd(lan, i, name).await);
     }
     for b in &mut boards {
         b.start();
@@ -148,6 +162,12 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
         })
         .await;
     }
+    boards
+}
+
+pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
+    let lan = Lan::new(3)?;
+    let boards = shelf(&lan).await;
 
     // Deployed through b1, placed on one board, answered by every board.
     let deployed = Instant::now();
@@ -251,5 +271,98 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
         let (status, _) = call(b);
         assert_eq!(status, 404, "{}", b.name);
     }
+    Ok(())
+}
+
+/// A board powered off under load: calls through another board to a function with a replica
+/// on a third never fail; a function whose only replica was on it serves again once the
+/// cluster declares the board dead and starts it elsewhere.
+pub(crate) async fn a_board_powered_off_under_load() -> TestResult {
+    let lan = Lan::new(3)?;
+    let mut boards = shelf(&lan).await;
+    // Both functions run only on b1 and b2; the load comes through b0.
+    let stack = boards[0].dir.join("stack.yml");
+    std::fs::write(
+        &stack,
+        format!(
+            "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  echo:\n    image: {FIXTURE_IMAGE}\n    constraints:\n      - node!=b0\n  single:\n    image: {FIXTURE_IMAGE}\n    constraints:\n      - node!=b0\n"
+        ),
+    )?;
+    let out = boards[0].bramble(&["deploy", "-f", stack.to_str().unwrap_or_default()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = boards[0].bramble(&["scale", "echo", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("echo on b1 and b2, single ready", || {
+        let on = placed(&boards[0], "echo");
+        on.len() == 2
+            && available_of(&boards[0], "echo") == 2
+            && available_of(&boards[0], "single") == 1
+    })
+    .await;
+    let victim_name = placed(&boards[0], "single")[0].0.clone();
+    let survivor_name = if victim_name == "b1" { "b2" } else { "b1" }.to_owned();
+    println!("single runs on {victim_name}; {victim_name} will be powered off");
+
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let b0_netns = boards[0].netns.clone();
+    let loaded = std::thread::spawn(move || {
+        in_netns(&b0_netns, async move || {
+            let load = bramble_testkit::Load::start(API, "/function/echo/headers", 4);
+            while load.ok() < 50 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = started_tx.send(());
+            let _ = stop_rx.await;
+            load.finish().await.unwrap()
+        })
+    });
+    started_rx.recv()?;
+    let victim = boards.iter_mut().find(|b| b.name == victim_name).unwrap();
+    let cut = Instant::now();
+    victim.power_cut();
+    // The lost single replica: how long until a call through b0 is answered again.
+    let b0 = &boards[0];
+    let back = loop {
+        let (status, text) = call_function(b0, "single");
+        if status == 200 {
+            assert_eq!(answered_on(&boards, &text), survivor_name, "{text}");
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "single never answered again: {status} {text}\n{}",
+            b0.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "measured: power cut of {victim_name} → its only replica of single serves again (on {survivor_name}): {back:?} (dead_after 5s)"
+    );
+    // Keep the load on until echo is placed afresh (two replicas again, one per alive board).
+    let _ = stop_tx.send(());
+    let report = loaded.join().map_err(|_| "the load thread panicked")?;
+    println!(
+        "measured: load through b0 on echo (replicas on b1 and b2) across the power cut: {} answered, {} failed, slowest {:?}",
+        report.ok,
+        report.failures.len(),
+        report.slowest
+    );
+    assert!(
+        report.failures.is_empty(),
+        "calls failed while echo had a replica on {survivor_name}: {:?}\n{}",
+        &report.failures[..report.failures.len().min(5)],
+        boards[0].log_tail()
+    );
+    // After the cut, the survivor answered.
+    assert!(report.ok > 50, "{report:?}");
     Ok(())
 }

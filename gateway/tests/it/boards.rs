@@ -310,7 +310,13 @@ async fn a_call_a_board_refuses_goes_where_the_provider_says_next() {
     drop(gone);
     // A has a replica of its own too, to go to once the board is routed around.
     let fixture = Fixture::start().await;
-    boards.a.provider.upstream.lock().unwrap().replace(fixture.addr);
+    boards
+        .a
+        .provider
+        .upstream
+        .lock()
+        .unwrap()
+        .replace(fixture.addr);
     let dead_board = || {
         boards.a.provider.board.lock().unwrap().replace(BoardAddr {
             name: "b9".into(),
@@ -318,13 +324,19 @@ async fn a_call_a_board_refuses_goes_where_the_provider_says_next() {
         });
     };
     dead_board();
-    let r = boards.a.send("POST", "/function/fn/echo", &[], "kept body").await;
+    let r = boards
+        .a
+        .send("POST", "/function/fn/echo", &[], "kept body")
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.text(), "kept body", "the body was kept and sent again");
     let calls = boards.a.provider.calls();
     assert!(calls.contains(&"unreachable b9".to_owned()), "{calls:?}");
     assert_eq!(
-        calls.iter().filter(|c| *c == "endpoint fn openfaas-fn").count(),
+        calls
+            .iter()
+            .filter(|c| *c == "endpoint fn openfaas-fn")
+            .count(),
         2,
         "asked again where to go: {calls:?}"
     );
