@@ -1,394 +1,39 @@
 //! Multi-board tests of cluster mode: real `bramble up` processes, one per board, each in its
 //! own network namespace on a bridge that plays the LAN ([`bramble_testkit::lan::Lan`]), each
-//! starting its own nats-server. Boards are driven with the real `bramble cluster` CLI, entered
-//! with `nsenter --net=` like an operator's shell on the board.
+//! starting its own nats-server ([`board::Board`]). Boards are driven with the
+//! real `bramble cluster` CLI, entered with `nsenter --net=` like an operator's shell on the
+//! board.
 //!
-//! These steps need no containerd (no function is deployed): each board's `bramble up` points
-//! at a containerd socket that does not exist, which it tolerates (it waits for containerd, the
-//! API answers meanwhile). Measured figures are printed (`measured: ...`), never asserted.
+//! Forming, growing and shrinking need no containerd; the `routing` tests run functions, each
+//! board with its own containerd. Measured figures are printed (`measured: ...`), never
+//! asserted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod board;
 mod routing;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bramble_runtime::image::platform::Platform;
+use board::{Board, alive, boards_of, names_states, wait_for, wait_status};
 use bramble_testkit::harness::{self, Need, Trial};
 use bramble_testkit::lan::Lan;
 use serde_json::Value;
 
 /// The `bramble` binary the boards run: this build's, or `BRAMBLE_CLUSTER_BINARY` (e.g. a release
 /// build, to measure its memory).
-fn bramble() -> String {
-    std::env::var("BRAMBLE_CLUSTER_BINARY")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bramble").to_owned())
-}
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// One board: a `bramble up` in namespace `i` of the LAN, with its own directories.
-struct Board {
-    netns: PathBuf,
-    dir: PathBuf,
-    name: String,
-    address: std::net::Ipv4Addr,
-    /// More flags of `bramble up`.
-    extra: Vec<String>,
-    up: Option<Child>,
-    /// The board's own containerd (with the fixture image), when it runs functions.
-    env: Option<bramble_testkit::TestEnv>,
-}
-
-impl Board {
-    fn new(lan: &Lan, i: usize, name: &str) -> Board {
-        let dir =
-            std::env::temp_dir().join(format!("bramble-cluster-{}-{i}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Board {
-            netns: lan.netns(i),
-            dir,
-            name: name.to_owned(),
-            address: Lan::address(i),
-            extra: Vec::new(),
-            up: None,
-            env: None,
-        }
-    }
-
-    /// A board that runs functions: its own containerd, holding the fixture image.
-    async fn with_containerd(lan: &Lan, i: usize, name: &str) -> Board {
-        let mut board = Board::new(lan, i, name);
-        let env = bramble_testkit::TestEnv::new(name).unwrap();
-        bramble_testkit::node::import_fixture(&env, Platform::host())
-            .await
-            .unwrap();
-        // Its containerd namespace, bridge and subnet are its own (runc's state and the
-        // cgroups are shared by every containerd of this machine).
-        let c = &env.config;
-        std::fs::write(
-            board.dir.join("bramble.toml"),
-            format!(
-                "containerd_namespace = \"{}\"\n\n[network]\nbridge = \"{}\"\nsubnet = \"{}\"\n",
-                c.namespace, c.network.bridge, c.network.subnet
-            ),
-        )
-        .unwrap();
-        board.env = Some(env);
-        board
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("bramble.log"))
-            .unwrap();
-        let (config, run_dir, socket) = match &self.env {
-            Some(env) => (
-                vec![
-                    "--config".to_owned(),
-                    self.dir.join("bramble.toml").display().to_string(),
-                ],
-                env.config.run_dir.clone(),
-                env.containerd.socket().to_path_buf(),
-            ),
-            None => (
-                Vec::new(),
-                self.dir.join("run"),
-                self.dir.join("no-containerd.sock"),
-            ),
-        };
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.netns.display()))
-            .arg(bramble())
-            .arg("up")
-            .args(config)
-            .args(["--listen", "0.0.0.0:8080"])
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--run-dir")
-            .arg(run_dir)
-            .arg("--containerd-socket")
-            .arg(socket)
-            .args(["--hardware-backend", "simulator"])
-            .args(["--cluster-board", &self.name])
-            .args(["--cluster-address", &self.address.to_string()])
-            .args(["--cluster-dead-after", "5s"])
-            .args(&self.extra)
-            .env("BRAMBLE_LOG", "info,bramble_cluster=debug")
-            .env_remove("BRAMBLE_URL")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.up = Some(child);
-    }
-
-    /// `bramble cluster ARGS` on this board.
-    fn cluster(&self, args: &[&str]) -> Output {
-        let mut all = vec!["cluster"];
-        all.extend_from_slice(args);
-        self.bramble(&all)
-    }
-
-    /// `bramble ARGS` (any command that talks to the node's API) on this board.
-    fn bramble(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.netns.display()))
-            .arg(bramble())
-            .args(args)
-            .args(["-g", "http://127.0.0.1:8080"])
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .env_remove("BRAMBLE_USER")
-            .env_remove("BRAMBLE_PASSWORD")
-            .env_remove("BRAMBLE_URL")
-            .env_remove("OPENFAAS_URL")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// `bramble describe NAME --json` on this board (`None`: not found).
-    fn describe(&self, name: &str) -> Option<Value> {
-        let out = self.bramble(&["describe", name, "--json"]);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).ok())
-            .flatten()
-    }
-
-    /// `bramble cluster ARGS --json`, which must succeed.
-    fn cluster_ok(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let out = self.cluster(&all);
-        assert!(
-            out.status.success(),
-            "{}: bramble cluster {args:?} failed: {}\n{}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr),
-            self.log_tail()
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{}: not JSON ({e}): {}",
-                self.name,
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    }
-
-    /// `bramble cluster ARGS`, which must fail; its stderr.
-    fn cluster_refused(&self, args: &[&str]) -> String {
-        let out = self.cluster(args);
-        assert!(
-            !out.status.success(),
-            "{}: bramble cluster {args:?} succeeded: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("bramble.log")).unwrap_or_default()
-    }
-
-    fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let from = lines.len().saturating_sub(40);
-        format!(
-            "--- {} log tail ---\n{}",
-            self.name,
-            lines[from..].join("\n")
-        )
-    }
-
-    /// Waits until the node answers (`GET /system/cluster`, in a cluster or not).
-    async fn wait_up(&self) {
-        let started = Instant::now();
-        loop {
-            let out = self.cluster(&["status", "--json"]);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            if out.status.success() || stderr.contains("not in a cluster") {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{} did not answer: {stderr}\n{}",
-                self.name,
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// `bramble doctor --json` on this board: its `nats-server` check.
-    fn doctor_nats(&self) -> Value {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", self.netns.display()))
-            .arg(bramble())
-            .args(["doctor", "--json", "--state-dir"])
-            .arg(self.state_dir())
-            .arg("--containerd-socket")
-            .arg(self.dir.join("no-containerd.sock"))
-            .output()
-            .unwrap();
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "doctor --json: {e}: {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        });
-        report["checks"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["name"] == "nats-server").cloned())
-            .unwrap_or(Value::Null)
-    }
-
-    /// RSS of bramble and of its nats-server, bytes.
-    fn rss(&self) -> (u64, u64) {
-        let of = |pid: Option<i32>| {
-            pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-                .and_then(|status| {
-                    status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                })
-                .map_or(0, |kb| kb * 1024)
-        };
-        let bramble = self.up.as_ref().and_then(|c| i32::try_from(c.id()).ok());
-        (of(bramble), of(self.nats_pid()))
-    }
-
-    fn nats_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.state_dir().join("cluster/nats-server.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-    }
-
-    /// A power cut: SIGKILL of bramble, its nats-server and, on a board that runs functions,
-    /// its containerd, shims and containers.
-    fn power_cut(&mut self) {
-        let nats = self.nats_pid();
-        if let Some(mut child) = self.up.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(pid) = nats {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        if let Some(env) = self.env.as_mut() {
-            env.containerd.power_cut();
-        }
-    }
-
-    /// A clean stop (SIGTERM), as `systemctl stop` does.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.up.take() {
-            // nsenter execs bramble: the child's PID is bramble's.
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Board {
-    fn drop(&mut self) {
-        self.power_cut();
-        if std::env::var_os("BRAMBLE_KEEP_TEST_DIRS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn boards_of(status: &Value) -> Vec<(String, String, bool)> {
-    status["boards"]
-        .as_array()
-        .map(|boards| {
-            boards
-                .iter()
-                .map(|b| {
-                    (
-                        b["name"].as_str().unwrap_or_default().to_owned(),
-                        b["state"].as_str().unwrap_or_default().to_owned(),
-                        b["jetstream"].as_bool().unwrap_or_default(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Waits until `board`'s status satisfies `check`; returns it.
-async fn wait_status(board: &Board, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    let mut last = Value::Null;
-    while started.elapsed() < Duration::from_secs(60) {
-        let out = board.cluster(&["status", "--json"]);
-        if out.status.success()
-            && let Ok(status) = serde_json::from_slice::<Value>(&out.stdout)
-        {
-            if check(&status) {
-                return status;
-            }
-            last = status;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!(
-        "{}: {what} did not happen within 60 s; last status: {last}\n{}",
-        board.name,
-        board.log_tail()
+fn bramble() -> PathBuf {
+    std::env::var_os("BRAMBLE_CLUSTER_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_bramble")),
+        PathBuf::from,
     )
 }
 
-/// Waits (at most 30 s) until `done` holds.
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "timed out: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Board `i` of `lan`, running [`bramble`].
+fn board(lan: &Lan, i: usize, name: &str) -> Board {
+    Board::new(&bramble(), lan, i, name)
 }
-
-fn names_states(status: &Value) -> Vec<(String, String)> {
-    boards_of(status)
-        .into_iter()
-        .map(|(n, s, _)| (n, s))
-        .collect()
-}
-
-fn alive(names: &[&str]) -> Vec<(String, String)> {
-    names
-        .iter()
-        .map(|n| ((*n).to_owned(), "alive".to_owned()))
-        .collect()
-}
+type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// init on one board, join of two more, status on each, a wrong token and a taken name
 /// refused, a board without JetStream joining and leaving, an alive board's removal refused,
@@ -397,9 +42,9 @@ fn alive(names: &[&str]) -> Vec<(String, String)> {
 async fn init_join_status_leave_remove() -> TestResult {
     let suite = Instant::now();
     let lan = Lan::new(4)?;
-    let mut b0 = Board::new(&lan, 0, "b0");
-    let mut b1 = Board::new(&lan, 1, "b1");
-    let mut b2 = Board::new(&lan, 2, "b2");
+    let mut b0 = board(&lan, 0, "b0");
+    let mut b1 = board(&lan, 1, "b1");
+    let mut b2 = board(&lan, 2, "b2");
     for b in [&mut b0, &mut b1, &mut b2] {
         b.start();
     }
@@ -582,7 +227,7 @@ async fn init_join_status_leave_remove() -> TestResult {
     wait_for("hello gone from b0", || b0.describe("hello").is_none()).await;
 
     // A fourth board under a name already taken: refused, nothing changed.
-    let mut b3 = Board::new(&lan, 3, "b1");
+    let mut b3 = board(&lan, 3, "b1");
     b3.start();
     b3.wait_up().await;
     assert_eq!(b3.doctor_nats(), Value::Null);
@@ -591,7 +236,7 @@ async fn init_join_status_leave_remove() -> TestResult {
     b3.stop();
     // The fourth joins by its configuration (`cluster.join`, what the SD image's first boot
     // writes), with no CLI.
-    let mut b3 = Board::new(&lan, 3, "b3");
+    let mut b3 = board(&lan, 3, "b3");
     b3.extra = vec!["--cluster-join".into(), join.clone()];
     b3.start();
     let b3_status = wait_status(&b3, "b3 joined by its configuration", |s| {

@@ -12,7 +12,8 @@ use bramble_testkit::lan::Lan;
 use bramble_testkit::node::FIXTURE_IMAGE;
 use serde_json::Value;
 
-use crate::{Board, TestResult, alive, names_states, wait_for, wait_status};
+use crate::TestResult;
+use crate::board::{Board, alive, names_states, wait_for, wait_status};
 
 /// Runs `f` on a thread inside network namespace `netns` (a client on that board), with a
 /// runtime of its own: sockets made there belong to that namespace.
@@ -142,7 +143,7 @@ fn available_of(board: &Board, name: &str) -> u64 {
 async fn shelf(lan: &Lan) -> Vec<Board> {
     let mut boards = Vec::new();
     for (i, name) in ["b0", "b1", "b2"].into_iter().enumerate() {
-        boards.push(Board::with_containerd(lan, i, name).await);
+        boards.push(Board::with_containerd(&crate::bramble(), lan, i, name).await);
     }
     for b in &mut boards {
         b.start();
