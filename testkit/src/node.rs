@@ -389,20 +389,12 @@ impl Node {
 
     /// `user:password` as the node stored them.
     pub fn credentials(&self) -> io::Result<(String, String)> {
-        let read = |f: &str| {
-            std::fs::read_to_string(self.state_dir.join("secrets").join(f))
-                .map(|s| s.trim().to_owned())
-        };
-        Ok((read("basic-auth-user")?, read("basic-auth-password")?))
+        credentials_in(&self.state_dir)
     }
 
     /// The `Authorization` header value for the API.
     pub fn auth_header(&self) -> io::Result<String> {
-        let (user, password) = self.credentials()?;
-        Ok(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-        ))
+        auth_header_in(&self.state_dir)
     }
 
     /// An authenticated API request with a JSON (or any) body.
@@ -475,6 +467,23 @@ pub async fn import_fixture(
         .import(&archive, None, &bramble_runtime::image::no_progress)
         .await?;
     Ok(())
+}
+
+/// The API credentials a node with state directory `state_dir` made (user, password).
+pub fn credentials_in(state_dir: &Path) -> io::Result<(String, String)> {
+    let read = |f: &str| {
+        std::fs::read_to_string(state_dir.join("secrets").join(f)).map(|s| s.trim().to_owned())
+    };
+    Ok((read("basic-auth-user")?, read("basic-auth-password")?))
+}
+
+/// The `Authorization` header value for the API of a node with state directory `state_dir`.
+pub fn auth_header_in(state_dir: &Path) -> io::Result<String> {
+    let (user, password) = credentials_in(state_dir)?;
+    Ok(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    ))
 }
 
 /// The runtime configuration a node started on `env` uses: `env`'s, but with the network

@@ -20,6 +20,10 @@ use serde_json::Value;
 
 use bramble_testkit::lan::Lan;
 
+/// A board's API, as a client on the board sees it.
+pub(crate) const API: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
 /// One board: a `bramble up` in namespace `i` of the LAN, with its own directories.
 pub(crate) struct Board {
     pub(crate) netns: PathBuf,
@@ -389,4 +393,50 @@ pub(crate) fn alive(names: &[&str]) -> Vec<(String, String)> {
         .iter()
         .map(|n| ((*n).to_owned(), "alive".to_owned()))
         .collect()
+}
+
+/// Runs `f` on a thread inside network namespace `netns` (a client on that board), with a
+/// runtime of its own: sockets made there belong to that namespace.
+pub(crate) fn in_netns<T: Send>(netns: &Path, f: impl AsyncFnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let ns = std::fs::File::open(netns).unwrap();
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(f())
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+/// Three boards b0, b1, b2 with their own containerd, in one cluster, all alive.
+pub(crate) async fn shelf(binary: &Path, lan: &Lan) -> Vec<Board> {
+    let mut boards = Vec::new();
+    for (i, name) in ["b0", "b1", "b2"].into_iter().enumerate() {
+        boards.push(Board::with_containerd(binary, lan, i, name).await);
+    }
+    for b in &mut boards {
+        b.start();
+    }
+    for b in &boards {
+        b.wait_up().await;
+    }
+    let init = boards[0].cluster_ok(&["init", "--name", "shelf"]);
+    let join = init["join"].as_str().unwrap().to_owned();
+    let (token, address) = join.split_once(' ').unwrap();
+    for b in &boards[1..] {
+        b.cluster_ok(&["join", token, address]);
+    }
+    for b in &boards {
+        wait_status(b, "three boards alive", |s| {
+            names_states(s) == alive(&["b0", "b1", "b2"])
+        })
+        .await;
+    }
+    boards
 }

@@ -3,38 +3,16 @@
 //! from the board that runs it, through one extra hop over TLS — and scaled to three it runs
 //! on all three, each board answering from its own replica.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bramble_testkit::http;
 use bramble_testkit::lan::Lan;
 use bramble_testkit::node::FIXTURE_IMAGE;
+use bramble_testkit::stats::{Summary, ms};
 use serde_json::Value;
 
 use crate::TestResult;
-use crate::board::{Board, alive, names_states, wait_for, wait_status};
-
-/// Runs `f` on a thread inside network namespace `netns` (a client on that board), with a
-/// runtime of its own: sockets made there belong to that namespace.
-fn in_netns<T: Send>(netns: &Path, f: impl AsyncFnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let ns = std::fs::File::open(netns).unwrap();
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(f())
-            })
-            .join()
-            .unwrap()
-    })
-}
-
-const API: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+use crate::board::{API, Board, in_netns, shelf, wait_for};
 
 /// `GET /function/echo/headers` on `board` (from the board itself): status and body.
 fn call(board: &Board) -> (u16, String) {
@@ -58,8 +36,8 @@ fn call_function(board: &Board, name: &str) -> (u16, String) {
     })
 }
 
-/// Latencies of `n` calls of `/function/echo/` on `board`, sorted, in milliseconds.
-fn latencies(board: &Board, n: usize) -> Vec<f64> {
+/// Latencies of `n` calls of `/function/echo/` on `board`.
+fn latencies(board: &Board, n: usize) -> Summary {
     in_netns(&board.netns, async || {
         let mut all = Vec::with_capacity(n);
         for _ in 0..n {
@@ -75,16 +53,10 @@ fn latencies(board: &Board, n: usize) -> Vec<f64> {
             .await
             .unwrap();
             assert_eq!(r.status, 200, "{}", r.text());
-            all.push(started.elapsed().as_secs_f64() * 1000.0);
+            all.push(started.elapsed());
         }
-        all.sort_by(f64::total_cmp);
-        all
+        Summary::of(&all)
     })
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Where the plan puts `echo`, as `board` shows it: (board, replicas) placed.
@@ -139,36 +111,9 @@ fn available_of(board: &Board, name: &str) -> u64 {
         .map_or(0, |s: Value| s["availableReplicas"].as_u64().unwrap_or(0))
 }
 
-/// Three boards b0, b1, b2 with their own containerd, in one cluster, all alive.
-async fn shelf(lan: &Lan) -> Vec<Board> {
-    let mut boards = Vec::new();
-    for (i, name) in ["b0", "b1", "b2"].into_iter().enumerate() {
-        boards.push(Board::with_containerd(&crate::bramble(), lan, i, name).await);
-    }
-    for b in &mut boards {
-        b.start();
-    }
-    for b in &boards {
-        b.wait_up().await;
-    }
-    let init = boards[0].cluster_ok(&["init", "--name", "shelf"]);
-    let join = init["join"].as_str().unwrap().to_owned();
-    let (token, address) = join.split_once(' ').unwrap();
-    for b in &boards[1..] {
-        b.cluster_ok(&["join", token, address]);
-    }
-    for b in &boards {
-        wait_status(b, "three boards alive", |s| {
-            names_states(s) == alive(&["b0", "b1", "b2"])
-        })
-        .await;
-    }
-    boards
-}
-
 pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
     let lan = Lan::new(3)?;
-    let boards = shelf(&lan).await;
+    let boards = shelf(&crate::bramble(), &lan).await;
 
     // Deployed through b1, placed on one board, answered by every board.
     let deployed = Instant::now();
@@ -220,13 +165,13 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
     let local = latencies(here, 200);
     let remote = latencies(there, 200);
     println!(
-        "measured: invoke on the board that runs it ({}) p50 {:.3} ms p99 {:.3} ms; through another board ({}) p50 {:.3} ms p99 {:.3} ms (one connection per call, debug build)",
+        "measured: invoke on the board that runs it ({}) p50 {:.3} ms p99 {:.3} ms; through another board ({}) p50 {:.3} ms p99 {:.3} ms (one connection per call; `cargo bench --bench cluster` for release figures)",
         here.name,
-        percentile(&local, 0.5),
-        percentile(&local, 0.99),
+        ms(local.p50),
+        ms(local.p99),
         there.name,
-        percentile(&remote, 0.5),
-        percentile(&remote, 0.99),
+        ms(remote.p50),
+        ms(remote.p99),
     );
 
     // Scaled through b2 to three: one replica on each board, and each board answers itself.
@@ -280,7 +225,7 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
 /// cluster declares the board dead and starts it elsewhere.
 pub(crate) async fn a_board_powered_off_under_load() -> TestResult {
     let lan = Lan::new(3)?;
-    let mut boards = shelf(&lan).await;
+    let mut boards = shelf(&crate::bramble(), &lan).await;
     // Both functions run only on b1 and b2; the load comes through b0.
     let stack = boards[0].dir.join("stack.yml");
     std::fs::write(
