@@ -8,6 +8,8 @@
 //! API answers meanwhile). Measured figures are printed (`measured: ...`), never asserted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod dashboard;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -659,9 +661,12 @@ fn main() {
             .unwrap_or_else(|_| "nats-server".into())
             .into_boxed_str(),
     );
-    let trials = vec![Trial::test("init_join_status_leave_remove", || {
-        harness::block_on(init_join_status_leave_remove())
-    })];
+    let trials = vec![
+        Trial::test("init_join_status_leave_remove", || {
+            harness::block_on(init_join_status_leave_remove())
+        }),
+        dashboard::trial(),
+    ];
     harness::main(
         &[
             Need::Root,
