@@ -72,7 +72,17 @@ impl Lan {
         let ns = format!("{}-b{i}", self.prefix);
         run("ip", &["netns", "add", &ns])?;
         self.boards.push(ns.clone());
-        let port = format!("v{i}");
+        self.attach(&format!("v{i}"), "eth0", &ns)?;
+        let addr = format!("{}/24", Self::address(i));
+        run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// A veth pair: `port` on the switch's bridge, up; its peer `peer` moved into `into` (a
+    /// namespace's name, or a process id: that process's namespace).
+    fn attach(&self, port: &str, peer: &str, into: &str) -> Result<(), String> {
         run(
             "ip",
             &[
@@ -80,14 +90,14 @@ impl Lan {
                 &self.switch,
                 "link",
                 "add",
-                &port,
+                port,
                 "type",
                 "veth",
                 "peer",
                 "name",
-                "eth0",
+                peer,
                 "netns",
-                &ns,
+                into,
             ],
         )?;
         run(
@@ -97,17 +107,12 @@ impl Lan {
                 &self.switch,
                 "link",
                 "set",
-                &port,
+                port,
                 "master",
                 "br0",
                 "up",
             ],
-        )?;
-        let addr = format!("{}/24", Self::address(i));
-        run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
-        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
-        Ok(())
+        )
     }
 
     /// The address of this process on the LAN once [`Lan::join_here`] plugged it in.
@@ -127,35 +132,7 @@ impl Lan {
             );
         }
         let here = format!("lan{}", self.n);
-        let port = "vlaptop";
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &here,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                port,
-                "netns",
-                &self.switch,
-            ],
-        )?;
-        run(
-            "ip",
-            &[
-                "-n",
-                &self.switch,
-                "link",
-                "set",
-                port,
-                "master",
-                "br0",
-                "up",
-            ],
-        )?;
+        self.attach("vlaptop", &here, &std::process::id().to_string())?;
         let addr = format!("{}/24", Self::LAPTOP);
         run("ip", &["addr", "add", &addr, "dev", &here])?;
         run("ip", &["link", "set", &here, "up"])?;
