@@ -119,8 +119,9 @@ async fn dashboard_shows_the_boards_and_a_dead_one() -> TestResult {
     browser.log_in(user.trim(), password.trim(), SHOWN).await?;
 
     // The three boards, alive, with their arch, address, memory used/budget as the cluster's
-    // status says, and hello on its board. (A board counts a function's memory as used once
-    // its runtime has taken it: none here, with no containerd; the runtime tests cover that.)
+    // status says, and hello on the two boards it is placed on. (A board counts a function's
+    // memory as used once its own provider has taken the deployment, which needs containerd:
+    // none here, so the figures are 0 of the budget.)
     let shown = browser
         .wait_for(
             "three alive boards, hello on two",
@@ -237,7 +238,8 @@ async fn dashboard_shows_the_boards_and_a_dead_one() -> TestResult {
                 "const b = (() => {{ {BOARDS} }})(); \
                  return b.every((x) => x.text.includes('Runs hello') === (x.name !== '{victim}'))"
             ),
-            Duration::from_secs(30),
+            // Measured 4.8–19.8 s here: generous, this is not what the test is about.
+            Duration::from_secs(60),
         )
         .await?;
     println!(

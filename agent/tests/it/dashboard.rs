@@ -520,6 +520,29 @@ async fn image_names(node: &Node) -> Result<Vec<String>, Box<dyn std::error::Err
         .unwrap_or_default())
 }
 
+/// Waits for the page's confirmation dialog saying `says`, saves its screenshot `shot` if
+/// given, and answers it with its button `button` (`confirm` or `cancel`).
+async fn answer(browser: &Browser, says: &str, shot: Option<&str>, button: &str) -> TestResult {
+    browser
+        .wait_for(
+            &format!("a confirmation saying {says:?}"),
+            &format!(
+                "return document.querySelector('dialog[open]')?.textContent.includes({says:?})"
+            ),
+            SHOWN,
+        )
+        .await?;
+    if let Some(name) = shot {
+        screenshot(browser, name, false).await?;
+    }
+    browser
+        .find(&format!("dialog[open] button[value={button}]"))
+        .await?
+        .click()
+        .await?;
+    Ok(())
+}
+
 /// A script expression: whether the images page lists an image whose name ends with `name`.
 fn listed(name: &str) -> String {
     format!(
@@ -637,18 +660,7 @@ async fn upload_and_remove_an_image_and_delete_a_function() -> TestResult {
         .await?
         .click()
         .await?;
-    browser
-        .wait_for(
-            "the removal's confirmation",
-            "return document.querySelector('dialog[open]')?.textContent.includes('uploaded:v1')",
-            SHOWN,
-        )
-        .await?;
-    browser
-        .find("dialog[open] button[value=confirm]")
-        .await?
-        .click()
-        .await?;
+    answer(&browser, "uploaded:v1", None, "confirm").await?;
     browser
         .wait_for(
             "the removed image gone from the page",
@@ -679,19 +691,13 @@ async fn upload_and_remove_an_image_and_delete_a_function() -> TestResult {
         .await?;
     let delete = "section[aria-labelledby=delete-title] button.button-danger";
     browser.find(delete).await?.click().await?;
-    browser
-        .wait_for(
-            "the deletion's confirmation",
-            "return document.querySelector('dialog[open]')?.textContent.includes('Delete hello')",
-            SHOWN,
-        )
-        .await?;
-    screenshot(&browser, "delete-confirmation", false).await?;
-    browser
-        .find("dialog[open] button[value=cancel]")
-        .await?
-        .click()
-        .await?;
+    answer(
+        &browser,
+        "Delete hello",
+        Some("delete-confirmation"),
+        "cancel",
+    )
+    .await?;
     browser
         .wait_for(
             "the dialog closed",
@@ -706,18 +712,7 @@ async fn upload_and_remove_an_image_and_delete_a_function() -> TestResult {
         "cancelled, yet hello was deleted"
     );
     browser.find(delete).await?.click().await?;
-    browser
-        .wait_for(
-            "the deletion's confirmation",
-            "return !!document.querySelector('dialog[open]')",
-            SHOWN,
-        )
-        .await?;
-    browser
-        .find("dialog[open] button[value=confirm]")
-        .await?
-        .click()
-        .await?;
+    answer(&browser, "Delete hello", None, "confirm").await?;
     browser
         .wait_for(
             "the overview without hello",
