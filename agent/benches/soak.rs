@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bramble_runtime::Runtime;
 use bramble_runtime::image::no_progress;
 use bramble_testkit::stats::{Summary, ms};
-use bramble_testkit::{Node, TestEnv, fixture_image, harness};
+use bramble_testkit::{Node, TestEnv, fixture_image, harness, rss_kib};
 use serde_json::json;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -116,17 +116,6 @@ impl Record {
             w.errors.push(what);
         });
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -9,7 +9,7 @@
 //! kills the driver.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,16 @@ const DRIVER_START: Duration = Duration::from_secs(20);
 
 /// Any failure of the browser or its driver, with what was being done.
 pub type BrowserResult<T> = Result<T, String>;
+
+/// Where the dashboard tests' screenshot `name` goes (a test artifact):
+/// `target/dashboard/NAME.png` (or under `CARGO_TARGET_DIR`).
+pub fn artifact(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    target.join("dashboard").join(format!("{name}.png"))
+}
 
 /// A headless Chromium with one WebDriver session.
 pub struct Browser {
@@ -210,6 +220,24 @@ impl Browser {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         std::fs::write(path, png).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Logs in on the dashboard's login form, which the browser shows, and waits until the
+    /// dashboard is open (logged in: its logout control shown).
+    pub async fn log_in(&self, user: &str, password: &str, timeout: Duration) -> BrowserResult<()> {
+        self.find("#username").await?.send_keys(user).await?;
+        self.find("#password").await?.send_keys(password).await?;
+        self.find("form.login-form button[type=submit]")
+            .await?
+            .click()
+            .await?;
+        self.wait_for(
+            "the dashboard after logging in",
+            "return location.pathname === '/ui/' && document.getElementById('logout') && !document.getElementById('logout').hidden",
+            timeout,
+        )
+        .await
+        .map(drop)
     }
 
     /// Resizes the window to `width` × `height`.

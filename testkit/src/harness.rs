@@ -221,6 +221,17 @@ pub fn main_suites(suites: Vec<Suite>) -> ! {
     libtest_mimic::run(&args, trials).exit()
 }
 
+/// `trial` when the machine meets `needs` (beyond those of its binary), otherwise reported
+/// as [`main`] reports a trial that cannot run here: one trial of a binary that needs more.
+pub fn needing(needs: &[Need], trial: Trial) -> Trial {
+    let unmet: Vec<String> = needs.iter().filter_map(|n| n.check().err()).collect();
+    if unmet.is_empty() {
+        trial
+    } else {
+        unrunnable(&trial, &unmet.join("; "))
+    }
+}
+
 /// A trial that cannot run here: a failure in CI, an ignored test (with the reason) elsewhere.
 fn unrunnable(trial: &Trial, reason: &str) -> Trial {
     let name = trial.name().to_owned();

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub struct Lan {
+    n: u32,
     prefix: String,
     switch: String,
     boards: Vec<String>,
@@ -48,6 +49,7 @@ impl Lan {
         let prefix = format!("bramble-{}-{n}", std::process::id());
         let switch = format!("{prefix}-lan");
         let mut lan = Lan {
+            n,
             prefix,
             switch: switch.clone(),
             boards: Vec::new(),
@@ -70,7 +72,17 @@ impl Lan {
         let ns = format!("{}-b{i}", self.prefix);
         run("ip", &["netns", "add", &ns])?;
         self.boards.push(ns.clone());
-        let port = format!("v{i}");
+        self.attach(&format!("v{i}"), "eth0", &ns)?;
+        let addr = format!("{}/24", Self::address(i));
+        run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// A veth pair: `port` on the switch's bridge, up; its peer `peer` moved into `into` (a
+    /// namespace's name, or a process id: that process's namespace).
+    fn attach(&self, port: &str, peer: &str, into: &str) -> Result<(), String> {
         run(
             "ip",
             &[
@@ -78,14 +90,14 @@ impl Lan {
                 &self.switch,
                 "link",
                 "add",
-                &port,
+                port,
                 "type",
                 "veth",
                 "peer",
                 "name",
-                "eth0",
+                peer,
                 "netns",
-                &ns,
+                into,
             ],
         )?;
         run(
@@ -95,17 +107,36 @@ impl Lan {
                 &self.switch,
                 "link",
                 "set",
-                &port,
+                port,
                 "master",
                 "br0",
                 "up",
             ],
-        )?;
-        let addr = format!("{}/24", Self::address(i));
-        run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
-        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
-        Ok(())
+        )
+    }
+
+    /// The address of this process on the LAN once [`Lan::join_here`] plugged it in.
+    pub const LAPTOP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 250);
+
+    /// Plugs the calling process's own network namespace into the switch, as a laptop on the
+    /// boards' LAN at [`Lan::LAPTOP`]: the test itself, and what it runs (a browser), then
+    /// reach the boards at their addresses. Only for a process in a private namespace (the
+    /// harness's, as root): the host's own network is never touched. The link goes when the
+    /// switch's namespace is deleted on drop.
+    pub fn join_here(&self) -> Result<Ipv4Addr, String> {
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        if ns("self").is_none() || ns("self") == ns("1") {
+            return Err(
+                "this process is in the host's network namespace: it does not join a test LAN"
+                    .into(),
+            );
+        }
+        let here = format!("lan{}", self.n);
+        self.attach("vlaptop", &here, &std::process::id().to_string())?;
+        let addr = format!("{}/24", Self::LAPTOP);
+        run("ip", &["addr", "add", &addr, "dev", &here])?;
+        run("ip", &["link", "set", &here, "up"])?;
+        Ok(Self::LAPTOP)
     }
 
     /// Board `i`'s LAN address.

@@ -42,5 +42,5 @@ pub use fixture::{fixture_binary, is_static_elf};
 pub use images::{example_image, fixture_image, foreign_image, multi_platform_layout};
 pub use load::{Load, LoadReport};
 pub use node::Node;
-pub use procfs::cpu_time;
+pub use procfs::{cpu_time, rss_kib};
 pub use registry::{Registry, write_docker_config};

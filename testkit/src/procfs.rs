@@ -42,6 +42,18 @@ pub(crate) fn state_and_ppid(pid: i32) -> Option<(char, i32)> {
     Some((state, ppid))
 }
 
+/// A process's resident memory (`VmRSS`), KiB; 0 when it cannot be read (gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// CPU time (user + system) a process has used so far; `None` when it is gone.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -42,8 +42,14 @@ pub(crate) struct Board {
 impl Board {
     /// A board (not started) running `binary`, in namespace `i` of `lan`.
     pub(crate) fn new(binary: &Path, lan: &Lan, i: usize, name: &str) -> Board {
-        let dir =
-            std::env::temp_dir().join(format!("bramble-cluster-{}-{i}-{name}", std::process::id()));
+        // Unique in this process too: trials of one process (`cargo test`) may name their
+        // boards alike.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "bramble-cluster-{}-{n}-{i}-{name}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Board {

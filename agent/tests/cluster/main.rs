@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod board;
+mod dashboard;
 mod routing;
 
 use std::path::PathBuf;
@@ -346,6 +347,7 @@ fn main() {
         Trial::test("a_board_powered_off_under_load", || {
             harness::block_on(routing::a_board_powered_off_under_load())
         }),
+        dashboard::trial(),
     ];
     harness::main(
         &[

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bramble_testkit::Node;
-use bramble_testkit::browser::Browser;
+use bramble_testkit::browser::{Browser, artifact};
 use bramble_testkit::harness::{Need, Suite};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -40,17 +40,14 @@ pub(crate) fn suite() -> Suite {
             "hardware_edges_cross_site_posts_and_a_phone_screen",
             hardware_edges_cross_site_posts_and_a_phone_screen,
         )
+        .async_trial(
+            "upload_and_remove_an_image_and_delete_a_function",
+            upload_and_remove_an_image_and_delete_a_function,
+        )
 }
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Where a page's screenshot goes (a test artifact).
-fn artifact(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace().join("target"), PathBuf::from);
-    target.join("dashboard").join(format!("{name}.png"))
 }
 
 /// Saves the screenshot `name`; with `BRAMBLE_UPDATE_SCREENSHOTS=1` also as the README's
@@ -114,24 +111,7 @@ async fn log_in(browser: &Browser, node: &Node) -> TestResult {
     );
     screenshot(browser, "login", false).await?;
     let (user, password) = node.credentials()?;
-    browser.find("#username").await?.send_keys(&user).await?;
-    browser
-        .find("#password")
-        .await?
-        .send_keys(&password)
-        .await?;
-    browser
-        .find("form.login-form button[type=submit]")
-        .await?
-        .click()
-        .await?;
-    browser
-        .wait_for(
-            "the dashboard after logging in",
-            "return location.pathname === '/ui/' && document.getElementById('logout') && !document.getElementById('logout').hidden",
-            SHOWN,
-        )
-        .await?;
+    browser.log_in(&user, &password, SHOWN).await?;
     Ok(())
 }
 
@@ -522,5 +502,228 @@ async fn hardware_edges_cross_site_posts_and_a_phone_screen() -> TestResult {
         let name = page.trim_matches('/').replace('/', "-");
         screenshot(&browser, &format!("phone-{name}"), false).await?;
     }
+    Ok(())
+}
+
+/// The image names `GET /system/images` lists.
+async fn image_names(node: &Node) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let r = node.api("GET", "/system/images", b"").await?;
+    r.expect(200, "list images")?;
+    let images: Value = serde_json::from_slice(&r.body)?;
+    Ok(images
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|i| i["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Waits for the page's confirmation dialog saying `says`, saves its screenshot `shot` if
+/// given, and answers it with its button `button` (`confirm` or `cancel`).
+async fn answer(browser: &Browser, says: &str, shot: Option<&str>, button: &str) -> TestResult {
+    browser
+        .wait_for(
+            &format!("a confirmation saying {says:?}"),
+            &format!(
+                "return document.querySelector('dialog[open]')?.textContent.includes({says:?})"
+            ),
+            SHOWN,
+        )
+        .await?;
+    if let Some(name) = shot {
+        screenshot(browser, name, false).await?;
+    }
+    browser
+        .find(&format!("dialog[open] button[value={button}]"))
+        .await?
+        .click()
+        .await?;
+    Ok(())
+}
+
+/// A script expression: whether the images page lists an image whose name ends with `name`.
+fn listed(name: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('table.images td.mono')].some((td) => td.textContent.endsWith({name:?}))"
+    )
+}
+
+async fn upload_and_remove_an_image_and_delete_a_function() -> TestResult {
+    let node = node("ui-images", "").await?;
+    deploy(
+        &node,
+        &json!({"service": "hello", "image": FIXTURE, "envVars": {"BODY": "hi"}}),
+    )
+    .await?;
+    node.wait_available("hello", 1).await?;
+    // An archive of an image the board does not have (the fixture, with its own configuration).
+    let (archive, _) = bramble_testkit::images::fixture_image_with_env(
+        node.env.scratch(),
+        "uploaded:v1",
+        None,
+        &[("BODY", "uploaded")],
+    )?;
+    let archive_size = std::fs::metadata(&archive)?.len();
+    let browser = Browser::start(1280, 1000).await?;
+    log_in(&browser, &node).await?;
+
+    // Images: the one hello uses cannot be removed.
+    browser.find("a[data-nav=images]").await?.click().await?;
+    browser
+        .wait_for(
+            "the fixture image on the images page",
+            &format!("return {}", listed("fixture:test")),
+            SHOWN,
+        )
+        .await?;
+    let in_use = browser
+        .run(
+            "return document.querySelector('button[aria-label$=\"fixture:test\"]').disabled",
+            &[],
+        )
+        .await?;
+    assert_eq!(in_use, true, "the image hello uses can be removed");
+
+    // Upload the archive through the file input; the progress bar shows the bytes going.
+    browser
+        .run(
+            "const p = document.getElementById('import-progress'); window.__progress = []; \
+             new MutationObserver(() => window.__progress.push({hidden: p.hidden, value: p.value})) \
+                 .observe(p, {attributes: true}); return null",
+            &[],
+        )
+        .await?;
+    browser
+        .find("#import-file")
+        .await?
+        .send_keys(&archive.display().to_string())
+        .await?;
+    let started = std::time::Instant::now();
+    browser
+        .find("form.form button[type=submit]")
+        .await?
+        .click()
+        .await?;
+    let message = browser
+        .wait_for(
+            "the uploaded image listed",
+            &format!(
+                "return {} && document.querySelector('.form-message').textContent",
+                listed("uploaded:v1")
+            ),
+            READY,
+        )
+        .await?;
+    eprintln!(
+        "measured: upload of a {} KiB archive → listed: {:?}",
+        archive_size >> 10,
+        started.elapsed()
+    );
+    assert!(
+        message
+            .as_str()
+            .is_some_and(|m| m.contains("Imported") && m.contains("uploaded:v1")),
+        "{message}"
+    );
+    let progress = browser.run("return window.__progress", &[]).await?;
+    let shown = progress.as_array().is_some_and(|all| {
+        all.iter()
+            .any(|p| p["hidden"] == false && p["value"].as_f64() == Some(1.0))
+    });
+    assert!(
+        shown,
+        "no progress shown up to the whole archive: {progress}"
+    );
+    assert_eq!(
+        browser
+            .run(
+                "return document.getElementById('import-progress').hidden",
+                &[]
+            )
+            .await?,
+        true
+    );
+    assert!(
+        image_names(&node)
+            .await?
+            .iter()
+            .any(|n| n.ends_with("uploaded:v1")),
+        "the API does not list the uploaded image"
+    );
+    screenshot(&browser, "images-uploaded", false).await?;
+
+    // Remove it: asked first, then gone from the page and the API.
+    browser
+        .find("button[aria-label$=\"uploaded:v1\"]")
+        .await?
+        .click()
+        .await?;
+    answer(&browser, "uploaded:v1", None, "confirm").await?;
+    browser
+        .wait_for(
+            "the removed image gone from the page",
+            &format!(
+                "return !{} && {} && document.querySelector('.form-message').textContent.includes('removed')",
+                listed("uploaded:v1"),
+                listed("fixture:test")
+            ),
+            SHOWN,
+        )
+        .await?;
+    let names = image_names(&node).await?;
+    assert!(
+        !names.iter().any(|n| n.ends_with("uploaded:v1")),
+        "removed, yet listed by the API: {names:?}"
+    );
+
+    // Delete hello from its page: cancelled, it stays; confirmed, it is gone.
+    browser
+        .goto(&format!("{}/ui/functions/hello.openfaas-fn", base(&node)))
+        .await?;
+    browser
+        .wait_for(
+            "hello's page",
+            "return document.querySelector('.title-row [data-state]')?.dataset.state === 'ready'",
+            SHOWN,
+        )
+        .await?;
+    let delete = "section[aria-labelledby=delete-title] button.button-danger";
+    browser.find(delete).await?.click().await?;
+    answer(
+        &browser,
+        "Delete hello",
+        Some("delete-confirmation"),
+        "cancel",
+    )
+    .await?;
+    browser
+        .wait_for(
+            "the dialog closed",
+            "return !document.querySelector('dialog')",
+            SHOWN,
+        )
+        .await?;
+    let path = browser.run("return location.pathname", &[]).await?;
+    assert_eq!(path, "/ui/functions/hello.openfaas-fn");
+    assert!(
+        node.status("hello").await?.is_some(),
+        "cancelled, yet hello was deleted"
+    );
+    browser.find(delete).await?.click().await?;
+    answer(&browser, "Delete hello", None, "confirm").await?;
+    browser
+        .wait_for(
+            "the overview without hello",
+            "return location.pathname === '/ui/' && document.querySelector('.empty') && !document.querySelector('.empty').hidden && !document.querySelector('tr[data-function]')",
+            SHOWN,
+        )
+        .await?;
+    assert!(
+        node.status("hello").await?.is_none(),
+        "confirmed, yet the API still has hello"
+    );
+    screenshot(&browser, "function-deleted", false).await?;
     Ok(())
 }

@@ -1120,16 +1120,7 @@ async fn stream_through(
 }
 
 /// bramble's resident memory, KiB (0 when it cannot be read).
-pub(crate) fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
+pub(crate) use bramble_testkit::rss_kib;
 
 /// `scripts/demo`, run from a copy of the repository's scripts whose every outside command
 /// (apt's `dpkg-query`, `cargo`, `rustc`, `ctr`, `curl`, and `target/release/bramble`) is a

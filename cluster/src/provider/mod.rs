@@ -537,6 +537,7 @@ impl<L: Provider> Provider for ClusterProvider<L> {
             return None;
         };
         let view = parts.membership.watch().borrow().clone();
-        Some(status::boards(&view, &node.board()))
+        let plan = parts.plan.borrow().clone();
+        Some(status::boards(&view, plan.as_deref(), &node.board()))
     }
 }

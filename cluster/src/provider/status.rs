@@ -110,31 +110,38 @@ pub fn function_status(
     status
 }
 
-/// The boards for the dashboard, `me` marked.
-pub fn boards(view: &View, me: &str) -> Vec<Board> {
+/// The boards for the dashboard, `me` marked. A board's functions are those the plan places
+/// replicas on it (starting or running) and those it reports ready replicas of (a move in
+/// progress), each once.
+pub fn boards(view: &View, plan: Option<&Plan>, me: &str) -> Vec<Board> {
     view.boards
         .iter()
-        .map(|(name, b)| Board {
-            name: name.clone(),
-            state: match b.state {
-                BoardState::Alive => UiBoardState::Alive,
-                BoardState::Suspect => UiBoardState::Suspect,
-                BoardState::Dead => UiBoardState::Dead,
-            },
-            arch: b.info.as_ref().map(|i| i.arch.clone()),
-            address: b.info.as_ref().map(|i| i.address.to_string()),
-            memory_used: b.info.as_ref().map_or(0, |i| i.memory.used),
-            memory_budget: b.info.as_ref().map_or(0, |i| i.memory.total),
-            functions: b
-                .info
-                .as_ref()
-                .map(|i| i.ready.keys().cloned().collect())
-                .unwrap_or_default(),
-            last_seen_ms: b
-                .last_seen
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            this_board: name == me,
+        .map(|(name, b)| {
+            let placed = plan
+                .into_iter()
+                .flat_map(|p| &p.functions)
+                .filter(|f| f.boards.get(name).is_some_and(|&n| n > 0))
+                .map(|f| f.key.to_string());
+            let ready = b.info.iter().flat_map(|i| i.ready.keys().cloned());
+            let functions: std::collections::BTreeSet<String> = placed.chain(ready).collect();
+            Board {
+                name: name.clone(),
+                state: match b.state {
+                    BoardState::Alive => UiBoardState::Alive,
+                    BoardState::Suspect => UiBoardState::Suspect,
+                    BoardState::Dead => UiBoardState::Dead,
+                },
+                arch: b.info.as_ref().map(|i| i.arch.clone()),
+                address: b.info.as_ref().map(|i| i.address.to_string()),
+                memory_used: b.info.as_ref().map_or(0, |i| i.memory.used),
+                memory_budget: b.info.as_ref().map_or(0, |i| i.memory.total),
+                functions: functions.into_iter().collect(),
+                last_seen_ms: b
+                    .last_seen
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                this_board: name == me,
+            }
         })
         .collect()
 }

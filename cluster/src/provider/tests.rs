@@ -96,16 +96,26 @@ fn unplaced_waiting_scaled_to_zero_and_not_yet_placed_functions_say_so() {
 
 #[test]
 fn the_dashboard_sees_every_board_and_which_is_this_one() {
+    // `f` runs on b0; `g` is placed on b0 and b1 (not ready yet); `h` is only b1's home.
+    let plan = Plan {
+        functions: vec![
+            placed("g", &[("b0", 1), ("b1", 1)], "b0"),
+            placed("h", &[], "b1"),
+        ],
+        ..Plan::default()
+    };
     let boards = boards(
         &view(vec![
             board("b0", BoardState::Alive, &[("f.openfaas-fn", 1)]),
             board("b1", BoardState::Suspect, &[]),
         ]),
+        Some(&plan),
         "b1",
     );
     assert_eq!(boards.len(), 2);
     assert!(!boards[0].this_board && boards[1].this_board);
-    assert_eq!(boards[0].functions, ["f.openfaas-fn"]);
+    assert_eq!(boards[0].functions, ["f.openfaas-fn", "g.openfaas-fn"]);
+    assert_eq!(boards[1].functions, ["g.openfaas-fn"]);
     assert_eq!(boards[0].last_seen_ms, Some(5000));
     assert_eq!(
         (boards[0].memory_used, boards[0].memory_budget),

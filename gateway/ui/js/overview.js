@@ -166,7 +166,7 @@ function boardCard(board) {
   const names = board.functions.map((f) => f.replace(/\.openfaas-fn$/, ''));
   return h(
     'article',
-    { class: `card board board-${board.state}`, dataset: { board: board.name } },
+    { class: `card board board-${board.state}`, dataset: { board: board.name, state: board.state } },
     h(
       'div',
       { class: 'board-head' },
