@@ -26,8 +26,11 @@ pub const PLAN_KEY: &str = "plan";
 /// functions in a row).
 const SETTLE: Duration = Duration::from_millis(50);
 
-/// Places again at least this often while it holds the lease (a write that failed is retried).
+/// Places again at least this often while it holds the lease.
 const AGAIN: Duration = Duration::from_secs(5);
+
+/// The first wait before placing again after a failed write (doubling up to [`AGAIN`]).
+const RETRY_FIRST: Duration = Duration::from_millis(200);
 
 /// The input of one placing: every board of the view with a record, every function of the
 /// desired state (a stored function whose deployment no longer parses is left out, with a
@@ -93,6 +96,9 @@ pub async fn run(parts: Arc<Parts>, default_memory: Option<u64>) {
     let mut desired = parts.desired.mirror().subscribe();
     let mut view = parts.membership.watch();
     let mut known: Option<Known> = None;
+    // After a failed write (the `cluster` stream electing a new leader after its board died):
+    // how soon to try again — soon, then less often.
+    let mut retry = RETRY_FIRST;
     loop {
         // Every input marked seen, so that `changed` below waits for the next change.
         let holder = lease.borrow_and_update().is_holder();
@@ -101,12 +107,17 @@ pub async fn run(parts: Arc<Parts>, default_memory: Option<u64>) {
         if !holder {
             // A placer that gets the lease (again) reads what its predecessor wrote.
             known = None;
-        } else if loaded
-            && current
-            && let Err(e) = place_once(&parts, &desired, &view, default_memory, &mut known).await
-        {
-            tracing::debug!(error = %bramble_base::error_chain(&e), "placing; trying again");
-            known = None;
+        } else if loaded && current {
+            match place_once(&parts, &desired, &view, default_memory, &mut known).await {
+                Ok(()) => retry = RETRY_FIRST,
+                Err(e) => {
+                    tracing::debug!(error = %bramble_base::error_chain(&e), in_ms = retry.as_millis(), "placing; trying again");
+                    known = None;
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(AGAIN);
+                    continue;
+                }
+            }
         }
         tokio::select! {
             _ = lease.changed() => {}

@@ -84,12 +84,16 @@ struct Unreachable {
 }
 
 impl Unreachable {
-    fn add(&self, board: &Arc<str>) {
+    /// Skips `board` from now on for a while; true when it was not skipped already.
+    fn add(&self, board: &Arc<str>) -> bool {
         let mut boards = self.boards.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = std::time::Instant::now();
+        let skipped = boards
+            .iter()
+            .any(|(b, at)| b == board && at.elapsed() < SKIP_UNREACHABLE);
         boards.retain(|(b, _)| b != board);
-        boards.push((Arc::clone(board), now));
+        boards.push((Arc::clone(board), std::time::Instant::now()));
         self.any.store(true, Ordering::Release);
+        !skipped
     }
 
     /// The boards to skip now; `None` when there are none.
@@ -507,8 +511,9 @@ impl<L: Provider> Provider for ClusterProvider<L> {
     }
 
     fn unreachable(&self, board: &BoardAddr) {
-        tracing::info!(board = %board.name, addr = %board.addr, "a board failed a call; skipped for a while");
-        self.unreachable.add(&board.name);
+        if self.unreachable.add(&board.name) {
+            tracing::info!(board = %board.name, addr = %board.addr, "a board failed a call; skipped while others can answer");
+        }
     }
 
     async fn endpoint_here(
