@@ -146,60 +146,43 @@ async fn bench() -> Result<()> {
     // One login for the cluster: b0's is everyone's.
     let auth = bramble_testkit::node::auth_header_in(&boards[0].state_dir())?;
     let writes = in_netns(&boards[0].netns, async || {
+        // One write through the API: how long until it answered.
+        let write = async |path: &str, body: serde_json::Value| {
+            let started = Instant::now();
+            let r = http::request(
+                API,
+                "POST",
+                path,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body.to_string().as_bytes(),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+            assert!(
+                r.status == 200 || r.status == 202,
+                "{path}: {} {}",
+                r.status,
+                r.text()
+            );
+            started.elapsed()
+        };
         let mut deploys = Vec::new();
         for i in 0..10 {
             let body = serde_json::json!({
                 "service": format!("f{i}"),
                 "image": FIXTURE_IMAGE,
                 "limits": {"memory": "32Mi"},
-            })
-            .to_string();
-            let started = Instant::now();
-            let r = http::request(
-                API,
-                "POST",
-                "/system/functions",
-                &[
-                    ("authorization", &auth),
-                    ("content-type", "application/json"),
-                ],
-                body.as_bytes(),
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
-            assert!(
-                r.status == 200 || r.status == 202,
-                "deploy f{i}: {} {}",
-                r.status,
-                r.text()
-            );
-            deploys.push(started.elapsed());
+            });
+            deploys.push(write("/system/functions", body).await);
         }
         let mut scales = Vec::new();
         for i in 0..20 {
-            let body = serde_json::json!({"serviceName": "f0", "replicas": 1 + i % 2}).to_string();
-            let started = Instant::now();
-            let r = http::request(
-                API,
-                "POST",
-                "/system/scale-function/f0",
-                &[
-                    ("authorization", &auth),
-                    ("content-type", "application/json"),
-                ],
-                body.as_bytes(),
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
-            assert!(
-                r.status == 200 || r.status == 202,
-                "scale: {} {}",
-                r.status,
-                r.text()
-            );
-            scales.push(started.elapsed());
+            let body = serde_json::json!({"serviceName": "f0", "replicas": 1 + i % 2});
+            scales.push(write("/system/scale-function/f0", body).await);
         }
         (Summary::of(&deploys), Summary::of(&scales))
     });

@@ -446,3 +446,22 @@ pub(crate) async fn shelf(binary: &Path, lan: &Lan) -> Vec<Board> {
     }
     boards
 }
+
+/// Where a function's status (`describe --json`) says the plan puts it: (board, replicas)
+/// placed.
+pub(crate) fn placed_on(status: &Value) -> Vec<(String, u64)> {
+    status["bramble"]["replicas"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter(|p| p["state"] == "placed")
+                .map(|p| {
+                    (
+                        p["board"].as_str().unwrap_or_default().to_owned(),
+                        p["replicas"].as_u64().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -16,7 +16,7 @@ mod routing;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use board::{Board, alive, boards_of, names_states, wait_for, wait_status};
+use board::{Board, alive, boards_of, names_states, placed_on, wait_for, wait_status};
 use bramble_testkit::harness::{self, Need, Trial};
 use bramble_testkit::lan::Lan;
 use serde_json::Value;
@@ -158,22 +158,6 @@ async fn init_join_status_leave_remove() -> TestResult {
         String::from_utf8_lossy(&deployed.stderr),
         b0.log_tail()
     );
-    let placed_on = |status: &Value| -> Vec<(String, u64)> {
-        status["bramble"]["replicas"]
-            .as_array()
-            .map(|r| {
-                r.iter()
-                    .filter(|p| p["state"] == "placed")
-                    .map(|p| {
-                        (
-                            p["board"].as_str().unwrap_or_default().to_owned(),
-                            p["replicas"].as_u64().unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let placed = Instant::now();
     for b in [&b0, &b1, &b2] {
         wait_for(&format!("{} shows hello placed", b.name), || {

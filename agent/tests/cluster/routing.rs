@@ -12,7 +12,7 @@ use bramble_testkit::stats::{Summary, ms};
 use serde_json::Value;
 
 use crate::TestResult;
-use crate::board::{API, Board, in_netns, shelf, wait_for};
+use crate::board::{API, Board, in_netns, placed_on, shelf, wait_for};
 
 /// `GET /function/echo/headers` on `board` (from the board itself): status and body.
 fn call(board: &Board) -> (u16, String) {
@@ -59,28 +59,11 @@ fn latencies(board: &Board, n: usize) -> Summary {
     })
 }
 
-/// Where the plan puts `echo`, as `board` shows it: (board, replicas) placed.
-fn placed_on(board: &Board) -> Vec<(String, u64)> {
-    placed(board, "echo")
-}
-
 /// Where the plan puts function `name`, as `board` shows it: (board, replicas) placed.
 fn placed(board: &Board, name: &str) -> Vec<(String, u64)> {
     board
         .describe(name)
-        .and_then(|s| {
-            s["bramble"]["replicas"].as_array().map(|r| {
-                r.iter()
-                    .filter(|p| p["state"] == "placed")
-                    .map(|p| {
-                        (
-                            p["board"].as_str().unwrap_or_default().to_owned(),
-                            p["replicas"].as_u64().unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-        })
+        .map(|s| placed_on(&s))
         .unwrap_or_default()
 }
 
@@ -129,7 +112,7 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
         "measured: deploy through b1 → one replica ready, shown by b1: {:?}",
         deployed.elapsed()
     );
-    let on = placed_on(&boards[1]);
+    let on = placed(&boards[1], "echo");
     assert_eq!(on.len(), 1, "{on:?}");
     let host = on[0].0.clone();
     for b in &boards {
@@ -183,7 +166,7 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
     );
     let scaled = Instant::now();
     wait_for("echo on three boards, three ready", || {
-        let on = placed_on(&boards[0]);
+        let on = placed(&boards[0], "echo");
         on.len() == 3 && on.iter().all(|(_, n)| *n == 1) && available(&boards[0]) == 3
     })
     .await;
