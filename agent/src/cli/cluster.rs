@@ -281,6 +281,9 @@ async fn token(args: &StatusArgs) -> anyhow::Result<()> {
 
 async fn leave(args: &LeaveArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.target)?;
+    if !args.json {
+        eprintln!("leaving: this board's functions start on other boards first…");
+    }
     let body = serde_json::json!({ "force": args.force });
     let answer: serde_json::Value = client
         .send_json(Method::POST, "/system/cluster/leave", &body)

@@ -96,7 +96,7 @@ fn available_of(board: &Board, name: &str) -> u64 {
 
 pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
     let lan = Lan::new(3)?;
-    let boards = shelf(&crate::bramble(), &lan).await;
+    let mut boards = shelf(&crate::bramble(), &lan).await;
 
     // Deployed through b1, placed on one board, answered by every board.
     let deployed = Instant::now();
@@ -184,6 +184,43 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
             b.name
         );
     }
+
+    // A board leaves: what runs on it runs elsewhere before it goes. `mover` runs on b1 or b2.
+    let stack = boards[0].dir.join("mover.yml");
+    std::fs::write(
+        &stack,
+        format!(
+            "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  mover:\n    image: {FIXTURE_IMAGE}\n    constraints:\n      - node!=b0\n"
+        ),
+    )?;
+    let out = boards[0].bramble(&["deploy", "-f", stack.to_str().unwrap_or_default()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("mover ready", || available_of(&boards[0], "mover") == 1).await;
+    let from = placed(&boards[0], "mover")[0].0.clone();
+    let to = if from == "b1" { "b2" } else { "b1" };
+    let leaving = boards.iter().position(|b| b.name == from).unwrap();
+    let started = Instant::now();
+    let out = boards[leaving].cluster(&["leave"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        boards[leaving].log_tail()
+    );
+    println!(
+        "measured: {from} leaves, its functions started elsewhere first: {:?}",
+        started.elapsed()
+    );
+    // At once, not after a while: it answers from the board it moved to.
+    let (status, text) = call_function(&boards[0], "mover");
+    assert_eq!(status, 200, "{text}\n{}", boards[0].log_tail());
+    assert_eq!(answered_on(&boards, &text), to, "{text}");
+    let left = boards.remove(leaving);
+    drop(left);
 
     // Removed through b0: gone everywhere, its containers too.
     let out = boards[0].bramble(&["rm", "echo"]);

@@ -17,8 +17,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::layout::{self, ChangeError};
-use super::{ClusterNode, Refusal};
-use crate::membership::BoardState;
+use super::{ClusterNode, Parts, Refusal};
+use crate::desired::FunctionKey;
+use crate::membership::{BoardState, View};
+use crate::placement::{Placement, Plan};
 
 /// What a leave did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,13 +46,12 @@ fn kv_refusal(e: &crate::kv::KvError) -> Refusal {
     )
 }
 
+/// How long a leaving board waits for its functions to run elsewhere.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Leaves the cluster. `force`: leave even when the cluster cannot be told (it is gone). The
 /// node restarts once this returns.
-pub async fn leave(
-    node: &Arc<ClusterNode>,
-    force: bool,
-    drained: impl Future<Output = Result<(), Refusal>>,
-) -> Result<Left, Refusal> {
+pub async fn leave(node: &Arc<ClusterNode>, force: bool) -> Result<Left, Refusal> {
     let cluster = node.cluster();
     // Leaving without telling the cluster (it removed this board already, or it is gone).
     let untold = Left {
@@ -92,6 +93,13 @@ pub async fn leave(
             ),
         ));
     }
+    // What runs here now: it must run elsewhere before this board goes.
+    let here: Vec<FunctionKey> = parts
+        .plan
+        .borrow()
+        .as_deref()
+        .map(|plan| plan.for_board(&me).into_iter().map(|w| w.key).collect())
+        .unwrap_or_default();
     // Nothing new is placed here from now on; the layout is no longer followed.
     node.leaving
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -110,7 +118,7 @@ pub async fn leave(
             ),
         ));
     }
-    if let Err(refusal) = drained.await {
+    if let Err(refusal) = drained(&parts, &me, &here, DRAIN_TIMEOUT).await {
         node.leaving
             .store(false, std::sync::atomic::Ordering::SeqCst);
         node.update_me(|info| info.leaving = false);
@@ -164,6 +172,77 @@ pub async fn leave(
         },
     )
     .await
+}
+
+/// Waits until every function of `here` runs elsewhere ([`still_here`] is empty), at most
+/// `timeout`; refuses with those that do not after that.
+async fn drained(
+    parts: &Parts,
+    me: &str,
+    here: &[FunctionKey],
+    timeout: Duration,
+) -> Result<(), Refusal> {
+    let mut plan = parts.plan.clone();
+    let mut view = parts.membership.watch();
+    let started = std::time::Instant::now();
+    let mut reported = std::time::Instant::now();
+    loop {
+        let left = {
+            let plan = plan.borrow_and_update().clone();
+            let view = view.borrow_and_update().clone();
+            plan.map_or_else(
+                || here.iter().map(ToString::to_string).collect(),
+                |plan| still_here(&plan, &view, me, here),
+            )
+        };
+        if left.is_empty() {
+            tracing::info!(waited = ?started.elapsed(), "this board's functions run elsewhere");
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(Refusal::new(
+                503,
+                format!(
+                    "{} still run only on this board after {}s (no other board has started them): this board stays in the cluster; try again, or make room on other boards",
+                    left.join(", "),
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        if reported.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(waiting_for = %left.join(", "), "leaving: waiting until these run elsewhere");
+            reported = std::time::Instant::now();
+        }
+        let wake = tokio::time::sleep(Duration::from_secs(1));
+        tokio::select! {
+            Ok(()) = plan.changed() => {}
+            Ok(()) = view.changed() => {}
+            () = wake => {}
+        }
+    }
+}
+
+/// The functions of `here` that do not run elsewhere yet: still placed on `me` (or `me` is
+/// their home), or placed elsewhere with no replica ready there yet. One that no other board
+/// can run (waiting, unplaced) or that was deleted does not hold a leave up.
+fn still_here(plan: &Plan, view: &View, me: &str, here: &[FunctionKey]) -> Vec<String> {
+    here.iter()
+        .filter(|key| match plan.find(key) {
+            Some(Placement::Placed(f)) => {
+                let on_me = f.boards.get(me).is_some_and(|n| *n > 0) || f.home == me;
+                let id = key.to_string();
+                let ready_elsewhere: u64 = view
+                    .boards
+                    .iter()
+                    .filter(|(name, b)| *name != me && b.state != BoardState::Dead)
+                    .filter_map(|(_, b)| b.info.as_ref()?.ready.get(&id))
+                    .sum();
+                on_me || (f.placed() > 0 && ready_elsewhere == 0)
+            }
+            Some(Placement::Unplaced(_) | Placement::Waiting(_)) | None => false,
+        })
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// Waits (at most a minute) until `board`'s record says it carries JetStream.
@@ -275,4 +354,66 @@ pub async fn remove(node: &ClusterNode, name: &str) -> Result<Option<String>, Re
     })?;
     tracing::info!(board = %name, ?promoted, "board removed from the cluster");
     Ok(promoted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{board, key, placed, view};
+
+    fn plan(functions: Vec<crate::placement::FunctionPlan>) -> Plan {
+        Plan {
+            functions,
+            ..Plan::default()
+        }
+    }
+
+    #[test]
+    fn a_function_holds_a_leave_until_it_is_ready_on_another_board() {
+        let here = [key("f"), key("g")];
+        let v = view(vec![
+            board("b0", BoardState::Alive, &[("f.openfaas-fn", 1)]),
+            board("b1", BoardState::Alive, &[]),
+        ]);
+        // Still placed on the leaving board.
+        let p = plan(vec![
+            placed("f", &[("b0", 1)], "b0"),
+            placed("g", &[("b1", 1)], "b1"),
+        ]);
+        assert_eq!(
+            still_here(&p, &v, "b0", &here),
+            ["f.openfaas-fn", "g.openfaas-fn"]
+        );
+        // Moved, but not ready there yet; then ready there.
+        let p = plan(vec![
+            placed("f", &[("b1", 1)], "b1"),
+            placed("g", &[("b1", 1)], "b1"),
+        ]);
+        assert_eq!(still_here(&p, &v, "b0", &here).len(), 2);
+        let v = view(vec![
+            board("b0", BoardState::Alive, &[("f.openfaas-fn", 1)]),
+            board(
+                "b1",
+                BoardState::Alive,
+                &[("f.openfaas-fn", 1), ("g.openfaas-fn", 1)],
+            ),
+        ]);
+        assert!(still_here(&p, &v, "b0", &here).is_empty());
+        // A dead board's ready replicas do not count.
+        let v = view(vec![board("b1", BoardState::Dead, &[("f.openfaas-fn", 1)])]);
+        assert_eq!(still_here(&p, &v, "b0", &[key("f")]), ["f.openfaas-fn"]);
+    }
+
+    #[test]
+    fn scaled_to_zero_waiting_or_deleted_functions_do_not_hold_a_leave() {
+        let v = view(vec![board("b1", BoardState::Alive, &[])]);
+        // Scaled to zero with its home moved: nothing to wait for.
+        let p = plan(vec![placed("f", &[], "b1")]);
+        assert!(still_here(&p, &v, "b0", &[key("f")]).is_empty());
+        // Its home still the leaving board: it holds.
+        let p = plan(vec![placed("f", &[], "b0")]);
+        assert_eq!(still_here(&p, &v, "b0", &[key("f")]).len(), 1);
+        // Deleted meanwhile.
+        assert!(still_here(&Plan::default(), &v, "b0", &[key("f")]).is_empty());
+    }
 }

@@ -106,7 +106,7 @@ struct LeaveBody {
 
 async fn leave(State(node): Node, body: Option<Json<LeaveBody>>) -> Response {
     let force = body.map(|b| b.0.force).unwrap_or_default();
-    match super::leave::leave(&node, force, std::future::ready(Ok(()))).await {
+    match super::leave::leave(&node, force).await {
         Ok(left) => Json(left).into_response(),
         Err(refusal) => refusal.into_response(),
     }
