@@ -35,7 +35,7 @@ use bramble_testkit::node::FIXTURE_IMAGE;
 use bramble_testkit::stats::{Summary, ms};
 use bramble_testkit::{harness, http, wrk};
 
-use board::{API, Board, in_netns, shelf, wait_for};
+use board::{API, Board, deploy_constrained, in_netns, shelf, wait_for};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -45,24 +45,6 @@ fn main() {
         eprintln!("cluster bench failed: {e}");
         std::process::exit(1);
     }
-}
-
-/// A stack file of functions `name: node constraint`, deployed through `board`.
-fn deploy(board: &Board, functions: &[(&str, &str)]) {
-    let mut stack = String::from("version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n");
-    for (name, constraint) in functions {
-        stack.push_str(&format!(
-            "  {name}:\n    image: {FIXTURE_IMAGE}\n    limits:\n      memory: 32Mi\n    constraints:\n      - {constraint}\n"
-        ));
-    }
-    let file = board.dir.join("stack.yml");
-    std::fs::write(&file, stack).unwrap();
-    let out = board.bramble(&["deploy", "-f", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Polls `GET /function/NAME/` through `board` until it answers 200; the time it took.
@@ -118,7 +100,7 @@ async fn bench() -> Result<()> {
 
     // Deploy through b0 a function that only b1 may run: the first answer through b0.
     let deployed = Instant::now();
-    deploy(&boards[0], &[("hop", "node=b1")]);
+    deploy_constrained(&boards[0], &[("hop", "node=b1")]);
     let remote_ready = first_answer(&boards[0], "hop", deployed);
 
     // The extra hop: the same calls on b1 (which runs it) and on b0 (which sends them to b1).
@@ -201,7 +183,7 @@ async fn bench() -> Result<()> {
     let busy = rss_line(&boards);
 
     // Failover: `solo` runs only on b2's side of the shelf (anywhere but b0); b2 loses power.
-    deploy(&boards[0], &[("solo", "node!=b0")]);
+    deploy_constrained(&boards[0], &[("solo", "node!=b0")]);
     first_answer(&boards[0], "solo", Instant::now());
     let on = boards[0]
         .describe("solo")

@@ -465,3 +465,23 @@ pub(crate) fn placed_on(status: &Value) -> Vec<(String, u64)> {
         })
         .unwrap_or_default()
 }
+
+/// Deploys through `board`, as a faas-cli stack file, functions of the fixture image (32 MiB
+/// limit) each with one constraint: `(name, constraint)`.
+pub(crate) fn deploy_constrained(board: &Board, functions: &[(&str, &str)]) {
+    let mut stack = String::from("version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n");
+    for (name, constraint) in functions {
+        stack.push_str(&format!(
+            "  {name}:\n    image: {}\n    limits:\n      memory: 32Mi\n    constraints:\n      - {constraint}\n",
+            bramble_testkit::node::FIXTURE_IMAGE
+        ));
+    }
+    let file = board.dir.join("stack.yml");
+    std::fs::write(&file, stack).unwrap();
+    let out = board.bramble(&["deploy", "-f", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

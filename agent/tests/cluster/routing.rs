@@ -12,7 +12,7 @@ use bramble_testkit::stats::{Summary, ms};
 use serde_json::Value;
 
 use crate::TestResult;
-use crate::board::{API, Board, in_netns, placed_on, shelf, wait_for};
+use crate::board::{API, Board, deploy_constrained, in_netns, placed_on, shelf, wait_for};
 
 /// `GET /function/echo/headers` on `board` (from the board itself): status and body.
 fn call(board: &Board) -> (u16, String) {
@@ -186,19 +186,7 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
     }
 
     // A board leaves: what runs on it runs elsewhere before it goes. `mover` runs on b1 or b2.
-    let stack = boards[0].dir.join("mover.yml");
-    std::fs::write(
-        &stack,
-        format!(
-            "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  mover:\n    image: {FIXTURE_IMAGE}\n    constraints:\n      - node!=b0\n"
-        ),
-    )?;
-    let out = boards[0].bramble(&["deploy", "-f", stack.to_str().unwrap_or_default()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    deploy_constrained(&boards[0], &[("mover", "node!=b0")]);
     wait_for("mover ready", || available_of(&boards[0], "mover") == 1).await;
     let from = placed(&boards[0], "mover")[0].0.clone();
     let to = if from == "b1" { "b2" } else { "b1" };
@@ -247,19 +235,7 @@ pub(crate) async fn a_board_powered_off_under_load() -> TestResult {
     let lan = Lan::new(3)?;
     let mut boards = shelf(&crate::bramble(), &lan).await;
     // Both functions run only on b1 and b2; the load comes through b0.
-    let stack = boards[0].dir.join("stack.yml");
-    std::fs::write(
-        &stack,
-        format!(
-            "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  echo:\n    image: {FIXTURE_IMAGE}\n    constraints:\n      - node!=b0\n  single:\n    image: {FIXTURE_IMAGE}\n    constraints:\n      - node!=b0\n"
-        ),
-    )?;
-    let out = boards[0].bramble(&["deploy", "-f", stack.to_str().unwrap_or_default()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    deploy_constrained(&boards[0], &[("echo", "node!=b0"), ("single", "node!=b0")]);
     let out = boards[0].bramble(&["scale", "echo", "2"]);
     assert!(
         out.status.success(),
