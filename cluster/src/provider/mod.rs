@@ -483,7 +483,9 @@ impl<L: Provider> Provider for ClusterProvider<L> {
         namespace: &str,
         wait: Duration,
     ) -> ProviderResult<Endpoint> {
-        if matches!(self.mode(), Mode::Single) {
+        // Per request: no clone of the node's parts; a board that has not reached its cluster
+        // has no routes yet, and answers from its own replicas.
+        if self.node.get().is_none() {
             return self.local.endpoint(name, namespace, wait).await;
         }
         let skip = self.unreachable.now();
