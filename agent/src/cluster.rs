@@ -21,7 +21,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bramble_cluster::membership::{BoardInfo, HardwareSummary, MemoryBudget};
 use bramble_cluster::node::join::{self, ApiLogin, Joiner};
-use bramble_cluster::node::{BoardFacts, ClusterNode, NodeSettings, Refusal, files, init, routes};
+use bramble_cluster::node::{
+    BoardFacts, ClusterNode, NodeSettings, Refusal, calls, files, init, routes,
+};
 use bramble_cluster::provider::{ClusterProvider, DeploymentCheck};
 use bramble_cluster::settings::{JoinCommand, board_name_from_host};
 use bramble_gateway::Gateway;
@@ -176,6 +178,16 @@ impl ClusterSide {
         let node = ClusterNode::start(settings).await?;
         node.run_board(Arc::clone(ctx.provider.local()));
         ctx.provider.attach(Arc::clone(&node));
+        // Async calls: accepted by any board, run by any board (set before the gateway's
+        // workers start, so that calls kept from before are handed to the cluster too).
+        ctx.gateway
+            .set_call_share(Arc::new(calls::Share::new(Arc::clone(&node))));
+        calls::serve(
+            &node,
+            Arc::clone(ctx.gateway),
+            ctx.gateway.config().async_workers,
+            ctx.provider.routes_ready(),
+        );
         tokio::spawn(report_ready(
             Arc::clone(&node),
             Arc::clone(ctx.provider.local()),

@@ -154,7 +154,6 @@ pub async fn run(
         deliveries: Arc::clone(&deliveries),
         store: Arc::clone(&store),
     }));
-    gateway.start_workers();
     let triggers = {
         let ctx = triggers::Context {
             dir: config.state_dir.join("triggers"),
@@ -191,6 +190,8 @@ pub async fn run(
         defaults: defaults_for_cluster,
     })
     .await?;
+    // After the cluster side: in a cluster, pending async calls go to the cluster's queue.
+    gateway.start_workers();
     let secrets = config.state_dir.join("secrets");
     println!(
         "bramble {} listening on http://{addr}",

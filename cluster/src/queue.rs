@@ -4,12 +4,14 @@
 //!   (`Nats-Msg-Id`) is the call id, so a call enqueued twice within the stream's duplicate
 //!   window (default 2 minutes) is stored once ([`Enqueued::duplicate`]).
 //! - Retention `WorkQueue`: a message is removed when acknowledged.
-//! - **One durable pull consumer per function** (`<namespace>_<function>`, filtered on that
-//!   function's subject), shared by every board that can run it: boards pull from the same
-//!   consumer and JetStream hands each message to one of them. One consumer per board is not
-//!   possible on a work queue — JetStream refuses consumers whose filters overlap there, since
-//!   each message must belong to exactly one consumer — and one consumer with several
-//!   `filter_subjects` exists only from 2.10.
+//! - Durable pull consumers shared by the boards: boards pull from the same consumer and
+//!   JetStream hands each message to one of them. One consumer per board is not possible on a
+//!   work queue — JetStream refuses consumers whose filters overlap there, since each message
+//!   must belong to exactly one consumer — and one consumer with several `filter_subjects`
+//!   exists only from 2.10. Either one consumer per function (`<namespace>_<function>`,
+//!   [`CallQueue::worker`]) or one for every call (`calls`, [`CallQueue::worker_for_all`]):
+//!   bramble uses the latter, since every board can run every function (a call goes to the
+//!   board that runs it); the two cannot be mixed on one stream.
 //! - Explicit ack once the work (and its callback) is done ([`Call::done`]); an unacknowledged
 //!   call comes back after `ack_wait` (a board that crashed mid-call loses nothing);
 //!   [`Call::in_progress`] extends the wait for long calls. After `max_deliver` deliveries
@@ -33,6 +35,9 @@ use crate::names;
 
 /// The work-queue stream.
 pub const STREAM: &str = "CALLS";
+
+/// The consumer of every call ([`CallQueue::worker_for_all`]).
+pub const ALL_CALLS: &str = "calls";
 
 /// Whether an acknowledged enqueue is on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,7 +248,28 @@ impl CallQueue {
     pub async fn worker(&self, namespace: &str, function: &str) -> Result<Worker, QueueError> {
         names::validate("namespace", namespace)?;
         names::validate("function", function)?;
-        let durable = format!("{namespace}_{function}");
+        self.consumer(
+            format!("{namespace}_{function}"),
+            self.subject(namespace, function),
+        )
+        .await
+    }
+
+    /// The worker side for every call: one durable pull consumer ([`ALL_CALLS`]), created
+    /// when absent.
+    pub async fn worker_for_all(&self) -> Result<Worker, QueueError> {
+        self.consumer(
+            ALL_CALLS.to_owned(),
+            format!("bramble.{}.calls.>", self.config.cluster),
+        )
+        .await
+    }
+
+    async fn consumer(
+        &self,
+        durable: String,
+        filter_subject: String,
+    ) -> Result<Worker, QueueError> {
         let stream = self
             .js
             .get_stream(STREAM)
@@ -254,7 +280,7 @@ impl CallQueue {
                 &durable,
                 consumer::pull::Config {
                     durable_name: Some(durable.clone()),
-                    filter_subject: self.subject(namespace, function),
+                    filter_subject,
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: self.config.ack_wait,
                     max_deliver: self.config.max_deliver,
@@ -264,11 +290,7 @@ impl CallQueue {
             )
             .await
             .map_err(|e| classify("creating the consumer", e))?;
-        Ok(Worker {
-            consumer,
-            namespace: namespace.to_owned(),
-            function: function.to_owned(),
-        })
+        Ok(Worker { consumer })
     }
 
     /// Calls waiting (stored, not yet acknowledged).
@@ -286,7 +308,7 @@ impl CallQueue {
     }
 }
 
-fn check_call_id(id: &str) -> Result<(), QueueError> {
+pub(crate) fn check_call_id(id: &str) -> Result<(), QueueError> {
     if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(QueueError::CallId(id.chars().take(40).collect()));
     }
@@ -297,8 +319,6 @@ fn check_call_id(id: &str) -> Result<(), QueueError> {
 #[derive(Debug)]
 pub struct Worker {
     consumer: consumer::PullConsumer,
-    namespace: String,
-    function: String,
 }
 
 /// A delivered call. Acknowledge it with [`Call::done`] after the work; dropping it without
@@ -389,11 +409,15 @@ impl Worker {
                 .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
                 .map(|v| v.as_str().to_owned())
                 .unwrap_or_default();
+            // `bramble.<cluster>.calls.<namespace>.<function>`
+            let mut tokens = message.subject.rsplitn(3, '.');
+            let function = tokens.next().unwrap_or_default().to_owned();
+            let namespace = tokens.next().unwrap_or_default().to_owned();
             calls.push(Call {
                 message,
                 call_id,
-                namespace: self.namespace.clone(),
-                function: self.function.clone(),
+                namespace,
+                function,
                 delivered,
             });
         }

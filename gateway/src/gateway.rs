@@ -21,7 +21,7 @@ use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::proxy::{HttpClient, new_client};
-use crate::queue::Queue;
+use crate::queue::{CallShare, Queue};
 use crate::ui::NodeFeed;
 
 /// Why a gateway could not be created.
@@ -62,6 +62,11 @@ pub(crate) struct Shared<P: Provider> {
     /// The client invocations for functions on other boards go with (cluster mode, see
     /// [`Gateway::set_board_tls`]).
     pub(crate) boards: OnceLock<crate::boards::BoardClient>,
+    /// The cluster's work queue, in a cluster.
+    pub(crate) share: OnceLock<Arc<dyn CallShare>>,
+    /// Async calls executing at once (`async_workers`): those accepted here and those the
+    /// cluster's queue delivered.
+    pub(crate) async_slots: tokio::sync::Semaphore,
 }
 
 impl<P: Provider> Shared<P> {
@@ -138,7 +143,6 @@ impl<P: Provider> Gateway<P> {
         let (stop, _) = watch::channel(());
         let shared = Arc::new(Shared {
             provider,
-            config,
             client: new_client(),
             callbacks,
             metrics: Arc::new(Metrics::default()),
@@ -149,6 +153,9 @@ impl<P: Provider> Gateway<P> {
             sessions: crate::ui::session::Sessions::default(),
             feed: OnceLock::new(),
             boards: OnceLock::new(),
+            share: OnceLock::new(),
+            async_slots: tokio::sync::Semaphore::new(config.async_workers.max(1)),
+            config,
         });
         Ok(Arc::new(Self {
             shared,
@@ -194,6 +201,29 @@ impl<P: Provider> Gateway<P> {
         if self.shared.feed.set(feed).is_err() {
             warn!("a node feed was already set; the dashboard keeps the first");
         }
+    }
+
+    /// In a cluster: accepted async calls are handed to `share` (the cluster's work queue)
+    /// and run by whichever board takes them ([`Gateway::run_shared_call`]); this board keeps
+    /// each record until [`Gateway::forget_call`]. Set it before [`Gateway::start_workers`]:
+    /// calls pending from before are then handed over too. Only the first call counts.
+    pub fn set_call_share(&self, share: Arc<dyn CallShare>) {
+        if self.shared.share.set(share).is_err() {
+            warn!("a call share was already set; the gateway keeps the first");
+        }
+    }
+
+    /// Runs an async call the cluster's queue delivered (a [`SharedCall`]'s record) to the
+    /// end: invocation with retries, callback. `Err` when the record is not one.
+    ///
+    /// [`SharedCall`]: crate::queue::SharedCall
+    pub async fn run_shared_call(&self, record: bytes::Bytes) -> Result<(), String> {
+        crate::queue::run_shared(&self.shared, record).await
+    }
+
+    /// A call this board accepted was run by a board of the cluster: its record here goes.
+    pub async fn forget_call(&self, file: &str) {
+        crate::queue::forget(&self.shared, file).await;
     }
 
     /// Starts the async queue's workers (pending calls from before included) on the current

@@ -65,7 +65,8 @@
 //! ([`RetryPolicy`]), and POSTs the result to `X-Callback-Url` (`http://` or `https://`) if
 //! given. Delivery is **at least once**: a crash after a call ran but before its record was
 //! deleted runs it again on the next start. Records are `0600` in a `0700` directory: they hold
-//! the requests' headers and bodies.
+//! the requests' headers and bodies. In a cluster the call is handed to the cluster's queue
+//! before the 202 and any board may run it ([`Gateway::set_call_share`]).
 
 mod api;
 mod auth;
@@ -89,3 +90,4 @@ pub use api::MAX_REPLICAS;
 pub use boards::BoardPeer;
 pub use config::{Credentials, GatewayConfig, RetryPolicy};
 pub use gateway::{Gateway, GatewayError};
+pub use queue::{CallShare, ShareOutcome, SharedCall};

@@ -281,6 +281,16 @@ pub(crate) async fn forward<P: Provider>(
     };
     let endpoint: Endpoint = match tokio::time::timeout(wait + ENDPOINT_GRACE, endpoint).await {
         Ok(Ok(endpoint)) => endpoint,
+        // Another board sent the call here because its routes place the function here: this
+        // board has not set it up yet (it is starting, or the placement is new). Retryable.
+        Ok(Err(ProviderError::NotFound(_))) if matches!(caller, Caller::Board) => {
+            debug!(%function, "a board sent a call for a function not set up here yet");
+            return failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("function {function} is not set up on this board yet"),
+                call_id,
+            );
+        }
         Ok(Err(ProviderError::NotFound(_))) => {
             debug!(%function, "invocation of an unknown function");
             return failure(

@@ -14,11 +14,22 @@
 //! Delivery is **at least once**: a crash after the function ran but before the file was
 //! deleted runs the call again on the next start. A new gateway on the same directory resumes
 //! every pending call in the order they were accepted.
+//!
+//! In a cluster ([`Gateway::set_call_share`](crate::Gateway::set_call_share)), an accepted
+//! call is also handed to the cluster's work queue before the 202 ([`CallShare`]), and this
+//! board's workers never run it: whichever board takes it from the queue runs it
+//! ([`Gateway::run_shared_call`](crate::Gateway::run_shared_call)) and says so, and the
+//! record here is deleted then ([`Gateway::forget_call`](crate::Gateway::forget_call)). The
+//! record stays on this board's disk until that moment: on nats-server 2.9 JetStream fsyncs
+//! every two minutes, so after a power cut of every board at once the record is what is left
+//! of the call, and it is handed to the queue again at the next start (as is a call the
+//! cluster could not take when it was accepted: no quorum, not up yet).
 
 use std::fs;
 use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +49,50 @@ use crate::proxy::{collect_limited, human};
 
 const RECORD_EXT: &str = "call";
 const FORMAT_VERSION: u32 = 1;
+
+/// How long an accepted call waits for the cluster to take it before the 202 goes out anyway
+/// (the call is on disk; this board hands it over once the cluster answers).
+const SHARE_WAIT: Duration = Duration::from_secs(3);
+
+/// An accepted call, as this board hands it to its cluster.
+#[derive(Clone, Debug)]
+pub struct SharedCall {
+    /// The record's name on the accepting board (what [`Gateway::forget_call`] is given once
+    /// the call is done).
+    ///
+    /// [`Gateway::forget_call`]: crate::Gateway::forget_call
+    pub file: String,
+    /// The call id (`X-Call-Id`).
+    pub call_id: String,
+    /// The function.
+    pub function: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The record as stored on disk: its metadata line, then the body (what
+    /// [`Gateway::run_shared_call`](crate::Gateway::run_shared_call) runs).
+    pub record: Bytes,
+    /// True when the call was handed over before (a restart, or the cluster did not answer).
+    pub again: bool,
+}
+
+/// What the cluster did with a call handed to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShareOutcome {
+    /// Stored: a board will run it.
+    Stored,
+    /// The cluster already holds a call with this call id: this one was not stored again.
+    Duplicate,
+}
+
+/// The cluster's work queue, as the gateway hands accepted calls to it.
+pub trait CallShare: Send + Sync + 'static {
+    /// Stores `call` in the cluster; resolves once it is stored (or why not: the call stays
+    /// on this board's disk and is handed over again later).
+    fn share(
+        &self,
+        call: SharedCall,
+    ) -> Pin<Box<dyn Future<Output = Result<ShareOutcome, String>> + Send + '_>>;
+}
 
 /// A header as stored: text, or base64 for the rare value that is not visible ASCII.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,8 +283,9 @@ impl Queue {
         self.pending.join(format!("{id}.{RECORD_EXT}"))
     }
 
-    /// Stores a call durably, then hands it to the workers. Returns once it is on disk.
-    pub(crate) async fn enqueue(&self, record: &CallRecord, body: Bytes) -> io::Result<()> {
+    /// Stores a call durably; returns once it is on disk, with the record's name and its
+    /// metadata line. Hand it to the workers with [`Queue::hand_over`].
+    async fn store(&self, record: &CallRecord, body: &Bytes) -> io::Result<(String, Vec<u8>)> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -239,9 +295,10 @@ impl Queue {
         meta.push(b'\n');
         let final_path = self.path(&id);
         let tmp = self.tmp.clone();
+        let (line, body) = (meta.clone(), body.clone());
         let written = tokio::task::spawn_blocking(move || {
             bramble_base::write_atomic_via(&tmp, &final_path, FILE_MODE, |file| {
-                file.write_all(&meta)?;
+                file.write_all(&line)?;
                 file.write_all(&body)
             })
             .map_err(|e| context("writing", &final_path, &e))
@@ -249,40 +306,37 @@ impl Queue {
         .await
         .map_err(io::Error::other)?;
         written?;
+        Ok((id, meta))
+    }
+
+    /// Hands a stored call to the workers.
+    fn hand_over(&self, id: String) {
         if self.tx.send(id).is_err() {
             debug!("async workers are gone; the call stays on disk for the next start");
         }
-        Ok(())
+    }
+
+    /// A pending call's record as stored (`None` once it is done).
+    async fn read(&self, id: &str) -> io::Result<Option<Bytes>> {
+        let path = self.path(id);
+        match tokio::fs::read(&path).await {
+            Ok(raw) => Ok(Some(Bytes::from(raw))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(context("reading", &path, &e)),
+        }
     }
 
     /// The record and body of a pending call; `None` once it is done.
     async fn load(&self, id: &str) -> io::Result<Option<(CallRecord, Bytes)>> {
-        let path = self.path(id);
-        let raw = match tokio::fs::read(&path).await {
-            Ok(raw) => raw,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(context("reading", &path, &e)),
+        let Some(raw) = self.read(id).await? else {
+            return Ok(None);
         };
-        let invalid = |what: String| {
+        parse_record(&raw).map(Some).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: {what}", path.display()),
+                format!("{}: {e}", self.path(id).display()),
             )
-        };
-        let newline = raw
-            .iter()
-            .position(|b| *b == b'\n')
-            .ok_or_else(|| invalid("no metadata line".to_owned()))?;
-        let record: CallRecord =
-            serde_json::from_slice(&raw[..newline]).map_err(|e| invalid(e.to_string()))?;
-        if record.version != FORMAT_VERSION {
-            return Err(invalid(format!(
-                "unknown record version {}",
-                record.version
-            )));
-        }
-        let body = Bytes::from(raw).slice(newline + 1..);
-        Ok(Some((record, body)))
+        })
     }
 
     async fn remove(&self, id: &str) {
@@ -304,19 +358,74 @@ impl Queue {
     }
 }
 
+/// A stored record: its metadata line, then the body.
+pub(crate) fn parse_record(raw: &Bytes) -> Result<(CallRecord, Bytes), String> {
+    let newline = raw
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| "no metadata line".to_owned())?;
+    let record: CallRecord = serde_json::from_slice(&raw[..newline]).map_err(|e| e.to_string())?;
+    if record.version != FORMAT_VERSION {
+        return Err(format!("unknown record version {}", record.version));
+    }
+    Ok((record, raw.slice(newline + 1..)))
+}
+
+/// Accepts a call: stores it on disk (fsynced), then hands it to the cluster's queue when
+/// the board is in a cluster (waiting at most [`SHARE_WAIT`]), else to this board's workers.
+/// Returns once the call is on disk; the caller answers 202 then.
+pub(crate) async fn accept<P: Provider>(
+    shared: &Shared<P>,
+    record: &CallRecord,
+    body: Bytes,
+) -> io::Result<()> {
+    let (file, meta) = shared.queue.store(record, &body).await?;
+    let Some(share) = shared.share.get() else {
+        shared.queue.hand_over(file);
+        return Ok(());
+    };
+    let mut whole = bytes::BytesMut::with_capacity(meta.len() + body.len());
+    whole.extend_from_slice(&meta);
+    whole.extend_from_slice(&body);
+    let call = SharedCall {
+        file: file.clone(),
+        call_id: record.call_id.clone(),
+        function: record.function.clone(),
+        namespace: record.namespace.clone(),
+        record: whole.freeze(),
+        again: false,
+    };
+    match tokio::time::timeout(SHARE_WAIT, share.share(call)).await {
+        Ok(Ok(ShareOutcome::Stored)) => {}
+        Ok(Ok(ShareOutcome::Duplicate)) => {
+            debug!(call_id = %record.call_id, "the cluster already holds this call id; not queued twice");
+            shared.queue.remove(&file).await;
+        }
+        Ok(Err(e)) => {
+            warn!(call_id = %record.call_id, error = %e, "the cluster cannot take the async call now; it is kept on this board and handed over later");
+            shared.queue.hand_over(file);
+        }
+        Err(_) => {
+            warn!(call_id = %record.call_id, waited = %human(SHARE_WAIT), "the cluster did not take the async call in time; it is kept on this board and handed over later");
+            shared.queue.hand_over(file);
+        }
+    }
+    Ok(())
+}
+
 /// Resolves once the gateway that owns the workers is dropped.
 async fn stopped(stop: &mut watch::Receiver<()>) {
     while stop.changed().await.is_ok() {}
 }
 
 /// Runs queued calls until the gateway is dropped: each call in its own task, at most
-/// `async_workers` executing at once (a call waiting for its next retry holds no slot).
+/// `async_workers` executing at once (a call waiting for its next retry holds no slot). In a
+/// cluster, a call stored here is handed to the cluster's queue instead ([`hand_to_cluster`]).
 pub(crate) async fn run_workers<P: Provider>(
     shared: Arc<Shared<P>>,
     mut rx: mpsc::UnboundedReceiver<String>,
     mut stop: watch::Receiver<()>,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.async_workers.max(1)));
     loop {
         let id = tokio::select! {
             biased;
@@ -327,29 +436,55 @@ pub(crate) async fn run_workers<P: Provider>(
             },
         };
         let shared = Arc::clone(&shared);
-        let slots = Arc::clone(&slots);
         let mut stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
                 biased;
                 () = stopped(&mut stop) => {}
-                () = run_call(&shared, &id, &slots) => {}
+                () = async {
+                    match shared.share.get() {
+                        Some(share) => hand_to_cluster(&shared, share.as_ref(), &id).await,
+                        None => run_call(&shared, &id, &shared.async_slots).await,
+                    }
+                } => {}
             }
         });
     }
 }
 
-/// Executes one queued call to the end: retries, callback, deletion.
+/// Runs one call stored on this board to the end (see [`execute`]), then deletes it.
 async fn run_call<P: Provider>(shared: &Shared<P>, id: &str, slots: &Semaphore) {
-    let policy = &shared.config.async_retry;
-    let mut backoff = policy.initial_backoff;
-    let mut attempt: u32 = 0;
-    loop {
-        let Ok(slot) = slots.acquire().await else {
+    let (record, body) = match shared.queue.load(id).await {
+        Ok(Some(loaded)) => loaded,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "unreadable async call moved aside");
+            shared.queue.quarantine(id).await;
             return;
-        };
-        let (record, body) = match shared.queue.load(id).await {
-            Ok(Some(loaded)) => loaded,
+        }
+    };
+    match execute(shared, &record, body, slots).await {
+        Ok(()) => shared.queue.remove(id).await,
+        Err(e) => {
+            warn!(call_id = %record.call_id, error = %e, "invalid async call moved aside");
+            shared.queue.quarantine(id).await;
+        }
+    }
+}
+
+/// Most time between two hand-overs of a call the cluster refused: handing over is cheap, and
+/// a call should not wait long once the cluster is back.
+const HAND_OVER_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Hands a call stored on this board to the cluster, again and again (with the retry
+/// policy's first backoff, doubling up to [`HAND_OVER_BACKOFF`]) until the cluster has it. The
+/// share itself waits while the board is not in touch with its cluster. The record stays
+/// until the board that runs the call says it is done ([`forget`]).
+async fn hand_to_cluster<P: Provider>(shared: &Shared<P>, share: &dyn CallShare, id: &str) {
+    let mut backoff = shared.config.async_retry.initial_backoff;
+    loop {
+        let raw = match shared.queue.read(id).await {
+            Ok(Some(raw)) => raw,
             Ok(None) => return,
             Err(e) => {
                 warn!(error = %e, "unreadable async call moved aside");
@@ -357,14 +492,72 @@ async fn run_call<P: Provider>(shared: &Shared<P>, id: &str, slots: &Semaphore) 
                 return;
             }
         };
-        let request = match record.request(body) {
-            Ok(request) => request,
+        let record = match parse_record(&raw) {
+            Ok((record, _)) => record,
             Err(e) => {
-                warn!(call_id = %record.call_id, error = %e, "invalid async call moved aside");
+                warn!(file = %id, error = %e, "invalid async call moved aside");
                 shared.queue.quarantine(id).await;
                 return;
             }
         };
+        let call = SharedCall {
+            file: id.to_owned(),
+            call_id: record.call_id.clone(),
+            function: record.function.clone(),
+            namespace: record.namespace.clone(),
+            record: raw,
+            again: true,
+        };
+        match share.share(call).await {
+            Ok(_) => {
+                debug!(call_id = %record.call_id, "async call handed to the cluster");
+                return;
+            }
+            Err(e) => {
+                debug!(call_id = %record.call_id, error = %e, retry_in = %human(backoff), "the cluster cannot take the async call yet");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(HAND_OVER_BACKOFF);
+    }
+}
+
+/// Runs a call the cluster's queue delivered to this board (a record as [`SharedCall`] holds
+/// it): the same as a call accepted here, on this board's async slots.
+pub(crate) async fn run_shared<P: Provider>(shared: &Shared<P>, raw: Bytes) -> Result<(), String> {
+    let (record, body) = parse_record(&raw)?;
+    execute(shared, &record, body, &shared.async_slots).await
+}
+
+/// Deletes the record of a call this board accepted and another board ran. `file` comes
+/// from the cluster: only a record's name is accepted.
+pub(crate) async fn forget<P: Provider>(shared: &Shared<P>, file: &str) {
+    if file.is_empty()
+        || file.len() > 64
+        || !file.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+    {
+        warn!(file = %file.chars().take(80).collect::<String>(), "ignoring a finished call's record name that is not one");
+        return;
+    }
+    shared.queue.remove(file).await;
+}
+
+/// Executes one call to the end: attempts (each holding one of `slots`), retries of
+/// 502/503/504 with backoff, the callback. `Err` when the record cannot be a request.
+async fn execute<P: Provider>(
+    shared: &Shared<P>,
+    record: &CallRecord,
+    body: Bytes,
+    slots: &Semaphore,
+) -> Result<(), String> {
+    let policy = &shared.config.async_retry;
+    let mut backoff = policy.initial_backoff;
+    let mut attempt: u32 = 0;
+    loop {
+        let Ok(slot) = slots.acquire().await else {
+            return Ok(());
+        };
+        let request = record.request(body.clone())?;
         attempt += 1;
         let started = Instant::now();
         let response =
@@ -401,10 +594,9 @@ async fn run_call<P: Provider>(shared: &Shared<P>, id: &str, slots: &Semaphore) 
                 warn!(call_id = %record.call_id, "function response too large for the callback; sending it without a body");
                 Bytes::new()
             });
-            deliver_callback(shared, &record, url, status, parts.headers, &duration, body).await;
+            deliver_callback(shared, record, url, status, parts.headers, &duration, body).await;
         }
-        shared.queue.remove(id).await;
-        return;
+        return Ok(());
     }
 }
 

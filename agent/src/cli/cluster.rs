@@ -237,7 +237,7 @@ async fn status(args: &StatusArgs) -> anyhow::Result<()> {
         serde_json::from_str(&text).context("the node's answer is not what bramble expects")?;
     let rows = status.boards.iter().map(row).collect();
     let mut text = format!(
-        "cluster {} as seen from {}{}{}\n",
+        "cluster {} as seen from {}{}{}{}\n",
         status.cluster,
         status.board,
         if status.connected {
@@ -249,6 +249,10 @@ async fn status(args: &StatusArgs) -> anyhow::Result<()> {
             .placer
             .as_deref()
             .map(|p| format!("; placer: {p}"))
+            .unwrap_or_default(),
+        status
+            .queued_calls
+            .map(|n| format!("; async calls queued: {n}"))
             .unwrap_or_default()
     );
     text.push_str(&table(

@@ -91,6 +91,12 @@ impl Board {
     }
 
     pub(crate) fn start(&mut self) {
+        // Power back on: the board's containerd first, as at boot.
+        if let Some(env) = self.env.as_mut()
+            && env.containerd.pid().is_none()
+        {
+            env.containerd.start_again().unwrap();
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -128,7 +134,10 @@ impl Board {
             .args(["--cluster-address", &self.address.to_string()])
             .args(["--cluster-dead-after", "5s"])
             .args(&self.extra)
-            .env("BRAMBLE_LOG", "info,bramble_cluster=debug")
+            .env(
+                "BRAMBLE_LOG",
+                "info,bramble_cluster=debug,bramble_gateway::queue=debug",
+            )
             .env_remove("BRAMBLE_URL")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -376,12 +385,17 @@ pub(crate) async fn wait_status(
 }
 
 /// Waits (at most 30 s) until `done` holds.
-pub(crate) async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    wait_within(Duration::from_secs(30), what, done).await;
+}
+
+/// Waits (at most `bound`) until `done` holds.
+pub(crate) async fn wait_within(bound: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
         assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "timed out: {what}"
+            started.elapsed() < bound,
+            "timed out after {bound:?}: {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

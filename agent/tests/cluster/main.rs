@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod board;
+mod calls;
 mod dashboard;
 mod routing;
 
@@ -331,6 +332,10 @@ fn main() {
         Trial::test("a_board_powered_off_under_load", || {
             harness::block_on(routing::a_board_powered_off_under_load())
         }),
+        Trial::test(
+            "async_calls_accepted_by_a_board_that_loses_power_all_run",
+            || harness::block_on(calls::accepted_calls_run_after_the_accepting_boards_power_cut()),
+        ),
         dashboard::trial(),
     ];
     harness::main(

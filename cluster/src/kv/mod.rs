@@ -61,6 +61,9 @@ pub struct BucketConfig {
     pub max_value_size: i32,
     /// Largest bucket in bytes (-1: no limit).
     pub max_bytes: i64,
+    /// How long a value is kept (zero: for ever). Expiry leaves no delete marker: watchers
+    /// are not told.
+    pub max_age: Duration,
 }
 
 impl BucketConfig {
@@ -72,6 +75,7 @@ impl BucketConfig {
             replicas,
             max_value_size: -1,
             max_bytes: -1,
+            max_age: Duration::ZERO,
         }
     }
 
@@ -82,6 +86,7 @@ impl BucketConfig {
             subjects: vec![format!("$KV.{}.>", self.name)],
             max_messages_per_subject: self.history.max(1),
             max_bytes: self.max_bytes,
+            max_age: self.max_age,
             max_message_size: self.max_value_size,
             storage: stream::StorageType::File,
             allow_rollup: true,

@@ -15,6 +15,7 @@
 //! this.
 
 pub mod answer;
+pub mod calls;
 pub mod doctor;
 pub mod files;
 pub mod init;
@@ -131,6 +132,10 @@ pub struct Parts {
     pub desired: DesiredStore,
     /// The plan in force (`None` until one was read).
     pub plan: watch::Receiver<Option<Arc<Plan>>>,
+    /// The work queue of async calls.
+    pub calls: crate::queue::CallQueue,
+    /// Calls finished (see [`calls`]).
+    pub done: Bucket,
 }
 
 /// The cluster side of a running node.
@@ -435,6 +440,15 @@ impl ClusterNode {
                 }
             }
         };
+        let (calls, done) = loop {
+            match calls::open(&self, self.replicas_now()).await {
+                Ok(opened) => break opened,
+                Err(e) => {
+                    tracing::debug!(error = %e, "opening the call queue");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
         let plan = placer::follow(cluster.clone());
         let parts = Arc::new(Parts {
             boards,
@@ -443,6 +457,8 @@ impl ClusterNode {
             lease,
             desired,
             plan,
+            calls,
+            done,
         });
         self.parts.send_replace(Some(Arc::clone(&parts)));
         tracing::info!(board = %me.name, cluster = %self.cluster(), waited = ?started.elapsed(), "in the cluster");

@@ -81,7 +81,7 @@ async fn join(
 }
 
 async fn status(State(node): Node) -> Response {
-    Json(super::status::status(&node)).into_response()
+    Json(super::status::status(&node).await).into_response()
 }
 
 async fn token(State(node): Node) -> Response {

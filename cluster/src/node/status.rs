@@ -21,6 +21,10 @@ pub struct ClusterStatus {
     /// The board placing functions (the placer's lease holder), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placer: Option<String>,
+    /// Async calls accepted and not yet run, cluster-wide (`None` when the queue does not
+    /// answer now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_calls: Option<u64>,
     /// Every board.
     pub boards: Vec<BoardStatus>,
 }
@@ -131,7 +135,7 @@ fn board_status(name: &str, view: &BoardView) -> BoardStatus {
 }
 
 /// The status as this board sees it now.
-pub fn status(node: &ClusterNode) -> ClusterStatus {
+pub async fn status(node: &ClusterNode) -> ClusterStatus {
     let parts = node.parts();
     let view = node.view();
     let placer = parts
@@ -141,11 +145,19 @@ pub fn status(node: &ClusterNode) -> ClusterStatus {
             crate::lease::LeaseStatus::Following { holder } => holder.clone(),
             crate::lease::LeaseStatus::Unknown => None,
         });
+    let queued_calls = match &parts {
+        Some(p) => tokio::time::timeout(std::time::Duration::from_secs(1), p.calls.pending())
+            .await
+            .ok()
+            .and_then(Result::ok),
+        None => None,
+    };
     ClusterStatus {
         cluster: node.cluster(),
         board: node.board(),
         connected: parts.is_some(),
         placer,
+        queued_calls,
         boards: view
             .boards
             .iter()

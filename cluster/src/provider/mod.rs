@@ -141,6 +141,15 @@ impl<L: Provider> ClusterProvider<L> {
 
     /// Cluster mode from now on. Only the first call counts. Starts keeping the routes of
     /// invocations up to date (for as long as the node runs).
+    /// Resolves once this board's routes are built from the cluster's whole desired state
+    /// (after its start, a function not known yet would otherwise be "not found").
+    pub fn routes_ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut routes = self.routes.subscribe();
+        async move {
+            let _ = routes.wait_for(|r| r.is_current()).await;
+        }
+    }
+
     pub fn attach(&self, node: Arc<ClusterNode>) {
         if self.node.set(Arc::clone(&node)).is_err() {
             tracing::warn!("a cluster node was already attached; keeping the first");

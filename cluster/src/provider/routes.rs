@@ -73,9 +73,17 @@ impl Remote {
 #[derive(Debug, Default)]
 pub struct Routes {
     functions: HashMap<String, HashMap<String, Route>>,
+    /// Built from a desired state that had every function the cluster stores (not one
+    /// still being read at the board's start).
+    current: bool,
 }
 
 impl Routes {
+    /// True when built from the whole desired state: a function missing here does not exist.
+    pub fn is_current(&self) -> bool {
+        self.current
+    }
+
     /// The route of `name.namespace`; `None`: not in the plan (this board answers).
     pub fn find(&self, namespace: &str, name: &str) -> Option<&Route> {
         self.functions.get(namespace)?.get(name)
@@ -117,7 +125,10 @@ impl Routes {
             );
             add(&w.key.namespace, &w.key.name, Route::Refused(message));
         }
-        Routes { functions }
+        Routes {
+            functions,
+            current: desired.is_current(),
+        }
     }
 }
 

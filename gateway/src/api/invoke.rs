@@ -131,24 +131,26 @@ pub(super) async fn async_function<P: Provider>(
         &headers,
         callback_url,
     );
-    shared.queue.enqueue(&record, body).await.map_err(|e| {
-        warn!(error = %e, "cannot queue an async call");
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-        ) {
-            // Refused, not accepted and lost: the caller can retry once there is space.
-            ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                format!("cannot queue the call, the disk is full: {e}"),
-            )
-        } else {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot queue the call: {e}"),
-            )
-        }
-    })?;
+    crate::queue::accept(&shared, &record, body)
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "cannot queue an async call");
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) {
+                // Refused, not accepted and lost: the caller can retry once there is space.
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!("cannot queue the call, the disk is full: {e}"),
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot queue the call: {e}"),
+                )
+            }
+        })?;
     debug!(call_id = %call_id, function = %format!("{name}.{namespace}"), "async call queued");
     let mut response = empty(StatusCode::ACCEPTED);
     response.headers_mut().insert("x-call-id", call_id_value);
