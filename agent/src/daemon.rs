@@ -154,24 +154,6 @@ pub async fn run(
         deliveries: Arc::clone(&deliveries),
         store: Arc::clone(&store),
     }));
-    let triggers = {
-        let ctx = triggers::Context {
-            dir: config.state_dir.join("triggers"),
-            store: Arc::clone(&store),
-            hardware: Arc::clone(&hardware),
-            gateway: Arc::clone(&gateway),
-            deliveries,
-        };
-        let provider = Arc::clone(&provider);
-        tokio::spawn(async move {
-            // The GPIO lines of the functions are requested during adoption.
-            while !provider
-                .wait_started(std::time::Duration::from_secs(60))
-                .await
-            {}
-            triggers::run(ctx).await;
-        })
-    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -190,8 +172,28 @@ pub async fn run(
         defaults: defaults_for_cluster,
     })
     .await?;
-    // After the cluster side: in a cluster, pending async calls go to the cluster's queue.
+    // After the cluster side: in a cluster, pending async calls go to the cluster's queue,
+    // and a schedule fires on one board.
     gateway.start_workers();
+    let triggers = {
+        let ctx = triggers::Context {
+            dir: config.state_dir.join("triggers"),
+            store: Arc::clone(&store),
+            hardware: Arc::clone(&hardware),
+            gateway: Arc::clone(&gateway),
+            deliveries,
+            schedules: node_provider.schedules(),
+        };
+        let provider = Arc::clone(&provider);
+        tokio::spawn(async move {
+            // The GPIO lines of the functions are requested during adoption.
+            while !provider
+                .wait_started(std::time::Duration::from_secs(60))
+                .await
+            {}
+            triggers::run(ctx).await;
+        })
+    };
     let secrets = config.state_dir.join("secrets");
     println!(
         "bramble {} listening on http://{addr}",

@@ -78,6 +78,8 @@ pub struct Context {
     pub gateway: Arc<Gateway<NodeProvider>>,
     /// Where each delivery is recorded, for the dashboard.
     pub deliveries: Arc<Deliveries>,
+    /// Which functions' schedules fire on this board (in a cluster, one board fires each).
+    pub schedules: tokio::sync::watch::Receiver<bramble_cluster::provider::Schedules>,
 }
 
 /// How long a stopped trigger may take to finish the queue write it is in.
@@ -111,14 +113,16 @@ impl Drop for Running {
 /// Runs the triggers of every function and follows the desired state, until dropped (which
 /// stops every trigger). Start it once the provider has adopted the functions, so that
 /// their lines are requested.
-pub async fn run(ctx: Context) {
+pub async fn run(mut ctx: Context) {
     let mut changes = ctx.store.subscribe();
     let mut running: HashMap<(FunctionKey, String), Running> = HashMap::new();
     loop {
         let state = std::sync::Arc::clone(&changes.borrow_and_update());
-        reconcile(&ctx, &state, &mut running).await;
-        if changes.changed().await.is_err() {
-            return;
+        let schedules = ctx.schedules.borrow_and_update().clone();
+        reconcile(&ctx, &state, &schedules, &mut running).await;
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            changed = ctx.schedules.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -128,6 +132,7 @@ pub async fn run(ctx: Context) {
 async fn reconcile(
     ctx: &Context,
     state: &crate::store::State,
+    schedules: &bramble_cluster::provider::Schedules,
     running: &mut HashMap<(FunctionKey, String), Running>,
 ) {
     let mut desired: BTreeMap<(FunctionKey, String), Trigger> = BTreeMap::new();
@@ -136,6 +141,13 @@ async fn reconcile(
         match spec::parse(&record.deployment.annotations) {
             Ok(triggers) => {
                 for trigger in triggers {
+                    // A schedule fires on one board of a cluster (its queue elsewhere goes:
+                    // a board that becomes the one fires from the next period on).
+                    if matches!(trigger.source, spec::Source::Schedule(_))
+                        && !schedules.fire(namespace, name)
+                    {
+                        continue;
+                    }
                     desired.insert((key.clone(), trigger.id()), trigger);
                 }
             }

@@ -84,6 +84,24 @@ fn answered_on(boards: &[Board], headers: &str) -> String {
         .unwrap_or_else(|| format!("no board (host {host})"))
 }
 
+/// Answered invocations of `ticker` that went through `board`'s gateway (its `/metrics`).
+fn ticks(board: &Board) -> u64 {
+    let text = in_netns(&board.netns, async || {
+        http::request(API, "GET", "/metrics", &[], b"", Duration::from_secs(10))
+            .await
+            .unwrap()
+            .text()
+    });
+    text.lines()
+        .filter(|l| {
+            l.starts_with("gateway_function_invocation_total{")
+                && l.contains("function_name=\"ticker.")
+                && l.contains("code=\"200\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn available(board: &Board) -> u64 {
     available_of(board, "echo")
 }
@@ -184,6 +202,46 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
             b.name
         );
     }
+
+    // A schedule of a function running on all three boards fires on one of them, once per
+    // period: the invocations the boards' gateways count over five seconds of `@every 1s`.
+    let stack = format!(
+        "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  ticker:\n    image: {FIXTURE_IMAGE}\n    limits:\n      memory: 32Mi\n    annotations:\n      topic: cron-function\n      schedule: \"@every 1s\"\n"
+    );
+    let file = boards[0].dir.join("ticker.yml");
+    std::fs::write(&file, stack)?;
+    let out = boards[0].bramble(&["deploy", "-f", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = boards[0].bramble(&["scale", "ticker", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("ticker ready on three boards", || {
+        available_of(&boards[0], "ticker") == 3
+    })
+    .await;
+    let before: Vec<u64> = boards.iter().map(ticks).collect();
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after: Vec<u64> = boards.iter().map(ticks).collect();
+    let fired: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    println!(
+        "measured: `@every 1s` on a function with a replica on each board: {fired:?} invocations per board in {:?}",
+        window.elapsed()
+    );
+    assert_eq!(
+        fired.iter().filter(|n| **n > 0).count(),
+        1,
+        "one board fires the schedule: {fired:?}"
+    );
+    let total: u64 = fired.iter().sum();
+    assert!((4..=7).contains(&total), "once per second: {fired:?}");
 
     // A board leaves: what runs on it runs elsewhere before it goes. `mover` runs on b1 or b2.
     deploy_constrained(&boards[0], &[("mover", "node!=b0")]);

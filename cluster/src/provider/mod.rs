@@ -28,7 +28,7 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, PoisonError};
@@ -69,6 +69,27 @@ pub struct ClusterProvider<L> {
     routes: watch::Sender<Arc<Routes>>,
     /// Boards that failed a call at the connection lately: skipped while others can answer.
     unreachable: Unreachable,
+    /// The functions whose schedules this board fires.
+    schedules: watch::Sender<Schedules>,
+}
+
+/// Which functions' schedules a board fires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Schedules {
+    /// Every function's it runs (a single board).
+    All,
+    /// Only these (a board of a cluster: one board fires each function's schedules).
+    Only(Arc<BTreeSet<FunctionKey>>),
+}
+
+impl Schedules {
+    /// Whether `name.namespace`'s schedules fire here.
+    pub fn fire(&self, namespace: &str, name: &str) -> bool {
+        match self {
+            Schedules::All => true,
+            Schedules::Only(set) => set.contains(&FunctionKey::of(namespace, name)),
+        }
+    }
 }
 
 /// How long a board that failed a call at the connection is skipped: until its record says
@@ -136,11 +157,10 @@ impl<L: Provider> ClusterProvider<L> {
             node: OnceLock::new(),
             routes: watch::Sender::new(Arc::default()),
             unreachable: Unreachable::default(),
+            schedules: watch::Sender::new(Schedules::All),
         }
     }
 
-    /// Cluster mode from now on. Only the first call counts. Starts keeping the routes of
-    /// invocations up to date (for as long as the node runs).
     /// Resolves once this board's routes are built from the cluster's whole desired state
     /// (after its start, a function not known yet would otherwise be "not found").
     pub fn routes_ready(&self) -> impl Future<Output = ()> + Send + 'static {
@@ -150,18 +170,30 @@ impl<L: Provider> ClusterProvider<L> {
         }
     }
 
+    /// Which functions' schedules this board fires; changes when that changes. A single
+    /// board fires all of its own; a board of a cluster only those it is the first (by name)
+    /// of the boards running them, and none before its routes are built.
+    pub fn schedules(&self) -> watch::Receiver<Schedules> {
+        self.schedules.subscribe()
+    }
+
+    /// Cluster mode from now on. Only the first call counts. Starts keeping the routes of
+    /// invocations up to date (for as long as the node runs).
     pub fn attach(&self, node: Arc<ClusterNode>) {
         if self.node.set(Arc::clone(&node)).is_err() {
             tracing::warn!("a cluster node was already attached; keeping the first");
             return;
         }
+        self.schedules
+            .send_replace(Schedules::Only(Arc::new(BTreeSet::new())));
         let routes = self.routes.clone();
+        let schedules = self.schedules.clone();
         let check = Arc::clone(&self.check);
         let task = tokio::spawn(async move {
             let Some(parts) = node.ready(Duration::MAX).await else {
                 return;
             };
-            follow_routes(node.board(), &parts, check.as_ref(), &routes).await;
+            follow_routes(node.board(), &parts, check.as_ref(), &routes, &schedules).await;
         });
         if let Some(node) = self.node.get() {
             node.keep(task);
@@ -264,6 +296,7 @@ async fn follow_routes(
     parts: &Parts,
     check: &dyn DeploymentCheck,
     routes: &watch::Sender<Arc<Routes>>,
+    schedules: &watch::Sender<Schedules>,
 ) {
     let mut plan = parts.plan.clone();
     let mut view = parts.membership.watch();
@@ -276,6 +309,13 @@ async fn follow_routes(
             plan.map(|plan| Routes::build(&me, &plan, &view, &desired, check))
         };
         if let Some(table) = table {
+            schedules.send_if_modified(|s| {
+                let changed = !matches!(s, Schedules::Only(set) if **set == *table.schedules());
+                if changed {
+                    *s = Schedules::Only(Arc::new(table.schedules().clone()));
+                }
+                changed
+            });
             routes.send_replace(Arc::new(table));
         }
         tokio::select! {

@@ -14,7 +14,7 @@
 //! A function not in the plan yet (deployed a moment ago) is this board's to answer, as on a
 //! single board.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +23,7 @@ use std::time::Duration;
 use bramble_gateway::provider::BoardAddr;
 
 use crate::desired::Desired;
+use crate::function_key::FunctionKey;
 use crate::membership::{BoardState, BoardView, View};
 use crate::placement::{FunctionPlan, Plan};
 
@@ -73,6 +74,8 @@ impl Remote {
 #[derive(Debug, Default)]
 pub struct Routes {
     functions: HashMap<String, HashMap<String, Route>>,
+    /// The functions whose schedules this board fires (see [`fires_schedules`]).
+    schedules: BTreeSet<FunctionKey>,
     /// Built from a desired state that had every function the cluster stores (not one
     /// still being read at the board's start).
     current: bool,
@@ -82,6 +85,11 @@ impl Routes {
     /// True when built from the whole desired state: a function missing here does not exist.
     pub fn is_current(&self) -> bool {
         self.current
+    }
+
+    /// The functions whose schedules this board fires: one board per function does.
+    pub fn schedules(&self) -> &BTreeSet<FunctionKey> {
+        &self.schedules
     }
 
     /// The route of `name.namespace`; `None`: not in the plan (this board answers).
@@ -104,7 +112,11 @@ impl Routes {
                 .or_default()
                 .insert(name.to_owned(), route);
         };
+        let mut schedules = BTreeSet::new();
         for f in &plan.functions {
+            if fires_schedules(me, f, view) {
+                schedules.insert(f.key.clone());
+            }
             let timeout = desired
                 .functions
                 .get(&f.key)
@@ -127,9 +139,31 @@ impl Routes {
         }
         Routes {
             functions,
+            schedules,
             current: desired.is_current(),
         }
     }
+}
+
+/// Whether board `me` fires the schedules of `f`: the first, by name, of the boards it is
+/// placed on (its home when scaled to zero) that are not dead. One board of the cluster fires
+/// a schedule; when that board dies, the next one does (once the cluster sees it dead).
+fn fires_schedules(me: &str, f: &FunctionPlan, view: &View) -> bool {
+    let not_dead = |b: &str| {
+        view.boards
+            .get(b)
+            .is_some_and(|v| v.state != BoardState::Dead)
+    };
+    let first = if f.placed() == 0 {
+        Some(f.home.as_str()).filter(|b| not_dead(b))
+    } else {
+        f.boards
+            .iter()
+            .filter(|(b, n)| **n > 0 && not_dead(b))
+            .map(|(b, _)| b.as_str())
+            .next()
+    };
+    first == Some(me)
 }
 
 /// The remote timeout of a function the desired state does not show yet.
@@ -256,6 +290,50 @@ mod tests {
                     .unwrap_or_default()
             })
             .collect()
+    }
+
+    #[test]
+    fn one_board_fires_a_schedule_the_first_not_dead_of_those_running_it() {
+        let f = || placed("f", &[("b1", 1), ("b2", 1)], "b1");
+        let zero = || placed("z", &[], "b2");
+        let fired_by = |states: [BoardState; 3]| -> Vec<(String, Vec<String>)> {
+            let v = view(
+                ["b0", "b1", "b2"]
+                    .into_iter()
+                    .zip(states)
+                    .map(|(b, s)| board(b, s, &[]))
+                    .collect(),
+            );
+            ["b0", "b1", "b2"]
+                .into_iter()
+                .map(|me| {
+                    let r = routes(me, vec![f(), zero()], &v);
+                    let names = r.schedules().iter().map(|k| k.name.clone()).collect();
+                    (me.to_owned(), names)
+                })
+                .filter(|(_, names): &(String, Vec<String>)| !names.is_empty())
+                .collect()
+        };
+        use BoardState::{Alive, Dead, Suspect};
+        // f: b1 (first of b1, b2); z, scaled to zero: its home b2.
+        assert_eq!(
+            fired_by([Alive, Alive, Alive]),
+            [
+                ("b1".into(), vec!["f".into()]),
+                ("b2".into(), vec!["z".into()])
+            ]
+        );
+        // A suspect board still fires (it may only be slow); a dead one hands over.
+        assert_eq!(fired_by([Alive, Suspect, Alive])[0].0, "b1");
+        assert_eq!(
+            fired_by([Alive, Dead, Alive]),
+            [("b2".into(), vec!["f".into(), "z".into()])]
+        );
+        // Every board running it dead: nobody fires it.
+        assert_eq!(
+            fired_by([Alive, Dead, Dead]),
+            Vec::<(String, Vec<String>)>::new()
+        );
     }
 
     #[test]
