@@ -255,6 +255,17 @@ async fn status(args: &StatusArgs) -> anyhow::Result<()> {
             .map(|n| format!("; async calls queued: {n}"))
             .unwrap_or_default()
     );
+    if let Some(r) = &status.replication {
+        text.push_str(&if r.behind.is_empty() {
+            format!("state: {} copies, all current\n", r.copies)
+        } else {
+            format!(
+                "state: {} copies wanted, not there yet for {}\n",
+                r.copies,
+                r.behind.join(", ")
+            )
+        });
+    }
     text.push_str(&table(
         &[
             "BOARD",

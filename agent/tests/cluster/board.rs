@@ -458,6 +458,15 @@ pub(crate) async fn shelf(binary: &Path, lan: &Lan) -> Vec<Board> {
         })
         .await;
     }
+    // Settled: every stream has its three copies, all current (a board's death loses no
+    // quorum from here on).
+    wait_status(&boards[0], "three current copies of every stream", |s| {
+        s["replication"]["copies"] == 3
+            && s["replication"]["behind"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+    })
+    .await;
     boards
 }
 

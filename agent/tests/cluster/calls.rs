@@ -71,8 +71,7 @@ pub(crate) async fn accepted_calls_run_after_the_accepting_boards_power_cut() ->
     let mut boards = shelf(&crate::bramble(), &lan).await;
     let (callback, received) = callback_receiver(laptop).await?;
 
-    // `echo` runs on b2 only; b1 accepts the calls. (Not b0: the founder made the streams
-    // while it was alone, and how soon they have three replicas is the layout's business.)
+    // `echo` runs on b2 only; b1 accepts the calls.
     deploy_constrained(&boards[0], &[("echo", "node=b2")]);
     wait_for("echo ready, seen by b1", || {
         boards[1]

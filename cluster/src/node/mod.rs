@@ -472,7 +472,7 @@ impl ClusterNode {
         self.keep(placing);
     }
 
-    fn replicas_now(&self) -> usize {
+    pub(crate) fn replicas_now(&self) -> usize {
         let files = self.files();
         replicas_for(if files.node.clustered {
             files.node.routes.len()

@@ -25,8 +25,50 @@ pub struct ClusterStatus {
     /// answer now).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_calls: Option<u64>,
+    /// How the cluster's state is replicated now (`None` when JetStream does not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<Replication>,
     /// Every board.
     pub boards: Vec<BoardStatus>,
+}
+
+/// How many copies the cluster keeps of its state (functions, the call queue, …), and which
+/// streams do not have them all yet (just after a board joined or died).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Replication {
+    /// Copies every stream should have: the JetStream boards, at most 3.
+    pub copies: usize,
+    /// Streams short of copies, or with copies not caught up (`CALLS: 2 of 3 current`).
+    pub behind: Vec<String>,
+}
+
+/// How long the status waits for JetStream's answers.
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn replication(node: &ClusterNode) -> Option<Replication> {
+    use futures::TryStreamExt as _;
+    let copies = node.replicas_now();
+    let js = node.jetstream();
+    let names: Vec<String> = js.stream_names().try_collect().await.ok()?;
+    let mut behind = Vec::new();
+    for name in names {
+        let placement = crate::layout::stream_placement(js, &name).await.ok()?;
+        // A standalone server's streams have no peers: their one copy is current.
+        let current = if placement.peers.is_empty() {
+            placement.replicas
+        } else {
+            placement
+                .peers
+                .iter()
+                .filter(|(_, current)| *current)
+                .count()
+        };
+        if placement.replicas < copies || current < copies {
+            behind.push(format!("{name}: {current} of {copies} current"));
+        }
+    }
+    Some(Replication { copies, behind })
 }
 
 /// One board.
@@ -145,12 +187,22 @@ pub async fn status(node: &ClusterNode) -> ClusterStatus {
             crate::lease::LeaseStatus::Following { holder } => holder.clone(),
             crate::lease::LeaseStatus::Unknown => None,
         });
-    let queued_calls = match &parts {
-        Some(p) => tokio::time::timeout(std::time::Duration::from_secs(1), p.calls.pending())
-            .await
-            .ok()
-            .and_then(Result::ok),
-        None => None,
+    let (queued_calls, replication) = match &parts {
+        Some(p) => tokio::join!(
+            async {
+                tokio::time::timeout(STATUS_WAIT, p.calls.pending())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            },
+            async {
+                tokio::time::timeout(STATUS_WAIT, replication(node))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        ),
+        None => (None, None),
     };
     ClusterStatus {
         cluster: node.cluster(),
@@ -158,6 +210,7 @@ pub async fn status(node: &ClusterNode) -> ClusterStatus {
         connected: parts.is_some(),
         placer,
         queued_calls,
+        replication,
         boards: view
             .boards
             .iter()
