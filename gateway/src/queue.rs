@@ -39,7 +39,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::gateway::Shared;
@@ -71,8 +71,6 @@ pub struct SharedCall {
     /// The record as stored on disk: its metadata line, then the body (what
     /// [`Gateway::run_shared_call`](crate::Gateway::run_shared_call) runs).
     pub record: Bytes,
-    /// True when the call was handed over before (a restart, or the cluster did not answer).
-    pub again: bool,
 }
 
 /// What the cluster did with a call handed to it.
@@ -393,7 +391,6 @@ pub(crate) async fn accept<P: Provider>(
         function: record.function.clone(),
         namespace: record.namespace.clone(),
         record: whole.freeze(),
-        again: false,
     };
     match tokio::time::timeout(SHARE_WAIT, share.share(call)).await {
         Ok(Ok(ShareOutcome::Stored)) => {}
@@ -444,7 +441,7 @@ pub(crate) async fn run_workers<P: Provider>(
                 () = async {
                     match shared.share.get() {
                         Some(share) => hand_to_cluster(&shared, share.as_ref(), &id).await,
-                        None => run_call(&shared, &id, &shared.async_slots).await,
+                        None => run_call(&shared, &id).await,
                     }
                 } => {}
             }
@@ -453,7 +450,7 @@ pub(crate) async fn run_workers<P: Provider>(
 }
 
 /// Runs one call stored on this board to the end (see [`execute`]), then deletes it.
-async fn run_call<P: Provider>(shared: &Shared<P>, id: &str, slots: &Semaphore) {
+async fn run_call<P: Provider>(shared: &Shared<P>, id: &str) {
     let (record, body) = match shared.queue.load(id).await {
         Ok(Some(loaded)) => loaded,
         Ok(None) => return,
@@ -463,7 +460,7 @@ async fn run_call<P: Provider>(shared: &Shared<P>, id: &str, slots: &Semaphore) 
             return;
         }
     };
-    match execute(shared, &record, body, slots).await {
+    match execute(shared, &record, body).await {
         Ok(()) => shared.queue.remove(id).await,
         Err(e) => {
             warn!(call_id = %record.call_id, error = %e, "invalid async call moved aside");
@@ -506,7 +503,6 @@ async fn hand_to_cluster<P: Provider>(shared: &Shared<P>, share: &dyn CallShare,
             function: record.function.clone(),
             namespace: record.namespace.clone(),
             record: raw,
-            again: true,
         };
         match share.share(call).await {
             Ok(_) => {
@@ -526,7 +522,7 @@ async fn hand_to_cluster<P: Provider>(shared: &Shared<P>, share: &dyn CallShare,
 /// it): the same as a call accepted here, on this board's async slots.
 pub(crate) async fn run_shared<P: Provider>(shared: &Shared<P>, raw: Bytes) -> Result<(), String> {
     let (record, body) = parse_record(&raw)?;
-    execute(shared, &record, body, &shared.async_slots).await
+    execute(shared, &record, body).await
 }
 
 /// Deletes the record of a call this board accepted and another board ran. `file` comes
@@ -542,19 +538,19 @@ pub(crate) async fn forget<P: Provider>(shared: &Shared<P>, file: &str) {
     shared.queue.remove(file).await;
 }
 
-/// Executes one call to the end: attempts (each holding one of `slots`), retries of
-/// 502/503/504 with backoff, the callback. `Err` when the record cannot be a request.
+/// Executes one call to the end: attempts (each holding one of the board's async slots),
+/// retries of 502/503/504 with backoff, the callback. `Err` when the record cannot be a
+/// request.
 async fn execute<P: Provider>(
     shared: &Shared<P>,
     record: &CallRecord,
     body: Bytes,
-    slots: &Semaphore,
 ) -> Result<(), String> {
     let policy = &shared.config.async_retry;
     let mut backoff = policy.initial_backoff;
     let mut attempt: u32 = 0;
     loop {
-        let Ok(slot) = slots.acquire().await else {
+        let Ok(slot) = shared.async_slots.acquire().await else {
             return Ok(());
         };
         let request = record.request(body.clone())?;
