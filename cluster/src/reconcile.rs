@@ -16,9 +16,13 @@
 //! function the board scaled to zero because it sat idle stays there until a request wakes it,
 //! instead of being started again by every pass. Namespaces are created and updated, never deleted
 //! (a namespace is cheap, and a function deployed by hand may live in it). Secrets are written when
-//! this pass has not written the same revision before (each pass after a restart writes them once).
+//! this pass has not written the same revision before (each pass after a restart writes them once),
+//! and removed once no function of this board uses them: a secret's value is in the clear only
+//! on the boards whose functions need it. Removed are the secrets the cluster stores (or this
+//! process wrote) that no function here uses — one made on the board by hand, under a name the
+//! cluster does not know, and one a function deployed by hand uses, stay.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bramble_gateway::provider::{Provider, ProviderError};
 use bramble_gateway::types::{FunctionDeployment, FunctionNamespace, Secret};
@@ -66,6 +70,9 @@ pub struct Target {
     pub functions: BTreeMap<FunctionKey, Assigned>,
     /// The secrets the assigned functions use, by `(namespace, name)`.
     pub secrets: BTreeMap<SecretKey, SecretValue>,
+    /// Every secret the cluster stores (values are not here): those of them this board holds
+    /// and no function here uses are removed.
+    pub known_secrets: BTreeSet<SecretKey>,
 }
 
 /// What one pass did.
@@ -78,6 +85,7 @@ pub enum Action {
     Updated(FunctionKey),
     Scaled(FunctionKey, u64),
     Deleted(FunctionKey),
+    RemovedSecret(SecretKey),
 }
 
 impl std::fmt::Display for Action {
@@ -96,6 +104,11 @@ impl std::fmt::Display for Action {
             Action::Updated(key) => write!(f, "updated {key}"),
             Action::Scaled(key, replicas) => write!(f, "scaled {key} to {replicas}"),
             Action::Deleted(key) => write!(f, "deleted {key}"),
+            Action::RemovedSecret(key) => write!(
+                f,
+                "removed secret {} in namespace {} (no function here uses it)",
+                key.name, key.namespace
+            ),
         }
     }
 }
@@ -144,6 +157,8 @@ impl Report {
 #[derive(Debug, Default)]
 pub struct Memory {
     secrets: HashMap<SecretKey, u64>,
+    /// Secrets written by an earlier pass that the target no longer has (to remove).
+    stale: BTreeSet<SecretKey>,
     replicas: HashMap<FunctionKey, u64>,
 }
 
@@ -165,6 +180,8 @@ pub async fn reconcile<L: Provider>(local: &L, target: &Target, memory: &mut Mem
     namespaces(local, target, &mut report).await;
     secrets(local, target, memory, &mut report).await;
     functions(local, target, memory, &mut report).await;
+    // After the functions: one that moved away used its secrets until it was deleted.
+    remove_secrets(local, target, memory, &mut report).await;
     report
 }
 
@@ -210,9 +227,78 @@ async fn secrets<L: Provider>(
             Err(e) => report.failed.push((Subject::Secret(key.clone()), e)),
         }
     }
-    memory
+    let gone: Vec<SecretKey> = memory
         .secrets
-        .retain(|key, _| target.secrets.contains_key(key));
+        .keys()
+        .filter(|key| !target.secrets.contains_key(*key))
+        .cloned()
+        .collect();
+    for key in gone {
+        memory.secrets.remove(&key);
+        memory.stale.insert(key);
+    }
+}
+
+/// Removes the secrets this board holds for the cluster that no function here uses.
+async fn remove_secrets<L: Provider>(
+    local: &L,
+    target: &Target,
+    memory: &mut Memory,
+    report: &mut Report,
+) {
+    let candidates: BTreeSet<SecretKey> = target
+        .known_secrets
+        .iter()
+        .chain(&memory.stale)
+        .filter(|key| !target.secrets.contains_key(*key))
+        .cloned()
+        .collect();
+    // Kept only where this pass could not remove them (tried again on the next).
+    let stale = std::mem::take(&mut memory.stale);
+    let namespaces: BTreeSet<&str> = candidates.iter().map(|k| k.namespace.as_str()).collect();
+    for namespace in namespaces {
+        let (held, functions) = match (
+            local.list_secrets(namespace).await,
+            local.list_functions(namespace).await,
+        ) {
+            (Ok(held), Ok(functions)) => (held, functions),
+            (Err(ProviderError::NotFound(_)), _) | (_, Err(ProviderError::NotFound(_))) => {
+                continue;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                report.failed.push((Subject::Listing, e));
+                memory
+                    .stale
+                    .extend(stale.iter().filter(|k| k.namespace == namespace).cloned());
+                continue;
+            }
+        };
+        // Used by a function still here (one deployed by hand included): kept.
+        let used: BTreeSet<&str> = functions
+            .iter()
+            .flat_map(|f| f.secrets.iter().map(String::as_str))
+            .collect();
+        for secret in held {
+            let key = SecretKey {
+                namespace: namespace.to_owned(),
+                name: secret.name.clone(),
+            };
+            if !candidates.contains(&key) || used.contains(secret.name.as_str()) {
+                continue;
+            }
+            match local.delete_secret(&key.name, namespace).await {
+                Ok(()) | Err(ProviderError::NotFound(_)) => {
+                    report.actions.push(Action::RemovedSecret(key));
+                }
+                Err(e) => {
+                    if stale.contains(&key) {
+                        memory.stale.insert(key.clone());
+                    }
+                    report.failed.push((Subject::Secret(key), e));
+                }
+            }
+        }
+    }
 }
 
 async fn functions<L: Provider>(

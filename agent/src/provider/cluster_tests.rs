@@ -55,6 +55,7 @@ fn target(replicas: u64) -> Target {
                 value: b"s3cret".to_vec(),
             },
         )]),
+        known_secrets: std::collections::BTreeSet::from([secret("shelf", "token")]),
     }
 }
 
@@ -168,7 +169,13 @@ async fn what_the_cluster_takes_away_is_deleted_and_a_hand_deployed_function_is_
     let report = reconcile(&*b.provider, &target(1), &mut memory).await;
     assert_eq!(report.unmanaged, [key("openfaas-fn", "mine")]);
     let report = reconcile(&*b.provider, &Target::default(), &mut memory).await;
-    assert_eq!(report.actions, [Action::Deleted(key("shelf", "f"))]);
+    assert_eq!(
+        report.actions,
+        [
+            Action::Deleted(key("shelf", "f")),
+            Action::RemovedSecret(secret("shelf", "token"))
+        ]
+    );
     assert_eq!(report.unmanaged, [key("openfaas-fn", "mine")]);
     assert!(
         b.provider
@@ -221,4 +228,78 @@ async fn a_change_the_board_refuses_is_reported_and_the_others_still_happen() {
             .actions
             .contains(&Action::Deployed(key("shelf", "f")))
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_secret_goes_from_a_board_once_no_function_there_uses_it() {
+    let b = bench();
+    assert!(b.provider.wait_started(Duration::from_secs(5)).await);
+    b.fake
+        .script(IMAGE, Script::ready_after(Duration::from_millis(20)));
+    let put = |name: &str| bramble_gateway::types::Secret {
+        name: name.into(),
+        namespace: Some("shelf".into()),
+        value: Some("v".into()),
+        raw_value: None,
+    };
+    let names = async || {
+        let mut names: Vec<String> = b
+            .provider
+            .list_secrets("shelf")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        names.sort();
+        names
+    };
+    let known =
+        std::collections::BTreeSet::from([secret("shelf", "token"), secret("shelf", "shared")]);
+    let mut memory = Memory::default();
+    let mut here = target(1);
+    here.known_secrets = known.clone();
+    reconcile(&*b.provider, &here, &mut memory).await;
+    // Made on the board by hand: one under a name the cluster does not know, and one it knows
+    // that a function deployed by hand uses.
+    b.provider.put_secret(put("mine")).await.unwrap();
+    b.provider.put_secret(put("shared")).await.unwrap();
+    let mut g = deployment("g", "img");
+    g.namespace = Some("shelf".into());
+    g.secrets = vec!["shared".into()];
+    b.provider.deploy(g).await.unwrap();
+    assert_eq!(names().await, ["mine", "shared", "token"]);
+
+    // `f` moves to another board: its secret goes with it, after the function.
+    let mut away = target(1);
+    away.functions.clear();
+    away.secrets.clear();
+    away.known_secrets = known.clone();
+    let report = reconcile(&*b.provider, &away, &mut memory).await;
+    assert!(report.converged(), "{:?}", report.failed);
+    assert_eq!(
+        report.actions,
+        [
+            Action::Deleted(key("shelf", "f")),
+            Action::RemovedSecret(secret("shelf", "token"))
+        ]
+    );
+    assert_eq!(names().await, ["mine", "shared"]);
+
+    // Back here, then the cluster deletes the secret (it no longer knows it) and the
+    // function: this process wrote it, so it goes too.
+    reconcile(&*b.provider, &here, &mut memory).await;
+    assert_eq!(names().await, ["mine", "shared", "token"]);
+    away.known_secrets.remove(&secret("shelf", "token"));
+    let report = reconcile(&*b.provider, &away, &mut memory).await;
+    assert!(
+        report
+            .actions
+            .contains(&Action::RemovedSecret(secret("shelf", "token"))),
+        "{:?}",
+        report.actions
+    );
+    assert_eq!(names().await, ["mine", "shared"]);
+    let again = reconcile(&*b.provider, &away, &mut memory).await;
+    assert!(again.actions.is_empty(), "{:?}", again.actions);
 }

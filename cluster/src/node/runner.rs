@@ -34,7 +34,10 @@ pub fn target(
     desired: &Desired,
     secrets: &HashMap<SecretKey, SecretValue>,
 ) -> Target {
-    let mut target = Target::default();
+    let mut target = Target {
+        known_secrets: desired.secrets.keys().cloned().collect(),
+        ..Target::default()
+    };
     for (name, record) in &desired.namespaces {
         target.namespaces.insert(
             name.clone(),
