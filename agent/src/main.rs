@@ -47,6 +47,8 @@ enum Command {
 }
 
 fn main() {
+    // Before anything can build a TLS client (each constructor installs it too).
+    bramble_base::tls::install_crypto_provider();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("BRAMBLE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -5,8 +5,10 @@
 //!   the network's lease cache, the async queue and installed binaries alike.
 //! - [`error_chain`]: an error and its sources on one line, for messages and logs.
 //! - [`duration_text`]: durations in configuration files as humane text (`"10s"`).
+//! - [`tls`]: the rustls crypto provider every TLS user shares, and its process-wide install.
 
 pub mod duration_text;
+pub mod tls;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

@@ -670,6 +670,7 @@ async fn deliver_callback<P: Provider>(
 /// certificates plus those in `ca_file`), no proxy (callbacks go where the URL says, as
 /// function calls do), no redirects followed (a 3xx answer counts as delivered).
 pub(crate) fn callback_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+    bramble_base::tls::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())

@@ -187,6 +187,8 @@ impl Suite {
 /// The process enters a private network namespace first when it runs as root and some part can
 /// run.
 pub fn main_suites(suites: Vec<Suite>) -> ! {
+    // Tests build reqwest clients of their own, which need the process's rustls provider.
+    bramble_base::tls::install_crypto_provider();
     let args = libtest_mimic::Arguments::from_args();
     // Listing tests (nextest does this) must neither fail nor touch the machine.
     if args.list {
@@ -289,10 +291,13 @@ where
     }
 }
 
-/// The start of a benchmark's `main`: moves into a private network namespace and builds the
+/// The start of a benchmark's `main`: installs the process's rustls provider (for the
+/// benchmark's own reqwest clients), moves into a private network namespace and builds the
 /// runtime the benchmark runs on (two workers, like a Pi 3's share of cores for bramble).
 /// Exits with status 2 and a message naming `bench` when either cannot be done.
 pub fn bench_runtime(bench: &str) -> tokio::runtime::Runtime {
+    // Benchmarks build reqwest clients of their own, which need the process's rustls provider.
+    bramble_base::tls::install_crypto_provider();
     let runtime = enter_private_network_namespace().and_then(|()| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -34,6 +34,7 @@ impl Client {
     pub(crate) fn new(target: &Target) -> anyhow::Result<Client> {
         let base = gateway_url(target.gateway.as_deref(), &environment)?;
         let (auth, credentials_hint) = credentials(&target.state_dir, &environment);
+        bramble_base::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("bramble-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))

@@ -165,6 +165,7 @@ struct HealthBody {
 impl Monitor {
     /// A client of the monitoring listener at `base` (`http://127.0.0.1:<port>`).
     pub fn new(base: String) -> Monitor {
+        bramble_base::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .no_proxy()

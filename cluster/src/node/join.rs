@@ -223,6 +223,7 @@ pub struct Joiner {
 /// Runs the handshake with the board at `address` (its API address) with `token`.
 pub async fn join(token: &JoinToken, address: &str, me: Joiner) -> Result<JoinGrant, JoinError> {
     let base = api_url(address).map_err(JoinError::Address)?;
+    bramble_base::tls::install_crypto_provider();
     let plain = reqwest::Client::builder()
         .timeout(STEP_TIMEOUT)
         .user_agent(concat!("bramble/", env!("CARGO_PKG_VERSION")))

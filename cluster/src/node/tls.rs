@@ -1,4 +1,5 @@
-//! TLS between boards, under the cluster's CA (rustls with aws-lc-rs, as the rest of bramble).
+//! TLS between boards, under the cluster's CA (rustls with the crypto provider of the rest of
+//! bramble, [`bramble_base::tls::provider`]).
 //!
 //! - [`server_config`]: the board listener's; the board's certificate, and client certificates
 //!   the CA signed asked of every peer — but not required, so that a board joining (which has
@@ -11,6 +12,7 @@
 
 use std::sync::Arc;
 
+use bramble_base::tls::provider;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls;
@@ -32,10 +34,6 @@ pub enum TlsError {
     /// The client verifier could not be built.
     #[error("TLS client verification setup failed")]
     Verifier(#[source] rustls::server::VerifierBuilderError),
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {

@@ -67,7 +67,7 @@ impl Ca {
 
     /// A board listener's TLS: client certificates under this CA asked for, not required.
     fn server(&self, (cert, key): &(String, String)) -> Arc<rustls::ServerConfig> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = bramble_base::tls::provider();
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(self.roots()),
             Arc::clone(&provider),
@@ -89,12 +89,10 @@ impl Ca {
 
     /// A board's client TLS (showing `board`), or a stranger's that shows none.
     fn client(&self, board: Option<&(String, String)>) -> rustls::ClientConfig {
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(self.roots());
+        let builder = rustls::ClientConfig::builder_with_provider(bramble_base::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(self.roots());
         let mut config = match board {
             Some((cert, key)) => builder
                 .with_client_auth_cert(

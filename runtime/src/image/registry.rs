@@ -39,6 +39,7 @@ pub(super) async fn pull(
     };
 
     let auth = credentials(service, &registry)?;
+    bramble_base::tls::install_crypto_provider();
     let client = Arc::new(oci_client::Client::new(ClientConfig {
         protocol: protocol_for(service, &registry),
         platform_resolver: None,

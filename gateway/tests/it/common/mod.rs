@@ -1002,14 +1002,12 @@ pub async fn tls_callback_receiver(
         .collect::<Result<_, _>>()
         .expect("server certificate");
     let key = PrivateKeyDer::from_pem_file(key).expect("server key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("server TLS configuration");
+    let config = rustls::ServerConfig::builder_with_provider(bramble_base::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server TLS configuration");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = mpsc::unbounded_channel();
     let app = recording_app(status, tx);
