@@ -156,6 +156,15 @@ pub(crate) async fn accepted_calls_run_after_the_accepting_boards_power_cut() ->
     }
     assert_eq!(runs(&received.lock().unwrap()), before);
 
+    // Idle, the boards' call workers wait at the server for work: a board's nats-server
+    // sees heartbeats and watches, not a pull request per round trip.
+    let idle = Duration::from_secs(3);
+    let counted = messages_in(&boards[0]);
+    tokio::time::sleep(idle).await;
+    let rate = (messages_in(&boards[0]) - counted) as f64 / idle.as_secs_f64();
+    println!("measured: idle, b0's nats-server receives {rate:.0} messages/s");
+    assert!(rate < 300.0, "{rate:.0} messages/s on an idle board");
+
     // The shelf's power strip: every board loses power right after b2 accepted more calls;
     // once the boards are back, every one of them runs.
     let b2 = SocketAddr::from((Lan::address(2), 8080));
@@ -202,6 +211,28 @@ pub(crate) async fn accepted_calls_run_after_the_accepting_boards_power_cut() ->
         assert_eq!(seen[id].1, "200", "{id}: {:?}", seen[id]);
     }
     Ok(())
+}
+
+/// Messages `board`'s nats-server has received (its monitoring port's `/varz`).
+fn messages_in(board: &crate::board::Board) -> u64 {
+    let varz = crate::board::in_netns(&board.netns, async || {
+        http::request(
+            SocketAddr::from((
+                [127, 0, 0, 1],
+                bramble_cluster::engine::config::DEFAULT_MONITOR_PORT,
+            )),
+            "GET",
+            "/varz",
+            &[],
+            b"",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .text()
+    });
+    let varz: serde_json::Value = serde_json::from_str(&varz).unwrap();
+    varz["in_msgs"].as_u64().unwrap()
 }
 
 /// The call id a 202 names.
