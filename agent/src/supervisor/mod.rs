@@ -37,6 +37,7 @@ use crate::store::{FunctionRecord, Store, StoreError};
 mod replica;
 mod rollout;
 mod route;
+mod stop;
 #[cfg(test)]
 mod tests;
 
@@ -344,8 +345,18 @@ impl<C: Containers> Supervisor<C> {
                     replica.phase = Phase::Backoff(now);
                     replicas.push(replica);
                 }
-                // Every slot is taken by a replica still stopping: its end wakes us again.
-                None => break,
+                None => {
+                    // Every slot is held by a replica still stopping (scaled up and down again
+                    // faster than its replicas exit): the first to exit frees one and wakes
+                    // us again. Not more slots: each stopping replica still holds its memory.
+                    let why = format!(
+                        "waiting for a replica to finish stopping: all {} container slots are held by stopping replicas",
+                        function::MAX_SLOTS
+                    );
+                    tracing::warn!(function = %self.key, "{why}");
+                    self.message = Some(why);
+                    break;
+                }
             }
         }
         // Too many: the ones not serving yet go first, then the newest.
@@ -596,72 +607,6 @@ impl<C: Containers> Supervisor<C> {
         }
     }
 
-    fn stop_in_background(&self, id: String, grace: Duration) {
-        let runtime = self.ctx.runtime.clone();
-        tokio::spawn(async move {
-            if let Err(e) = runtime.stop(&id, grace).await {
-                tracing::warn!(container = %id, error = %e.chain(), "stopping failed");
-            }
-        });
-    }
-
-    fn remove_in_background(&self, id: String) {
-        let runtime = self.ctx.runtime.clone();
-        let grace = self.ctx.stop_grace;
-        tokio::spawn(async move {
-            if let Err(e) = runtime.delete(&id, grace).await {
-                tracing::warn!(container = %id, error = %e.chain(), "removing an old container failed");
-            }
-        });
-    }
-
-    /// Waits until no request is in flight to the replica (bounded by the function's
-    /// timeout), then stops the container with its grace period — and removes it with
-    /// `remove`. The replica must already be out of the route.
-    fn stop_after_drain(&self, id: String, slot: Arc<Slot>, remove: bool) {
-        let runtime = self.ctx.runtime.clone();
-        let grace = self.ctx.stop_grace;
-        let drain_for = self.route.timeout();
-        let commands = self.commands.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(drain_for, slot.drained()).await;
-            let result = if remove {
-                runtime.delete(&id, grace).await
-            } else {
-                runtime.stop(&id, grace).await.map(|_| ())
-            };
-            if let Err(e) = result {
-                tracing::warn!(container = %id, error = %e.chain(), "stopping a drained replica failed");
-            }
-            let _ = commands.send(Command::Stopped { container: id });
-        });
-    }
-
-    /// A replica scaled away is gone: its container stays for a fast restart — unless another
-    /// stopped one already does (one spare per function is enough), then it is removed.
-    fn stopped(&mut self, container: &str) {
-        let Some(position) = self
-            .replicas
-            .iter()
-            .position(|r| r.id == container && r.phase == Phase::Stopping)
-        else {
-            return;
-        };
-        self.replicas[position].phase = Phase::Stopped;
-        // One stopped container is kept as the spare the next start reuses (its network
-        // namespace and address too): a start during a stop takes another slot, so a function
-        // that goes to zero and back alternates between two containers instead of making a new
-        // one, with a new address, each time.
-        let spare = self
-            .replicas
-            .iter()
-            .any(|r| r.id != container && r.phase == Phase::Stopped && r.created);
-        if spare {
-            let replica = self.replicas.remove(position);
-            self.remove_in_background(replica.id);
-        }
-    }
-
     /// Changes this function's record in the saved state, when `applies` holds for it.
     async fn save_record(
         &self,
@@ -737,33 +682,6 @@ impl<C: Containers> Supervisor<C> {
                 self.message = Some(format!("cannot persist the replica count: {e}"));
             }
         }
-    }
-
-    async fn stop_everything(&mut self) {
-        self.route.publish(Vec::new());
-        let ids: Vec<String> = self.all_replicas().map(|r| r.id.clone()).collect();
-        let grace = self.ctx.stop_grace;
-        let runtime = &self.ctx.runtime;
-        futures::future::join_all(ids.iter().map(|id| async move {
-            if let Err(e) = runtime.stop(id, grace).await {
-                tracing::warn!(container = %id, error = %e.chain(), "stopping failed");
-            }
-        }))
-        .await;
-    }
-
-    async fn delete_everything(&mut self) {
-        self.route.publish(Vec::new());
-        let ids: Vec<String> = self.all_replicas().map(|r| r.id.clone()).collect();
-        let grace = self.ctx.stop_grace;
-        let runtime = &self.ctx.runtime;
-        futures::future::join_all(ids.iter().map(|id| async move {
-            if let Err(e) = runtime.delete(id, grace).await {
-                tracing::warn!(container = %id, error = %e.chain(), "deleting failed");
-            }
-        }))
-        .await;
-        runtime.forget_logs(&self.key.to_string());
     }
 
     fn all_replicas(&self) -> impl Iterator<Item = &Replica> {

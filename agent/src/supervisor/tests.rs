@@ -564,3 +564,47 @@ async fn a_scale_to_zero_reads_stopping_until_the_replicas_are_gone() {
     .await;
     assert_eq!(scaled.elapsed(), Duration::from_secs(4));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_for_a_stopping_replica_only_when_every_slot_is_held() {
+    let b = bench();
+    b.fake.script(
+        "img",
+        Script {
+            stop_takes: STOP_GRACE,
+            ..Script::ready_after(Duration::from_millis(20))
+        },
+    );
+    let max = crate::function::MAX_REPLICAS;
+    let handle = b.deploy(record("img", max, 1)).await;
+    until(&handle, "ready", |v| v.available == max).await;
+    // Down, up and down again faster than the replicas exit: both halves of the slots stop.
+    b.save(&record("img", 0, 1)).await;
+    handle.commands.send(Command::Scale(0)).unwrap();
+    let first_stop = Instant::now();
+    until(&handle, "stopping", |v| v.state == FunctionState::Stopping).await;
+    b.save(&record("img", max, 1)).await;
+    handle.commands.send(Command::Scale(max)).unwrap();
+    until(&handle, "ready beside the stopping ones", |v| {
+        v.available == max
+    })
+    .await;
+    b.save(&record("img", 0, 1)).await;
+    handle.commands.send(Command::Scale(0)).unwrap();
+    until(&handle, "stopping", |v| v.state == FunctionState::Stopping).await;
+    assert_eq!(b.fake.running().len(), 2 * usize::try_from(max).unwrap());
+    // A request now has no slot: it waits for the first replica to exit, and says so.
+    handle.commands.send(Command::Wake).unwrap();
+    let view = until(&handle, "waiting for a slot", |v| {
+        v.message.as_deref().is_some_and(|m| m.contains("slots"))
+    })
+    .await;
+    assert_eq!(view.available, 0);
+    until(&handle, "serving again", |v| v.available == 1).await;
+    let waited = first_stop.elapsed();
+    assert!(
+        waited >= STOP_GRACE && waited < STOP_GRACE + Duration::from_secs(1),
+        "served {waited:?} after the first stop"
+    );
+    assert_eq!(handle.status.borrow().message, None);
+}
