@@ -608,3 +608,47 @@ async fn a_request_waits_for_a_stopping_replica_only_when_every_slot_is_held() {
     );
     assert_eq!(handle.status.borrow().message, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_during_an_idle_scale_down_starts_another_replica_at_once() {
+    let b = bench();
+    b.fake.script(
+        "img",
+        Script {
+            stop_takes: STOP_GRACE,
+            ..Script::ready_after(Duration::from_millis(20))
+        },
+    );
+    let mut r = record("img", 1, 1);
+    r.deployment.labels = BTreeMap::from([
+        (SCALE_ZERO.to_owned(), "true".to_owned()),
+        (SCALE_ZERO_DURATION.to_owned(), "1m".to_owned()),
+    ]);
+    let handle = b.deploy(r).await;
+    until(&handle, "ready", |v| v.state == FunctionState::Ready).await;
+    until(&handle, "stopping for idleness", |v| {
+        v.state == FunctionState::Stopping
+    })
+    .await;
+    let old = b.id(1, 0);
+    assert_eq!(b.fake.running(), vec![old.clone()]);
+    let asked = Instant::now();
+    handle.commands.send(Command::Wake).unwrap();
+    until(&handle, "serving again", |v| v.available == 1).await;
+    let waited = asked.elapsed();
+    assert!(
+        waited < Duration::from_secs(1),
+        "the request waited {waited:?} (the idle replica takes {STOP_GRACE:?} to stop)"
+    );
+    assert!(
+        b.fake.running().contains(&old) && b.fake.running().len() == 2,
+        "the idle replica was cut short: {:?}",
+        b.fake.running()
+    );
+    tokio::time::sleep(STOP_GRACE).await;
+    assert_eq!(
+        b.fake.when(&Call::Stopped(old.clone())).unwrap() - b.fake.when(&Call::Stop(old)).unwrap(),
+        STOP_GRACE
+    );
+    assert_eq!(b.fake.running(), vec![b.id(1, 1)]);
+}
