@@ -19,7 +19,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bramble_runtime::{Runtime, TaskStatus};
 use bramble_testkit::stats::{Summary, ms};
 use bramble_testkit::{Node, harness};
 use serde_json::json;
@@ -57,7 +56,6 @@ async fn bench() -> Result<()> {
         PathBuf::from,
     );
     let node = Node::with_fixture(&binary, "stopbench", "").await?;
-    let runtime = Runtime::new(node.runtime_config())?;
     let mut rows = Rows {
         scale_answer: Vec::new(),
         request_after_scale: Vec::new(),
@@ -68,17 +66,10 @@ async fn bench() -> Result<()> {
     };
     deploy(&node).await?;
     for run in 0..runs {
-        wait_running(&node, &runtime, 1).await?;
+        wait_running(&node, 1).await?;
         let asked = Instant::now();
-        let r = node
-            .api(
-                "POST",
-                "/system/scale-function/slow",
-                br#"{"serviceName":"slow","replicas":0}"#,
-            )
-            .await?;
+        scale_to_zero(&node).await?;
         rows.scale_answer.push(asked.elapsed());
-        r.expect(200, "scale to zero")?;
         // Once the replica is out of service (a request sent before may still reach it).
         node.wait_available("slow", 0).await?;
         let asked = Instant::now();
@@ -94,15 +85,9 @@ async fn bench() -> Result<()> {
     }
     // The reference: a cold start with nothing stopping.
     for run in 0..runs {
-        wait_running(&node, &runtime, 1).await?;
-        node.api(
-            "POST",
-            "/system/scale-function/slow",
-            br#"{"serviceName":"slow","replicas":0}"#,
-        )
-        .await?
-        .expect(200, "scale to zero")?;
-        wait_running(&node, &runtime, 0).await?;
+        wait_running(&node, 1).await?;
+        scale_to_zero(&node).await?;
+        wait_running(&node, 0).await?;
         let asked = Instant::now();
         let r = node.call("GET", "/function/slow", &[], b"").await?;
         rows.cold_start.push(asked.elapsed());
@@ -114,7 +99,7 @@ async fn bench() -> Result<()> {
         );
     }
     for run in 0..runs {
-        wait_running(&node, &runtime, 1).await?;
+        wait_running(&node, 1).await?;
         let asked = Instant::now();
         let r = node
             .api("DELETE", "/system/functions", br#"{"functionName":"slow"}"#)
@@ -152,32 +137,23 @@ async fn deploy(node: &Node) -> Result<()> {
 
 /// Waits until exactly `want` tasks of the function run (and, with one, it serves): the
 /// replicas of the run before are gone, so every run starts alike.
-async fn wait_running(node: &Node, runtime: &Runtime, want: usize) -> Result<()> {
+async fn wait_running(node: &Node, want: usize) -> Result<()> {
     if want > 0 {
         node.wait_available("slow", 1).await?;
     }
-    let deadline = Instant::now() + GRACE * 4;
-    loop {
-        let running = runtime
-            .list()
-            .await?
-            .iter()
-            .filter(|c| {
-                c.id.starts_with("slow.") && c.task.is_some_and(|t| t.status == TaskStatus::Running)
-            })
-            .count();
-        if running == want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{running} tasks of slow run, not {want}, after {:?}",
-                GRACE * 4
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.wait_running_tasks("slow", want, GRACE * 4).await?;
+    Ok(())
+}
+
+async fn scale_to_zero(node: &Node) -> Result<()> {
+    node.api(
+        "POST",
+        "/system/scale-function/slow",
+        br#"{"serviceName":"slow","replicas":0}"#,
+    )
+    .await?
+    .expect(200, "scale to zero")?;
+    Ok(())
 }
 
 fn print_table(binary: &std::path::Path, runs: usize, rows: &Rows) {

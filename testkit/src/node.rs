@@ -151,6 +151,49 @@ impl Node {
         }
     }
 
+    /// Ids of function `name`'s containers whose task runs now.
+    pub async fn running_tasks(&self, name: &str) -> Result<Vec<String>, String> {
+        let runtime =
+            bramble_runtime::Runtime::new(self.runtime_config()).map_err(|e| e.to_string())?;
+        let prefix = format!("{name}.");
+        Ok(runtime
+            .list()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|c| {
+                c.id.starts_with(&prefix)
+                    && c.task
+                        .is_some_and(|t| t.status == bramble_runtime::TaskStatus::Running)
+            })
+            .map(|c| c.id)
+            .collect())
+    }
+
+    /// Waits until exactly `want` tasks of function `name` run (replicas that stop in the
+    /// background are gone), at most `timeout`; returns their container ids.
+    pub async fn wait_running_tasks(
+        &self,
+        name: &str,
+        want: usize,
+        timeout: Duration,
+    ) -> Result<Vec<String>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ids = self.running_tasks(name).await?;
+            if ids.len() == want {
+                return Ok(ids);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{name}: {} tasks running after {timeout:?}, not {want}: {ids:?}",
+                    ids.len()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Builds a second, distinct fixture image named `name` with `env` in its configuration
     /// (see [`crate::images::fixture_image_with_env`]), for this node's platform, and uploads
     /// it through `POST /system/images`; answers the upload's response.

@@ -210,12 +210,12 @@ impl<C: Containers> Supervisor<C> {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Delete(done)) => {
-                        self.delete_everything().await;
+                        self.end_all(true).await;
                         let _ = done.send(());
                         return;
                     }
                     Some(Command::Shutdown(done)) => {
-                        self.stop_everything().await;
+                        self.end_all(false).await;
                         let _ = done.send(());
                         return;
                     }

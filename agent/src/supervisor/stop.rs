@@ -75,35 +75,29 @@ impl<C: Containers> Supervisor<C> {
         }
     }
 
-    /// A shutdown of the daemon: out of the route, then every replica stopped with its grace,
-    /// all at once; the containers stay for the next start.
-    pub(super) async fn stop_everything(&mut self) {
+    /// A shutdown of the daemon (`remove` false: the containers stay for the next start) or a
+    /// delete (`remove`: they go too): out of the route, then every replica stopped with its
+    /// grace, all at once. A delete's API answer has gone already; only a deploy of the same
+    /// name (and a function wanting the same hardware lines) waits for this.
+    pub(super) async fn end_all(&mut self, remove: bool) {
         self.route.publish(Vec::new());
         let ids: Vec<String> = self.all_replicas().map(|r| r.id.clone()).collect();
         let grace = self.ctx.stop_grace;
         let runtime = &self.ctx.runtime;
         futures::future::join_all(ids.iter().map(|id| async move {
-            if let Err(e) = runtime.stop(id, grace).await {
-                tracing::warn!(container = %id, error = %e.chain(), "stopping failed");
+            let result = if remove {
+                runtime.delete(id, grace).await
+            } else {
+                runtime.stop(id, grace).await.map(|_| ())
+            };
+            if let Err(e) = result {
+                let what = if remove { "deleting" } else { "stopping" };
+                tracing::warn!(container = %id, error = %e.chain(), "{what} failed");
             }
         }))
         .await;
-    }
-
-    /// A delete: out of the route, then every replica stopped with its grace and removed, all
-    /// at once. The API has answered already; only a deploy of the same name (and a function
-    /// wanting the same hardware lines) waits for this.
-    pub(super) async fn delete_everything(&mut self) {
-        self.route.publish(Vec::new());
-        let ids: Vec<String> = self.all_replicas().map(|r| r.id.clone()).collect();
-        let grace = self.ctx.stop_grace;
-        let runtime = &self.ctx.runtime;
-        futures::future::join_all(ids.iter().map(|id| async move {
-            if let Err(e) = runtime.delete(id, grace).await {
-                tracing::warn!(container = %id, error = %e.chain(), "deleting failed");
-            }
-        }))
-        .await;
-        runtime.forget_logs(&self.key.to_string());
+        if remove {
+            runtime.forget_logs(&self.key.to_string());
+        }
     }
 }

@@ -59,6 +59,25 @@ fn bench() -> Bench {
     }
 }
 
+/// A one-replica record that scales to zero after `idle` (`"2m"`) without requests.
+fn idle_record(idle: &str) -> FunctionRecord {
+    let mut r = record("img", 1, 1);
+    r.deployment.labels = BTreeMap::from([
+        (SCALE_ZERO.to_owned(), "true".to_owned()),
+        (SCALE_ZERO_DURATION.to_owned(), idle.to_owned()),
+    ]);
+    r
+}
+
+/// A stock OpenFaaS function: ready at once, it takes its whole grace period to exit after
+/// SIGTERM.
+fn slow_stopper() -> Script {
+    Script {
+        stop_takes: STOP_GRACE,
+        ..Script::ready_after(Duration::from_millis(20))
+    }
+}
+
 fn record(image: &str, replicas: u64, generation: u64) -> FunctionRecord {
     FunctionRecord {
         deployment: FunctionDeployment {
@@ -421,12 +440,7 @@ async fn an_idle_function_is_scaled_to_zero() {
     let b = bench();
     b.fake
         .script("img", Script::ready_after(Duration::from_millis(20)));
-    let mut r = record("img", 1, 1);
-    r.deployment.labels = BTreeMap::from([
-        (SCALE_ZERO.to_owned(), "true".to_owned()),
-        (SCALE_ZERO_DURATION.to_owned(), "2m".to_owned()),
-    ]);
-    let handle = b.deploy(r).await;
+    let handle = b.deploy(idle_record("2m")).await;
     until(&handle, "ready", |v| v.state == FunctionState::Ready).await;
     // A request at 1 min starts the idle clock afresh.
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -456,12 +470,7 @@ async fn a_request_in_flight_keeps_an_idle_function_up() {
     let b = bench();
     b.fake
         .script("img", Script::ready_after(Duration::from_millis(20)));
-    let mut r = record("img", 1, 1);
-    r.deployment.labels = BTreeMap::from([
-        (SCALE_ZERO.to_owned(), "true".to_owned()),
-        (SCALE_ZERO_DURATION.to_owned(), "2m".to_owned()),
-    ]);
-    let handle = b.deploy(r).await;
+    let handle = b.deploy(idle_record("2m")).await;
     until(&handle, "ready", |v| v.state == FunctionState::Ready).await;
     let (_, long_request) = handle.route.pick().unwrap();
     tokio::time::sleep(Duration::from_secs(600)).await;
@@ -480,14 +489,7 @@ async fn a_request_in_flight_keeps_an_idle_function_up() {
 #[tokio::test(start_paused = true)]
 async fn a_request_during_a_stop_starts_another_replica_at_once() {
     let b = bench();
-    // A stock OpenFaaS function: it takes its whole grace period to exit after SIGTERM.
-    b.fake.script(
-        "img",
-        Script {
-            stop_takes: STOP_GRACE,
-            ..Script::ready_after(Duration::from_millis(20))
-        },
-    );
+    b.fake.script("img", slow_stopper());
     let handle = b.deploy(record("img", 1, 1)).await;
     until(&handle, "ready", |v| v.state == FunctionState::Ready).await;
     b.save(&record("img", 0, 1)).await;
@@ -568,13 +570,7 @@ async fn a_scale_to_zero_reads_stopping_until_the_replicas_are_gone() {
 #[tokio::test(start_paused = true)]
 async fn a_request_waits_for_a_stopping_replica_only_when_every_slot_is_held() {
     let b = bench();
-    b.fake.script(
-        "img",
-        Script {
-            stop_takes: STOP_GRACE,
-            ..Script::ready_after(Duration::from_millis(20))
-        },
-    );
+    b.fake.script("img", slow_stopper());
     let max = crate::function::MAX_REPLICAS;
     let handle = b.deploy(record("img", max, 1)).await;
     until(&handle, "ready", |v| v.available == max).await;
@@ -612,19 +608,8 @@ async fn a_request_waits_for_a_stopping_replica_only_when_every_slot_is_held() {
 #[tokio::test(start_paused = true)]
 async fn a_request_during_an_idle_scale_down_starts_another_replica_at_once() {
     let b = bench();
-    b.fake.script(
-        "img",
-        Script {
-            stop_takes: STOP_GRACE,
-            ..Script::ready_after(Duration::from_millis(20))
-        },
-    );
-    let mut r = record("img", 1, 1);
-    r.deployment.labels = BTreeMap::from([
-        (SCALE_ZERO.to_owned(), "true".to_owned()),
-        (SCALE_ZERO_DURATION.to_owned(), "1m".to_owned()),
-    ]);
-    let handle = b.deploy(r).await;
+    b.fake.script("img", slow_stopper());
+    let handle = b.deploy(idle_record("1m")).await;
     until(&handle, "ready", |v| v.state == FunctionState::Ready).await;
     until(&handle, "stopping for idleness", |v| {
         v.state == FunctionState::Stopping

@@ -8,7 +8,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bramble_runtime::Runtime;
 use bramble_testkit::harness::Suite;
 use bramble_testkit::{Load, Node};
 use serde_json::{Value, json};
@@ -54,49 +53,13 @@ fn slow_stopper(name: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Ids of the function's containers whose task runs now.
-async fn running(runtime: &Runtime, name: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let prefix = format!("{name}.");
-    Ok(runtime
-        .list()
-        .await?
-        .into_iter()
-        .filter(|c| {
-            c.id.starts_with(&prefix)
-                && c.task
-                    .is_some_and(|t| t.status == bramble_runtime::TaskStatus::Running)
-        })
-        .map(|c| c.id)
-        .collect())
-}
-
-async fn wait_running(
-    runtime: &Runtime,
-    name: &str,
-    want: usize,
-    within: Duration,
-) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + within;
-    loop {
-        let ids = running(runtime, name).await?;
-        if ids.len() == want {
-            return Ok(ids);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{name}: {} tasks running, not {want}: {ids:?}", ids.len()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn a_request_during_a_stop_is_served_without_waiting_for_the_old_replica() -> TestResult {
     let node = node("stopreq").await?;
-    let runtime = Runtime::new(node.runtime_config())?;
     node.api("POST", "/system/functions", &slow_stopper("slow", "hi"))
         .await?
         .expect(200, "deploy")?;
     node.wait_available("slow", 1).await?;
-    let old = running(&runtime, "slow").await?;
+    let old = node.running_tasks("slow").await?;
     let scaled = Instant::now();
     node.api(
         "POST",
@@ -123,10 +86,10 @@ async fn a_request_during_a_stop_is_served_without_waiting_for_the_old_replica()
         "the request waited {answered:?} for the old replica"
     );
     // The old replica still has its grace period, beside the new one.
-    let both = running(&runtime, "slow").await?;
+    let both = node.running_tasks("slow").await?;
     assert!(both.contains(&old[0]) && both.len() == 2, "{both:?}");
     // ... and it is gone after it: only the new one runs.
-    let left = wait_running(&runtime, "slow", 1, GRACE * 3).await?;
+    let left = node.wait_running_tasks("slow", 1, GRACE * 3).await?;
     assert_ne!(left, old, "the old replica outlived its grace period");
     let status = node.wait_available("slow", 1).await?;
     assert_eq!(status["bramble"]["state"], "ready", "{status}");
@@ -135,7 +98,6 @@ async fn a_request_during_a_stop_is_served_without_waiting_for_the_old_replica()
 
 async fn deletes_and_scale_downs_answer_at_once_while_replicas_take_their_grace() -> TestResult {
     let node = node("stopfast").await?;
-    let runtime = Runtime::new(node.runtime_config())?;
     node.api("POST", "/system/functions", &slow_stopper("slow", "hi"))
         .await?
         .expect(200, "deploy")?;
@@ -157,12 +119,12 @@ async fn deletes_and_scale_downs_answer_at_once_while_replicas_take_their_grace(
         "{status}"
     );
     assert_eq!(
-        running(&runtime, "slow").await?.len(),
+        node.running_tasks("slow").await?.len(),
         2,
         "the replicas were cut short"
     );
     node.wait_state("slow", "scaled-to-zero").await?;
-    assert!(running(&runtime, "slow").await?.is_empty());
+    assert!(node.running_tasks("slow").await?.is_empty());
     // A delete answers once stored: not listed any more, while its replica takes its grace.
     node.scale("slow", 1).await?;
     let asked = Instant::now();
@@ -177,7 +139,7 @@ async fn deletes_and_scale_downs_answer_at_once_while_replicas_take_their_grace(
         .await?
         .expect(404, "status after the delete")?;
     assert_eq!(
-        running(&runtime, "slow").await?.len(),
+        node.running_tasks("slow").await?.len(),
         1,
         "the replica was cut short"
     );
@@ -188,14 +150,13 @@ async fn deletes_and_scale_downs_answer_at_once_while_replicas_take_their_grace(
     );
     assert!(scale_took < AT_ONCE && delete_took < AT_ONCE);
     // Gone after its grace: no task, no container left.
-    wait_running(&runtime, "slow", 0, GRACE * 3).await?;
+    node.wait_running_tasks("slow", 0, GRACE * 3).await?;
     node.wait_containers_gone("slow", GRACE).await?;
     Ok(())
 }
 
 async fn a_redeploy_right_after_a_delete_waits_for_the_old_replicas() -> TestResult {
     let node = node("redeploy").await?;
-    let runtime = Runtime::new(node.runtime_config())?;
     node.api("POST", "/system/functions", &slow_stopper("twice", "first"))
         .await?
         .expect(200, "deploy")?;
@@ -224,7 +185,7 @@ async fn a_redeploy_right_after_a_delete_waits_for_the_old_replicas() -> TestRes
     let r = node.call("GET", "/function/twice", &[], b"").await?;
     r.expect(200, "the new deployment")?;
     assert_eq!(r.text(), "second");
-    assert_eq!(running(&runtime, "twice").await?.len(), 1);
+    assert_eq!(node.running_tasks("twice").await?.len(), 1);
     println!(
         "a deploy right after a delete waited {:.2} s for the old replica",
         waited.as_secs_f64()
@@ -234,7 +195,6 @@ async fn a_redeploy_right_after_a_delete_waits_for_the_old_replicas() -> TestRes
 
 async fn a_rollout_with_a_slow_draining_old_version_holds_no_request() -> TestResult {
     let node = node("rollslow").await?;
-    let runtime = Runtime::new(node.runtime_config())?;
     node.api("POST", "/system/functions", &slow_stopper("roll", "v1"))
         .await?
         .expect(200, "deploy")?;
@@ -260,7 +220,7 @@ async fn a_rollout_with_a_slow_draining_old_version_holds_no_request() -> TestRe
     }
     let switched = Instant::now();
     assert_eq!(
-        running(&runtime, "roll").await?.len(),
+        node.running_tasks("roll").await?.len(),
         2,
         "v1 was cut short"
     );
@@ -280,7 +240,7 @@ async fn a_rollout_with_a_slow_draining_old_version_holds_no_request() -> TestRe
         report.bodies.iter().map(String::as_str).collect::<Vec<_>>(),
         ["v1", "v2"]
     );
-    wait_running(&runtime, "roll", 1, GRACE * 3).await?;
+    node.wait_running_tasks("roll", 1, GRACE * 3).await?;
     println!(
         "rollout under load: {} requests, 0 failed, slowest {:.1} ms; v1 stopped {:.1} s after the switch",
         report.ok,
