@@ -208,3 +208,57 @@ async fn a_delete_answers_at_once_and_a_deploy_of_the_same_name_waits_for_its_re
     );
     assert!(deleted < created && created < started, "{calls:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_of_a_name_whose_replicas_are_not_gone_in_time_is_refused_and_changes_nothing() {
+    let b = bench();
+    assert!(b.provider.wait_started(Duration::from_secs(5)).await);
+    let gone_after = Duration::from_secs(3600);
+    b.fake.script(
+        "docker.io/library/img:latest",
+        Script {
+            remove_takes: gone_after,
+            ..Script::ready_after(Duration::from_millis(20))
+        },
+    );
+    b.provider.deploy(deployment("f", "img")).await.unwrap();
+    b.provider
+        .endpoint("f", "openfaas-fn", Duration::from_secs(5))
+        .await
+        .unwrap();
+    b.provider.delete("f", "openfaas-fn").await.unwrap();
+    let asked = Instant::now();
+    let refused = b.provider.deploy(deployment("f", "img")).await;
+    // Patient for the grace period, the function's timeout and some slack (10 + 60 + 10 s).
+    assert_eq!(asked.elapsed(), Duration::from_secs(80));
+    match refused {
+        Err(ProviderError::Conflict(message)) => {
+            assert!(message.contains("still stopping"), "{message}");
+        }
+        other => panic!("not a conflict: {other:?}"),
+    }
+    // Nothing of the refused deploy is left: not listed, nothing new created.
+    assert!(
+        b.provider
+            .list_functions("openfaas-fn")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let creates = |b: &Bench| {
+        b.fake
+            .calls()
+            .into_iter()
+            .filter(|(_, c)| matches!(c, Call::Create(_)))
+            .count()
+    };
+    assert_eq!(creates(&b), 1);
+    // Once the old replica is gone, the same deploy goes through.
+    tokio::time::sleep(gone_after).await;
+    b.provider.deploy(deployment("f", "img")).await.unwrap();
+    b.provider
+        .endpoint("f", "openfaas-fn", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(creates(&b), 2);
+}

@@ -35,6 +35,9 @@ pub(crate) struct Script {
     /// Time the process takes to exit after SIGTERM (a stock of-watchdog function waits out
     /// its timeouts); beyond the grace period it is killed.
     pub stop_takes: Duration,
+    /// Time the removal of a container takes once its task is gone (containerd removing a
+    /// snapshot from a slow SD card).
+    pub remove_takes: Duration,
 }
 
 impl Script {
@@ -44,6 +47,7 @@ impl Script {
             ready_after: Some(after),
             exits_after: None,
             stop_takes: Duration::ZERO,
+            remove_takes: Duration::ZERO,
         }
     }
 
@@ -391,6 +395,10 @@ impl Containers for FakeRuntime {
             return Err(not_found(id));
         }
         self.stop(id, grace).await?;
+        let takes = self
+            .script_of(id)
+            .map_or(Duration::ZERO, |s| s.remove_takes);
+        tokio::time::sleep(takes).await;
         self.lock().containers.remove(id);
         self.record(Call::Delete(id.to_owned()));
         Ok(())
