@@ -9,6 +9,14 @@
 //!   a system-account API; the meta leader answers). Streams with a replica on it are
 //!   re-placed on another JetStream server when one is free.
 //! - [`stream_placement`] tells a stream's leader and replicas.
+//! - [`remove_stream_peer`] takes one server's replica out of a stream's group
+//!   (`$JS.API.STREAM.PEER.REMOVE`). Before a stream shrinks, the replicas on boards that left
+//!   go this way: on a shrink alone, 2.9.10 keeps the leader and then the first *online* peers
+//!   of the group, which can be the leaving board's while its server still runs — the stream
+//!   then stops committing the moment that server stops.
+//! - [`hand_over_leadership`] has a server give up what it leads (streams, the meta group)
+//!   before it stops for good, so the others elect new leaders while it still votes and no
+//!   write meets a leaderless stream.
 
 use std::time::{Duration, Instant};
 
@@ -132,15 +140,12 @@ async fn stream_info(
     js: &jetstream::Context,
     stream: &str,
 ) -> Result<jetstream::stream::Info, LayoutError> {
-    let mut handle = js
+    let handle = js
         .get_stream(stream)
         .await
         .map_err(|e| classify(stream, "looking up", e))?;
-    handle
-        .info()
-        .await
-        .cloned()
-        .map_err(|e| classify(stream, "reading", e))
+    // Looking the stream up is the info request: its answer is the info.
+    Ok(handle.cached_info().clone())
 }
 
 /// Where a stream lives.
@@ -270,6 +275,213 @@ pub async fn remove_peer(system: &async_nats::Client, server: &str) -> Result<()
         None => Err(LayoutError::RemoveRefused {
             server: server.to_owned(),
             message: "the server did not confirm".into(),
+        }),
+    }
+}
+
+/// What [`hand_over_leadership`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HandedOver {
+    /// Streams whose leadership it gave up.
+    pub streams: Vec<String>,
+    /// Whether it led the meta group and gave that up.
+    pub meta: bool,
+    /// What still had no other leader when it stopped waiting.
+    pub leaderless: Vec<String>,
+}
+
+/// Has `server` give up leading streams and then the meta group, and waits (at most `timeout`
+/// for the streams, and again for the meta group) until others lead them: a board about to
+/// leave calls this before it stops its server, so writes never wait for an election after it
+/// went. `system` is a client of the system account (the meta group's step-down is a
+/// system-account API). Durable consumers are left alone: after a step-down 2.9.10 left one
+/// without a leader for more than 10 s, longer than the election that follows a stop. Best
+/// effort: what could not be handed over is elected after the server stops.
+pub async fn hand_over_leadership(
+    js: &jetstream::Context,
+    system: &async_nats::Client,
+    server: &str,
+    timeout: Duration,
+) -> HandedOver {
+    use futures::TryStreamExt as _;
+    let mut done = HandedOver::default();
+    let deadline = Instant::now() + timeout;
+    // Streams first: listing them needs the meta leader.
+    let step_downs = async {
+        let names: Vec<String> = match js.stream_names().try_collect().await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing the streams to hand over");
+                Vec::new()
+            }
+        };
+        let mut stepped = Vec::new();
+        for name in names {
+            let led = tokio::time::timeout(POLL, stream_placement(js, &name))
+                .await
+                .is_ok_and(|p| p.is_ok_and(|p| p.leader.as_deref() == Some(server)));
+            if led
+                && step_down(
+                    &js.client(),
+                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{name}"),
+                )
+                .await
+            {
+                stepped.push(name);
+            }
+        }
+        stepped
+    };
+    let stepped = tokio::time::timeout(timeout, step_downs)
+        .await
+        .unwrap_or_else(|_| {
+            done.leaderless.push("(streams not all listed)".to_owned());
+            Vec::new()
+        });
+    // The step-downs answer once the leader stepped down; wait for the new leaders.
+    for stream in stepped {
+        loop {
+            // A short wait per question: on 2.10.27 one asked right after the step-down can
+            // go unanswered (nobody leads yet) while the next is answered.
+            let leader = match tokio::time::timeout(POLL, stream_placement(js, &stream)).await {
+                Ok(Ok(p)) => p.leader,
+                Ok(Err(e)) => {
+                    tracing::debug!(%stream, error = %e, "stream info after the step-down");
+                    None
+                }
+                Err(_) => None,
+            };
+            if leader.as_deref().is_some_and(|l| l != server) {
+                done.streams.push(stream);
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::debug!(%stream, ?leader, "no other leader yet");
+                done.leaderless.push(stream);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    if meta_leader(system).await.as_deref() == Some(server)
+        && step_down(system, "$JS.API.META.LEADER.STEPDOWN".to_owned()).await
+    {
+        done.meta = true;
+        let deadline = Instant::now() + timeout;
+        while meta_leader(system)
+            .await
+            .is_none_or(|leader| leader == server)
+        {
+            if Instant::now() >= deadline {
+                done.leaderless.push("(meta group)".to_owned());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    done
+}
+
+/// How long [`hand_over_leadership`] waits for one answer while it polls for new leaders.
+const POLL: Duration = Duration::from_millis(500);
+
+/// The meta group's leader, as the server `system` is connected to (a JetStream server) says.
+async fn meta_leader(system: &async_nats::Client) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Reply {
+        data: Jsz,
+    }
+    #[derive(Deserialize)]
+    struct Jsz {
+        meta_cluster: Option<Meta>,
+    }
+    #[derive(Deserialize)]
+    struct Meta {
+        leader: Option<String>,
+    }
+    let reply = tokio::time::timeout(
+        POLL,
+        system.request(
+            format!("$SYS.REQ.SERVER.{}.JSZ", system.server_info().server_id),
+            "{}".into(),
+        ),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let reply: Reply = serde_json::from_slice(&reply.payload).ok()?;
+    reply.data.meta_cluster?.leader.filter(|l| !l.is_empty())
+}
+
+/// Sends a JetStream step-down request; true when it was accepted.
+async fn step_down(client: &async_nats::Client, subject: String) -> bool {
+    #[derive(Deserialize)]
+    struct Reply {
+        #[serde(default)]
+        success: bool,
+    }
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request(subject.clone(), bytes::Bytes::new()),
+    )
+    .await;
+    match answer {
+        Ok(Ok(message)) => {
+            let accepted =
+                serde_json::from_slice::<Reply>(&message.payload).is_ok_and(|r| r.success);
+            if !accepted {
+                tracing::debug!(%subject, answer = %String::from_utf8_lossy(&message.payload), "step-down refused");
+            }
+            accepted
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%subject, error = %e, "step-down failed");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(%subject, "step-down unanswered");
+            false
+        }
+    }
+}
+
+/// Takes `peer`'s replica out of `stream`'s group: the meta leader replaces it with a server
+/// not in the group when there is one, or the group shrinks by one.
+pub async fn remove_stream_peer(
+    js: &jetstream::Context,
+    stream: &str,
+    peer: &str,
+) -> Result<(), LayoutError> {
+    #[derive(Deserialize)]
+    struct Reply {
+        #[serde(default)]
+        success: bool,
+        error: Option<ApiError>,
+    }
+    let body = serde_json::json!({ "peer": peer }).to_string();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        js.client()
+            .request(format!("$JS.API.STREAM.PEER.REMOVE.{stream}"), body.into()),
+    )
+    .await
+    .map_err(|_| LayoutError::NoQuorum {
+        stream: stream.to_owned(),
+    })?
+    .map_err(|e| classify(stream, "removing a peer", e))?;
+    let reply: Reply = serde_json::from_slice(&reply.payload).map_err(|e| LayoutError::Nats {
+        op: format!("reading the answer to removing peer {peer} of stream {stream}"),
+        source: Box::new(e),
+    })?;
+    match reply.error {
+        Some(e) => Err(LayoutError::RemoveRefused {
+            server: peer.to_owned(),
+            message: format!("stream {stream}: {}", e.description),
+        }),
+        None if reply.success => Ok(()),
+        None => Err(LayoutError::RemoveRefused {
+            server: peer.to_owned(),
+            message: format!("stream {stream}: the server did not confirm"),
         }),
     }
 }

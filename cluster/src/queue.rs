@@ -295,16 +295,13 @@ impl CallQueue {
 
     /// Calls waiting (stored, not yet acknowledged).
     pub async fn pending(&self) -> Result<u64, QueueError> {
-        let mut stream = self
+        // Looking the stream up is the info request: its answer holds the count.
+        let stream = self
             .js
             .get_stream(STREAM)
             .await
             .map_err(|e| classify("looking up the stream", e))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| classify("reading the stream", e))?;
-        Ok(info.state.messages)
+        Ok(stream.cached_info().state.messages)
     }
 }
 

@@ -228,6 +228,18 @@ impl Board {
         )
     }
 
+    /// What its nats-server warned about (bramble logs the server's warnings and errors).
+    pub(crate) fn nats_warnings(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("nats_server")).collect();
+        let from = lines.len().saturating_sub(30);
+        format!(
+            "--- {} nats-server warnings ---\n{}",
+            self.name,
+            lines[from..].join("\n")
+        )
+    }
+
     /// Waits until the node answers (`GET /system/cluster`, in a cluster or not).
     pub(crate) async fn wait_up(&self) {
         let started = Instant::now();

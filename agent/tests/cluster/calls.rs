@@ -12,7 +12,7 @@ use bramble_testkit::http;
 use bramble_testkit::lan::Lan;
 
 use crate::TestResult;
-use crate::board::{deploy_constrained, shelf, wait_for, wait_within};
+use crate::board::{Board, deploy_constrained, shelf, wait_for, wait_within};
 
 /// Calls accepted before the power cut.
 const CALLS: usize = 40;
@@ -150,7 +150,14 @@ pub(crate) async fn accepted_calls_run_after_the_accepting_boards_power_cut() ->
         }
         assert!(
             Instant::now() < deadline,
-            "the cluster's call queue is not empty: {status}"
+            "the cluster's call queue is not empty: {status}\n{}\n{}\n{}",
+            boards[0].log_tail(),
+            boards[1].log_tail(),
+            boards
+                .iter()
+                .map(Board::nats_warnings)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -266,15 +266,18 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
     assert_eq!(status, 200, "{text}\n{}", boards[0].log_tail());
     assert_eq!(answered_on(&boards, &text), to, "{text}");
     let left = boards.remove(leaving);
-    drop(left);
 
-    // Removed through b0: gone everywhere, its containers too.
+    // Removed through b0 at once: the boards that stay have every leader already (the board
+    // that left handed over what it led). Gone everywhere, its containers too.
     let out = boards[0].bramble(&["rm", "echo"]);
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        boards[0].log_tail(),
+        left.log_tail()
     );
+    drop(left);
     for b in &boards {
         wait_for(&format!("echo gone from {}", b.name), || {
             b.describe("echo").is_none()

@@ -11,7 +11,9 @@
 //! - [`KvError::Conflict`]: `create` of an existing key, `update`/`delete_if` on a stale
 //!   revision (JetStream error 10071).
 //! - [`KvError::NoQuorum`]: no JetStream server answered for the bucket ("no responders", or
-//!   "cluster not available"): nothing was written.
+//!   "cluster not available"): nothing was written. A stream without a leader answers so at
+//!   once, also for the second or two while a new leader is elected (a board left, died or
+//!   restarted): requests are sent again until the bucket's timeout before this is returned.
 //! - [`KvError::Timeout`]: no answer in time; the write may or may not have been stored.
 //!   A board cut off from the majority gets this for the first seconds of a partition (until
 //!   its routes are found stale), `NoQuorum` after — unless it holds a replica of the bucket,
@@ -311,6 +313,10 @@ impl Bucket {
     /// old values for a moment). One request to the leader.
     pub async fn entry_from_leader(&self, key: &str) -> Result<Option<Entry>, KvError> {
         validate_name("key", key)?;
+        self.while_electing(|| self.leader_entry(key)).await
+    }
+
+    async fn leader_entry(&self, key: &str) -> Result<Option<Entry>, KvError> {
         let stream = self
             .js
             .get_stream_no_info(self.stream_name())
@@ -418,20 +424,7 @@ impl Bucket {
             // The bucket's last revision first, then the key's, both from the stream leader:
             // if the write below applies at that bucket revision, nothing changed the key
             // after it was read.
-            let stream = self
-                .js
-                .get_stream(self.stream_name())
-                .await
-                .map_err(|e| classify(&self.name, "reading the bucket's state", e))?;
-            let last = stream.cached_info().state.last_sequence;
-            let current = match stream
-                .get_last_raw_message_by_subject(&format!("$KV.{}.{key}", self.name))
-                .await
-            {
-                Ok(message) => message.sequence,
-                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
-                Err(e) => return Err(classify(&self.name, "reading", e)),
-            };
+            let (last, current) = self.while_electing(|| self.revisions(key)).await?;
             if current != revision {
                 return Err(conflict());
             }
@@ -453,6 +446,55 @@ impl Bucket {
         }
     }
 
+    /// The bucket's last revision and `key`'s, both from the stream leader.
+    async fn revisions(&self, key: &str) -> Result<(u64, u64), KvError> {
+        let stream = self
+            .js
+            .get_stream(self.stream_name())
+            .await
+            .map_err(|e| classify(&self.name, "reading the bucket's state", e))?;
+        let last = stream.cached_info().state.last_sequence;
+        let current = match stream
+            .get_last_raw_message_by_subject(&format!("$KV.{}.{key}", self.name))
+            .await
+        {
+            Ok(message) => message.sequence,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(e) => return Err(classify(&self.name, "reading", e)),
+        };
+        Ok((last, current))
+    }
+
+    /// Runs `request` again while it fails with [`KvError::NoQuorum`], until the bucket's
+    /// timeout has passed. Such a failure came at once and wrote nothing (nobody answered for
+    /// the stream): it is what a stream says while it elects a leader, which takes a second or
+    /// two after its leader's board left, died or restarted. Without a quorum it lasts, and the
+    /// caller gets it after the timeout, as it gets [`KvError::Timeout`].
+    async fn while_electing<T, Fut>(&self, mut request: impl FnMut() -> Fut) -> Result<T, KvError>
+    where
+        Fut: std::future::Future<Output = Result<T, KvError>>,
+    {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.timeout;
+        let mut pause = Duration::from_millis(50);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match request().await {
+                Err(KvError::NoQuorum { .. }) if tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => {
+                    if attempts > 1 {
+                        tracing::debug!(bucket = %self.name, attempts, waited = ?started.elapsed(), "no JetStream leader answered at first");
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
     async fn publish(
         &self,
         key: &str,
@@ -461,6 +503,17 @@ impl Bucket {
         delete: bool,
     ) -> Result<u64, KvError> {
         validate_name("key", key)?;
+        self.while_electing(|| self.publish_once(key, value.clone(), expect, delete))
+            .await
+    }
+
+    async fn publish_once(
+        &self,
+        key: &str,
+        value: Bytes,
+        expect: Expect,
+        delete: bool,
+    ) -> Result<u64, KvError> {
         let mut headers = HeaderMap::new();
         let expected = match expect {
             Expect::Nothing => None,

@@ -271,6 +271,23 @@ async fn keep_replicas(node: &ClusterNode, layout: &Layout) {
         }
     };
     for stream in names {
+        // Replicas on boards out of the layout (one that left or was removed) go first, so a
+        // shrink keeps the boards that stay.
+        if let Ok(placement) = crate::layout::stream_placement(node.jetstream(), &stream).await {
+            for (peer, _) in &placement.peers {
+                if layout.jetstream.contains(peer) {
+                    continue;
+                }
+                match crate::layout::remove_stream_peer(node.jetstream(), &stream, peer).await {
+                    Ok(()) => {
+                        tracing::info!(%stream, %peer, "replica of a board out of the layout removed");
+                    }
+                    Err(e) => {
+                        tracing::debug!(%stream, %peer, error = %bramble_base::error_chain(&e), "cannot remove the replica yet");
+                    }
+                }
+            }
+        }
         match crate::layout::ensure_stream_replicas(node.jetstream(), &stream, replicas).await {
             Ok(before) if before != replicas => {
                 tracing::info!(%stream, before, replicas, "stream replicas changed");
@@ -296,14 +313,7 @@ async fn remove_gone_peers(node: &ClusterNode, parts: &Parts, layout: &Layout, v
     if gone.is_empty() {
         return;
     }
-    let files = node.files();
-    let config = crate::engine::EngineConfig::new(
-        &files.node.board,
-        &node.settings().state_dir,
-        files.board.client.clone(),
-        files.board.system.clone(),
-    );
-    let system = match crate::engine::connect_as(&config, &config.system).await {
+    let system = match node.system_client().await {
         Ok(client) => client,
         Err(e) => {
             tracing::debug!(error = %bramble_base::error_chain(&e), "system account");

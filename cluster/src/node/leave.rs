@@ -4,7 +4,8 @@
 //! A board leaves in this order: it says it is leaving (nothing new is placed on it), waits
 //! until its functions run elsewhere, takes itself out of the JetStream layout (promoting a
 //! board without JetStream in its place when there is one), deletes its record, stops its
-//! heartbeats and its nats-server, removes its cluster state and restarts in single-board mode.
+//! heartbeats and its nats-server (having handed over what its server leads: streams, the
+//! meta group), removes its cluster state and restarts in single-board mode.
 //! The board holding the placer's lease then removes its JetStream peer from the meta group.
 //!
 //! A cluster cannot shrink to a single JetStream board yet: with two JetStream boards and no
@@ -126,6 +127,11 @@ pub async fn leave(node: &Arc<ClusterNode>, force: bool) -> Result<Left, Refusal
         let _ = parts.membership.update(&record).await;
         return Err(refusal);
     }
+    // Before the layout changes (the placer then takes this board's replicas out of the
+    // streams): nothing else moves meanwhile.
+    if others && current.jetstream.contains(&me) {
+        hand_over_leadership(node, &me).await;
+    }
     let mut promoted_now = None;
     if others {
         let changed = layout::change(&parts.cluster, |l| {
@@ -244,6 +250,31 @@ fn still_here(plan: &Plan, view: &View, me: &str, here: &[FunctionKey]) -> Vec<S
         .map(ToString::to_string)
         .collect()
 }
+
+/// Has this board's nats-server give up what it leads before it stops, so the boards that stay
+/// never meet a leaderless stream.
+async fn hand_over_leadership(node: &ClusterNode, me: &str) {
+    let system = match node.system_client().await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(error = %bramble_base::error_chain(&e), "cannot hand over leadership (system account); the others elect new leaders once this board's server stops");
+            return;
+        }
+    };
+    let started = std::time::Instant::now();
+    let done =
+        crate::layout::hand_over_leadership(node.jetstream(), &system, me, HAND_OVER_TIMEOUT).await;
+    tracing::info!(
+        meta = done.meta,
+        streams = done.streams.len(),
+        leaderless = ?done.leaderless,
+        took = ?started.elapsed(),
+        "leadership handed over"
+    );
+}
+
+/// How long a leaving board waits for others to lead what it led.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Waits (at most a minute) until `board`'s record says it carries JetStream.
 async fn wait_carrying(node: &ClusterNode, board: &str) {

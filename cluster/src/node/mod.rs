@@ -289,6 +289,21 @@ impl ClusterNode {
         &self.js
     }
 
+    /// A new client of the system account on this board's nats-server (peer removal and
+    /// leader step-downs are system-account APIs).
+    pub(crate) async fn system_client(
+        &self,
+    ) -> Result<async_nats::Client, crate::engine::EngineError> {
+        let files = self.files();
+        let config = crate::engine::EngineConfig::new(
+            &files.node.board,
+            &self.settings().state_dir,
+            files.board.client.clone(),
+            files.board.system.clone(),
+        );
+        crate::engine::connect_as(&config, &config.system).await
+    }
+
     /// The buckets and membership, once the cluster answered (`None` before).
     pub fn parts(&self) -> Option<Arc<Parts>> {
         self.parts.borrow().clone()

@@ -44,16 +44,40 @@ pub struct Replication {
 }
 
 /// How long the status waits for JetStream's answers.
-const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long it waits for one stream's (less than the whole: the others still count).
+const STREAM_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 async fn replication(node: &ClusterNode) -> Option<Replication> {
     use futures::TryStreamExt as _;
     let copies = node.replicas_now();
     let js = node.jetstream();
-    let names: Vec<String> = js.stream_names().try_collect().await.ok()?;
+    let names: Vec<String> = match js.stream_names().try_collect().await {
+        Ok(names) => names,
+        Err(e) => {
+            tracing::debug!(error = %bramble_base::error_chain(&e), "status: listing the streams");
+            return None;
+        }
+    };
+    // Asked all at once: one round trip, not one per stream.
+    let placements = futures::future::join_all(names.iter().map(|name| async move {
+        tokio::time::timeout(STREAM_WAIT, crate::layout::stream_placement(js, name)).await
+    }))
+    .await;
     let mut behind = Vec::new();
-    for name in names {
-        let placement = crate::layout::stream_placement(js, &name).await.ok()?;
+    for (name, placement) in names.iter().zip(placements) {
+        let placement = match placement {
+            Ok(Ok(placement)) => placement,
+            // Listed as behind, with why: one stream without a leader does not hide the others.
+            Ok(Err(e)) => {
+                behind.push(format!("{name}: {}", bramble_base::error_chain(&e)));
+                continue;
+            }
+            Err(_) => {
+                behind.push(format!("{name}: no answer (no leader?)"));
+                continue;
+            }
+        };
         // A standalone server's streams have no peers: their one copy is current.
         let current = if placement.peers.is_empty() {
             placement.replicas
@@ -190,16 +214,24 @@ pub async fn status(node: &ClusterNode) -> ClusterStatus {
     let (queued_calls, replication) = match &parts {
         Some(p) => tokio::join!(
             async {
-                tokio::time::timeout(STATUS_WAIT, p.calls.pending())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
+                match tokio::time::timeout(STATUS_WAIT, p.calls.pending()).await {
+                    Ok(Ok(n)) => Some(n),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %bramble_base::error_chain(&e), "status: the call queue");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(waited = ?STATUS_WAIT, "status: the call queue did not answer");
+                        None
+                    }
+                }
             },
             async {
-                tokio::time::timeout(STATUS_WAIT, replication(node))
-                    .await
-                    .ok()
-                    .flatten()
+                let answer = tokio::time::timeout(STATUS_WAIT, replication(node)).await;
+                if answer.is_err() {
+                    tracing::debug!(waited = ?STATUS_WAIT, "status: JetStream did not answer for the replication");
+                }
+                answer.ok().flatten()
             }
         ),
         None => (None, None),

@@ -383,18 +383,7 @@ pub async fn one_three_five_three() -> TestResult {
         .await?;
 
     shelf.stop(2).await?;
-    let system = {
-        let server = shelf.boards[0].server();
-        let config = server.config().clone();
-        shelf.boards[0]
-            .run(async move {
-                let creds = config.system.clone();
-                async_nats::ConnectOptions::with_user_and_password(creds.user, creds.password)
-                    .connect(config.client_url())
-                    .await
-            })
-            .await??
-    };
+    let system = shelf.system_client(0).await?;
     let removing = Instant::now();
     layout::remove_peer(&system, "pi3").await?;
     shelf

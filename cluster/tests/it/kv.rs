@@ -185,6 +185,99 @@ pub async fn watch_mirrors_converge() -> TestResult {
     Ok(())
 }
 
+/// A board about to leave hands over what its server leads (the bucket's stream, the meta
+/// group): then its server stops, even by a power cut, and writes through the others never
+/// meet a leaderless stream.
+pub async fn hand_over_leaves_no_gap() -> TestResult {
+    let mut shelf = three_boards().await?;
+    let bucket = shelf.boards[0].bucket("handover", 3).await?;
+    bucket.put("warm", Bytes::from_static(b"up")).await?;
+    layout::wait_stream_replicas(
+        &shelf.boards[0].js(),
+        "KV_handover",
+        3,
+        Duration::from_secs(20),
+    )
+    .await?;
+    // The victim leads the meta group; its stream leader is moved there (each hand-over by
+    // another board moves it to one of the two others).
+    let meta = shelf.meta(0).await?.leader;
+    let victim = board_named(&shelf, &meta)?;
+    let mut moves = 0;
+    loop {
+        let leader = layout::stream_placement(&shelf.boards[victim].js(), "KV_handover")
+            .await?
+            .leader
+            .ok_or("no stream leader")?;
+        if leader == meta {
+            break;
+        }
+        moves += 1;
+        assert!(moves <= 20, "the stream's leader never moved to {meta}");
+        let board = board_named(&shelf, &leader)?;
+        let done = hand_over(&mut shelf, board).await?;
+        assert_eq!(done.streams, ["KV_handover"], "{done:?}");
+        assert!(!done.meta, "{done:?}");
+    }
+
+    let started = Instant::now();
+    let done = hand_over(&mut shelf, victim).await?;
+    eprintln!(
+        "measured: leadership handed over in {:?}: {done:?}",
+        started.elapsed()
+    );
+    assert!(done.leaderless.is_empty(), "{done:?}");
+    assert!(done.streams.contains(&"KV_handover".to_owned()), "{done:?}");
+    assert!(done.meta, "{done:?}");
+    let writer = (victim + 1) % 3;
+    let after = layout::stream_placement(&shelf.boards[writer].js(), "KV_handover").await?;
+    assert_ne!(after.leader.as_deref(), Some(meta.as_str()));
+    assert_ne!(shelf.meta(writer).await?.leader, meta);
+
+    // Its power goes: writes through another board go on, each within half a second.
+    let bucket = shelf.boards[writer]
+        .bucket("handover", 3)
+        .await?
+        .with_timeout(Duration::from_millis(500));
+    shelf.power_cut(victim);
+    let cut = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for n in 0..30u32 {
+        let asked = Instant::now();
+        bucket
+            .put(&format!("k{n}"), Bytes::from(n.to_string()))
+            .await
+            .map_err(|e| format!("write {n}, {:?} after the cut: {e}", cut.elapsed()))?;
+        slowest = slowest.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "measured: 30 writes over {:?} after the power cut of the board that handed over; slowest {slowest:?}",
+        cut.elapsed()
+    );
+    Ok(())
+}
+
+fn board_named(shelf: &Shelf, name: &str) -> TestResult<usize> {
+    Ok(shelf
+        .boards
+        .iter()
+        .position(|b| b.name == name)
+        .ok_or_else(|| format!("{name} is not a board"))?)
+}
+
+/// Board `i` hands over what its server leads.
+async fn hand_over(shelf: &mut Shelf, i: usize) -> TestResult<layout::HandedOver> {
+    let system = shelf.system_client(i).await?;
+    let js = shelf.boards[i].js();
+    let name = shelf.boards[i].name.clone();
+    shelf.boards[i]
+        .run(async move {
+            layout::hand_over_leadership(&js, &system, &name, Duration::from_secs(10)).await
+        })
+        .await
+}
+
 pub async fn writes_resume_after_leader_sigkill() -> TestResult {
     let mut shelf = three_boards().await?;
     let bucket = shelf.boards[0].bucket("calls", 3).await?;

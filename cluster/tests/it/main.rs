@@ -98,6 +98,10 @@ fn main() {
             kv::writes_resume_after_leader_sigkill,
         ),
         trial(
+            "kv_a_server_that_hands_over_leadership_stops_without_a_gap",
+            kv::hand_over_leaves_no_gap,
+        ),
+        trial(
             "kv_ensure_replicas_grows_and_shrinks_in_place",
             kv::ensure_replicas_in_place,
         ),

@@ -296,6 +296,19 @@ impl Shelf {
         Ok(info.meta_cluster.unwrap_or_default())
     }
 
+    /// A client of board `i`'s system account (peer removal, step-downs).
+    pub async fn system_client(&mut self, i: usize) -> TestResult<async_nats::Client> {
+        let config = self.boards[i].server().config().clone();
+        Ok(self.boards[i]
+            .run(async move {
+                let creds = config.system.clone();
+                async_nats::ConnectOptions::with_user_and_password(creds.user, creds.password)
+                    .connect(config.client_url())
+                    .await
+            })
+            .await??)
+    }
+
     /// Board `i`'s nats-server RSS in bytes.
     pub async fn rss(&mut self, i: usize) -> TestResult<u64> {
         let pid = self.boards[i].pid().ok_or("not running")?;
