@@ -136,7 +136,7 @@ impl Board {
             .args(&self.extra)
             .env(
                 "BRAMBLE_LOG",
-                "info,bramble_cluster=debug,bramble_gateway::queue=debug",
+                "info,bramble_cluster=debug,bramble_gateway::queue=debug,nats_server=debug",
             )
             .env_remove("BRAMBLE_URL")
             .stdout(log.try_clone().unwrap())
@@ -228,13 +228,13 @@ impl Board {
         )
     }
 
-    /// What its nats-server warned about (bramble logs the server's warnings and errors).
-    pub(crate) fn nats_warnings(&self) -> String {
+    /// The end of its nats-server's log (the boards log it at debug).
+    pub(crate) fn nats_log(&self) -> String {
         let log = self.log();
         let lines: Vec<&str> = log.lines().filter(|l| l.contains("nats_server")).collect();
-        let from = lines.len().saturating_sub(30);
+        let from = lines.len().saturating_sub(60);
         format!(
-            "--- {} nats-server warnings ---\n{}",
+            "--- {} nats-server log ---\n{}",
             self.name,
             lines[from..].join("\n")
         )
