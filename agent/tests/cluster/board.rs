@@ -228,10 +228,20 @@ impl Board {
         )
     }
 
-    /// The end of its nats-server's log (the boards log it at debug).
+    /// The end of what its nats-server said about leaders, quorum and problems (the boards
+    /// log the server at debug).
     pub(crate) fn nats_log(&self) -> String {
         let log = self.log();
-        let lines: Vec<&str> = log.lines().filter(|l| l.contains("nats_server")).collect();
+        // Elections, quorum and warnings: what tells why a stream has no leader.
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("nats_server"))
+            .filter(|l| {
+                ["leader", "quorum", "stall", "[WRN]", "[ERR]", "Restored"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .collect();
         let from = lines.len().saturating_sub(60);
         format!(
             "--- {} nats-server log ---\n{}",

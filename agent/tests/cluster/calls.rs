@@ -143,7 +143,7 @@ pub(crate) async fn accepted_calls_run_after_the_accepting_boards_power_cut() ->
     // Copies handed to the queue again at the start are recognised as done there: once the
     // queue is empty, no callback came twice.
     let back = Instant::now();
-    let deadline = back + Duration::from_secs(180);
+    let deadline = back + Duration::from_secs(120);
     loop {
         let status = boards[0].cluster_ok(&["status"]);
         if status["queuedCalls"] == 0 {
