@@ -246,7 +246,9 @@ pub(crate) fn spawn(config: &EngineConfig, log: &LogTail) -> Result<Process, Eng
         tokio::spawn(async move {
             let mut lines = BufReader::new(pipe).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("[WRN]") || line.contains("[ERR]") || line.contains("[FTL]") {
+                // Its warnings stay at debug: every start prints some that mean nothing here
+                // (plaintext passwords in the root-only config, health checks while routes form).
+                if line.contains("[ERR]") || line.contains("[FTL]") {
                     tracing::warn!(target: "nats_server", board = %board, "{line}");
                 } else {
                     tracing::debug!(target: "nats_server", board = %board, "{line}");
