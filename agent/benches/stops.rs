@@ -68,7 +68,7 @@ async fn bench() -> Result<()> {
     for run in 0..runs {
         wait_running(&node, 1).await?;
         let asked = Instant::now();
-        scale_to_zero(&node).await?;
+        node.ask_scale("slow", 0).await?;
         rows.scale_answer.push(asked.elapsed());
         // Once the replica is out of service (a request sent before may still reach it).
         node.wait_available("slow", 0).await?;
@@ -86,7 +86,7 @@ async fn bench() -> Result<()> {
     // The reference: a cold start with nothing stopping.
     for run in 0..runs {
         wait_running(&node, 1).await?;
-        scale_to_zero(&node).await?;
+        node.ask_scale("slow", 0).await?;
         wait_running(&node, 0).await?;
         let asked = Instant::now();
         let r = node.call("GET", "/function/slow", &[], b"").await?;
@@ -142,17 +142,6 @@ async fn wait_running(node: &Node, want: usize) -> Result<()> {
         node.wait_available("slow", 1).await?;
     }
     node.wait_running_tasks("slow", want, GRACE * 4).await?;
-    Ok(())
-}
-
-async fn scale_to_zero(node: &Node) -> Result<()> {
-    node.api(
-        "POST",
-        "/system/scale-function/slow",
-        br#"{"serviceName":"slow","replicas":0}"#,
-    )
-    .await?
-    .expect(200, "scale to zero")?;
     Ok(())
 }
 

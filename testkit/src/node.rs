@@ -267,6 +267,13 @@ impl Node {
 
     /// Scales `name` to `replicas` through the API and waits until that many are available.
     pub async fn scale(&self, name: &str, replicas: u64) -> Result<serde_json::Value, String> {
+        self.ask_scale(name, replicas).await?;
+        self.wait_available(name, replicas).await
+    }
+
+    /// Asks the API to scale `name` to `replicas` (200 expected) without waiting for the
+    /// replicas: what a test timing the API's answer needs.
+    pub async fn ask_scale(&self, name: &str, replicas: u64) -> Result<(), String> {
         let body = serde_json::json!({ "serviceName": name, "replicas": replicas }).to_string();
         let r = self
             .api(
@@ -283,7 +290,7 @@ impl Node {
                 r.text()
             ));
         }
-        self.wait_available(name, replicas).await
+        Ok(())
     }
 
     /// Restarts the node listening on every address (`0.0.0.0:PORT`) like a node on a LAN, so

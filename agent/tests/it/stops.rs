@@ -61,13 +61,7 @@ async fn a_request_during_a_stop_is_served_without_waiting_for_the_old_replica()
     node.wait_available("slow", 1).await?;
     let old = node.running_tasks("slow").await?;
     let scaled = Instant::now();
-    node.api(
-        "POST",
-        "/system/scale-function/slow",
-        br#"{"serviceName":"slow","replicas":0}"#,
-    )
-    .await?
-    .expect(200, "scale to zero")?;
+    node.ask_scale("slow", 0).await?;
     let scale_took = scaled.elapsed();
     // A request while the old replica stops: served by a new replica, not after the old one.
     node.wait_state("slow", "stopping").await?;
@@ -104,13 +98,7 @@ async fn deletes_and_scale_downs_answer_at_once_while_replicas_take_their_grace(
     node.scale("slow", 2).await?;
     // A scale down answers once stored; the status says "stopping" meanwhile.
     let asked = Instant::now();
-    node.api(
-        "POST",
-        "/system/scale-function/slow",
-        br#"{"serviceName":"slow","replicas":0}"#,
-    )
-    .await?
-    .expect(200, "scale to zero")?;
+    node.ask_scale("slow", 0).await?;
     let scale_took = asked.elapsed();
     let status = node.wait_state("slow", "stopping").await?;
     assert_eq!(
