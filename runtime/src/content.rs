@@ -105,6 +105,27 @@ pub(crate) async fn read_blob(conn: &Connection, digest: &str) -> Result<Bytes> 
     Ok(Bytes::from(data))
 }
 
+/// The bytes of blob `digest` as containerd sends them, in chunks (not verified here: the
+/// reader checks them against the digest, as a board fetching a blob does when it writes it).
+pub(crate) async fn read_stream(
+    conn: &Connection,
+    digest: &str,
+) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
+    validate_digest(digest)?;
+    let mut client = conn.content();
+    let request = conn.request(ReadContentRequest {
+        digest: digest.to_owned(),
+        offset: 0,
+        size: 0,
+    });
+    let stream = conn.call("Content.Read", client.read(request)).await?;
+    let conn = conn.clone();
+    Ok(stream.map(move |message| match message {
+        Ok(chunk) => Ok(Bytes::from(chunk.data)),
+        Err(status) => Err(conn.status_error("Content.Read", &status)),
+    }))
+}
+
 /// Writes a blob of known digest and size from a stream of chunks, unless the store already
 /// has it. `labels` are set on commit (garbage-collection references, `containerd.io/uncompressed`).
 ///

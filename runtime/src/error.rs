@@ -80,6 +80,15 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// Fetching an image from a source other than its registry (another board) failed.
+    #[error("fetching {image} from {from}")]
+    Source {
+        image: String,
+        from: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// An image archive (OCI layout or `docker save` tarball) is unusable.
     #[error("image archive {}: {reason}", path.display())]
     Archive { path: PathBuf, reason: String },

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use bramble_runtime::cgroup::Cgroups;
 use bramble_runtime::image::platform::Platform;
 use bramble_runtime::image::reference::ImageRef;
-use bramble_runtime::image::{Image, PullPolicy, RegistryConfig, no_progress};
+use bramble_runtime::image::{
+    Blobs, Chunks, Found, Image, ImageSource, PullPolicy, RegistryConfig, SourceError, no_progress,
+};
 use bramble_runtime::logs::LogLine;
 use bramble_runtime::{ContainerSpec, Error, Limits, Runtime, Secret, TaskEvent, TaskStatus};
 use bramble_testkit::harness::{self, Need};
@@ -91,6 +93,10 @@ fn main() {
             container_from_before_a_reboot_is_stale,
         ),
         harness::async_trial("bad_input_changes_nothing", bad_input_changes_nothing),
+        harness::async_trial(
+            "an_image_another_board_has_is_fetched_from_it_and_checked",
+            an_image_another_board_has_is_fetched_from_it_and_checked,
+        ),
     ];
     harness::main(&needs, trials);
 }
@@ -1065,5 +1071,151 @@ fn oci_to_docker_save(
     let manifest_json = serde_json::json!([{"Config": "cfg.json", "RepoTags": [tag], "Layers": ["abc123/layer.tar"]}]);
     add("manifest.json", manifest_json.to_string().as_bytes())?;
     builder.finish()?;
+    Ok(())
+}
+
+/// Another board, played by a second runtime (its own containerd namespace) serving what its
+/// image service has; `tamper` changes what it sends.
+#[derive(Debug)]
+struct Peer {
+    runtime: std::sync::Arc<Runtime>,
+    tamper: Tamper,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tamper {
+    Nothing,
+    /// The top document's bytes do not hash to the digest it names.
+    Top,
+    /// The image configuration's bytes are not the ones its digest names.
+    Config,
+}
+
+impl ImageSource for Peer {
+    fn find<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Found>, SourceError>> {
+        Box::pin(async move {
+            let Some(mut top) = self.runtime.images().document(name).await? else {
+                return Ok(None);
+            };
+            let config = match self.runtime.images().get(name).await? {
+                Some(image) => image.config_digest.clone(),
+                None => return Ok(None),
+            };
+            if self.tamper == Tamper::Top {
+                top.bytes = bytes::Bytes::from([&top.bytes[..], b" "].concat());
+            }
+            Ok(Some(Found {
+                from: "board peer".to_owned(),
+                top,
+                blobs: Box::new(PeerBlobs {
+                    runtime: std::sync::Arc::clone(&self.runtime),
+                    tamper: (self.tamper == Tamper::Config).then_some(config),
+                }),
+            }))
+        })
+    }
+}
+
+struct PeerBlobs {
+    runtime: std::sync::Arc<Runtime>,
+    /// The configuration digest whose bytes are altered.
+    tamper: Option<String>,
+}
+
+impl Blobs for PeerBlobs {
+    fn blob<'a>(
+        &'a self,
+        digest: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Chunks, SourceError>> {
+        use futures::StreamExt as _;
+        Box::pin(async move {
+            let (_, chunks) = self
+                .runtime
+                .images()
+                .blob(digest)
+                .await?
+                .ok_or_else(|| format!("no blob {digest}"))?;
+            if self.tamper.as_deref() == Some(digest) {
+                let extra = futures::stream::iter([Ok(bytes::Bytes::from_static(b" "))]);
+                return Ok(chunks.chain(extra).boxed());
+            }
+            Ok(chunks)
+        })
+    }
+}
+
+/// An image only another board has (here another containerd namespace): `ensure` fetches it
+/// from there (no registry is involved) and it runs. What the other board sends is checked: a
+/// top document or configuration whose bytes are not what its digest says is refused with a
+/// clear error and nothing is created. A source without the image leaves the pull policy's
+/// answer as before.
+async fn an_image_another_board_has_is_fetched_from_it_and_checked() -> TestResult {
+    let (tx, rx) = (setup("source").await?, setup("fetcher").await?);
+    let (archive, built) = bramble_testkit::images::fixture_image_with_env(
+        tx.env.scratch(),
+        "docker.io/team/shared:1",
+        None,
+        &[("BODY", "shared")],
+    )?;
+    tx.runtime
+        .images()
+        .import(&archive, None, &no_progress)
+        .await?;
+    let reference = ImageRef::parse("docker.io/team/shared:1")?;
+    let name = reference.to_string();
+    let source = std::sync::Arc::new(tx.runtime);
+
+    for tamper in [Tamper::Top, Tamper::Config] {
+        let fetcher = Runtime::new(rx.env.config.clone())?;
+        fetcher.images().set_source(std::sync::Arc::new(Peer {
+            runtime: std::sync::Arc::clone(&source),
+            tamper,
+        }));
+        let err = fetcher
+            .images()
+            .ensure(&reference, PullPolicy::Never, &no_progress)
+            .await
+            .unwrap_err();
+        assert!(
+            err.chain().contains("board peer sent sha256:"),
+            "{tamper:?}: {}",
+            err.chain()
+        );
+        assert!(fetcher.images().get(&name).await?.is_none(), "{tamper:?}");
+    }
+
+    let fetcher = Runtime::new(rx.env.config.clone())?;
+    fetcher.images().set_source(std::sync::Arc::new(Peer {
+        runtime: std::sync::Arc::clone(&source),
+        tamper: Tamper::Nothing,
+    }));
+    let started = Instant::now();
+    let image = fetcher
+        .images()
+        .ensure(&reference, PullPolicy::Never, &no_progress)
+        .await?;
+    println!(
+        "measured: fetched from the other namespace in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(image.manifest_digest, built.manifest_digest);
+    assert!(image.unpacked);
+    let addr = run_healthy(&fetcher, &spec("shared", &image)).await?;
+    let answer = http::get(addr, "/").await?;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "shared");
+    fetcher.delete("shared", Duration::from_secs(5)).await?;
+
+    // An image no board has: Never says it is not present, as without a source.
+    let absent = ImageRef::parse("docker.io/team/absent:1")?;
+    let err = fetcher
+        .images()
+        .ensure(&absent, PullPolicy::Never, &no_progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ImageNotPresent { .. }), "{err:?}");
     Ok(())
 }

@@ -23,7 +23,8 @@ pub fn fixture_image(dir: &Path, name: &str) -> Result<(PathBuf, BuiltImage), St
 
 /// A second, distinct image of the fixture function: like [`fixture_image`] (labelled as built
 /// for `platform` when given, see [`fixture_image_labelled`]) with `env` set in the image's
-/// configuration, e.g. a `BODY` its `/` answers.
+/// configuration, e.g. a `BODY` its `/` answers, and written to `/etc/fixture-env` (so its
+/// layer differs from the plain fixture's).
 pub fn fixture_image_with_env(
     dir: &Path,
     name: &str,
@@ -186,6 +187,13 @@ fn build_image(
         "root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
     )
     .map_err(|e| format!("writing group: {e}"))?;
+    if !env.is_empty() {
+        // The environment in a file as well: a variant's layer is its own, not the plain
+        // fixture's (an image fetched from elsewhere then has a layer to move).
+        let lines: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(etc.join("fixture-env"), lines)
+            .map_err(|e| format!("writing fixture-env: {e}"))?;
+    }
     let builder = env.iter().fold(
         ImageBuilder::new(reference).add_dir(&etc, "/etc"),
         |builder, (key, value)| builder.env(*key, *value),

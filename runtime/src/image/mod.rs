@@ -14,14 +14,16 @@ pub mod reference;
 
 mod archive;
 mod bound;
+mod fetch;
 mod registry;
+mod source;
 mod unpack;
 mod user;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use containerd_client::services::v1::{CreateImageRequest, UpdateImageRequest};
@@ -41,6 +43,7 @@ use platform::Platform;
 use reference::ImageRef;
 
 pub use bound::DEFAULT_MAX_UNPACKED;
+pub use source::{Blobs, Chunks, Document, Found, ImageSource, SourceError};
 pub(crate) use unpack::remove_quietly as remove_snapshot_quietly;
 pub use user::ResolvedUser;
 
@@ -193,6 +196,8 @@ pub struct ImageService {
     users: user::UserCache,
     /// Largest uncompressed size of one layer (and of an uncompressed image archive).
     max_unpacked: u64,
+    /// Where images are looked for before their registry (another board of a cluster).
+    source: OnceLock<Arc<dyn ImageSource>>,
 }
 
 impl ImageService {
@@ -212,6 +217,7 @@ impl ImageService {
             locks: KeyedLocks::default(),
             users: user::UserCache::default(),
             max_unpacked,
+            source: OnceLock::new(),
         }
     }
 
@@ -242,27 +248,54 @@ impl ImageService {
         let name = reference.to_string();
         let _guard = self.locks.lock(&name).await;
         let mut unusable = None;
+        if policy != PullPolicy::Always
+            && let Some(image) = self.get(&name).await?
+        {
+            if image.unpacked {
+                return Ok(image);
+            }
+            match self.unpack_present(&name, progress).await {
+                Ok(image) => return Ok(image),
+                Err(e) if policy == PullPolicy::Never || e.is_unavailable() => return Err(e),
+                Err(e) => {
+                    tracing::info!(image = %name, error = %e.chain(), "local copy unusable, pulling");
+                    unusable = Some(e);
+                }
+            }
+        }
+        // Another board's copy first (on the LAN, and what `image import` on one board gives
+        // the others), unless the registry's current answer is asked for.
+        let mut elsewhere = None;
         if policy != PullPolicy::Always {
-            if let Some(image) = self.get(&name).await? {
-                if image.unpacked {
-                    return Ok(image);
+            match self.fetch_from_source(&name, progress).await {
+                Ok(true) => {
+                    return self.get(&name).await?.ok_or(Error::NotFound {
+                        kind: "image",
+                        id: name,
+                    });
                 }
-                match self.unpack_present(&name, progress).await {
-                    Ok(image) => return Ok(image),
-                    Err(e) if policy == PullPolicy::Never || e.is_unavailable() => return Err(e),
-                    Err(e) => {
-                        tracing::info!(image = %name, error = %e.chain(), "local copy unusable, pulling");
-                        unusable = Some(e);
-                    }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(image = %name, error = %e.chain(), "fetching a copy from another board failed; trying its registry");
+                    elsewhere = Some(e);
                 }
-            } else if policy == PullPolicy::Never {
-                return Err(Error::ImageNotPresent { image: name });
+            }
+            if policy == PullPolicy::Never {
+                return Err(elsewhere.unwrap_or(Error::ImageNotPresent { image: name }));
             }
         }
         if let Err(pull) = registry::pull(self, reference, progress).await {
             // Say why the local copy was not used, not only why the pull failed.
-            return Err(match unusable {
-                Some(local) => Error::InvalidImage {
+            return Err(match (unusable, elsewhere) {
+                (_, Some(elsewhere)) => Error::InvalidImage {
+                    image: name,
+                    reason: format!(
+                        "fetching a copy from another board failed ({}), and so did pulling it ({})",
+                        elsewhere.chain(),
+                        pull.chain()
+                    ),
+                },
+                (Some(local), None) => Error::InvalidImage {
                     image: name,
                     reason: format!(
                         "the local copy cannot be unpacked ({}), and pulling it again failed ({})",
@@ -273,7 +306,7 @@ impl ImageService {
                         pull.chain()
                     ),
                 },
-                None => pull,
+                (None, None) => pull,
             });
         }
         self.get(&name).await?.ok_or(Error::NotFound {
@@ -305,18 +338,41 @@ impl ImageService {
         Ok(images)
     }
 
-    /// The image named `name` (normalised), resolved for this platform, if present.
-    pub async fn get(&self, name: &str) -> Result<Option<Arc<Image>>> {
+    /// Fetches image `name` from the [`ImageSource`] if one is set and has it; `Ok(false)` when
+    /// none is set or it has no copy. Called with the image's lock held.
+    async fn fetch_from_source(&self, name: &str, progress: &ProgressFn<'_>) -> Result<bool> {
+        let Some(source) = self.source.get() else {
+            return Ok(false);
+        };
+        let found = source.find(name).await.map_err(|source| Error::Source {
+            image: name.to_owned(),
+            from: "the other boards".to_owned(),
+            source,
+        })?;
+        let Some(found) = found else {
+            return Ok(false);
+        };
+        tracing::info!(image = %name, from = %found.from, digest = %found.top.digest, "fetching the image from another board");
+        source::fetch(self, name, &found, progress).await?;
+        Ok(true)
+    }
+
+    /// The descriptor an image record points at, if the record exists.
+    async fn target(&self, name: &str) -> Result<Option<CtrDescriptor>> {
         let mut client = self.conn.images();
         let request = self.conn.request(GetImageRequest {
             name: name.to_owned(),
         });
-        let record = match self.conn.call("Images.Get", client.get(request)).await {
-            Ok(reply) => reply.image,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let Some(target) = record.and_then(|r| r.target) else {
+        match self.conn.call("Images.Get", client.get(request)).await {
+            Ok(reply) => Ok(reply.image.and_then(|r| r.target)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The image named `name` (normalised), resolved for this platform, if present.
+    pub async fn get(&self, name: &str) -> Result<Option<Arc<Image>>> {
+        let Some(target) = self.target(name).await? else {
             return Ok(None);
         };
         // The cache is by content; several names can share it, so the name comes from here.

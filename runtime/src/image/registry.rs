@@ -1,28 +1,24 @@
 //! Pulling an image from an OCI/Docker registry without containerd's Transfer service.
 //!
-//! The registry HTTP API (auth challenges, tokens, redirects) is `oci-client`'s job; this module
-//! picks the manifest for this machine, checks the platform *before* writing anything, streams
-//! layers into the content store (verified by digest) and hands over to the common commit +
-//! unpack path.
+//! The registry HTTP API (auth challenges, tokens, redirects) is `oci-client`'s job; choosing
+//! the manifest, checking the platform, streaming the layers and committing are [`fetch`]'s,
+//! the same for an image from another board.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 
 use super::auth::CredentialStore;
-use super::oci::{self, Descriptor, ManifestDocument};
+use super::fetch;
+use super::oci::{self, Descriptor};
 use super::reference::ImageRef;
-use super::{ImageService, LEASE_EXPIRY, Progress, ProgressFn, layer_labels};
-use crate::content;
+use super::{ImageService, ProgressFn, SourceError};
 use crate::error::{Error, Result};
-
-/// Layers fetched at the same time.
-const PARALLEL_LAYERS: usize = 3;
 
 const USER_AGENT: &str = concat!("bramble/", env!("CARGO_PKG_VERSION"));
 
@@ -34,182 +30,91 @@ pub(super) async fn pull(
 ) -> Result<()> {
     let name = reference.to_string();
     let registry = reference.registry().to_owned();
-    let wrap = |source: oci_client::errors::OciDistributionError| {
-        registry_error(&name, &registry, service, source)
-    };
-
     let auth = credentials(service, &registry)?;
     bramble_base::tls::install_crypto_provider();
-    let client = Arc::new(oci_client::Client::new(ClientConfig {
+    let client = oci_client::Client::new(ClientConfig {
         protocol: protocol_for(service, &registry),
         platform_resolver: None,
         connect_timeout: Some(Duration::from_secs(10)),
         read_timeout: Some(Duration::from_secs(60)),
         user_agent: USER_AGENT,
         ..Default::default()
-    }));
-    let oci_ref = to_oci_reference(reference);
-
-    // 1. The top manifest document, then the one for this platform.
-    let (top_bytes, top_digest) = client
-        .pull_manifest_raw(&oci_ref, &auth, oci::MANIFEST_MEDIA_TYPES)
-        .await
-        .map_err(wrap)?;
-    let top_document = oci::parse_manifest_document(&name, None, &top_bytes)?;
-    let (index, manifest_descriptor, manifest_bytes, manifest) = match top_document {
-        ManifestDocument::Manifest(manifest) => {
-            let descriptor = descriptor_for(
-                &top_digest,
-                &top_bytes,
-                manifest.media_type.as_deref(),
-                oci::OCI_MANIFEST,
-            );
-            (None, descriptor, top_bytes.clone(), manifest)
-        }
-        ManifestDocument::Index(index_doc) => {
-            let chosen = service
-                .choose_manifest(&name, &index_doc.manifests)?
-                .clone();
-            let by_digest = oci_ref.clone_with_digest(chosen.digest.clone());
-            let (bytes, digest) = client
-                .pull_manifest_raw(&by_digest, &auth, oci::MANIFEST_MEDIA_TYPES)
-                .await
-                .map_err(wrap)?;
-            if digest != chosen.digest {
-                return Err(Error::InvalidImage {
-                    image: name.clone(),
-                    reason: format!(
-                        "registry sent manifest {digest} when {} was asked",
-                        chosen.digest
-                    ),
-                });
-            }
-            let ManifestDocument::Manifest(manifest) =
-                oci::parse_manifest_document(&name, Some(&chosen.media_type), &bytes)?
-            else {
-                return Err(Error::InvalidImage {
-                    image: name.clone(),
-                    reason: "nested image indexes are not supported".into(),
-                });
-            };
-            let index_descriptor = descriptor_for(
-                &top_digest,
-                &top_bytes,
-                index_doc.media_type.as_deref(),
-                oci::OCI_INDEX,
-            );
-            (
-                Some((index_descriptor, chosen.clone())),
-                chosen,
-                bytes,
-                manifest,
-            )
-        }
+    });
+    let registry = Registry {
+        service,
+        client,
+        auth,
+        reference: to_oci_reference(reference),
+        name: &name,
+        registry: &registry,
     };
-
-    // 2. The config: platform check before anything is written.
-    let mut config_bytes = Vec::new();
-    client
-        .pull_blob(
-            &oci_ref,
-            &to_oci_descriptor(&manifest.config),
-            &mut config_bytes,
+    // The top manifest document; the rest is the same wherever an image comes from.
+    let (top_bytes, top_digest) = registry
+        .client
+        .pull_manifest_raw(
+            &registry.reference,
+            &registry.auth,
+            oci::MANIFEST_MEDIA_TYPES,
         )
         .await
-        .map_err(wrap)?;
-    let config = oci::parse_config(&name, &config_bytes, &manifest)?;
-    service.check_platform(&name, &config.platform())?;
-    let total: u64 = manifest
-        .layers
-        .iter()
-        .map(|l| u64::try_from(l.size).unwrap_or(0))
-        .sum();
-    progress(Progress::Resolved {
-        image: name.clone(),
-        platform: config.platform(),
-        layers: manifest.layers.len(),
-        bytes: total,
-    });
+        .map_err(|e| registry.error(e))?;
+    fetch::fetch(service, &name, top_bytes, &top_digest, &registry, progress).await
+}
 
-    // 3. Layers, streamed into the content store under a lease.
-    let conn = service.conn();
-    let lease = conn.create_lease("pull", LEASE_EXPIRY).await?;
-    let result = async {
-        // Owned items: a closure over borrowed pairs defeats the compiler's `Send` proof for
-        // callers that need this future to be `Send`.
-        let layers: Vec<(Descriptor, String)> = manifest
-            .layers
-            .iter()
-            .cloned()
-            .zip(config.rootfs.diff_ids.iter().cloned())
-            .collect();
-        futures::stream::iter(layers)
-            .map(|(layer, diff_id)| {
-                let client = Arc::clone(&client);
-                let oci_ref = oci_ref.clone();
-                let lease = &lease;
-                let name = &name;
-                let registry = &registry;
-                async move {
-                    if content::info(conn, &layer.digest).await?.is_some() {
-                        content::add_labels(conn, &layer.digest, &layer_labels(&diff_id)).await?;
-                        progress(Progress::Fetched {
-                            digest: layer.digest.clone(),
-                            bytes: layer.size as u64,
-                            cached: true,
-                        });
-                        return Ok(());
-                    }
-                    let stream = client
-                        .pull_blob_stream(&oci_ref, &to_oci_descriptor(&layer))
-                        .await
-                        .map_err(|e| registry_error(name, registry, service, e))?;
-                    let meter = super::bound::Meter::new(
-                        &format!("layer {}", layer.digest),
-                        &layer.media_type,
-                        service.max_unpacked(),
-                    );
-                    let chunks = super::bound::metered(meter, stream.stream);
-                    content::write_blob(
-                        conn,
-                        lease,
-                        &layer.digest,
-                        layer.size,
-                        layer_labels(&diff_id),
-                        chunks,
-                    )
-                    .await?;
-                    progress(Progress::Fetched {
-                        digest: layer.digest.clone(),
-                        bytes: layer.size as u64,
-                        cached: false,
-                    });
-                    Ok::<(), Error>(())
-                }
-            })
-            .buffer_unordered(PARALLEL_LAYERS)
-            .try_collect::<Vec<()>>()
-            .await?;
-        let index_parts = index
-            .as_ref()
-            .map(|(descriptor, chosen)| (descriptor, &top_bytes[..], chosen));
-        service
-            .commit_image(
-                &lease,
-                &name,
-                index_parts,
-                &manifest_descriptor,
-                &manifest_bytes,
-                &manifest,
-                &config_bytes,
-                &config,
-                progress,
-            )
-            .await
+/// A registry as a [`fetch::Fetcher`]: `oci-client` speaks its API (auth challenges, tokens,
+/// redirects) and verifies what it sends.
+struct Registry<'a> {
+    service: &'a ImageService,
+    client: oci_client::Client,
+    auth: RegistryAuth,
+    reference: oci_client::Reference,
+    name: &'a str,
+    registry: &'a str,
+}
+
+impl Registry<'_> {
+    fn error(&self, source: oci_client::errors::OciDistributionError) -> Error {
+        registry_error(self.name, self.registry, self.service, source)
     }
-    .await;
-    conn.delete_lease(lease).await?;
-    result
+}
+
+impl fetch::Fetcher for Registry<'_> {
+    async fn manifest(&self, descriptor: &Descriptor) -> Result<Bytes> {
+        let by_digest = self.reference.clone_with_digest(descriptor.digest.clone());
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(&by_digest, &self.auth, oci::MANIFEST_MEDIA_TYPES)
+            .await
+            .map_err(|e| self.error(e))?;
+        if digest != descriptor.digest {
+            return Err(Error::InvalidImage {
+                image: self.name.to_owned(),
+                reason: format!(
+                    "registry sent manifest {digest} when {} was asked",
+                    descriptor.digest
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+
+    async fn config(&self, descriptor: &Descriptor) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.client
+            .pull_blob(&self.reference, &to_oci_descriptor(descriptor), &mut bytes)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(bytes)
+    }
+
+    async fn layer(&self, descriptor: &Descriptor) -> Result<super::Chunks> {
+        let stream = self
+            .client
+            .pull_blob_stream(&self.reference, &to_oci_descriptor(descriptor))
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(stream.stream.map_err(SourceError::from).boxed())
+    }
 }
 
 /// Registries spoken to over plain HTTP: configured ones and anything on loopback.
@@ -304,16 +209,6 @@ fn to_oci_descriptor(descriptor: &Descriptor) -> OciDescriptor {
         digest: descriptor.digest.clone(),
         size: descriptor.size,
         ..Default::default()
-    }
-}
-
-fn descriptor_for(digest: &str, bytes: &[u8], declared: Option<&str>, default: &str) -> Descriptor {
-    Descriptor {
-        media_type: declared.unwrap_or(default).to_owned(),
-        digest: digest.to_owned(),
-        size: bytes.len() as i64,
-        platform: None,
-        annotations: Default::default(),
     }
 }
 
