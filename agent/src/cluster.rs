@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bramble_cluster::membership::{BoardInfo, HardwareSummary, MemoryBudget};
+use bramble_cluster::node::images::{self, LocalImages as _};
 use bramble_cluster::node::join::{self, ApiLogin, Joiner};
 use bramble_cluster::node::{
     BoardFacts, ClusterNode, NodeSettings, Refusal, calls, files, init, routes,
@@ -174,8 +175,16 @@ impl ClusterSide {
                 password: ctx.credentials.password.clone(),
             },
             facts: board_facts,
+            // A GPIO trigger grants its line: the function runs where the line is.
+            hardware_of: crate::triggers::hardware_grants,
         };
         let node = ClusterNode::start(settings).await?;
+        // An image this board lacks comes from a board that has it, before its registry (set
+        // before this board runs its part of the plan).
+        ctx.provider
+            .local()
+            .image_service()
+            .set_source(Arc::new(images::BoardImages::new(Arc::clone(&node))?));
         node.run_board(Arc::clone(ctx.provider.local()));
         ctx.provider.attach(Arc::clone(&node));
         // Async calls: accepted by any board, run by any board (set before the gateway's
@@ -213,7 +222,10 @@ impl ClusterSide {
             .await
             .map_err(|source| ClusterStartError::Listen { addr, source })?;
         let gateway = Arc::clone(ctx.gateway);
-        let board_routes = routes::board_router(Arc::clone(&node));
+        // Images between boards: this board serves what it has (and fetches what it lacks
+        // from a board that has it, set up above).
+        let board_routes = routes::board_router(Arc::clone(&node))
+            .merge(images::router(Arc::clone(ctx.provider.local())));
         let stop = node.restart_requested();
         let board_server = tokio::spawn(async move {
             if let Err(e) = gateway
@@ -245,6 +257,13 @@ impl ClusterSide {
         async move {
             let _ = restart.wait_for(|r| *r).await;
         }
+    }
+
+    /// This board's name: its cluster's name for it, or the one it would take in a cluster.
+    pub fn board_name(&self, config: &Config) -> String {
+        self.node
+            .as_ref()
+            .map_or_else(|| name_of_single(config), |node| node.board())
     }
 
     /// True once a restart was asked for.
@@ -288,15 +307,21 @@ async fn not_in_a_cluster() -> Response {
     .into_response()
 }
 
+/// The name a board not in a cluster would take in one: `cluster.board`, else from its host
+/// name.
+fn name_of_single(config: &Config) -> String {
+    config.cluster.board.clone().unwrap_or_else(|| {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        board_name_from_host(&host)
+    })
+}
+
 impl Single {
     fn board_name(&self) -> String {
-        self.config.cluster.board.clone().unwrap_or_else(|| {
-            let host = nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_default();
-            board_name_from_host(&host)
-        })
+        name_of_single(&self.config)
     }
 
     fn address(&self) -> Result<IpAddr, Refusal> {
@@ -579,5 +604,83 @@ async fn report_ready(node: Arc<ClusterNode>, local: Arc<LocalProvider>) {
         }
         // Several replicas start together: one record write for them.
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bramble_cluster::membership::{BoardState, HardwareSummary};
+    use bramble_cluster::placement::{self, Board, Function, FunctionKey, PlacementInput, Reading};
+    use bramble_gateway::types::FunctionDeployment;
+
+    /// The reading a board in a cluster places with ([`super::ClusterSide::start`]).
+    fn reading() -> Reading {
+        Reading {
+            default_memory: None,
+            hardware_of: crate::triggers::hardware_grants,
+        }
+    }
+
+    fn board(name: &str, lines: &[&str]) -> Board {
+        Board {
+            name: name.into(),
+            state: BoardState::Alive,
+            leaving: false,
+            arch: "arm64".into(),
+            platform: None,
+            memory_budget: None,
+            hardware: HardwareSummary {
+                gpio_chip: (!lines.is_empty()).then(|| "pinctrl-bcm2711".into()),
+                gpio_lines: lines.iter().map(|l| (*l).to_owned()).collect(),
+                ..HardwareSummary::default()
+            },
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// A function whose only hardware is a GPIO trigger's line runs on the board with the
+    /// line: the trigger grants it the line, as on a single board (grants alone would place it
+    /// anywhere, where it could not start).
+    #[test]
+    fn a_gpio_trigger_places_its_function_where_the_line_is() {
+        let deployment = FunctionDeployment {
+            service: "button".into(),
+            image: "ghcr.io/x/button:1".into(),
+            annotations: BTreeMap::from([(
+                "bramble.trigger.gpio".to_owned(),
+                "GPIO17:falling:pull-up".to_owned(),
+            )]),
+            ..FunctionDeployment::default()
+        };
+        let key = FunctionKey::of("openfaas-fn", "button");
+        let function =
+            Function::from_deployment(key.clone(), 1, &deployment, reading(), None).unwrap();
+        assert!(
+            function
+                .hardware
+                .as_ref()
+                .unwrap()
+                .gpio
+                .contains_key("GPIO17")
+        );
+        for order in [["a", "b"], ["b", "a"]] {
+            let boards = order
+                .iter()
+                .map(|n| board(n, if *n == "b" { &["GPIO17"] } else { &[] }))
+                .collect();
+            let plan = placement::place(&PlacementInput {
+                boards,
+                functions: vec![function.clone()],
+                previous: placement::Plan::default(),
+            });
+            let placed = plan.function(&key).unwrap();
+            assert_eq!(
+                placed.boards,
+                BTreeMap::from([("b".to_owned(), 1)]),
+                "{plan:?}"
+            );
+        }
     }
 }

@@ -183,6 +183,8 @@ pub async fn run(
             gateway: Arc::clone(&gateway),
             deliveries,
             schedules: node_provider.schedules(),
+            board: cluster.board_name(&config),
+            cluster: node_provider.annotations(),
         };
         let provider = Arc::clone(&provider);
         tokio::spawn(async move {

@@ -70,6 +70,32 @@ pub struct BoardPeer {
     pub authenticated: bool,
 }
 
+impl BoardPeer {
+    /// A route layer for the routes of the board listener that only boards may use: a
+    /// request from a peer that is no board of the cluster is refused with 403
+    /// (`router.route_layer(axum::middleware::from_fn(BoardPeer::only_boards))`).
+    pub async fn only_boards(request: Request, next: axum::middleware::Next) -> Response {
+        let authenticated = request
+            .extensions()
+            .get::<BoardPeer>()
+            .is_some_and(|peer| peer.authenticated);
+        if authenticated {
+            return next.run(request).await;
+        }
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default();
+        tracing::info!(%peer, path = %request.uri().path(), "a request from a peer that is no board of the cluster refused");
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only boards of the cluster may use this path (no client certificate the cluster's CA signed)",
+        )
+        .into_response()
+    }
+}
+
 impl<P: Provider> Gateway<P> {
     /// Lets this gateway send invocations to other boards ([`crate::provider::Upstream::Board`])
     /// with `tls`: trusting the cluster's CA and showing this board's certificate. Only the
@@ -96,6 +122,7 @@ impl<P: Provider> Gateway<P> {
                 &format!("{INVOKE_PREFIX}{{*function}}"),
                 axum::routing::any(invoke_here::<P>),
             )
+            .route_layer(axum::middleware::from_fn(BoardPeer::only_boards))
             .with_state(Arc::clone(&self.shared));
         let router = routes
             .merge(invoke)
@@ -239,23 +266,6 @@ async fn invoke_here<P: Provider>(
     State(shared): State<Arc<Shared<P>>>,
     request: Request,
 ) -> Response {
-    let authenticated = request
-        .extensions()
-        .get::<BoardPeer>()
-        .is_some_and(|peer| peer.authenticated);
-    if !authenticated {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_default();
-        tracing::info!(%peer, "an invocation from a peer that is no board of the cluster refused");
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "only boards of the cluster may use this path (no client certificate the cluster's CA signed)",
-        )
-        .into_response();
-    }
     let uri = request.uri().clone();
     // The sending board named the namespace; a bare name is refused rather than guessed.
     let Some(target) = uri.path().strip_prefix(INVOKE_PREFIX) else {

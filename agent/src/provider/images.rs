@@ -69,3 +69,10 @@ impl<R: NodeRuntime> LocalProvider<R> {
             .map_err(|e| runtime_error("name", &e))
     }
 }
+
+/// The serving side of images between boards: another board asks this one for what it has.
+impl bramble_cluster::node::images::LocalImages for LocalProvider<bramble_runtime::Runtime> {
+    fn image_service(&self) -> &bramble_runtime::image::ImageService {
+        self.ctx.runtime.images()
+    }
+}

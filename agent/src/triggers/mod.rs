@@ -80,6 +80,11 @@ pub struct Context {
     pub deliveries: Arc<Deliveries>,
     /// Which functions' schedules fire on this board (in a cluster, one board fires each).
     pub schedules: tokio::sync::watch::Receiver<bramble_cluster::provider::Schedules>,
+    /// This board's name: a trigger that names a board (`board=`) runs only there.
+    pub board: String,
+    /// The annotations of every function of the cluster (none on a single board): the
+    /// triggers that name this board run here even when their function runs elsewhere.
+    pub cluster: tokio::sync::watch::Receiver<Arc<bramble_cluster::provider::Annotations>>,
 }
 
 /// How long a stopped trigger may take to finish the queue write it is in.
@@ -119,10 +124,12 @@ pub async fn run(mut ctx: Context) {
     loop {
         let state = std::sync::Arc::clone(&changes.borrow_and_update());
         let schedules = ctx.schedules.borrow_and_update().clone();
-        reconcile(&ctx, &state, &schedules, &mut running).await;
+        let cluster = Arc::clone(&ctx.cluster.borrow_and_update());
+        reconcile(&ctx, &state, &schedules, &cluster, &mut running).await;
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             changed = ctx.schedules.changed() => if changed.is_err() { return },
+            changed = ctx.cluster.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -133,10 +140,13 @@ async fn reconcile(
     ctx: &Context,
     state: &crate::store::State,
     schedules: &bramble_cluster::provider::Schedules,
+    cluster: &bramble_cluster::provider::Annotations,
     running: &mut HashMap<(FunctionKey, String), Running>,
 ) {
     let mut desired: BTreeMap<(FunctionKey, String), Trigger> = BTreeMap::new();
+    let mut here = BTreeSet::new();
     for (namespace, name, record) in state.all_functions() {
+        here.insert((namespace.to_owned(), name.to_owned()));
         let key = FunctionKey::new(name, namespace);
         match spec::parse(&record.deployment.annotations) {
             Ok(triggers) => {
@@ -148,11 +158,31 @@ async fn reconcile(
                     {
                         continue;
                     }
+                    // A trigger of another board's line or sensor.
+                    if trigger.board().is_some_and(|board| board != ctx.board) {
+                        continue;
+                    }
                     desired.insert((key.clone(), trigger.id()), trigger);
                 }
             }
             // Refused at deploy; only a state written by another version gets here.
             Err(e) => error!(function = %key, error = %e, "bad trigger annotations; no triggers"),
+        }
+    }
+    // Functions of the cluster that run on other boards: only their triggers that name this
+    // board (`board=`) run here, and invoke the function where it runs.
+    for (key, annotations) in cluster {
+        if here.contains(&(key.namespace.clone(), key.name.clone())) {
+            continue;
+        }
+        let Ok(triggers) = spec::parse(annotations) else {
+            continue;
+        };
+        let function = FunctionKey::new(&key.name, &key.namespace);
+        for trigger in triggers {
+            if trigger.board() == Some(ctx.board.as_str()) {
+                desired.insert((function.clone(), trigger.id()), trigger);
+            }
         }
     }
     let gone: Vec<(FunctionKey, String)> = running
@@ -244,8 +274,37 @@ fn remove_stale_queues(dir: &Path, desired: &BTreeMap<(FunctionKey, String), Tri
     }
 }
 
-/// Runs one trigger: its source, its queue, its deliveries — until `stop`.
+/// Runs one trigger: its line first when it holds one itself (on a named board), then its
+/// source, queue and deliveries until `stop`; then gives the line back.
 async fn deliver(
+    ctx: Context,
+    function: FunctionKey,
+    trigger: Trigger,
+    path: PathBuf,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let held = match &trigger.source {
+        spec::Source::Gpio(spec::GpioTrigger {
+            line,
+            hold: Some(grant),
+            ..
+        }) => match sources::Held::request(&ctx.hardware, &function, line, *grant).await {
+            Ok(held) => Some(held),
+            Err(e) => {
+                error!(function = %function, %line, error = %e, "GPIO trigger cannot request its line; it never fires");
+                return;
+            }
+        },
+        _ => None,
+    };
+    run_trigger(ctx, function, trigger, path, stop).await;
+    if let Some(held) = held {
+        held.release().await;
+    }
+}
+
+/// Runs one trigger's source, queue and deliveries until `stop`.
+async fn run_trigger(
     ctx: Context,
     function: FunctionKey,
     trigger: Trigger,

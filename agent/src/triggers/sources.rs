@@ -14,6 +14,8 @@ use tracing::{error, info, warn};
 
 use super::journal::now_ms;
 use super::spec::{Edges, GpioTrigger, Schedule, ScheduleTrigger, SensorTrigger, Threshold};
+use crate::function::FunctionKey;
+use bramble_hardware::grants::{Grants, LineGrant};
 
 /// What a source tells its trigger.
 #[derive(Debug)]
@@ -39,7 +41,9 @@ const CLOCK_CHECK: Duration = Duration::from_secs(30);
 /// new time.
 const LATE_LIMIT: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
-/// Edges of a line, logical (the function's `active-low` applied), filtered and counted.
+/// Edges of a line, logical (the function's `active-low` applied), filtered and counted. The
+/// line is the function's (requested where it runs) or, on a named board, the trigger's own
+/// ([`Held`]); the trigger waits until it is requested.
 pub(crate) async fn gpio(hardware: Arc<Hardware>, trigger: GpioTrigger, events: Events) {
     let mut waited = false;
     let watch = hardware
@@ -82,6 +86,61 @@ pub(crate) async fn gpio(hardware: Arc<Hardware>, trigger: GpioTrigger, events: 
                 counter.lagged(missed);
             }
             Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Who holds the line of a trigger on a named board, for the hardware helper (its grants are
+/// shown under this name, e.g. in `bramble gpio get`): `trigger-NAME.NAMESPACE`.
+pub(crate) fn holder(function: &FunctionKey) -> String {
+    format!("trigger-{function}")
+}
+
+/// A line a trigger on a named board (`board=`) requested itself, for as long as the trigger
+/// runs: [`Held::release`] gives it back (a drop does too, later).
+pub(crate) struct Held {
+    hardware: Arc<Hardware>,
+    holder: String,
+}
+
+impl Held {
+    /// Requests `line` as `grant` for `function`'s trigger.
+    pub(crate) async fn request(
+        hardware: &Arc<Hardware>,
+        function: &FunctionKey,
+        line: &str,
+        grant: LineGrant,
+    ) -> Result<Held, bramble_hardware::HardwareError> {
+        let holder = holder(function);
+        let grants = Grants {
+            gpio: std::collections::BTreeMap::from([(line.to_owned(), grant)]),
+            ..Grants::default()
+        };
+        hardware.attach(&holder, grants).await?;
+        info!(function = %function, line, "GPIO trigger requested its line");
+        Ok(Held {
+            hardware: Arc::clone(hardware),
+            holder,
+        })
+    }
+
+    /// Gives the line back, before the trigger's task returns (so a trigger started again
+    /// right after finds it free).
+    pub(crate) async fn release(mut self) {
+        let holder = std::mem::take(&mut self.holder);
+        self.hardware.detach(&holder).await;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.holder.is_empty() {
+            return;
+        }
+        let hardware = Arc::clone(&self.hardware);
+        let holder = std::mem::take(&mut self.holder);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { hardware.detach(&holder).await });
         }
     }
 }

@@ -9,13 +9,21 @@
 //! **GPIO options**: `path=/p` (the path invoked, default `/`), and, when the line is not
 //! also listed in `bramble.gpio`, the input options of a grant (`pull-up`, `pull-down`,
 //! `bias-disabled`, `debounce=DURATION`, `active-low`): a trigger grants its line as an
-//! input. When the line is in `bramble.gpio` it must be an input there and its options are
-//! written there. Edges are logical: with `active-low`, pressing a button that pulls the
-//! line low is a `rising` edge.
+//! input, so the function runs where the line is. When the line is in `bramble.gpio` it must
+//! be an input there and its options are written there. Edges are logical: with
+//! `active-low`, pressing a button that pulls the line low is a `rising` edge.
+//!
+//! `board=NAME` puts the line on board `NAME` of a cluster instead: that board requests it as
+//! an input for the trigger itself (with the trigger's input options; the function is granted
+//! nothing), watches it, and invokes the function wherever it runs, like any request. The
+//! function is placed as if the trigger were not there. Other boards ignore the trigger; so
+//! does a board not in a cluster, unless its name (`cluster.board`, else its host name) is
+//! `NAME`.
 //!
 //! **Sensor options**: `every=DURATION` (poll period, default 30s, at least 1s),
 //! `hysteresis=X` (the value must come back by this much before the trigger can fire again,
-//! default 0), `path=/p`. The function is invoked when the value goes beyond the threshold
+//! default 0), `path=/p`, and `board=NAME`: only board `NAME` polls the sensor (without it,
+//! every board that runs the function does). The function is invoked when the value goes beyond the threshold
 //! (a new trigger whose first reading is already beyond fires too), and not again until it
 //! has come back by the hysteresis. Which side the value is on survives a restart.
 //!
@@ -94,6 +102,11 @@ pub struct GpioTrigger {
     pub edges: Edges,
     /// The function sees logical levels (its grant's `active-low`).
     pub active_low: bool,
+    /// The board the line is on (`board=`), which requests it as `hold` for the trigger
+    /// itself; `None`: the line is the function's, requested where it runs.
+    pub board: Option<String>,
+    /// The input the trigger requests itself (with `board=`).
+    pub hold: Option<LineGrant>,
 }
 
 /// When a schedule fires.
@@ -140,6 +153,8 @@ pub struct SensorTrigger {
     pub every: Duration,
     /// How far back the value must come to re-arm.
     pub hysteresis: f64,
+    /// The only board that polls it (`board=`); `None`: every board that runs the function.
+    pub board: Option<String>,
 }
 
 /// What fires.
@@ -164,17 +179,23 @@ pub struct Trigger {
 
 impl Trigger {
     /// A name unique among the function's triggers, safe as a file name: `gpio-GPIO17`,
-    /// `schedule`, `sensor-w1-28-0316a27966ff-above-30`.
+    /// `gpio-GPIO17-on-pi2`, `schedule`, `sensor-w1-28-0316a27966ff-above-30`.
     pub fn id(&self) -> String {
         let raw = match &self.source {
-            Source::Gpio(g) => format!("gpio-{}", g.line),
+            Source::Gpio(g) => match &g.board {
+                Some(board) => format!("gpio-{}-on-{board}", g.line),
+                None => format!("gpio-{}", g.line),
+            },
             Source::Schedule(_) => "schedule".to_owned(),
             Source::Sensor(s) => {
                 let (side, value) = match s.threshold {
                     Threshold::Above(v) => ("above", v),
                     Threshold::Below(v) => ("below", v),
                 };
-                format!("sensor-{}-{side}-{value}", s.sensor)
+                match &s.board {
+                    Some(board) => format!("sensor-{}-{side}-{value}-on-{board}", s.sensor),
+                    None => format!("sensor-{}-{side}-{value}", s.sensor),
+                }
             }
         };
         raw.chars()
@@ -191,8 +212,14 @@ impl Trigger {
     /// What fires it, for people: `GPIO17 falling`, `*/5 * * * *`, `w1:28-… above 30
     /// every 30s`.
     pub fn describe(&self) -> String {
+        let on = |board: &Option<String>| {
+            board
+                .as_ref()
+                .map(|b| format!(" on {b}"))
+                .unwrap_or_default()
+        };
         match &self.source {
-            Source::Gpio(g) => format!("{} {}", g.line, g.edges),
+            Source::Gpio(g) => format!("{} {}{}", g.line, g.edges, on(&g.board)),
             Source::Schedule(s) => s.text.clone(),
             Source::Sensor(s) => {
                 let (side, value) = match s.threshold {
@@ -200,11 +227,21 @@ impl Trigger {
                     Threshold::Below(v) => ("below", v),
                 };
                 format!(
-                    "{} {side} {value} every {}",
+                    "{} {side} {value} every {}{}",
                     s.sensor,
-                    humantime::format_duration(s.every)
+                    humantime::format_duration(s.every),
+                    on(&s.board)
                 )
             }
+        }
+    }
+
+    /// The board this trigger belongs to (`board=`), if it names one: only that board runs it.
+    pub fn board(&self) -> Option<&str> {
+        match &self.source {
+            Source::Gpio(g) => g.board.as_deref(),
+            Source::Sensor(s) => s.board.as_deref(),
+            Source::Schedule(_) => None,
         }
     }
 
@@ -298,6 +335,7 @@ fn parse_gpio(item: &str, granted: &Grants) -> Result<(Trigger, Option<LineGrant
         }
     };
     let mut path = None;
+    let mut board = None;
     let mut electrical = Vec::new();
     for option in parts {
         match option.split_once('=') {
@@ -307,8 +345,45 @@ fn parse_gpio(item: &str, granted: &Grants) -> Result<(Trigger, Option<LineGrant
                 }
                 path = Some(parse_path(value).map_err(err)?);
             }
+            Some(("board", value)) => {
+                if board.is_some() {
+                    return Err(err("option board is given more than once".to_owned()));
+                }
+                board = Some(parse_board(value).map_err(err)?);
+            }
             _ => electrical.push(option),
         }
+    }
+    let input = |electrical: &[&str]| {
+        let spec = std::iter::once(line)
+            .chain(std::iter::once("in"))
+            .chain(electrical.iter().copied())
+            .collect::<Vec<_>>()
+            .join(":");
+        grants::parse_line(&spec)
+            .map(|(_, grant)| grant)
+            .map_err(|reason| {
+                err(format!(
+                    "{reason} (trigger options: path=/p, board=NAME, pull-up, pull-down, \
+                 bias-disabled, debounce=DURATION, active-low)"
+                ))
+            })
+    };
+    // On a named board the trigger holds the line itself: the function's grants (for the
+    // board it runs on) have nothing to do with it.
+    if let Some(board) = board {
+        let grant = input(&electrical)?;
+        let trigger = Trigger {
+            source: Source::Gpio(GpioTrigger {
+                line: line.to_owned(),
+                edges,
+                active_low: grant.active_low,
+                board: Some(board),
+                hold: Some(grant),
+            }),
+            path: path.unwrap_or_else(|| "/".to_owned()),
+        };
+        return Ok((trigger, None));
     }
     let (grant, implied) = match granted.gpio.get(line) {
         Some(grant) if grant.direction == Direction::Out => {
@@ -326,17 +401,7 @@ fn parse_gpio(item: &str, granted: &Grants) -> Result<(Trigger, Option<LineGrant
         }
         Some(grant) => (*grant, None),
         None => {
-            let spec = std::iter::once(line)
-                .chain(std::iter::once("in"))
-                .chain(electrical.iter().copied())
-                .collect::<Vec<_>>()
-                .join(":");
-            let (_, grant) = grants::parse_line(&spec).map_err(|reason| {
-                err(format!(
-                    "{reason} (trigger options: path=/p, pull-up, pull-down, bias-disabled, \
-                     debounce=DURATION, active-low)"
-                ))
-            })?;
+            let grant = input(&electrical)?;
             (grant, Some(grant))
         }
     };
@@ -345,10 +410,19 @@ fn parse_gpio(item: &str, granted: &Grants) -> Result<(Trigger, Option<LineGrant
             line: line.to_owned(),
             edges,
             active_low: grant.active_low,
+            board: None,
+            hold: None,
         }),
         path: path.unwrap_or_else(|| "/".to_owned()),
     };
     Ok((trigger, implied))
+}
+
+/// A board's name (`board=NAME`), as a cluster takes it.
+fn parse_board(value: &str) -> Result<String, String> {
+    bramble_cluster::names::validate("board", value)
+        .map(|()| value.to_owned())
+        .map_err(|e| format!("board={value}: {e}"))
 }
 
 /// A path to invoke: starts with `/`, printable ASCII, no spaces.
@@ -452,11 +526,12 @@ fn parse_sensor(item: &str) -> Result<Trigger, GrantError> {
     let mut every = None;
     let mut hysteresis = None;
     let mut path = None;
+    let mut board = None;
     for option in parts {
         let Some((name, value)) = option.split_once('=') else {
             return Err(err(format!(
                 "option {option:?} needs a value (options: above=X, below=X, every=DURATION, \
-                 hysteresis=X, path=/p)"
+                 hysteresis=X, path=/p, board=NAME)"
             )));
         };
         let number = || {
@@ -499,10 +574,11 @@ fn parse_sensor(item: &str) -> Result<Trigger, GrantError> {
                 hysteresis.replace(h).is_some()
             }
             "path" => path.replace(parse_path(value).map_err(err)?).is_some(),
+            "board" => board.replace(parse_board(value).map_err(err)?).is_some(),
             other => {
                 return Err(err(format!(
                     "unknown option {other:?} (options: above=X, below=X, every=DURATION, \
-                     hysteresis=X, path=/p)"
+                     hysteresis=X, path=/p, board=NAME)"
                 )));
             }
         };
@@ -522,6 +598,7 @@ fn parse_sensor(item: &str) -> Result<Trigger, GrantError> {
             threshold,
             every: every.unwrap_or(DEFAULT_SENSOR_EVERY),
             hysteresis: hysteresis.unwrap_or(0.0),
+            board,
         }),
         path: path.unwrap_or_else(|| "/".to_owned()),
     })
@@ -586,6 +663,62 @@ mod tests {
             hardware_grants(&a).unwrap().unwrap().gpio_summary(),
             "GPIO17:in:active-low, GPIO27:out"
         );
+    }
+
+    #[test]
+    fn a_gpio_trigger_on_a_named_board_holds_its_line_and_grants_nothing() {
+        let a = annotations(&[
+            (grants::GPIO_KEY, "GPIO17:out"),
+            (
+                GPIO_KEY,
+                "GPIO17:falling:board=pi-garage:pull-up:active-low,GPIO17:rising:board=pi2",
+            ),
+        ]);
+        let triggers = parse(&a).unwrap();
+        assert_eq!(triggers.len(), 2);
+        let g = gpio(&triggers[0]);
+        assert_eq!(g.board.as_deref(), Some("pi-garage"));
+        assert!(g.active_low);
+        let hold = g.hold.unwrap();
+        assert_eq!(hold.direction, Direction::In);
+        assert!(hold.active_low);
+        assert_eq!(triggers[0].id(), "gpio-GPIO17-on-pi-garage");
+        assert_eq!(triggers[0].describe(), "GPIO17 falling on pi-garage");
+        assert_eq!(triggers[0].board(), Some("pi-garage"));
+        assert_eq!(triggers[1].id(), "gpio-GPIO17-on-pi2");
+        // The function's own GPIO17 (an output where it runs) is not the trigger's line.
+        assert_eq!(
+            hardware_grants(&a).unwrap().unwrap().gpio_summary(),
+            "GPIO17:out"
+        );
+        let only_trigger = annotations(&[(GPIO_KEY, "GPIO17:rising:board=pi2")]);
+        assert_eq!(hardware_grants(&only_trigger), Ok(None));
+        let sensor = annotations(&[(SENSOR_KEY, "w1:28-0316a27966ff:above=30:board=pi2")]);
+        let triggers = parse(&sensor).unwrap();
+        assert_eq!(triggers[0].board(), Some("pi2"));
+        assert_eq!(
+            triggers[0].id(),
+            "sensor-w1-28-0316a27966ff-above-30-on-pi2"
+        );
+        assert!(
+            triggers[0].describe().ends_with(" on pi2"),
+            "{}",
+            triggers[0].describe()
+        );
+        for (key, value, expected) in [
+            (GPIO_KEY, "GPIO17:rising:board=Pi_2", "board=Pi_2"),
+            (GPIO_KEY, "GPIO17:rising:board=", "board="),
+            (GPIO_KEY, "GPIO17:rising:board=a:board=b", "more than once"),
+            (GPIO_KEY, "GPIO17:rising:board=a:out", "unknown option"),
+            (
+                SENSOR_KEY,
+                "w1:28-0316a27966ff:above=30:board=a:board=b",
+                "more than once",
+            ),
+        ] {
+            let e = parse(&annotations(&[(key, value)])).unwrap_err();
+            assert!(e.to_string().contains(expected), "{value}: {e}");
+        }
     }
 
     #[test]

@@ -171,6 +171,19 @@ impl Board {
             .unwrap()
     }
 
+    /// [`Board::bramble`], which must succeed (its stderr and the board's log otherwise).
+    pub(crate) fn bramble_ok(&self, args: &[&str]) -> Output {
+        let out = self.bramble(args);
+        assert!(
+            out.status.success(),
+            "bramble {}: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        out
+    }
+
     /// `bramble describe NAME --json` on this board (`None`: not found).
     pub(crate) fn describe(&self, name: &str) -> Option<Value> {
         let out = self.bramble(&["describe", name, "--json"]);
@@ -523,10 +536,5 @@ pub(crate) fn deploy_constrained(board: &Board, functions: &[(&str, &str)]) {
     }
     let file = board.dir.join("stack.yml");
     std::fs::write(&file, stack).unwrap();
-    let out = board.bramble(&["deploy", "-f", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    board.bramble_ok(&["deploy", "-f", file.to_str().unwrap()]);
 }

@@ -4,14 +4,15 @@
 //! real `bramble cluster` CLI, entered with `nsenter --net=` like an operator's shell on the
 //! board.
 //!
-//! Forming, growing and shrinking need no containerd; the `routing` tests run functions, each
-//! board with its own containerd. Measured figures are printed (`measured: ...`), never
-//! asserted.
+//! Forming, growing and shrinking need no containerd; the `routing` and `partition` tests run
+//! functions, each board with its own containerd. Measured figures are printed
+//! (`measured: ...`), never asserted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod board;
 mod calls;
 mod dashboard;
+mod partition;
 mod routing;
 
 use std::path::PathBuf;
@@ -331,6 +332,9 @@ fn main() {
         }),
         Trial::test("a_board_powered_off_under_load", || {
             harness::block_on(routing::a_board_powered_off_under_load())
+        }),
+        Trial::test("a_board_cut_off_serves_refuses_changes_and_heals", || {
+            harness::block_on(partition::a_board_cut_off_serves_refuses_changes_and_heals())
         }),
         Trial::test(
             "async_calls_accepted_by_a_board_that_loses_power_all_run",

@@ -86,16 +86,23 @@ fn answered_on(boards: &[Board], headers: &str) -> String {
 
 /// Answered invocations of `ticker` that went through `board`'s gateway (its `/metrics`).
 fn ticks(board: &Board) -> u64 {
+    invocations(board, "ticker")
+}
+
+/// Answered invocations of function `name` that went through `board`'s gateway (its
+/// `/metrics`).
+fn invocations(board: &Board, name: &str) -> u64 {
     let text = in_netns(&board.netns, async || {
         http::request(API, "GET", "/metrics", &[], b"", Duration::from_secs(10))
             .await
             .unwrap()
             .text()
     });
+    let function = format!("function_name=\"{name}.");
     text.lines()
         .filter(|l| {
             l.starts_with("gateway_function_invocation_total{")
-                && l.contains("function_name=\"ticker.")
+                && l.contains(&function)
                 && l.contains("code=\"200\"")
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
@@ -112,6 +119,10 @@ fn available_of(board: &Board, name: &str) -> u64 {
         .map_or(0, |s: Value| s["availableReplicas"].as_u64().unwrap_or(0))
 }
 
+/// A function deployed through one board answers on every board; scaled to three, each board
+/// answers from its own replica; a schedule fires on one board; an image imported on one board
+/// runs on another; a button on one board invokes a function on another; a board that leaves
+/// moves its functions first.
 pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
     let lan = Lan::new(3)?;
     let mut boards = shelf(&crate::bramble(), &lan).await;
@@ -176,12 +187,7 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
     );
 
     // Scaled through b2 to three: one replica on each board, and each board answers itself.
-    let out = boards[2].bramble(&["scale", "echo", "3"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    boards[2].bramble_ok(&["scale", "echo", "3"]);
     let scaled = Instant::now();
     wait_for("echo on three boards, three ready", || {
         let on = placed(&boards[0], "echo");
@@ -210,18 +216,8 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
     );
     let file = boards[0].dir.join("ticker.yml");
     std::fs::write(&file, stack)?;
-    let out = boards[0].bramble(&["deploy", "-f", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = boards[0].bramble(&["scale", "ticker", "3"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    boards[0].bramble_ok(&["deploy", "-f", file.to_str().unwrap()]);
+    boards[0].bramble_ok(&["scale", "ticker", "3"]);
     wait_for("ticker ready on three boards", || {
         available_of(&boards[0], "ticker") == 3
     })
@@ -242,6 +238,124 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
     );
     let total: u64 = fired.iter().sum();
     assert!((4..=7).contains(&total), "once per second: {fired:?}");
+
+    // An image imported on one board runs on another: b2 fetches it from b0 (by digest,
+    // checked; no registry anywhere), and any board answers from it.
+    let (archive, _) = bramble_testkit::images::fixture_image_with_env(
+        &boards[0].dir,
+        "docker.io/team/shared:1",
+        None,
+        &[("BODY", "shared by b0\n")],
+    )?;
+    boards[0].bramble_ok(&["image", "import", archive.to_str().unwrap()]);
+    let has_shared = |b: &Board| {
+        let out = b.bramble(&["image", "list", "--json"]);
+        String::from_utf8_lossy(&out.stdout).contains("docker.io/team/shared:1")
+    };
+    assert!(
+        !has_shared(&boards[2]),
+        "b2 has the image before it needs it"
+    );
+    let stack = "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  shared:\n    image: docker.io/team/shared:1\n    limits:\n      memory: 32Mi\n    constraints:\n      - node=b2\n";
+    let file = boards[1].dir.join("shared.yml");
+    std::fs::write(&file, stack)?;
+    let started = Instant::now();
+    boards[1].bramble_ok(&["deploy", "-f", file.to_str().unwrap()]);
+    while available_of(&boards[1], "shared") != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "shared not ready on b2 after 30 s: {:?}\n{}",
+            boards[1].describe("shared"),
+            boards[2].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "measured: deploy of an image only b0 has, on b2 → ready: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(placed(&boards[1], "shared"), [("b2".to_owned(), 1)]);
+    assert!(has_shared(&boards[2]), "b2 keeps the image it fetched");
+    // A peer on the LAN without the cluster's certificate gets none of it: 403.
+    let url = format!(
+        "https://{}:7425/cluster/images/document?name=docker.io/team/shared:1",
+        Lan::address(0)
+    );
+    let stranger = in_netns(&boards[1].netns, async || {
+        bramble_base::tls::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let r = client.get(&url).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(stranger.0, 403, "{}", stranger.1);
+    assert!(
+        stranger.1.contains("only boards of the cluster"),
+        "{}",
+        stranger.1
+    );
+    for b in &boards {
+        let answer = in_netns(&b.netns, async || {
+            http::request(
+                API,
+                "GET",
+                "/function/shared/",
+                &[],
+                b"",
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap()
+        });
+        assert_eq!(answer.status, 200, "{}: {}", b.name, answer.text());
+        assert_eq!(answer.text(), "shared by b0\n", "{}", b.name);
+    }
+
+    // A button on b0 invokes a function that runs on b2: the trigger names b0 (`board=b0`),
+    // which requests the line for it, and its invocation goes where the function runs.
+    let stack = "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  pressed:\n    image: docker.io/team/shared:1\n    limits:\n      memory: 32Mi\n    constraints:\n      - node=b2\n    annotations:\n      bramble.trigger.gpio: \"GPIO17:rising:board=b0\"\n";
+    let file = boards[1].dir.join("pressed.yml");
+    std::fs::write(&file, stack)?;
+    boards[1].bramble_ok(&["deploy", "-f", file.to_str().unwrap()]);
+    wait_for("pressed ready on b2", || {
+        available_of(&boards[0], "pressed") == 1
+    })
+    .await;
+    assert_eq!(placed(&boards[0], "pressed"), [("b2".to_owned(), 1)]);
+    let holders = |b: &Board| {
+        let out = b.bramble(&["gpio", "get", "GPIO17", "--json"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for("b0 holds GPIO17 for the trigger", || {
+        holders(&boards[0]).contains("trigger-pressed.openfaas-fn")
+    })
+    .await;
+    for b in &boards[1..] {
+        assert!(
+            !holders(b).contains("trigger-pressed"),
+            "{}: {}",
+            b.name,
+            holders(b)
+        );
+    }
+    let pressed = Instant::now();
+    boards[0].bramble_ok(&["gpio", "set", "GPIO17", "1"]);
+    while invocations(&boards[0], "pressed") != 1 {
+        assert!(
+            pressed.elapsed() < Duration::from_secs(30),
+            "the press on b0 did not invoke pressed on b2 within 30 s\n{}\n{}",
+            boards[0].log_tail(),
+            boards[2].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "measured: a GPIO edge on b0 → its function answered on b2: {:?} (polled every 100 ms)",
+        pressed.elapsed()
+    );
+    assert_eq!(invocations(&boards[1], "pressed"), 0);
 
     // A board leaves: what runs on it runs elsewhere before it goes. `mover` runs on b1 or b2.
     deploy_constrained(&boards[0], &[("mover", "node!=b0")]);
@@ -297,12 +411,7 @@ pub(crate) async fn a_board_powered_off_under_load() -> TestResult {
     let mut boards = shelf(&crate::bramble(), &lan).await;
     // Both functions run only on b1 and b2; the load comes through b0.
     deploy_constrained(&boards[0], &[("echo", "node!=b0"), ("single", "node!=b0")]);
-    let out = boards[0].bramble(&["scale", "echo", "2"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    boards[0].bramble_ok(&["scale", "echo", "2"]);
     wait_for("echo on b1 and b2, single ready", || {
         let on = placed(&boards[0], "echo");
         on.len() == 2

@@ -18,6 +18,7 @@ pub mod answer;
 pub mod calls;
 pub mod doctor;
 pub mod files;
+pub mod images;
 pub mod init;
 pub mod join;
 pub mod layout;
@@ -82,6 +83,19 @@ pub struct NodeSettings {
     pub api: ApiLogin,
     /// The board's facts.
     pub facts: BoardFacts,
+    /// The hardware a deployment's annotations grant (with what its triggers imply), for
+    /// placing.
+    pub hardware_of: crate::placement::HardwareOf,
+}
+
+impl NodeSettings {
+    /// How this board reads a deployment for placing.
+    pub fn reading(&self) -> crate::placement::Reading {
+        crate::placement::Reading {
+            default_memory: self.facts.default_memory,
+            hardware_of: self.hardware_of,
+        }
+    }
 }
 
 /// Why the cluster side of a node could not start.
@@ -96,6 +110,9 @@ pub enum NodeError {
     /// nats-server did not start.
     #[error("starting nats-server")]
     Engine(#[source] EngineError),
+    /// The HTTP client for other boards cannot be made.
+    #[error("making the client for other boards")]
+    Client(#[source] reqwest::Error),
 }
 
 /// A request the cluster side refuses: an HTTP status and the reason, for the operator.
@@ -480,7 +497,7 @@ impl ClusterNode {
         let record = tokio::spawn(Arc::clone(&self).write_record(Arc::clone(&parts)));
         let layout = tokio::spawn(layout::follow(Arc::clone(&self), Arc::clone(&parts)));
         let keeper = tokio::spawn(layout::keep(Arc::clone(&self), Arc::clone(&parts)));
-        let placing = tokio::spawn(placer::run(parts, self.settings.facts.default_memory));
+        let placing = tokio::spawn(placer::run(parts, self.settings.reading()));
         self.keep(record);
         self.keep(layout);
         self.keep(keeper);
@@ -554,7 +571,8 @@ impl ClusterNode {
                 return;
             };
             let plan = parts.plan.clone();
-            runner::run(node.board(), parts, plan, local).await;
+            let reading = node.settings.reading();
+            runner::run(node.board(), parts, plan, reading, local).await;
         });
         self.keep(task);
     }

@@ -17,7 +17,7 @@ use super::Parts;
 use crate::desired::Desired;
 use crate::kv::{Bucket, Change, KvError};
 use crate::membership::View;
-use crate::placement::{Board, Function, PlacementInput, Plan, place};
+use crate::placement::{Board, Function, PlacementInput, Plan, Reading, place};
 
 /// The key of the plan in the `cluster` bucket.
 pub const PLAN_KEY: &str = "plan";
@@ -34,14 +34,8 @@ const RETRY_FIRST: Duration = Duration::from_millis(200);
 
 /// The input of one placing: every board of the view with a record, every function of the
 /// desired state (a stored function whose deployment no longer parses is left out, with a
-/// warning: the API refuses such deployments before storing them). `default_memory` is what a
-/// function without a memory limit reserves.
-pub fn input(
-    view: &View,
-    desired: &Desired,
-    previous: Plan,
-    default_memory: Option<u64>,
-) -> PlacementInput {
+/// warning: the API refuses such deployments before storing them), read as `reading` says.
+pub fn input(view: &View, desired: &Desired, previous: Plan, reading: Reading) -> PlacementInput {
     let functions = desired
         .functions
         .iter()
@@ -51,7 +45,7 @@ pub fn input(
                 key.clone(),
                 replicas,
                 &record.value.deployment,
-                default_memory,
+                reading,
                 None,
             ) {
                 Ok(function) => Some(function),
@@ -91,7 +85,7 @@ type Known = (Plan, Option<u64>);
 /// Places while this board holds the lease; returns never (aborted with the node). The view
 /// changes with every heartbeat: placing again is cheap (microseconds for a shelf), and the
 /// plan is written only when it changes, so an idle cluster writes nothing.
-pub async fn run(parts: Arc<Parts>, default_memory: Option<u64>) {
+pub async fn run(parts: Arc<Parts>, reading: Reading) {
     let mut lease = parts.lease.watch();
     let mut desired = parts.desired.mirror().subscribe();
     let mut view = parts.membership.watch();
@@ -108,7 +102,7 @@ pub async fn run(parts: Arc<Parts>, default_memory: Option<u64>) {
             // A placer that gets the lease (again) reads what its predecessor wrote.
             known = None;
         } else if loaded && current {
-            match place_once(&parts, &desired, &view, default_memory, &mut known).await {
+            match place_once(&parts, &desired, &view, reading, &mut known).await {
                 Ok(()) => retry = RETRY_FIRST,
                 Err(e) => {
                     tracing::debug!(error = %bramble_base::error_chain(&e), in_ms = retry.as_millis(), "placing; trying again");
@@ -133,7 +127,7 @@ async fn place_once(
     parts: &Parts,
     desired: &watch::Receiver<Arc<Desired>>,
     view: &watch::Receiver<Arc<View>>,
-    default_memory: Option<u64>,
+    reading: Reading,
     known: &mut Option<Known>,
 ) -> Result<(), KvError> {
     let (previous, revision) = match known.take() {
@@ -148,7 +142,7 @@ async fn place_once(
         &view.borrow().clone(),
         &desired.borrow().clone(),
         previous.clone(),
-        default_memory,
+        reading,
     );
     let plan = place(&input);
     if plan == previous && revision.is_some() {

@@ -7,6 +7,12 @@
 //! Nothing runs before the first plan is read and the desired state's mirror is current: "no
 //! plan read yet" must never read as "run nothing" (that would delete the board's functions at
 //! every restart).
+//!
+//! A board that dies leaves its replicas in the stored plan until the placer stores a new one,
+//! and that write can wait seconds for the KV (a stream electing a new leader, when the dead
+//! board led it). Meanwhile each board runs the plan the placer will store, worked out from
+//! the same inputs ([`effective`]: placement is deterministic), so the dead board's replicas
+//! start elsewhere once the board is seen dead, not once the write is through.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +24,8 @@ use tokio::sync::watch;
 
 use super::Parts;
 use crate::desired::{Desired, DesiredStore, SecretKey};
-use crate::placement::Plan;
+use crate::membership::{BoardState, View};
+use crate::placement::{Plan, Reading, place};
 use crate::reconcile::{Assigned, Memory, SecretValue, Target, reconcile};
 
 /// How soon a pass that left something undone is repeated.
@@ -127,21 +134,70 @@ async fn open_secrets(
     all
 }
 
+/// The plan to run: `stored`, unless it still gives replicas to a board `view` shows dead —
+/// then the plan the placer will store in its place, worked out from the same inputs.
+pub fn effective(stored: Arc<Plan>, view: &View, desired: &Desired, reading: Reading) -> Arc<Plan> {
+    let dead = |board: &str| {
+        view.boards
+            .get(board)
+            .is_some_and(|b| b.state == BoardState::Dead)
+    };
+    let stale = stored
+        .functions
+        .iter()
+        .any(|f| f.boards.keys().any(|b| dead(b)));
+    if !stale {
+        return stored;
+    }
+    let input = super::placer::input(view, desired, (*stored).clone(), reading);
+    Arc::new(place(&input))
+}
+
+fn dead_boards(view: &View) -> Vec<String> {
+    view.in_state(BoardState::Dead).map(str::to_owned).collect()
+}
+
+/// Resolves once the boards `view` shows dead are no longer `dead`.
+async fn dead_changed(
+    view: &mut watch::Receiver<Arc<View>>,
+    dead: &[String],
+) -> Result<(), watch::error::RecvError> {
+    loop {
+        view.changed().await?;
+        if dead_boards(&view.borrow()) != dead {
+            return Ok(());
+        }
+    }
+}
+
 /// Runs `board`'s part of the plan on `local` for as long as the node runs.
 pub async fn run<L: Provider>(
     board: String,
     parts: Arc<Parts>,
     mut plan: watch::Receiver<Option<Arc<Plan>>>,
+    reading: Reading,
     local: Arc<L>,
 ) {
     let mut desired = parts.desired.mirror().subscribe();
+    let mut view = parts.membership.watch();
     let mut memory = Memory::default();
     let mut cache: HashMap<SecretKey, SecretValue> = HashMap::new();
+    let mut ahead = false;
     loop {
-        let current_plan = plan.borrow_and_update().clone();
+        let stored = plan.borrow_and_update().clone();
         let snapshot = desired.borrow_and_update().clone();
+        let seen = view.borrow_and_update().clone();
+        let dead = dead_boards(&seen);
         let mut settled = true;
-        if let Some(current_plan) = current_plan.filter(|_| snapshot.is_current()) {
+        if let Some(stored) = stored.filter(|_| snapshot.is_current()) {
+            let current_plan = effective(Arc::clone(&stored), &seen, &snapshot, reading);
+            let now_ahead = !Arc::ptr_eq(&current_plan, &stored);
+            if now_ahead && !ahead {
+                tracing::info!(
+                    "a board is dead and the placer's new plan is not stored yet: running the plan it will store"
+                );
+            }
+            ahead = now_ahead;
             let needed = secrets_needed(&board, &current_plan, &snapshot, &cache);
             settled &= open_secrets(&parts.desired, needed, &mut cache).await;
             let target = target(&board, &current_plan, &snapshot, &cache);
@@ -164,6 +220,9 @@ pub async fn run<L: Provider>(
         tokio::select! {
             changed = plan.changed() => if changed.is_err() { return },
             changed = desired.changed() => if changed.is_err() { return },
+            // Only a board's death (or return) can change the effective plan, not the
+            // heartbeats that change the view every second.
+            changed = dead_changed(&mut view, &dead) => if changed.is_err() { return },
             () = retry => {}
         }
     }
@@ -173,11 +232,59 @@ pub async fn run<L: Provider>(
 mod tests {
     use std::collections::HashMap;
 
-    use super::{secrets_needed, target};
+    use std::sync::Arc;
+
+    use super::{effective, secrets_needed, target};
     use crate::desired::{Desired, SecretKey, Versioned};
-    use crate::fixtures::{key, placed, record};
-    use crate::placement::Plan;
+    use crate::fixtures::{board, key, placed, record, view};
+    use crate::membership::BoardState;
+    use crate::placement::{Plan, Reading};
     use crate::reconcile::SecretValue;
+
+    /// While the stored plan still gives a dead board replicas, the boards run the plan the
+    /// placer will store: the dead board's replicas on the others; otherwise the stored one.
+    #[test]
+    fn a_dead_boards_replicas_go_elsewhere_before_the_new_plan_is_stored() {
+        let mut desired = Desired::default();
+        for (name, replicas) in [("f", 1), ("g", 2)] {
+            desired.functions.insert(
+                key(name),
+                Versioned {
+                    value: record(replicas, &[]),
+                    revision: 1,
+                },
+            );
+        }
+        let stored = Arc::new(Plan {
+            functions: vec![
+                placed("f", &[("b1", 1)], "b1"),
+                placed("g", &[("b0", 1), ("b2", 1)], "b0"),
+            ],
+            ..Plan::default()
+        });
+        let reading = Reading::grants_only(None);
+        let alive = view(vec![
+            board("b0", BoardState::Alive, &[]),
+            board("b1", BoardState::Suspect, &[]),
+            board("b2", BoardState::Alive, &[]),
+        ]);
+        let same = effective(Arc::clone(&stored), &alive, &desired, reading);
+        assert!(Arc::ptr_eq(&same, &stored), "{same:?}");
+        let b1_dead = view(vec![
+            board("b0", BoardState::Alive, &[]),
+            board("b1", BoardState::Dead, &[]),
+            board("b2", BoardState::Alive, &[]),
+        ]);
+        let ahead = effective(Arc::clone(&stored), &b1_dead, &desired, reading);
+        let f = ahead.function(&key("f")).unwrap();
+        assert_eq!(f.placed(), 1);
+        assert!(!f.boards.contains_key("b1"), "{f:?}");
+        // What ran elsewhere stays where it was.
+        assert_eq!(ahead.function(&key("g")), stored.function(&key("g")));
+        // The placer, from the same inputs, stores exactly this plan.
+        let input = super::super::placer::input(&b1_dead, &desired, (*stored).clone(), reading);
+        assert_eq!(*ahead, crate::placement::place(&input));
+    }
 
     #[test]
     fn a_board_runs_its_functions_with_their_secrets_and_nothing_else() {

@@ -170,18 +170,42 @@ pub enum FunctionError {
     Memory(String),
 }
 
+/// The hardware a deployment's annotations grant its function: `bramble.gpio` and the other
+/// grants, and what its triggers imply (a GPIO trigger grants its line as an input). The node
+/// knows the triggers' annotations; [`grants::parse`] alone reads the grants only.
+pub type HardwareOf = fn(&BTreeMap<String, String>) -> Result<Option<Grants>, GrantError>;
+
+/// How the node reads a deployment for placing.
+#[derive(Clone, Copy, Debug)]
+pub struct Reading {
+    /// What a function without a memory limit reserves (the node default; `None`: nothing).
+    pub default_memory: Option<u64>,
+    /// The hardware it is granted.
+    pub hardware_of: HardwareOf,
+}
+
+impl Reading {
+    /// Grants only (no trigger annotations known), with `default_memory`.
+    pub fn grants_only(default_memory: Option<u64>) -> Reading {
+        Reading {
+            default_memory,
+            hardware_of: grants::parse,
+        }
+    }
+}
+
 impl Function {
-    /// A function from its deployment: constraints, hardware grants (annotations) and memory
-    /// limit (`limits.memory`, else `default_memory`, the node default, else 0).
+    /// A function from its deployment: constraints, hardware ([`Reading::hardware_of`] its
+    /// annotations) and memory limit (`limits.memory`, else the reading's default, else 0).
     pub fn from_deployment(
         key: FunctionKey,
         replicas: u32,
         deployment: &FunctionDeployment,
-        default_memory: Option<u64>,
+        reading: Reading,
         platforms: Option<Vec<Platform>>,
     ) -> Result<Function, FunctionError> {
         let constraints = parse_constraints(&deployment.constraints)?;
-        let hardware = grants::parse(&deployment.annotations)?;
+        let hardware = (reading.hardware_of)(&deployment.annotations)?;
         let limit = deployment
             .limits
             .as_ref()
@@ -189,7 +213,7 @@ impl Function {
             .filter(|q| !q.is_empty());
         let memory = match limit {
             Some(q) => bramble_gateway::validate::parse_memory(q).map_err(FunctionError::Memory)?,
-            None => default_memory.unwrap_or(0),
+            None => reading.default_memory.unwrap_or(0),
         };
         Ok(Function {
             key,

@@ -38,7 +38,7 @@ mod placer;
 mod plan;
 
 pub use constraints::{Constraint, ConstraintError, parse_constraints};
-pub use input::{Board, Function, FunctionError, FunctionKey, PlacementInput};
+pub use input::{Board, Function, FunctionError, FunctionKey, HardwareOf, PlacementInput, Reading};
 pub use placer::{Admitted, Refused, admit, place};
 pub use plan::{BoardWork, FunctionPlan, Placement, Plan, Unplaced, UnplacedReason, Waiting};
 

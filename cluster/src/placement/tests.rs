@@ -787,7 +787,14 @@ fn functions_come_from_deployments() {
         }),
         ..FunctionDeployment::default()
     };
-    let f = Function::from_deployment(key("button"), 2, &deployment, Some(MIB), None).unwrap();
+    let f = Function::from_deployment(
+        key("button"),
+        2,
+        &deployment,
+        Reading::grants_only(Some(MIB)),
+        None,
+    )
+    .unwrap();
     assert_eq!(f.memory, 128 * MIB);
     assert_eq!(f.reservation(), 256 * MIB);
     assert_eq!(f.constraints[0].to_string(), "node=pi1");
@@ -797,13 +804,21 @@ fn functions_come_from_deployments() {
         image: "p".into(),
         ..FunctionDeployment::default()
     };
-    let f = Function::from_deployment(key("p"), 0, &plain, Some(64 * MIB), None).unwrap();
+    let f = Function::from_deployment(
+        key("p"),
+        0,
+        &plain,
+        Reading::grants_only(Some(64 * MIB)),
+        None,
+    )
+    .unwrap();
     assert_eq!((f.memory, f.reservation()), (64 * MIB, 64 * MIB));
     assert!(f.hardware.is_none() && f.constraints.is_empty());
-    let f = Function::from_deployment(key("p"), 0, &plain, None, None).unwrap();
+    let f =
+        Function::from_deployment(key("p"), 0, &plain, Reading::grants_only(None), None).unwrap();
     assert_eq!(f.memory, 0);
     let bad = |d: FunctionDeployment| {
-        Function::from_deployment(key("p"), 1, &d, None, None)
+        Function::from_deployment(key("p"), 1, &d, Reading::grants_only(None), None)
             .unwrap_err()
             .to_string()
     };

@@ -28,7 +28,7 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, PoisonError};
@@ -71,7 +71,12 @@ pub struct ClusterProvider<L> {
     unreachable: Unreachable,
     /// The functions whose schedules this board fires.
     schedules: watch::Sender<Schedules>,
+    /// Every function of the cluster's annotations.
+    annotations: watch::Sender<Arc<Annotations>>,
 }
+
+/// The annotations of every function of the cluster, by function.
+pub type Annotations = BTreeMap<FunctionKey, BTreeMap<String, String>>;
 
 /// Which functions' schedules a board fires.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,6 +163,7 @@ impl<L: Provider> ClusterProvider<L> {
             routes: watch::Sender::new(Arc::default()),
             unreachable: Unreachable::default(),
             schedules: watch::Sender::new(Schedules::All),
+            annotations: watch::Sender::new(Arc::default()),
         }
     }
 
@@ -177,6 +183,13 @@ impl<L: Provider> ClusterProvider<L> {
         self.schedules.subscribe()
     }
 
+    /// The annotations of every function of the cluster, wherever it runs (none on a single
+    /// board): a trigger that names this board (`board=`) runs here, whichever board runs
+    /// its function.
+    pub fn annotations(&self) -> watch::Receiver<Arc<Annotations>> {
+        self.annotations.subscribe()
+    }
+
     /// Cluster mode from now on. Only the first call counts. Starts keeping the routes of
     /// invocations up to date (for as long as the node runs).
     pub fn attach(&self, node: Arc<ClusterNode>) {
@@ -188,12 +201,19 @@ impl<L: Provider> ClusterProvider<L> {
             .send_replace(Schedules::Only(Arc::new(BTreeSet::new())));
         let routes = self.routes.clone();
         let schedules = self.schedules.clone();
+        let annotations = self.annotations.clone();
         let check = Arc::clone(&self.check);
         let task = tokio::spawn(async move {
             let Some(parts) = node.ready(Duration::MAX).await else {
                 return;
             };
-            follow_routes(node.board(), &parts, check.as_ref(), &routes, &schedules).await;
+            let follows = Follows {
+                routes,
+                schedules,
+                annotations,
+                reading: node.settings().reading(),
+            };
+            follow_routes(node.board(), &parts, check.as_ref(), &follows).await;
         });
         if let Some(node) = self.node.get() {
             node.keep(task);
@@ -238,12 +258,12 @@ impl<L: Provider> ClusterProvider<L> {
         let namespace = parts.desired.namespace_of(deployment.namespace.as_deref());
         let key = FunctionKey::new(&namespace, &deployment.service).map_err(ProviderError::from)?;
         let replicas = replicas.unwrap_or(initial);
-        let default_memory = node.settings().facts.default_memory;
+        let reading = node.settings().reading();
         let function = placement::Function::from_deployment(
             key,
             u32::try_from(replicas).unwrap_or(u32::MAX),
             deployment,
-            default_memory,
+            reading,
             None,
         )
         .map_err(|e| match e {
@@ -260,7 +280,7 @@ impl<L: Provider> ClusterProvider<L> {
             &parts.membership.watch().borrow().clone(),
             &parts.desired.snapshot(),
             previous,
-            default_memory,
+            reading,
         );
         match placement::admit(&input, &function) {
             Ok(Admitted::Placed(_) | Admitted::Waiting(_)) => Ok(replicas),
@@ -290,23 +310,55 @@ impl<L: Provider> ClusterProvider<L> {
     }
 }
 
-/// Rebuilds `routes` whenever the plan, the boards' records or the desired state change.
-async fn follow_routes(
-    me: String,
-    parts: &Parts,
-    check: &dyn DeploymentCheck,
-    routes: &watch::Sender<Arc<Routes>>,
-    schedules: &watch::Sender<Schedules>,
-) {
+/// What [`follow_routes`] keeps up to date.
+struct Follows {
+    routes: watch::Sender<Arc<Routes>>,
+    schedules: watch::Sender<Schedules>,
+    annotations: watch::Sender<Arc<Annotations>>,
+    /// How the placer reads deployments (for the plan it will store after a board died).
+    reading: placement::Reading,
+}
+
+/// Rebuilds the routes (and the schedules this board fires) whenever the plan, the boards'
+/// records or the desired state change, and the functions' annotations with the latter.
+async fn follow_routes(me: String, parts: &Parts, check: &dyn DeploymentCheck, follows: &Follows) {
+    let Follows {
+        routes,
+        schedules,
+        annotations,
+        reading,
+    } = follows;
     let mut plan = parts.plan.clone();
     let mut view = parts.membership.watch();
     let mut desired = parts.desired.mirror().subscribe();
+    // The desired state the annotations were last taken from: the view changes with every
+    // heartbeat, the desired state only with a change.
+    let mut annotated = None;
     loop {
         let table = {
             let plan = plan.borrow_and_update().clone();
             let view = view.borrow_and_update().clone();
             let desired = desired.borrow_and_update().clone();
-            plan.map(|plan| Routes::build(&me, &plan, &view, &desired, check))
+            if annotated.as_ref().is_none_or(|a| !Arc::ptr_eq(a, &desired)) {
+                let now: Annotations = desired
+                    .functions
+                    .iter()
+                    .map(|(key, record)| (key.clone(), record.value.deployment.annotations.clone()))
+                    .collect();
+                annotations.send_if_modified(|a| {
+                    let changed = **a != now;
+                    if changed {
+                        *a = Arc::new(now);
+                    }
+                    changed
+                });
+                annotated = Some(Arc::clone(&desired));
+            }
+            // The plan the boards run (see `node::runner::effective`).
+            plan.map(|plan| {
+                let plan = crate::node::runner::effective(plan, &view, &desired, *reading);
+                Routes::build(&me, &plan, &view, &desired, check)
+            })
         };
         if let Some(table) = table {
             schedules.send_if_modified(|s| {
