@@ -102,6 +102,12 @@
 //!   board led the stream): callers must treat `Timeout` as "maybe". The majority writes again
 //!   at once, or after ~6 s when the cut board led the stream; the minority writes again
 //!   1–10 s after the heal (direct reads are stale for a moment).
+//! - **Routes between boards without JetStream** are discovered: such a board's routes name
+//!   only the JetStream boards, which tell it of the others. nats-server tries a discovered
+//!   route once by default, and only one of the two boards tries; NATS forwards a message one
+//!   hop, so after one failed attempt the two never heard each other again. bramble sets
+//!   `connect_retries: 60` (once a second): the route then forms about 1 s after the link is
+//!   back (both versions).
 //! - **Failover:** KV writes stop 4–7 s after SIGKILL of the stream leader (both versions);
 //!   a consumer's leader dying can reset a call's delivery count (2.10.27).
 //! - **Right after a cluster forms** the meta leader can answer "no suitable peers" for a

@@ -160,11 +160,18 @@ impl Lan {
     pub fn partition(&mut self, side: &[usize]) -> Result<(), String> {
         for &a in side {
             for b in (0..self.boards.len()).filter(|b| !side.contains(b)) {
-                let (a, b) = (Self::address(a).to_string(), Self::address(b).to_string());
-                self.iptables(&["-A", "FORWARD", "-s", &a, "-d", &b, "-j", "DROP"])?;
-                self.iptables(&["-A", "FORWARD", "-s", &b, "-d", &a, "-j", "DROP"])?;
+                self.cut(a, b)?;
             }
         }
+        Ok(())
+    }
+
+    /// Cuts boards `a` and `b` off from each other (both directions); both still reach the
+    /// others.
+    pub fn cut(&mut self, a: usize, b: usize) -> Result<(), String> {
+        let (a, b) = (Self::address(a).to_string(), Self::address(b).to_string());
+        self.iptables(&["-A", "FORWARD", "-s", &a, "-d", &b, "-j", "DROP"])?;
+        self.iptables(&["-A", "FORWARD", "-s", &b, "-d", &a, "-j", "DROP"])?;
         self.partitioned = true;
         Ok(())
     }

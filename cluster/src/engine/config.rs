@@ -16,7 +16,9 @@
 //!   LAN address, routes to the other boards (with the cluster's route user in the URL), route
 //!   authorization, and mutual TLS under the cluster CA (`verify: true`: a route must present a
 //!   certificate the CA signed). `no_advertise` keeps the other boards' (loopback) client URLs
-//!   away from clients.
+//!   away from clients. `connect_retries`: a route to a board this server learned of from
+//!   another (not in its `routes`) is retried once a second for a minute
+//!   ([`DISCOVERED_ROUTE_RETRIES`]).
 //! - `jetstream` when the board carries JetStream: store under `<state_dir>/cluster/jetstream`
 //!   (nats-server appends `jetstream` to `store_dir`), a small `max_memory_store`, and
 //!   `sync_interval` where the server knows it (2.10+; 2.9 refuses the key).
@@ -51,6 +53,14 @@ pub const DEFAULT_ROUTE_PORT: u16 = 7424;
 pub const ROUTE_PING_INTERVAL: Duration = Duration::from_secs(2);
 /// Unanswered pings before a connection is closed as stale.
 pub const ROUTE_PING_MAX: u32 = 3;
+/// How many times (once a second) a server retries a route to a board it learned of from
+/// another server. nats-server's default, 0, gives up after one failed attempt, and NATS
+/// forwards a message one hop only: two boards without a route between them never hear each
+/// other's heartbeats. Boards without JetStream have routes only to the JetStream boards and
+/// learn of each other, and only one of a pair tries: one failed attempt (the other board
+/// restarting, a TLS handshake slower than its timeout while many boards start at once) left
+/// them apart for good (test `partition_members_that_missed_each_other_connect_later`).
+pub const DISCOVERED_ROUTE_RETRIES: u32 = 60;
 /// Default `GOMEMLIMIT` for the server: 48 MiB (the Go runtime collects harder near it).
 pub const DEFAULT_GOMEMLIMIT: u64 = 48 * 1024 * 1024;
 /// Default JetStream memory store limit: bramble keeps everything on file storage.
@@ -308,6 +318,7 @@ impl EngineConfig {
             line(format!("  name: {}", quote(&cluster.name)));
             line(format!("  listen: \"{}\"", cluster.listen));
             line("  no_advertise: true".into());
+            line(format!("  connect_retries: {DISCOVERED_ROUTE_RETRIES}"));
             line(format!(
                 "  authorization {{ user: {}, password: {}, timeout: 2 }}",
                 quote(&cluster.credentials.user),

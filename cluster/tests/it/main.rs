@@ -118,6 +118,10 @@ fn main() {
             partition::minority_no_quorum_and_heal,
         ),
         trial(
+            "partition_members_that_missed_each_other_connect_later",
+            partition::members_that_missed_each_other_connect_later,
+        ),
+        trial(
             "queue_dedupes_redelivers_and_acks",
             queue::dedupes_redelivers_and_acks,
         ),

@@ -11,21 +11,32 @@ use crate::shelf::TestResult;
 
 pub async fn minority_no_quorum_and_heal() -> TestResult {
     let mut shelf = three_boards().await?;
-    let majority = shelf.boards[0]
+    shelf.boards[0]
         .bucket("desired", 3)
         .await?
-        .with_timeout(Duration::from_secs(2));
-    let minority = shelf.boards[2]
-        .bucket("desired", 3)
-        .await?
-        .with_timeout(Duration::from_secs(2));
-    majority.put("before", Bytes::from_static(b"1")).await?;
-    let seen = minority.entry("before").await?.ok_or("not replicated")?;
-
+        .put("before", Bytes::from_static(b"1"))
+        .await?;
+    // The board cut off is the one leading the bucket's stream: the majority must elect a new
+    // leader, and the cut-off board holds writes it could not commit (the harder case).
     let before_cut =
         bramble_cluster::layout::stream_placement(&shelf.boards[0].js(), "KV_desired").await?;
+    let cut_off = shelf
+        .boards
+        .iter()
+        .position(|b| Some(&b.name) == before_cut.leader.as_ref())
+        .ok_or("the stream has no leader")?;
+    let majority = shelf.boards[(cut_off + 1) % 3]
+        .bucket("desired", 3)
+        .await?
+        .with_timeout(Duration::from_secs(2));
+    let minority = shelf.boards[cut_off]
+        .bucket("desired", 3)
+        .await?
+        .with_timeout(Duration::from_secs(2));
+    let seen = minority.entry("before").await?.ok_or("not replicated")?;
+
     let cut = Instant::now();
-    shelf.lan.partition(&[2])?;
+    shelf.lan.partition(&[cut_off])?;
 
     // The majority keeps (or quickly regains) a leader and writes, meanwhile.
     let writer = {
@@ -152,22 +163,130 @@ pub async fn minority_no_quorum_and_heal() -> TestResult {
         leader_read("majority-20").await?.as_deref(),
         Some(&b"y"[..])
     );
-    let keys = loop {
-        match majority.keys().await {
+    // Every write the majority had acknowledged is on the leader, and nothing else.
+    let leaders_keys = loop {
+        match majority.keys_from_leader(">").await {
             Ok(keys) => break keys,
             Err(e) if e.is_unavailable() => tokio::time::sleep(Duration::from_millis(100)).await,
             Err(e) => return Err(e.into()),
         }
     };
-    assert_eq!(
-        keys.iter().filter(|k| k.starts_with("majority-")).count(),
-        21,
-        "{keys:?}"
-    );
+    let mut expected: Vec<String> = (0..=20).map(|m| format!("majority-{m}")).collect();
+    expected.extend(["after-heal".to_owned(), "before".to_owned()]);
+    expected.sort();
+    let mut on_leader = leaders_keys.clone();
+    on_leader.retain(|k| !k.starts_with("minority-"));
+    assert_eq!(on_leader, expected, "the leader lost an acknowledged write");
+    // What a watch lists (a consumer, placed on any replica) is the same, once the replicas
+    // agree. On nats-server 2.9.10 they did not, once in a loaded full run (the leader cut off):
+    // a watch listed `minority-0`, a write the cut-off leader had taken into its log but never
+    // committed (the leader, asked, did not have it), and not `majority-0` — most likely the
+    // cut-off board's replica kept its uncommitted entry at the sequence where the new leader
+    // had put `majority-0`, where raft truncates it (whether the leader had `majority-0` was
+    // not asked in that run: the check above asks now, on every version). Reported on 2.9; on
+    // 2.10 the replicas must agree.
+    let version = shelf.boards[0].server().version();
+    let known = (version.major, version.minor) < (2, 10);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let watched = match majority.keys().await {
+            Ok(keys) => keys,
+            Err(e) if e.is_unavailable() => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if watched == leaders_keys {
+            break;
+        }
+        if Instant::now() > deadline {
+            let report = format!(
+                "20 s after the heal a watch lists {watched:?}, the leader {leaders_keys:?}"
+            );
+            assert!(known, "{report}");
+            eprintln!("measured: nats-server {version}'s known divergence of a replica: {report}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let create = minority.create("before", Bytes::from_static(b"x")).await;
     assert!(
         matches!(create, Err(KvError::Conflict { .. })),
         "{create:?}"
     );
+    Ok(())
+}
+
+/// Two boards without JetStream learn of each other from the JetStream boards (their only
+/// routes). A first attempt to connect that fails (here the link between them is cut while
+/// they start) is retried: once the link is back they route to each other, and a message one
+/// publishes reaches a subscriber on the other (NATS forwards one hop only: without that
+/// route they would never hear each other's heartbeats).
+pub async fn members_that_missed_each_other_connect_later() -> TestResult {
+    const JS: &[usize] = &[0, 1, 2];
+    let (a, b) = (3, 4);
+    let mut shelf = crate::shelf::Shelf::new(5)?;
+    shelf.lan.cut(a, b)?;
+    for i in 0..5 {
+        let config = shelf.config(i, Some(JS), JS.contains(&i));
+        shelf.start(i, config).await?;
+    }
+    // One has tried the other and failed (its log says so; one side of a pair connects).
+    let tried = |shelf: &crate::shelf::Shelf, from: usize, to: usize| {
+        let addr = format!("{}:", shelf.boards[to].addr);
+        shelf.boards[from]
+            .server()
+            .log_tail(500)
+            .split(" | ")
+            .any(|l| l.contains("connect to route") && l.contains(&addr))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(tried(&shelf, a, b) || tried(&shelf, b, a)) {
+        assert!(
+            Instant::now() < deadline,
+            "no failed attempt logged:\n{}\n{}",
+            shelf.boards[a].server().log_tail(50),
+            shelf.boards[b].server().log_tail(50)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(shelf.route_peers(a).await?.0, 3);
+
+    let healed = Instant::now();
+    shelf.lan.heal()?;
+    let deadline = healed + Duration::from_secs(20);
+    while shelf.route_peers(a).await?.0 < 4 || shelf.route_peers(b).await?.0 < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "no route between the two boards 20 s after the link came back:\n{}",
+            shelf.boards[a].server().log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "measured: route between two boards that missed each other: {:?} after the link came back",
+        healed.elapsed()
+    );
+    let mut heard = shelf.boards[b].client().subscribe("hb.a").await?;
+    shelf.boards[b].client().flush().await?;
+    // The subscription's interest reaches board a over the new route; publish until it does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        shelf.boards[a]
+            .client()
+            .publish("hb.a", bytes::Bytes::from_static(b"1"))
+            .await?;
+        if tokio::time::timeout(
+            Duration::from_millis(200),
+            futures::StreamExt::next(&mut heard),
+        )
+        .await
+        .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "board b never heard board a");
+    }
     Ok(())
 }

@@ -44,7 +44,7 @@ pub struct Board {
 
 impl Board {
     /// A runtime on this board (one worker; blocking threads enter the namespace too).
-    fn runtime(&mut self) -> TestResult<tokio::runtime::Handle> {
+    pub fn runtime(&mut self) -> TestResult<tokio::runtime::Handle> {
         if self.runtime.is_none() {
             let ns = Arc::new(std::fs::File::open(&self.netns)?);
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -307,6 +307,33 @@ impl Shelf {
                     .await
             })
             .await??)
+    }
+
+    /// A monitoring endpoint of board `i`'s server (`/varz`, `/routez`), asked on the board.
+    pub async fn monitor_json(&mut self, i: usize, path: &str) -> TestResult<serde_json::Value> {
+        let url = format!("{}{path}", self.boards[i].server().config().monitor_url());
+        Ok(self.boards[i]
+            .run(async move {
+                let http = reqwest::Client::builder().no_proxy().build()?;
+                http.get(url)
+                    .send()
+                    .await?
+                    .json::<serde_json::Value>()
+                    .await
+            })
+            .await??)
+    }
+
+    /// How many other servers board `i`'s server has a route to (`/routez`, asked on the
+    /// board), and its route connections (2.10 pools several per server).
+    pub async fn route_peers(&mut self, i: usize) -> TestResult<(usize, usize)> {
+        let routez = self.monitor_json(i, "/routez").await?;
+        let routes = routez["routes"].as_array().cloned().unwrap_or_default();
+        let peers: std::collections::BTreeSet<&str> = routes
+            .iter()
+            .filter_map(|r| r["remote_id"].as_str())
+            .collect();
+        Ok((peers.len(), routes.len()))
     }
 
     /// Board `i`'s nats-server RSS in bytes.
