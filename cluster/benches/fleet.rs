@@ -1,0 +1,308 @@
+//! Beyond a shelf: one NATS cluster of 10, 25 and 50 boards on a namespace LAN, configured as
+//! bramble configures a cluster (JetStream on three boards, the others members without it; every
+//! board's routes name the JetStream boards and nats-server gossips the rest of the mesh), each
+//! board running bramble's membership (a heartbeat a second, its record in the `boards`
+//! bucket). Measures what grows with the number of boards: the time until every server routes
+//! to every other and every board sees every other alive, route connections per server, RSS,
+//! CPU and messages per second of an idle JetStream board and of an idle member, and a KV write
+//! from a member. Prints a table.
+//!
+//! `sudo cargo bench -p bramble-cluster --bench fleet` (the nats-server on PATH, or
+//! `BRAMBLE_NATS_SERVER=$(cluster/scripts/nats-server-trixie)` for 2.10; `BRAMBLE_FLEET=10,25`
+//! for other sizes).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub,
+    dead_code
+)]
+
+#[path = "../tests/it/shelf.rs"]
+mod shelf;
+
+use std::time::{Duration, Instant};
+
+use bramble_cluster::engine::{EngineError, NatsServer};
+use bramble_cluster::membership::{
+    BOARDS_BUCKET, BoardInfo, BoardState, Membership, MembershipConfig, MemoryBudget,
+};
+use bytes::Bytes;
+
+use shelf::{Shelf, TestResult};
+
+/// The boards carrying JetStream, as `cluster.max_jetstream = 3` chooses.
+const JS: &[usize] = &[0, 1, 2];
+/// How long an idle server is watched for its CPU time and messages.
+const IDLE: Duration = Duration::from_secs(20);
+const PUTS: usize = 200;
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+fn info(shelf: &Shelf, i: usize) -> BoardInfo {
+    let board = &shelf.boards[i];
+    BoardInfo {
+        name: board.name.clone(),
+        address: board.addr,
+        arch: "arm64".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        nats_version: board.server().version().to_string(),
+        memory: MemoryBudget {
+            total: 512 << 20,
+            used: 0,
+        },
+        functions: 0,
+        hardware: Default::default(),
+        labels: Default::default(),
+        started_at_ms: 1,
+        jetstream: JS.contains(&i),
+        platform: "linux/arm64".into(),
+        api_port: 8080,
+        board_port: 7425,
+        route_port: 7424,
+        leaving: false,
+        ready: Default::default(),
+    }
+}
+
+/// CPU seconds (user + system) the process `pid` has used.
+fn cpu_seconds(pid: u32) -> TestResult<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command's closing parenthesis: state is field 3; utime 14, stime 15.
+    let rest = stat.rsplit_once(')').ok_or("no )")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// (messages in, messages out) of board `i`'s server so far.
+async fn messages(shelf: &mut Shelf, i: usize) -> TestResult<(u64, u64)> {
+    let varz = shelf.monitor_json(i, "/varz").await?;
+    Ok((
+        varz["in_msgs"].as_u64().unwrap_or(0),
+        varz["out_msgs"].as_u64().unwrap_or(0),
+    ))
+}
+
+async fn fleet(n: usize, rows: &mut Vec<(String, String)>) -> TestResult {
+    let mut shelf = Shelf::new(n)?;
+    let started = Instant::now();
+    let mut starts = Vec::new();
+    for i in 0..n {
+        let config = shelf.config(i, Some(JS), JS.contains(&i));
+        let handle = shelf.boards[i].runtime()?;
+        starts.push((
+            i,
+            handle.spawn(async move {
+                let server = NatsServer::start(config).await?;
+                let client = server.connect().await?;
+                Ok::<_, EngineError>((server, client))
+            }),
+        ));
+    }
+    for (i, start) in starts {
+        let (server, client) = start.await??;
+        shelf.boards[i].server = Some(server);
+        shelf.boards[i].client = Some(client);
+    }
+    for &i in JS {
+        shelf.wait_jetstream(i, Duration::from_secs(60)).await?;
+    }
+    shelf.wait_meta_peers(JS, Duration::from_secs(60)).await?;
+    loop {
+        let mut peers = Vec::with_capacity(n);
+        for i in 0..n {
+            peers.push(shelf.route_peers(i).await?.0);
+        }
+        if peers.iter().all(|&p| p == n - 1) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let worst = (0..n).min_by_key(|&i| peers[i]).unwrap_or(0);
+            eprintln!(
+                "board {} log:\n{}",
+                shelf.boards[worst].name,
+                shelf.boards[worst].server().log_tail(200)
+            );
+            return Err(format!(
+                "{n} servers did not form a full mesh in 120 s: peers per server {peers:?}"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mesh = started.elapsed();
+
+    // Every board's membership, on the board.
+    let mut members: Vec<Membership> = Vec::new();
+    for i in 0..n {
+        let bucket = shelf.boards[i].bucket(BOARDS_BUCKET, JS.len()).await?;
+        let client = shelf.boards[i].client();
+        let me = info(&shelf, i);
+        members.push(
+            shelf.boards[i]
+                .run(async move {
+                    Membership::start(client, bucket, "shelf", me, MembershipConfig::default())
+                        .await
+                })
+                .await??,
+        );
+    }
+    let mut views: Vec<_> = members.iter().map(Membership::watch).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for view in &mut views {
+        loop {
+            let all_alive = {
+                let v = view.borrow_and_update();
+                v.boards.len() == n
+                    && v.boards
+                        .values()
+                        .all(|b| b.state == BoardState::Alive && b.info.is_some())
+            };
+            if all_alive {
+                break;
+            }
+            if tokio::time::timeout_at(deadline.into(), view.changed())
+                .await
+                .is_err()
+            {
+                return Err(format!("a board did not see all {n} boards alive in 120 s").into());
+            }
+        }
+    }
+    let everyone_alive = started.elapsed();
+
+    // Idle: heartbeats only.
+    let member = n - 1;
+    let watched = [0, member];
+    let mut before = Vec::new();
+    for &i in &watched {
+        let pid = shelf.boards[i].pid().ok_or("not running")?;
+        before.push((cpu_seconds(pid)?, messages(&mut shelf, i).await?));
+    }
+    tokio::time::sleep(IDLE).await;
+    let mut idle = Vec::new();
+    for (&i, (cpu, (msgs_in, msgs_out))) in watched.iter().zip(before) {
+        let pid = shelf.boards[i].pid().ok_or("not running")?;
+        let (now_in, now_out) = messages(&mut shelf, i).await?;
+        let secs = IDLE.as_secs_f64();
+        idle.push(format!(
+            "{:.1} % CPU, {:.0} msgs/s in, {:.0} out, {}",
+            (cpu_seconds(pid)? - cpu) / secs * 100.0,
+            (now_in - msgs_in) as f64 / secs,
+            (now_out - msgs_out) as f64 / secs,
+            mib(shelf.rss(i).await?)
+        ));
+    }
+
+    let bucket = shelf.boards[member].bucket("fleet", JS.len()).await?;
+    let value = Bytes::from(vec![b'x'; 256]);
+    for i in 0..20 {
+        bucket.put(&format!("warm-{i}"), value.clone()).await?;
+    }
+    let mut samples = Vec::with_capacity(PUTS);
+    for i in 0..PUTS {
+        let put = Instant::now();
+        bucket.put(&format!("k{}", i % 50), value.clone()).await?;
+        samples.push(put.elapsed());
+    }
+    samples.sort();
+    let at = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+
+    let (_, connections) = shelf.route_peers(member).await?;
+    rows.push((
+        format!("{n} boards: full route mesh / everyone sees everyone alive"),
+        format!(
+            "{:.1} s / {:.1} s after the servers start",
+            mesh.as_secs_f64(),
+            everyone_alive.as_secs_f64()
+        ),
+    ));
+    rows.push((
+        format!("{n} boards: route connections per server"),
+        connections.to_string(),
+    ));
+    rows.push((
+        format!("{n} boards: a JetStream board idle"),
+        idle[0].clone(),
+    ));
+    rows.push((format!("{n} boards: a member idle"), idle[1].clone()));
+    rows.push((
+        format!("{n} boards: KV put R3 from a member, 256 B"),
+        format!("p50 {:.2} ms, p99 {:.2} ms", at(0.5), at(0.99)),
+    ));
+    drop(members);
+    Ok(())
+}
+
+/// `net.ipv4.neigh.default.gc_thresh3`: the most ARP entries the kernel keeps, shared by every
+/// network namespace (readable only from the host's). Every board talks to every other: `n`
+/// boards on one kernel need about n × (n − 1) entries; past the limit a board cannot resolve
+/// the others' addresses ("neighbor table overflow") and its routes to them time out — a limit
+/// of the simulation, not of a real shelf (each Pi keeps n − 1).
+fn arp_limit() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("BRAMBLE_FLEET")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 25, 50]);
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    if let Some(limit) = arp_limit()
+        && largest * (largest - 1) + 128 > limit
+    {
+        let want = (largest * largest + 128).next_power_of_two();
+        eprintln!(
+            "cluster fleet bench: {largest} boards on one kernel need about {} ARP entries, and \
+             net.ipv4.neigh.default.gc_thresh3 is {limit} (shared by every network namespace). \
+             Raise it for the run: sudo sysctl -w net.ipv4.neigh.default.gc_thresh2={want} \
+             net.ipv4.neigh.default.gc_thresh3={want} (or fewer boards: BRAMBLE_FLEET=10,25)",
+            largest * (largest - 1)
+        );
+        std::process::exit(2);
+    }
+    let runtime = bramble_testkit::harness::bench_runtime("cluster fleet bench");
+    let result = runtime.block_on(async {
+        let mut rows = Vec::new();
+        let version = std::process::Command::new(shelf::binary())
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        for &n in &sizes {
+            if !(4..=200).contains(&n) {
+                return Err(format!("BRAMBLE_FLEET: {n} boards: between 4 and 200").into());
+            }
+            let from = rows.len();
+            fleet(n, &mut rows).await?;
+            for (what, value) in &rows[from..] {
+                eprintln!("{what}: {value}");
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((version, rows))
+    });
+    match result {
+        Ok((version, rows)) => {
+            println!(
+                "\n{version}: JetStream on 3 boards, the others members; heartbeats every 1 s; \
+                 network namespaces on one 2-core x86_64 machine\n"
+            );
+            let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(10);
+            for (what, value) in rows {
+                println!("| {what:width$} | {value} |");
+            }
+        }
+        Err(e) => {
+            eprintln!("cluster fleet bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
