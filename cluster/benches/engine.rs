@@ -12,6 +12,7 @@
     dead_code
 )]
 
+mod report;
 #[path = "../tests/it/shelf.rs"]
 mod shelf;
 
@@ -250,11 +251,7 @@ fn main() {
     let runtime = bramble_testkit::harness::bench_runtime("cluster engine bench");
     let result = runtime.block_on(async {
         let mut rows = Vec::new();
-        let version = std::process::Command::new(shelf::binary())
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default();
+        let version = report::server_version(&shelf::binary());
         no_jetstream(&mut rows).await?;
         standalone(SyncPolicy::ServerDefault, &mut rows).await?;
         standalone(SyncPolicy::Always, &mut rows).await?;
@@ -264,15 +261,10 @@ fn main() {
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>((version, rows))
     });
     match result {
-        Ok((version, rows)) => {
-            println!(
-                "\n{version} (GOMEMLIMIT 48 MiB; loopback network namespaces; 2-core x86_64)\n"
-            );
-            let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(10);
-            for (what, value) in rows {
-                println!("| {what:width$} | {value} |");
-            }
-        }
+        Ok((version, rows)) => report::print_table(
+            &format!("{version} (GOMEMLIMIT 48 MiB; loopback network namespaces; 2-core x86_64)"),
+            &rows,
+        ),
         Err(e) => {
             eprintln!("cluster engine bench: {e}");
             std::process::exit(1);

@@ -18,14 +18,14 @@
     dead_code
 )]
 
+mod report;
 #[path = "../tests/it/shelf.rs"]
 mod shelf;
 
 use std::time::{Duration, Instant};
 
-use bramble_cluster::engine::{EngineError, NatsServer};
 use bramble_cluster::membership::{
-    BOARDS_BUCKET, BoardInfo, BoardState, Membership, MembershipConfig, MemoryBudget,
+    BOARDS_BUCKET, BoardInfo, BoardState, Membership, MembershipConfig,
 };
 use bytes::Bytes;
 
@@ -39,32 +39,6 @@ const PUTS: usize = 200;
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1048576.0)
-}
-
-fn info(shelf: &Shelf, i: usize) -> BoardInfo {
-    let board = &shelf.boards[i];
-    BoardInfo {
-        name: board.name.clone(),
-        address: board.addr,
-        arch: "arm64".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        nats_version: board.server().version().to_string(),
-        memory: MemoryBudget {
-            total: 512 << 20,
-            used: 0,
-        },
-        functions: 0,
-        hardware: Default::default(),
-        labels: Default::default(),
-        started_at_ms: 1,
-        jetstream: JS.contains(&i),
-        platform: "linux/arm64".into(),
-        api_port: 8080,
-        board_port: 7425,
-        route_port: 7424,
-        leaving: false,
-        ready: Default::default(),
-    }
 }
 
 /// CPU seconds (user + system) the process `pid` has used.
@@ -89,24 +63,10 @@ async fn messages(shelf: &mut Shelf, i: usize) -> TestResult<(u64, u64)> {
 async fn fleet(n: usize, rows: &mut Vec<(String, String)>) -> TestResult {
     let mut shelf = Shelf::new(n)?;
     let started = Instant::now();
-    let mut starts = Vec::new();
-    for i in 0..n {
-        let config = shelf.config(i, Some(JS), JS.contains(&i));
-        let handle = shelf.boards[i].runtime()?;
-        starts.push((
-            i,
-            handle.spawn(async move {
-                let server = NatsServer::start(config).await?;
-                let client = server.connect().await?;
-                Ok::<_, EngineError>((server, client))
-            }),
-        ));
-    }
-    for (i, start) in starts {
-        let (server, client) = start.await??;
-        shelf.boards[i].server = Some(server);
-        shelf.boards[i].client = Some(client);
-    }
+    let configs = (0..n)
+        .map(|i| (i, shelf.config(i, Some(JS), JS.contains(&i))))
+        .collect();
+    shelf.start_all(configs).await?;
     for &i in JS {
         shelf.wait_jetstream(i, Duration::from_secs(60)).await?;
     }
@@ -140,7 +100,10 @@ async fn fleet(n: usize, rows: &mut Vec<(String, String)>) -> TestResult {
     for i in 0..n {
         let bucket = shelf.boards[i].bucket(BOARDS_BUCKET, JS.len()).await?;
         let client = shelf.boards[i].client();
-        let me = info(&shelf, i);
+        let me = BoardInfo {
+            jetstream: JS.contains(&i),
+            ..shelf.board_info(i)
+        };
         members.push(
             shelf.boards[i]
                 .run(async move {
@@ -255,7 +218,11 @@ fn main() {
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![10, 25, 50]);
-    let largest = sizes.iter().copied().max().unwrap_or(0);
+    if sizes.is_empty() || sizes.iter().any(|n| !(4..=200).contains(n)) {
+        eprintln!("cluster fleet bench: BRAMBLE_FLEET: board counts between 4 and 200, like 10,25");
+        std::process::exit(2);
+    }
+    let largest = sizes.iter().copied().max().unwrap_or(4);
     if let Some(limit) = arp_limit()
         && largest * (largest - 1) + 128 > limit
     {
@@ -272,34 +239,24 @@ fn main() {
     let runtime = bramble_testkit::harness::bench_runtime("cluster fleet bench");
     let result = runtime.block_on(async {
         let mut rows = Vec::new();
-        let version = std::process::Command::new(shelf::binary())
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default();
         for &n in &sizes {
-            if !(4..=200).contains(&n) {
-                return Err(format!("BRAMBLE_FLEET: {n} boards: between 4 and 200").into());
-            }
             let from = rows.len();
             fleet(n, &mut rows).await?;
             for (what, value) in &rows[from..] {
                 eprintln!("{what}: {value}");
             }
         }
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((version, rows))
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(rows)
     });
     match result {
-        Ok((version, rows)) => {
-            println!(
-                "\n{version}: JetStream on 3 boards, the others members; heartbeats every 1 s; \
-                 network namespaces on one 2-core x86_64 machine\n"
-            );
-            let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(10);
-            for (what, value) in rows {
-                println!("| {what:width$} | {value} |");
-            }
-        }
+        Ok(rows) => report::print_table(
+            &format!(
+                "{}: JetStream on 3 boards, the others members; heartbeats every 1 s; network \
+                 namespaces on one 2-core x86_64 machine",
+                report::server_version(&shelf::binary())
+            ),
+            &rows,
+        ),
         Err(e) => {
             eprintln!("cluster fleet bench: {e}");
             std::process::exit(1);

@@ -1,49 +1,14 @@
 //! Membership and the lease when a board dies (a power cut: nats-server and bramble killed).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bramble_cluster::lease::{LEASES_BUCKET, Lease, LeaseConfig, LeaseStatus};
-use bramble_cluster::membership::{
-    BOARDS_BUCKET, BoardInfo, BoardState, HardwareSummary, Membership, MembershipConfig,
-    MemoryBudget, View,
-};
+use bramble_cluster::membership::{BOARDS_BUCKET, BoardState, Membership, MembershipConfig, View};
 
 use crate::kv::three_boards;
 use crate::shelf::{Shelf, TestResult};
-
-pub(crate) fn info(shelf: &Shelf, i: usize) -> BoardInfo {
-    let board = &shelf.boards[i];
-    BoardInfo {
-        name: board.name.clone(),
-        address: board.addr,
-        arch: "arm64".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        nats_version: board.server().version().to_string(),
-        memory: MemoryBudget {
-            total: 512 << 20,
-            used: 0,
-        },
-        functions: 0,
-        hardware: HardwareSummary {
-            gpio_chip: Some("pinctrl-bcm2711".into()),
-            i2c_buses: vec![1],
-            one_wire: vec!["28-00000abc".into()],
-            ..HardwareSummary::default()
-        },
-        labels: BTreeMap::from([("zone".into(), format!("shelf-{i}"))]),
-        started_at_ms: 1,
-        jetstream: true,
-        platform: "linux/arm64".into(),
-        api_port: 8080,
-        board_port: 7425,
-        route_port: 7424,
-        leaving: false,
-        ready: Default::default(),
-    }
-}
 
 /// Starts membership on board `i` (on the board: its tasks die with it).
 pub(crate) async fn membership(
@@ -53,7 +18,7 @@ pub(crate) async fn membership(
 ) -> TestResult<Membership> {
     let bucket = shelf.boards[i].bucket(BOARDS_BUCKET, 3).await?;
     let client = shelf.boards[i].client();
-    let me = info(shelf, i);
+    let me = shelf.board_info(i);
     let membership = shelf.boards[i]
         .run(async move { Membership::start(client, bucket, "shelf", me, config).await })
         .await??;
@@ -111,7 +76,7 @@ pub async fn killed_board_suspect_then_dead() -> TestResult {
         assert!(v.boards["pi2"].last_seen.is_some());
     }
     // A record is rewritten only when it changed.
-    let mut changed = info(&shelf, 0);
+    let mut changed = shelf.board_info(0);
     changed.functions = 2;
     members[0].update(&changed).await?;
     wait_view(&mut views[1], Duration::from_secs(5), |v| {

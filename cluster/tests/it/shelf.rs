@@ -5,6 +5,7 @@
 //! A power cut of a board ([`Shelf::power_cut`]) SIGKILLs its nats-server and drops its
 //! runtime with every task on it (heartbeats, watches, leases): nothing of it survives.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use bramble_cluster::engine::{
 };
 use bramble_cluster::identity::{BoardIdentity, ClusterIdentity};
 use bramble_cluster::kv::{Bucket, BucketConfig};
+use bramble_cluster::membership::{BoardInfo, HardwareSummary, MemoryBudget};
 
 use bramble_testkit::lan::Lan;
 
@@ -44,7 +46,7 @@ pub struct Board {
 
 impl Board {
     /// A runtime on this board (one worker; blocking threads enter the namespace too).
-    pub fn runtime(&mut self) -> TestResult<tokio::runtime::Handle> {
+    fn runtime(&mut self) -> TestResult<tokio::runtime::Handle> {
         if self.runtime.is_none() {
             let ns = Arc::new(std::fs::File::open(&self.netns)?);
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -195,6 +197,15 @@ impl Shelf {
             .iter()
             .map(|&i| (i, self.cluster_config(i, members, js)))
             .collect();
+        self.start_all(configs).await?;
+        for &i in js {
+            self.wait_jetstream(i, Duration::from_secs(60)).await?;
+        }
+        self.wait_meta_peers(js, Duration::from_secs(60)).await
+    }
+
+    /// Starts each board with its configuration, concurrently, and connects its client.
+    pub async fn start_all(&mut self, configs: Vec<(usize, EngineConfig)>) -> TestResult {
         let mut starts = Vec::new();
         for (i, config) in configs {
             let handle = self.boards[i].runtime()?;
@@ -212,10 +223,40 @@ impl Shelf {
             self.boards[i].server = Some(server);
             self.boards[i].client = Some(client);
         }
-        for &i in js {
-            self.wait_jetstream(i, Duration::from_secs(60)).await?;
+        Ok(())
+    }
+
+    /// Board `i`'s record as its membership writes it (an arm64 board with a GPIO chip, an
+    /// I2C bus and a 1-Wire sensor, carrying JetStream; its server running).
+    pub fn board_info(&self, i: usize) -> BoardInfo {
+        let board = &self.boards[i];
+        BoardInfo {
+            name: board.name.clone(),
+            address: board.addr,
+            arch: "arm64".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            nats_version: board.server().version().to_string(),
+            memory: MemoryBudget {
+                total: 512 << 20,
+                used: 0,
+            },
+            functions: 0,
+            hardware: HardwareSummary {
+                gpio_chip: Some("pinctrl-bcm2711".into()),
+                i2c_buses: vec![1],
+                one_wire: vec!["28-00000abc".into()],
+                ..HardwareSummary::default()
+            },
+            labels: BTreeMap::from([("zone".into(), format!("shelf-{i}"))]),
+            started_at_ms: 1,
+            jetstream: true,
+            platform: "linux/arm64".into(),
+            api_port: 8080,
+            board_port: 7425,
+            route_port: 7424,
+            leaving: false,
+            ready: Default::default(),
         }
-        self.wait_meta_peers(js, Duration::from_secs(60)).await
     }
 
     /// Waits until the meta leader counts exactly the boards `js` as peers, all current.
