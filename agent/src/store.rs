@@ -327,6 +327,21 @@ impl Store {
         .await
     }
 
+    /// A secret's value; `None` when it does not exist.
+    pub async fn read_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.secret_path(namespace, name);
+        blocking(move || match std::fs::read(&path) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::io("reading", &path, source)),
+        })
+        .await
+    }
+
     /// Removes a secret; `false` when it did not exist.
     pub async fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
         let path = self.secret_path(namespace, name);

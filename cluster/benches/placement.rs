@@ -40,6 +40,7 @@ fn boards(n: usize) -> Vec<Board> {
                     ..HardwareSummary::default()
                 },
                 labels: BTreeMap::from([("zone".into(), format!("z{}", i % 3))]),
+                outside: Default::default(),
             }
         })
         .collect()
@@ -67,6 +68,7 @@ fn functions(n: usize) -> Vec<Function> {
                 platforms: (i % 2 == 0).then(|| vec!["linux/arm64".parse().unwrap()]),
                 hardware,
                 constraints: parse_constraints(&constraints).unwrap(),
+                prefers: None,
             }
         })
         .collect()
@@ -118,6 +120,7 @@ fn main() {
             platforms: None,
             hardware: None,
             constraints: Vec::new(),
+            prefers: None,
         };
         let runs = 21;
         let from_nothing = time(runs, || {

@@ -57,6 +57,7 @@ pub(crate) fn info(name: &str) -> BoardInfo {
         route_port: 7424,
         leaving: false,
         ready: BTreeMap::new(),
+        outside: Default::default(),
     }
 }
 

@@ -25,7 +25,7 @@
 //! | [`placement`] | which boards run which replicas: pure, deterministic | [`placement::place`], [`placement::admit`], [`placement::parse_constraints`], [`placement::Plan`] (`for_board`, `find`), [`placement::PlacementInput`], [`placement::Board`], [`placement::Function`], [`placement::UnplacedReason`] |
 //! | [`names`] | the names that go into subjects, server names and files | [`names::validate`] |
 //! | [`node`] | what `bramble up` runs in a cluster: files, init, join (both sides), layout, leave/remove, status, the placer at work ([`node::placer`]), the board's part of the plan ([`node::runner`]) | [`node::ClusterNode`] (`start`, `ready`, `run_board`, `view`, `stop`), [`node::Parts`] |
-//! | [`provider`] | the gateway's `Provider` of a board that may be in a cluster; where invocations go ([`provider::routes`]) | [`provider::ClusterProvider`] (`new`, `attach`), [`provider::DeploymentCheck`], [`provider::routes::Routes`] |
+//! | [`provider`] | the gateway's `Provider` of a board that may be in a cluster; where invocations go ([`provider::routes`]); a board's own functions taken into the cluster ([`provider::import`]) | [`provider::ClusterProvider`] (`new`, `attach`, `import`), [`provider::DeploymentCheck`], [`provider::routes::Routes`] |
 //! | [`function_key`] | the key of a function everywhere in the crate | [`function_key::FunctionKey`] |
 //! | [`reconcile`] | a board runs what the cluster assigned to it, through its own provider | [`reconcile::reconcile`], [`reconcile::Target`], [`reconcile::Report`] |
 //!

@@ -8,7 +8,7 @@
 //! [`BoardState::Dead`] after `dead_after` (default 10 s) of silence. No clock is compared
 //! across boards. [`Membership::watch`] gives the current [`View`] and every change of it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::function_key::FunctionKey;
 use crate::kv::{self, Bucket, Change, KvError};
 use crate::names;
 
@@ -68,6 +69,10 @@ pub struct BoardInfo {
     /// Ready replicas per function it runs (`name.namespace`), as its supervisors see them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ready: BTreeMap<String, u64>,
+    /// Functions it runs outside the cluster under these keys (its own from before it joined,
+    /// that the cluster already had under the same name): the cluster's are not placed here.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub outside: BTreeSet<FunctionKey>,
 }
 
 /// A board's memory budget for functions.

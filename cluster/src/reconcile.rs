@@ -11,8 +11,9 @@
 //! of earlier passes: every function the reconciler deploys carries the annotation
 //! [`SPEC_ANNOTATION`], a digest of its deployment, and is updated only when the digest differs (a
 //! scale alone never rolls a function out). Functions without the annotation were not deployed by
-//! the cluster (deployed before the board joined): they are never touched, and the report lists
-//! them. A replica count is applied when the cluster's count changes (and on the first pass): a
+//! the cluster (deployed before the board joined, and not imported: the board hands its own
+//! functions to the cluster at start, [`crate::provider::import`], and marks those the cluster
+//! took with the annotation): they are never touched, and the report lists them. A replica count is applied when the cluster's count changes (and on the first pass): a
 //! function the board scaled to zero because it sat idle stays there until a request wakes it,
 //! instead of being started again by every pass. Namespaces are created and updated, never deleted
 //! (a namespace is cheap, and a function deployed by hand may live in it). Secrets are written when
@@ -143,12 +144,16 @@ pub struct Report {
     pub failed: Vec<(Subject, ProviderError)>,
     /// Functions on this board the cluster did not deploy (left alone).
     pub unmanaged: Vec<FunctionKey>,
+    /// Functions the cluster gives this board that one it did not deploy holds the name of
+    /// (left alone; the board imports its own functions at start, after which they are the
+    /// cluster's: tried again).
+    pub held: Vec<FunctionKey>,
 }
 
 impl Report {
     /// True when the board runs its target.
     pub fn converged(&self) -> bool {
-        self.failed.is_empty()
+        self.failed.is_empty() && self.held.is_empty()
     }
 }
 
@@ -348,8 +353,9 @@ async fn functions<L: Provider>(
                 None
             }),
             Some((None, _)) => {
-                // Deployed on this board by hand before it joined: not the cluster's to change.
-                report.unmanaged.push(key.clone());
+                // Deployed on this board before it joined: not the cluster's to change (until
+                // the board imported it and marked it as the cluster's).
+                report.held.push(key.clone());
                 continue;
             }
             Some((Some(have), replicas)) if *have != digest => {

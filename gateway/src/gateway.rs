@@ -221,6 +221,12 @@ impl<P: Provider> Gateway<P> {
         crate::queue::run_shared(&self.shared, record).await
     }
 
+    /// How many async calls this board accepted are not done yet (in a cluster: not run by
+    /// any board yet); their records are on this board's disk.
+    pub async fn kept_calls(&self) -> std::io::Result<usize> {
+        crate::queue::kept(&self.shared).await
+    }
+
     /// A call this board accepted was run by a board of the cluster: its record here goes.
     pub async fn forget_call(&self, file: &str) {
         crate::queue::forget(&self.shared, file).await;

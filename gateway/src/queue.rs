@@ -314,6 +314,24 @@ impl Queue {
         }
     }
 
+    /// How many calls are pending (accepted, not done yet).
+    async fn count(&self) -> io::Result<usize> {
+        let mut dir = tokio::fs::read_dir(&self.pending)
+            .await
+            .map_err(|e| context("reading", &self.pending, &e))?;
+        let mut n = 0;
+        while let Some(entry) = dir
+            .next_entry()
+            .await
+            .map_err(|e| context("reading", &self.pending, &e))?
+        {
+            if entry.path().extension().is_some_and(|x| x == RECORD_EXT) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// A pending call's record as stored (`None` once it is done).
     async fn read(&self, id: &str) -> io::Result<Option<Bytes>> {
         let path = self.path(id);
@@ -516,6 +534,11 @@ async fn hand_to_cluster<P: Provider>(shared: &Shared<P>, share: &dyn CallShare,
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(HAND_OVER_BACKOFF);
     }
+}
+
+/// How many async calls this board accepted that are not done yet.
+pub(crate) async fn kept<P: Provider>(shared: &Shared<P>) -> io::Result<usize> {
+    shared.queue.count().await
 }
 
 /// Runs a call the cluster's queue delivered to this board (a record as [`SharedCall`] holds

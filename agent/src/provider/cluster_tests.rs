@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bramble_cluster::placement::IMPORTED_FROM;
 use bramble_cluster::reconcile::{
     Action, Assigned, FunctionKey, Memory, SPEC_ANNOTATION, SecretKey, SecretValue, Subject,
-    Target, reconcile,
+    Target, reconcile, spec_digest,
 };
 use bramble_gateway::provider::Provider;
 use bramble_gateway::types::FunctionNamespace;
@@ -302,4 +303,70 @@ async fn a_secret_goes_from_a_board_once_no_function_there_uses_it() {
     assert_eq!(names().await, ["mine", "shared"]);
     let again = reconcile(&*b.provider, &away, &mut memory).await;
     assert!(again.actions.is_empty(), "{:?}", again.actions);
+}
+
+/// A function deployed on the board before it joined is held (left alone, the pass not done)
+/// while the cluster gives the board a function of that name; once the board handed it to the
+/// cluster and marked it (`cluster::import`), the reconciler runs it as the cluster's: nothing
+/// is deployed, rolled out or restarted.
+#[tokio::test(start_paused = true)]
+async fn a_function_the_board_hands_to_the_cluster_is_taken_over_without_a_restart() {
+    let b = bench();
+    assert!(b.provider.wait_started(Duration::from_secs(5)).await);
+    b.fake
+        .script(IMAGE, Script::ready_after(Duration::from_millis(20)));
+    b.provider.deploy(deployment("mine", "img")).await.unwrap();
+    b.provider
+        .endpoint("mine", "openfaas-fn", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let creates = || {
+        b.fake
+            .calls()
+            .into_iter()
+            .filter(|(_, c)| matches!(c, Call::Create(_)))
+            .count()
+    };
+    let before = creates();
+    assert_eq!(before, 1);
+    let store = &b.provider.ctx.store;
+    let own = crate::cluster::import::own_state(store).await.unwrap();
+    assert_eq!(own.functions.len(), 1, "{own:?}");
+    // What the cluster stores: the board's deployment, marked as imported from it.
+    let (mut stored, replicas) = own.functions[0].clone();
+    stored
+        .annotations
+        .insert(IMPORTED_FROM.to_owned(), "b0".to_owned());
+    let mine = key("openfaas-fn", "mine");
+    let target = Target {
+        functions: BTreeMap::from([(
+            mine.clone(),
+            Assigned {
+                deployment: stored.clone(),
+                replicas,
+            },
+        )]),
+        ..Target::default()
+    };
+    let mut memory = Memory::default();
+    let report = reconcile(&*b.provider, &target, &mut memory).await;
+    assert_eq!(report.held, std::slice::from_ref(&mine));
+    assert!(
+        !report.converged() && report.actions.is_empty(),
+        "{report:?}"
+    );
+
+    crate::cluster::import::mark(store, &[(mine.clone(), spec_digest(&stored))])
+        .await
+        .unwrap();
+    let report = reconcile(&*b.provider, &target, &mut memory).await;
+    assert!(report.converged(), "{report:?}");
+    assert!(report.actions.is_empty(), "{report:?}");
+    assert_eq!(creates(), before, "the function was started again");
+    // Nothing of the board's own is left to hand over.
+    let own = crate::cluster::import::own_state(store).await.unwrap();
+    assert!(own.functions.is_empty(), "{own:?}");
+    // The cluster takes it away: deleted like any function of the cluster's.
+    let report = reconcile(&*b.provider, &Target::default(), &mut memory).await;
+    assert_eq!(report.actions, [Action::Deleted(mine)]);
 }

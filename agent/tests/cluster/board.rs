@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bramble_runtime::image::platform::Platform;
 use serde_json::Value;
 
+use bramble_testkit::http;
 use bramble_testkit::lan::Lan;
 
 /// A board's API, as a client on the board sees it.
@@ -466,6 +467,16 @@ pub(crate) fn in_netns<T: Send>(netns: &Path, f: impl AsyncFnOnce() -> T + Send)
             })
             .join()
             .unwrap()
+    })
+}
+
+/// `GET PATH` on `board`'s API (from the board itself): status and body.
+pub(crate) fn get(board: &Board, path: &str) -> (u16, String) {
+    in_netns(&board.netns, async || {
+        let r = http::request(API, "GET", path, &[], b"", Duration::from_secs(30))
+            .await
+            .unwrap();
+        (r.status, r.text())
     })
 }
 

@@ -18,10 +18,10 @@ use crate::board::{Board, deploy_constrained, shelf, wait_for, wait_within};
 const CALLS: usize = 40;
 
 /// Callbacks received: call id → (bodies received, function status).
-type Received = Arc<Mutex<BTreeMap<String, (Vec<String>, String)>>>;
+pub(crate) type Received = Arc<Mutex<BTreeMap<String, (Vec<String>, String)>>>;
 
 /// An HTTP server on the test's LAN address recording every callback.
-async fn callback_receiver(
+pub(crate) async fn callback_receiver(
     on: std::net::Ipv4Addr,
 ) -> Result<(SocketAddr, Received), std::io::Error> {
     let received: Received = Arc::default();
@@ -263,7 +263,7 @@ fn messages_in(board: &crate::board::Board) -> u64 {
 }
 
 /// The call id a 202 names.
-fn call_id(r: &http::Response) -> Result<String, String> {
+pub(crate) fn call_id(r: &http::Response) -> Result<String, String> {
     r.headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("x-call-id"))

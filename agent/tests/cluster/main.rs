@@ -12,6 +12,7 @@
 mod board;
 mod calls;
 mod dashboard;
+mod growth;
 mod partition;
 mod routing;
 
@@ -340,6 +341,9 @@ fn main() {
             "async_calls_accepted_by_a_board_that_loses_power_all_run",
             || harness::block_on(calls::accepted_calls_run_after_the_accepting_boards_power_cut()),
         ),
+        Trial::test("one_board_grows_to_five_and_back_to_three", || {
+            harness::block_on(growth::one_board_grows_to_five_and_back_to_three())
+        }),
         dashboard::trial(),
     ];
     harness::main(

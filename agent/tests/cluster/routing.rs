@@ -12,7 +12,7 @@ use bramble_testkit::stats::{Summary, ms};
 use serde_json::Value;
 
 use crate::TestResult;
-use crate::board::{API, Board, deploy_constrained, in_netns, placed_on, shelf, wait_for};
+use crate::board::{API, Board, deploy_constrained, get, in_netns, placed_on, shelf, wait_for};
 
 /// `GET /function/echo/headers` on `board` (from the board itself): status and body.
 fn call(board: &Board) -> (u16, String) {
@@ -21,19 +21,7 @@ fn call(board: &Board) -> (u16, String) {
 
 /// `GET /function/NAME/headers` on `board` (from the board itself): status and body.
 fn call_function(board: &Board, name: &str) -> (u16, String) {
-    in_netns(&board.netns, async || {
-        let r = http::request(
-            API,
-            "GET",
-            &format!("/function/{name}/headers"),
-            &[],
-            b"",
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
-        (r.status, r.text())
-    })
+    get(board, &format!("/function/{name}/headers"))
 }
 
 /// Latencies of `n` calls of `/function/echo/` on `board`.

@@ -14,6 +14,15 @@ use super::store::DesiredStore;
 impl DesiredStore {
     /// Creates or replaces a secret (its namespace must exist). 400 without a value.
     pub async fn put_secret(&self, secret: Secret) -> Result<Stored, DesiredError> {
+        self.store_secret(secret, false).await
+    }
+
+    /// Creates a secret; 409 when the cluster has one of that name (nothing is replaced).
+    pub async fn create_secret(&self, secret: Secret) -> Result<Stored, DesiredError> {
+        self.store_secret(secret, true).await
+    }
+
+    async fn store_secret(&self, secret: Secret, create: bool) -> Result<Stored, DesiredError> {
         let namespace = self.namespace_of(secret.namespace.as_deref());
         let key = SecretKey::new(&namespace, &secret.name)?;
         let value = secret
@@ -27,11 +36,18 @@ impl DesiredStore {
             sealed: self.seal.seal(&kv_key, &value),
             changed: Stamp::now(&self.config.board),
         };
-        let revision = self
-            .secrets
-            .put(&kv_key, encode(&record))
-            .await
-            .map_err(|e| self.kv_error(e, &what, true, String::new))?;
+        let stored = if create {
+            self.secrets.create(&kv_key, encode(&record)).await
+        } else {
+            self.secrets.put(&kv_key, encode(&record)).await
+        };
+        let exists = || {
+            format!(
+                "secret {} already exists in namespace {namespace}",
+                key.name
+            )
+        };
+        let revision = stored.map_err(|e| self.kv_error(e, &what, true, exists))?;
         Ok(self.confirmed(DesiredBucket::Secrets, revision).await)
     }
 

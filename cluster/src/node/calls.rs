@@ -29,7 +29,7 @@ use async_nats::HeaderMap;
 use bramble_gateway::provider::Provider;
 use bramble_gateway::{CallShare, Gateway, ShareOutcome, SharedCall};
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use super::ClusterNode;
 use crate::kv::{Bucket, BucketConfig, Change};
@@ -93,15 +93,19 @@ fn done_key(board: &str, file: &str) -> String {
 /// Hands the calls this board accepts to the cluster's queue.
 pub struct Share {
     node: Arc<ClusterNode>,
+    open: watch::Receiver<bool>,
 }
 
 impl Share {
-    /// The share of `node`.
-    pub fn new(node: Arc<ClusterNode>) -> Share {
-        Share { node }
+    /// The share of `node`, handing calls over once `open` is true (or its sender is gone):
+    /// not before the board's own functions are the cluster's, or a call of one of them
+    /// could reach a board that does not know the function yet.
+    pub fn new(node: Arc<ClusterNode>, open: watch::Receiver<bool>) -> Share {
+        Share { node, open }
     }
 
     async fn put(&self, call: SharedCall) -> Result<ShareOutcome, String> {
+        let _ = self.open.clone().wait_for(|open| *open).await;
         // Until the board reaches its cluster (after a start), calls wait for it here; the
         // gateway bounds the wait of a call being accepted.
         let parts = self
@@ -150,6 +154,14 @@ pub fn serve<P: Provider>(
     workers: usize,
     routes_ready: impl Future<Output = ()> + Send + 'static,
 ) {
+    {
+        let gateway = Arc::clone(&gateway);
+        let count: super::KeptCalls = Arc::new(move || {
+            let gateway = Arc::clone(&gateway);
+            Box::pin(async move { gateway.kept_calls().await })
+        });
+        let _ = node.kept_calls.set(count);
+    }
     let task = {
         let node = Arc::clone(node);
         let gateway = Arc::clone(&gateway);

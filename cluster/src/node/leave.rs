@@ -2,7 +2,8 @@
 //! (`bramble cluster remove NAME`).
 //!
 //! A board leaves in this order: it says it is leaving (nothing new is placed on it), waits
-//! until its functions run elsewhere, takes itself out of the JetStream layout (promoting a
+//! until its functions run elsewhere and the async calls it accepted have run (it keeps their
+//! records until then, and alone it would run what is left itself), takes itself out of the JetStream layout (promoting a
 //! board without JetStream in its place when there is one), deletes its record, stops its
 //! heartbeats and its nats-server (having handed over what its server leads: streams, the
 //! meta group), removes its cluster state and restarts in single-board mode.
@@ -119,7 +120,13 @@ pub async fn leave(node: &Arc<ClusterNode>, force: bool) -> Result<Left, Refusal
             ),
         ));
     }
-    if let Err(refusal) = drained(&parts, &me, &here, DRAIN_TIMEOUT).await {
+    let started = std::time::Instant::now();
+    let drained = match drained(&parts, &me, &here, DRAIN_TIMEOUT).await {
+        // The calls it accepted: their records here would run them again once it is alone.
+        Ok(()) => calls_run(node, DRAIN_TIMEOUT.saturating_sub(started.elapsed())).await,
+        Err(refusal) => Err(refusal),
+    };
+    if let Err(refusal) = drained {
         node.leaving
             .store(false, std::sync::atomic::Ordering::SeqCst);
         node.update_me(|info| info.leaving = false);
@@ -225,6 +232,32 @@ async fn drained(
             Ok(()) = view.changed() => {}
             () = wake => {}
         }
+    }
+}
+
+/// Waits (at most `bound`) until every async call this board accepted has run: the cluster
+/// runs them, and this board keeps each record until then (single again, it would run what is
+/// left itself, for functions it no longer has).
+async fn calls_run(node: &ClusterNode, bound: Duration) -> Result<(), Refusal> {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let kept = match node.kept_calls().await {
+            None | Some(Ok(0)) => return Ok(()),
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot count the async calls this board keeps; leaving anyway");
+                return Ok(());
+            }
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Refusal::new(
+                409,
+                format!(
+                    "{kept} async calls this board accepted have not run yet (the cluster runs them; this board keeps their records until then); the board stays in the cluster: leave again once they ran"
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

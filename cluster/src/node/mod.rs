@@ -170,8 +170,14 @@ pub struct ClusterNode {
     removed: watch::Sender<bool>,
     /// True while the board leaves its cluster (nothing new is placed on it).
     leaving: std::sync::atomic::AtomicBool,
+    /// How many async calls this board accepted are not done yet (set by [`calls::serve`]).
+    kept_calls: std::sync::OnceLock<KeptCalls>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+/// Counts the async calls a board accepted that are not done yet.
+pub type KeptCalls =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, std::io::Result<usize>> + Send + Sync>;
 
 impl Drop for ClusterNode {
     fn drop(&mut self) {
@@ -253,11 +259,19 @@ impl ClusterNode {
             restart: watch::Sender::new(false),
             removed: watch::Sender::new(false),
             leaving: std::sync::atomic::AtomicBool::new(false),
+            kept_calls: std::sync::OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
         });
         let bring_up = tokio::spawn(Arc::clone(&node).bring_up());
         node.keep(bring_up);
         Ok(node)
+    }
+
+    /// How many async calls this board accepted are not done yet; `None` before the board's
+    /// calls are served.
+    pub(crate) async fn kept_calls(&self) -> Option<std::io::Result<usize>> {
+        let count = self.kept_calls.get()?;
+        Some(count().await)
     }
 
     pub(crate) fn keep(&self, task: tokio::task::JoinHandle<()>) {
@@ -612,6 +626,7 @@ fn board_info(files: &ClusterFiles, settings: &NodeSettings, nats_version: Strin
         route_port: files.node.route_port,
         leaving: false,
         ready: Default::default(),
+        outside: Default::default(),
     }
 }
 

@@ -168,6 +168,7 @@ fn board_status(name: &str, view: &BoardView) -> BoardStatus {
         route_port: 0,
         leaving: false,
         ready: Default::default(),
+        outside: Default::default(),
     };
     let info = view.info.as_ref().unwrap_or(&empty);
     let address = match info.address {

@@ -1,6 +1,6 @@
 //! What the placer is given: the boards, the functions, the previous plan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bramble_gateway::types::FunctionDeployment;
 use bramble_hardware::grants::{self, GrantError, Grants};
@@ -43,6 +43,9 @@ pub struct Board {
     pub hardware: HardwareSummary,
     /// Its operator labels.
     pub labels: BTreeMap<String, String>,
+    /// Functions it runs outside the cluster ([`BoardInfo::outside`]): the cluster's functions
+    /// of those keys do not qualify for it.
+    pub outside: BTreeSet<FunctionKey>,
 }
 
 impl Board {
@@ -67,6 +70,7 @@ impl Board {
             memory_budget: (info.memory.total != u64::MAX).then_some(info.memory.total),
             hardware: info.hardware.clone(),
             labels: info.labels.clone(),
+            outside: info.outside.clone(),
         }
     }
 
@@ -154,7 +158,14 @@ pub struct Function {
     pub hardware: Option<Grants>,
     /// Its constraints, all of which a board must satisfy.
     pub constraints: Vec<Constraint>,
+    /// The board its first replica goes to when that board qualifies and has room (the board
+    /// it was imported from, where it already runs: [`IMPORTED_FROM`]).
+    pub prefers: Option<String>,
 }
+
+/// The annotation of a function a board ran before it was in a cluster, imported into the
+/// cluster's state: that board's name ([`Function::prefers`]).
+pub const IMPORTED_FROM: &str = "com.bramble.cluster.imported-from";
 
 /// Why a deployment cannot be turned into a [`Function`] (an API answers 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -222,6 +233,7 @@ impl Function {
             platforms,
             hardware,
             constraints,
+            prefers: deployment.annotations.get(IMPORTED_FROM).cloned(),
         })
     }
 
@@ -233,6 +245,7 @@ impl Function {
     /// Whether `board` qualifies whatever its state and load: constraints, platform, hardware.
     pub fn fits_board(&self, board: &Board) -> bool {
         self.constraints.iter().all(|c| c.matches(board))
+            && !board.outside.contains(&self.key)
             && board.runs(self.platforms.as_deref())
             && self
                 .hardware

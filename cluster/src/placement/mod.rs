@@ -23,8 +23,10 @@
 //!   elsewhere). A function whose qualifying boards are all dead or suspect *waits* for them
 //!   ([`Plan::waiting`]) instead of being moved.
 //! - **Spread**: a function's new replicas go to qualifying boards that have none of it yet,
-//!   then to those with the fewest; among equals the one with the most free memory (no budget
-//!   counts as the most), then the least memory reserved, the fewest replicas, the first name.
+//!   then to those with the fewest; among equals the board the function was imported from
+//!   ([`IMPORTED_FROM`]: it runs there already), then the one with the most free memory (no
+//!   budget counts as the most), then the least memory reserved, the fewest replicas, the
+//!   first name.
 //! - **Stability**: what is still valid in the previous plan is kept (a board that joins gets
 //!   only new work); placing again with the result as previous changes nothing.
 //! - Functions are placed in key order (namespace, name), every function's first replica (or
@@ -38,7 +40,9 @@ mod placer;
 mod plan;
 
 pub use constraints::{Constraint, ConstraintError, parse_constraints};
-pub use input::{Board, Function, FunctionError, FunctionKey, HardwareOf, PlacementInput, Reading};
+pub use input::{
+    Board, Function, FunctionError, FunctionKey, HardwareOf, IMPORTED_FROM, PlacementInput, Reading,
+};
 pub use placer::{Admitted, Refused, admit, place};
 pub use plan::{BoardWork, FunctionPlan, Placement, Plan, Unplaced, UnplacedReason, Waiting};
 

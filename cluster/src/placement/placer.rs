@@ -324,8 +324,9 @@ fn keep<'a>(
     }
 }
 
-/// Places a function's missing replicas, up to `upto`: spread first, then the most free
-/// memory, then the least reserved, the fewest reservations, the first name.
+/// Places a function's missing replicas, up to `upto`: spread first, then the board it was
+/// imported from, the most free memory, the least reserved, the fewest reservations, the first
+/// name.
 fn add<'a>(slot: &mut Slot<'a>, upto: u32, loads: &mut Loads<'a>) {
     let upto = upto.min(slot.target);
     let mut total = slot.total();
@@ -348,6 +349,7 @@ fn add<'a>(slot: &mut Slot<'a>, upto: u32, loads: &mut Loads<'a>) {
             .min_by_key(|b| {
                 (
                     slot.counts.get(b).copied().unwrap_or(0),
+                    slot.f.prefers.as_deref() != Some(loads.boards[*b].name.as_str()),
                     Reverse(loads.free(*b)),
                     loads.used[*b],
                     loads.replicas[*b],
@@ -412,7 +414,7 @@ fn explain(slot: &Slot<'_>, loads: &Loads<'_>, placed: u32) -> UnplacedReason {
 }
 
 /// Why no board qualifies at all: the first constraint no board satisfies, the constraints
-/// together, the platform, or the hardware.
+/// together, the platform, the hardware, or a function of the board's own under its name.
 fn unqualified(f: &Function, boards: &[&Board]) -> UnplacedReason {
     if let Some(c) = f
         .constraints
@@ -458,13 +460,21 @@ fn unqualified(f: &Function, boards: &[&Board]) -> UnplacedReason {
                 .collect(),
         };
     }
-    UnplacedReason::Hardware {
-        lacking: running
-            .iter()
-            .filter_map(|b| {
-                let lacks = f.hardware.as_ref().and_then(|g| b.lacks(g))?;
-                Some((b.name.clone(), lacks))
-            })
-            .collect(),
+    let lacking: BTreeMap<String, String> = running
+        .iter()
+        .filter_map(|b| {
+            let lacks = f.hardware.as_ref().and_then(|g| b.lacks(g))?;
+            Some((b.name.clone(), lacks))
+        })
+        .collect();
+    if lacking.is_empty() {
+        return UnplacedReason::NameTaken {
+            boards: running
+                .iter()
+                .filter(|b| b.outside.contains(&f.key))
+                .map(|b| b.name.clone())
+                .collect(),
+        };
     }
+    UnplacedReason::Hardware { lacking }
 }

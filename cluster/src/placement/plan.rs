@@ -101,6 +101,12 @@ pub enum UnplacedReason {
         /// Boards that satisfy the constraints and the platform, with what each lacks.
         lacking: BTreeMap<String, String>,
     },
+    /// The boards it may go to run a function of their own under its name, outside the
+    /// cluster (deployed before they joined).
+    NameTaken {
+        /// Those boards.
+        boards: Vec<String>,
+    },
     /// The qualifying boards are leaving the cluster.
     Leaving {
         /// Those boards.
@@ -181,6 +187,11 @@ impl fmt::Display for UnplacedReason {
                 f,
                 "no board has all the hardware it is granted ({})",
                 list(lacking.iter().map(|(b, what)| format!("{b} has no {what}")))
+            ),
+            UnplacedReason::NameTaken { boards } => write!(
+                f,
+                "the boards it may go to run a function of their own under that name, outside the cluster ({})",
+                list(boards.iter().cloned())
             ),
             UnplacedReason::Leaving { boards } => write!(
                 f,

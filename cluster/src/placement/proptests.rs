@@ -121,6 +121,7 @@ fn functions() -> impl Strategy<Value = Vec<Function>> {
                         grants::parse(&annotations).unwrap()
                     }),
                     constraints: parse_constraints(&entries).unwrap(),
+                    prefers: None,
                 }
             })
             .collect()

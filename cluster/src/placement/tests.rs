@@ -20,6 +20,7 @@ pub(super) fn board(name: &str) -> Board {
         memory_budget: Some(1024 * MIB),
         hardware: HardwareSummary::default(),
         labels: BTreeMap::new(),
+        outside: std::collections::BTreeSet::new(),
     }
 }
 
@@ -61,6 +62,7 @@ fn func(name: &str, replicas: u32, mib: u64) -> Function {
         platforms: None,
         hardware: None,
         constraints: Vec::new(),
+        prefers: None,
     }
 }
 
@@ -865,6 +867,7 @@ fn boards_come_from_membership_records() {
         route_port: 7424,
         leaving: true,
         ready: Default::default(),
+        outside: Default::default(),
     };
     let b = Board::from_info(&info, BoardState::Suspect);
     assert_eq!(b.arch, "arm");
@@ -896,4 +899,65 @@ fn memory_is_shown_in_mib_rounded_the_safe_way() {
     assert_eq!(plan::mib(MIB / 2, true), "0.5 MiB");
     assert_eq!(plan::mib(1, true), "0.1 MiB");
     assert_eq!(plan::mib(1, false), "0.0 MiB");
+}
+
+/// A function imported from a board has its first replica there (it runs there already), even
+/// when another board has more room; its other replicas spread as usual; a board it does not
+/// fit or qualify for is not preferred.
+#[test]
+fn an_imported_function_goes_back_to_the_board_it_came_from() {
+    let boards = || {
+        vec![
+            with_budget("b0", 1024),
+            with_budget("b1", 1024),
+            with_budget("b2", 256),
+        ]
+    };
+    let imported = |name: &str, replicas, mib| Function {
+        prefers: Some("b2".into()),
+        ..func(name, replicas, mib)
+    };
+    let plan = placed(&input(boards(), vec![imported("f", 2, 64)]));
+    assert_eq!(boards_of(&plan, "f"), counts(&[("b0", 1), ("b2", 1)]));
+    let plan = placed(&input(boards(), vec![imported("f", 1, 64)]));
+    assert_eq!(boards_of(&plan, "f"), counts(&[("b2", 1)]));
+    // Too big for b2, or constrained elsewhere: placed as any function.
+    let plan = placed(&input(boards(), vec![imported("big", 1, 512)]));
+    assert_eq!(boards_of(&plan, "big"), counts(&[("b0", 1)]));
+    let pinned = constrained(imported("pinned", 1, 64), &["node=b1"]);
+    let plan = placed(&input(boards(), vec![pinned]));
+    assert_eq!(boards_of(&plan, "pinned"), counts(&[("b1", 1)]));
+    // From the deployment's annotation.
+    let mut d = FunctionDeployment {
+        service: "g".into(),
+        image: "g:1".into(),
+        ..FunctionDeployment::default()
+    };
+    d.annotations
+        .insert(IMPORTED_FROM.to_owned(), "b2".to_owned());
+    let f = Function::from_deployment(key("g"), 1, &d, Reading::grants_only(None), None).unwrap();
+    assert_eq!(f.prefers.as_deref(), Some("b2"));
+}
+
+/// A board that runs a function of its own under a cluster function's name (outside the
+/// cluster) is never given that function; when it is the only board the function may go to,
+/// the function says so.
+#[test]
+fn a_board_holding_the_name_outside_the_cluster_is_not_given_the_function() {
+    let holding = |name: &str| Board {
+        outside: std::collections::BTreeSet::from([key("hello")]),
+        ..board(name)
+    };
+    let plan = placed(&input(
+        vec![holding("b0"), board("b1")],
+        vec![func("hello", 2, 64), func("other", 2, 64)],
+    ));
+    assert_eq!(boards_of(&plan, "hello"), counts(&[("b1", 2)]));
+    assert_eq!(boards_of(&plan, "other"), counts(&[("b0", 1), ("b1", 1)]));
+    let pinned = constrained(func("hello", 1, 64), &["node=b0"]);
+    let plan = placed(&input(vec![holding("b0"), board("b1")], vec![pinned]));
+    assert_eq!(
+        reason_of(&plan, "hello").to_string(),
+        "the boards it may go to run a function of their own under that name, outside the cluster (b0)"
+    );
 }

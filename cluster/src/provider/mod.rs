@@ -20,9 +20,13 @@
 //!   from its own replicas only (`endpoint_here`): one extra hop at most. Logs come from this
 //!   board's replicas. Images are each board's own.
 //!
+//! A board's own functions, deployed before it was in the cluster, are taken into the desired
+//! state by [`ClusterProvider::import`] ([`import`]).
+//!
 //! Until the board has reached its cluster (at start, after a power cut of the whole shelf,
 //! the cluster may have no quorum yet), reads show what this board runs and writes answer 503.
 
+pub mod import;
 pub mod routes;
 pub mod status;
 #[cfg(test)]

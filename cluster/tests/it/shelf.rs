@@ -256,6 +256,7 @@ impl Shelf {
             route_port: 7424,
             leaving: false,
             ready: Default::default(),
+            outside: Default::default(),
         }
     }
 

@@ -11,6 +11,8 @@
 //! re-exec of the same binary with the same arguments (`main.rs`); the PID stays, so systemd
 //! sees the same service, which sends `READY=1` again once the gateway answers.
 
+pub(crate) mod import;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,10 +189,20 @@ impl ClusterSide {
             .set_source(Arc::new(images::BoardImages::new(Arc::clone(&node))?));
         node.run_board(Arc::clone(ctx.provider.local()));
         ctx.provider.attach(Arc::clone(&node));
+        // Functions deployed here before the board was in the cluster become the cluster's;
+        // the async calls this board keeps are handed to the cluster after that.
+        let imported = watch::Sender::new(false);
+        let calls_open = imported.subscribe();
+        tokio::spawn(import::import_own_functions(
+            Arc::clone(&ctx.provider),
+            Arc::downgrade(&node),
+            Arc::clone(&ctx.store),
+            imported,
+        ));
         // Async calls: accepted by any board, run by any board (set before the gateway's
         // workers start, so that calls kept from before are handed to the cluster too).
         ctx.gateway
-            .set_call_share(Arc::new(calls::Share::new(Arc::clone(&node))));
+            .set_call_share(Arc::new(calls::Share::new(Arc::clone(&node), calls_open)));
         calls::serve(
             &node,
             Arc::clone(ctx.gateway),
@@ -458,6 +470,7 @@ impl Single {
                 route_port: self.config.cluster.route_port,
                 leaving: false,
                 ready: Default::default(),
+                outside: Default::default(),
             },
             api_port: self.api.port(),
             board_port: self.config.cluster.board_port,
@@ -591,7 +604,12 @@ async fn report_ready(node: Arc<ClusterNode>, local: Arc<LocalProvider>) {
         let mut ready = std::collections::BTreeMap::new();
         for namespace in local.list_namespaces().await.unwrap_or_default() {
             for f in local.list_functions(&namespace).await.unwrap_or_default() {
-                if f.available_replicas > 0 {
+                // Only the cluster's: a function of the board's own outside the cluster never
+                // answers for one of the cluster's of the same name.
+                if f.available_replicas > 0
+                    && f.annotations
+                        .contains_key(bramble_cluster::reconcile::SPEC_ANNOTATION)
+                {
                     ready.insert(format!("{}.{namespace}", f.name), f.available_replicas);
                 }
             }
@@ -637,6 +655,7 @@ mod tests {
                 ..HardwareSummary::default()
             },
             labels: BTreeMap::new(),
+            outside: Default::default(),
         }
     }
 
