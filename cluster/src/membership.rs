@@ -353,6 +353,7 @@ impl Tracker {
                 }
                 _ = tick.tick() => {}
             }
+            self.forget_silent(Instant::now());
             self.publish();
         }
     }
@@ -373,6 +374,20 @@ impl Tracker {
             }
             Change::Current => self.records_loaded = true,
         }
+    }
+
+    /// Forgets boards heard without a record that have been silent for `dead_after`: a
+    /// heartbeat that arrives after a board's record was deleted (it left, or was removed)
+    /// must not leave it in the view as dead for good. Only once the records are loaded (a
+    /// board heard before its record is read is not forgotten).
+    fn forget_silent(&mut self, now: Instant) {
+        if !self.records_loaded {
+            return;
+        }
+        let dead_after = self.config.dead_after;
+        let records = &self.records;
+        self.heard
+            .retain(|name, at| records.contains_key(name) || now.duration_since(*at) < dead_after);
     }
 
     fn state(&self, last: Option<Instant>, now: Instant) -> BoardState {
@@ -459,6 +474,47 @@ mod tests {
             BoardState::Suspect
         );
         assert_eq!(t.state(None, now), BoardState::Dead);
+    }
+
+    /// A board heard after its record was deleted (a late heartbeat of a board that left) is
+    /// forgotten once silent, not shown dead for good; one heard before its record is read,
+    /// or still heard, stays.
+    #[test]
+    fn a_board_heard_after_its_record_went_is_forgotten_once_silent() {
+        let mut t = tracker();
+        let info = crate::fixtures::info("pi2");
+        t.apply(Change::Put {
+            key: "pi2".into(),
+            value: Bytes::from(serde_json::to_vec(&info).unwrap()),
+            revision: 1,
+        });
+        let now = t.started + Duration::from_secs(60);
+        let long_ago = now - Duration::from_secs(11);
+        t.heard.insert("pi2".into(), long_ago);
+        t.heard.insert("pi3".into(), long_ago);
+        // Records not loaded yet: nothing is forgotten.
+        t.forget_silent(now);
+        assert_eq!(t.heard.len(), 2);
+        t.apply(Change::Current);
+        t.apply(Change::Delete {
+            key: "pi2".into(),
+            revision: 2,
+        });
+        // The late heartbeat after the delete.
+        t.heard.insert("pi2".into(), long_ago);
+        t.heard.insert("pi4".into(), now);
+        t.forget_silent(now);
+        let mut heard: Vec<&str> = t.heard.keys().map(String::as_str).collect();
+        heard.sort_unstable();
+        assert_eq!(
+            heard,
+            ["pi4"],
+            "silent boards without a record are forgotten"
+        );
+        t.publish();
+        let view = t.view.borrow();
+        assert!(!view.boards.contains_key("pi2") && !view.boards.contains_key("pi3"));
+        assert_eq!(view.boards["pi4"].state, BoardState::Alive);
     }
 
     #[test]

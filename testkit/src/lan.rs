@@ -14,8 +14,37 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Whether a LAN of this process has the process itself on it ([`Lan::join_here`]): every LAN
+/// uses the same addresses, so a process on two at once would reach either's boards. Tests of
+/// one process that join theirs (`cargo test` runs them on threads) take turns.
+static JOINED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+/// This process's turn on a LAN of its own; given back on drop.
+struct Joined;
+
+impl Joined {
+    fn wait() -> Joined {
+        let (joined, turn) = &JOINED;
+        let mut joined = joined.lock().unwrap_or_else(PoisonError::into_inner);
+        while *joined {
+            joined = turn.wait(joined).unwrap_or_else(PoisonError::into_inner);
+        }
+        *joined = true;
+        Joined
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        let (joined, turn) = &JOINED;
+        *joined.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        turn.notify_one();
+    }
+}
 
 pub struct Lan {
     n: u32,
@@ -23,6 +52,8 @@ pub struct Lan {
     switch: String,
     boards: Vec<String>,
     partitioned: bool,
+    /// Set once the process joined this LAN (dropped after the LAN is gone).
+    joined: Option<Joined>,
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
@@ -54,6 +85,7 @@ impl Lan {
             switch: switch.clone(),
             boards: Vec::new(),
             partitioned: false,
+            joined: None,
         };
         run("ip", &["netns", "add", &switch])?;
         run(
@@ -122,14 +154,18 @@ impl Lan {
     /// boards' LAN at [`Lan::LAPTOP`]: the test itself, and what it runs (a browser), then
     /// reach the boards at their addresses. Only for a process in a private namespace (the
     /// harness's, as root): the host's own network is never touched. The link goes when the
-    /// switch's namespace is deleted on drop.
-    pub fn join_here(&self) -> Result<Ipv4Addr, String> {
+    /// switch's namespace is deleted on drop. One LAN of a process at a time: a second waits
+    /// until the first is dropped.
+    pub fn join_here(&mut self) -> Result<Ipv4Addr, String> {
         let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
         if ns("self").is_none() || ns("self") == ns("1") {
             return Err(
                 "this process is in the host's network namespace: it does not join a test LAN"
                     .into(),
             );
+        }
+        if self.joined.is_none() {
+            self.joined = Some(Joined::wait());
         }
         let here = format!("lan{}", self.n);
         self.attach("vlaptop", &here, &std::process::id().to_string())?;

@@ -66,7 +66,7 @@ fn kept(board: &crate::board::Board) -> usize {
 }
 
 pub(crate) async fn accepted_calls_run_after_the_accepting_boards_power_cut() -> TestResult {
-    let lan = Lan::new(3)?;
+    let mut lan = Lan::new(3)?;
     let laptop = lan.join_here()?;
     let mut boards = shelf(&crate::bramble(), &lan).await;
     let (callback, received) = callback_receiver(laptop).await?;

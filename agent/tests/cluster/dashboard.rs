@@ -41,7 +41,7 @@ const BOARDS: &str = "return [...document.querySelectorAll('article[data-board]'
              budget: m && Number(m.getAttribute('aria-valuemax'))}; })";
 
 async fn dashboard_shows_the_boards_and_a_dead_one() -> TestResult {
-    let lan = Lan::new(3)?;
+    let mut lan = Lan::new(3)?;
     lan.join_here()?;
     let mut boards = vec![
         // Names of their own: the other trial's boards (`b0`…) may run in this process too,

@@ -69,7 +69,7 @@ fn call_ok(board: &Board, name: &str, path: &str) -> String {
 
 pub(crate) async fn one_board_grows_to_five_and_back_to_three() -> TestResult {
     let suite = Instant::now();
-    let lan = Lan::new(5)?;
+    let mut lan = Lan::new(5)?;
     let laptop = lan.join_here()?;
     let (callback, received) = callback_receiver(laptop).await?;
     let callback = format!("http://{callback}/done");
