@@ -13,7 +13,8 @@
 //! scale alone never rolls a function out). Functions without the annotation were not deployed by
 //! the cluster (deployed before the board joined, and not imported: the board hands its own
 //! functions to the cluster at start, [`crate::provider::import`], and marks those the cluster
-//! took with the annotation): they are never touched, and the report lists them. A replica count is applied when the cluster's count changes (and on the first pass): a
+//! took with the annotation): they are never touched, and the report lists them. A replica
+//! count is applied when the cluster's count changes (and on the first pass): a
 //! function the board scaled to zero because it sat idle stays there until a request wakes it,
 //! instead of being started again by every pass. Namespaces are created and updated, never deleted
 //! (a namespace is cheap, and a function deployed by hand may live in it). Secrets are written when
