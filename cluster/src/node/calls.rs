@@ -105,7 +105,9 @@ impl Share {
     }
 
     async fn put(&self, call: SharedCall) -> Result<ShareOutcome, String> {
-        let _ = self.open.clone().wait_for(|open| *open).await;
+        if !*self.open.borrow() {
+            let _ = self.open.clone().wait_for(|open| *open).await;
+        }
         // Until the board reaches its cluster (after a start), calls wait for it here; the
         // gateway bounds the wait of a call being accepted.
         let parts = self

@@ -20,7 +20,7 @@ use bramble_gateway::provider::{Provider, ProviderError, ProviderResult};
 use bramble_gateway::types::{FunctionDeployment, FunctionNamespace, Secret};
 
 use super::ClusterProvider;
-use crate::desired::{FunctionKey, SecretKey};
+use crate::desired::{DesiredStore, FunctionKey, SecretKey};
 use crate::membership::BoardState;
 use crate::reconcile::{SPEC_ANNOTATION, spec_digest};
 
@@ -142,10 +142,7 @@ impl<L: Provider> ClusterProvider<L> {
                     }
                 };
                 if checked.insert(secret.clone()) {
-                    match self
-                        .import_secret(&secret, own.secrets.get(&secret))
-                        .await?
-                    {
+                    match import_secret(desired, &secret, own.secrets.get(&secret)).await? {
                         Ok(true) => imported.secrets.push(secret.clone()),
                         Ok(false) => {}
                         Err(why) => {
@@ -206,50 +203,44 @@ impl<L: Provider> ClusterProvider<L> {
         }
         Ok(imported)
     }
+}
 
-    /// Writes a secret a function being imported uses, unless the cluster has it: `Ok(true)`
-    /// written, `Ok(false)` the cluster has the same value, `Err(why)` it stays out.
-    async fn import_secret(
-        &self,
-        key: &SecretKey,
-        value: Option<&Vec<u8>>,
-    ) -> ProviderResult<Result<bool, String>> {
-        let Some((_, parts)) = self.writer()? else {
-            return Err(ProviderError::Unavailable(
-                "this board is not in a cluster".into(),
-            ));
+/// Writes a secret a function being imported uses, unless the cluster has it: `Ok(true)`
+/// written, `Ok(false)` the cluster has the same value, `Err(why)` it stays out.
+async fn import_secret(
+    desired: &DesiredStore,
+    key: &SecretKey,
+    value: Option<&Vec<u8>>,
+) -> ProviderResult<Result<bool, String>> {
+    let Some(value) = value else {
+        return Ok(Err("this board does not have it".into()));
+    };
+    if !desired.snapshot().secrets.contains_key(key) {
+        let secret = Secret {
+            name: key.name.clone(),
+            namespace: Some(key.namespace.clone()),
+            value: None,
+            raw_value: Some(value.clone()),
         };
-        let desired = &parts.desired;
-        let Some(value) = value else {
-            return Ok(Err("this board does not have it".into()));
-        };
-        if !desired.snapshot().secrets.contains_key(key) {
-            let secret = Secret {
-                name: key.name.clone(),
-                namespace: Some(key.namespace.clone()),
-                value: None,
-                raw_value: Some(value.clone()),
-            };
-            match desired
-                .create_secret(secret)
-                .await
-                .map_err(ProviderError::from)
-            {
-                Ok(_) => return Ok(Ok(true)),
-                // Created by another board meanwhile: compared below.
-                Err(ProviderError::Conflict(_)) => {}
-                Err(e) if item_refusal(&e) => return Ok(Err(e.to_string())),
-                Err(e) => return Err(e),
-            }
-        }
-        let theirs = desired
-            .open_secret(&key.namespace, &key.name)
+        match desired
+            .create_secret(secret)
             .await
-            .map_err(ProviderError::from)?;
-        Ok(if *value == theirs {
-            Ok(false)
-        } else {
-            Err("the cluster holds it with another value".into())
-        })
+            .map_err(ProviderError::from)
+        {
+            Ok(_) => return Ok(Ok(true)),
+            // Created by another board meanwhile: compared below.
+            Err(ProviderError::Conflict(_)) => {}
+            Err(e) if item_refusal(&e) => return Ok(Err(e.to_string())),
+            Err(e) => return Err(e),
+        }
     }
+    let theirs = desired
+        .open_secret(&key.namespace, &key.name)
+        .await
+        .map_err(ProviderError::from)?;
+    Ok(if *value == theirs {
+        Ok(false)
+    } else {
+        Err("the cluster holds it with another value".into())
+    })
 }
