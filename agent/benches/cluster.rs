@@ -71,10 +71,10 @@ fn rss_line(boards: &[Board]) -> String {
         .map(|b| {
             let (bramble, nats) = b.rss();
             format!(
-                "{}: bramble {:.1} + nats-server {:.1} MiB",
+                "{}: bramble {} + nats-server {}",
                 b.name,
-                bramble as f64 / 1048576.0,
-                nats as f64 / 1048576.0
+                bramble.mib(),
+                nats.mib()
             )
         })
         .collect::<Vec<_>>()

@@ -306,20 +306,10 @@ impl Board {
             .unwrap_or(Value::Null)
     }
 
-    /// RSS of bramble and of its nats-server, bytes.
-    pub(crate) fn rss(&self) -> (u64, u64) {
-        let of = |pid: Option<i32>| {
-            pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-                .and_then(|status| {
-                    status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                })
-                .map_or(0, |kb| kb * 1024)
-        };
+    /// Resident memory of bramble and of its nats-server.
+    pub(crate) fn rss(&self) -> (Rss, Rss) {
         let bramble = self.up.as_ref().and_then(|c| i32::try_from(c.id()).ok());
-        (of(bramble), of(self.nats_pid()))
+        (Rss::of(bramble), Rss::of(self.nats_pid()))
     }
 
     pub(crate) fn nats_pid(&self) -> Option<i32> {
@@ -391,6 +381,45 @@ pub(crate) fn boards_of(status: &Value) -> Vec<(String, String, bool)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A process's resident memory, bytes (0 when it is not running): all of it, and the part
+/// that is its own (anonymous: heap, stacks) rather than pages of its executable and
+/// libraries, which the kernel can drop and read again.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Rss {
+    pub(crate) total: u64,
+    pub(crate) anon: u64,
+}
+
+impl Rss {
+    fn of(pid: Option<i32>) -> Rss {
+        let Some(status) =
+            pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        else {
+            return Rss::default();
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map_or(0, |kb| kb * 1024)
+        };
+        Rss {
+            total: field("VmRSS:"),
+            anon: field("RssAnon:"),
+        }
+    }
+
+    /// "23.1 MiB (own 5.2)".
+    pub(crate) fn mib(self) -> String {
+        format!(
+            "{:.1} MiB (own {:.1})",
+            self.total as f64 / 1048576.0,
+            self.anon as f64 / 1048576.0
+        )
+    }
 }
 
 /// Waits until `board`'s status satisfies `check`; returns it.

@@ -134,10 +134,10 @@ async fn init_join_status_leave_remove() -> TestResult {
     for b in [&b0, &b1, &b2] {
         let (bramble, nats) = b.rss();
         println!(
-            "measured: {} idle RSS: bramble {} MiB + nats-server {} MiB ({})",
+            "measured: {} idle RSS: bramble {} + nats-server {} ({})",
             b.name,
-            bramble >> 20,
-            nats >> 20,
+            bramble.mib(),
+            nats.mib(),
             if std::env::var_os("BRAMBLE_CLUSTER_BINARY").is_some() {
                 "BRAMBLE_CLUSTER_BINARY"
             } else {
