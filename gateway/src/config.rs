@@ -37,6 +37,10 @@ pub struct RetryPolicy {
     pub callback_attempts: u32,
     /// How long one callback delivery may take.
     pub callback_timeout: Duration,
+    /// For how long after its acceptance a call whose function this board does not know is
+    /// retried rather than answered 404: the board that accepted it knew the function, and in
+    /// a cluster the board running it may learn of a fresh deploy a moment later.
+    pub unknown_function_grace: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -48,6 +52,7 @@ impl Default for RetryPolicy {
             max_age: Duration::from_secs(3600),
             callback_attempts: 3,
             callback_timeout: Duration::from_secs(30),
+            unknown_function_grace: Duration::from_secs(10),
         }
     }
 }

@@ -582,7 +582,10 @@ async fn execute<P: Provider>(
         let response =
             crate::proxy::invoke(shared, &record.function, &record.namespace, request).await;
         let status = response.status();
-        let retryable = matches!(status.as_u16(), 502..=504);
+        let retryable = matches!(status.as_u16(), 502..=504)
+            || (status == StatusCode::NOT_FOUND
+                && record.age() < policy.unknown_function_grace
+                && unknown_here(shared, record).await);
         if retryable && attempt < policy.max_attempts && record.age() + backoff < policy.max_age {
             drop(response);
             drop(slot);
@@ -617,6 +620,19 @@ async fn execute<P: Provider>(
         }
         return Ok(());
     }
+}
+
+/// True when a 404 for `record` came from this board not knowing its function (not from the
+/// function): the board that accepted the call knew it, so this one may not have heard of it
+/// yet (a deploy through another board, milliseconds ago).
+async fn unknown_here<P: Provider>(shared: &Shared<P>, record: &CallRecord) -> bool {
+    matches!(
+        shared
+            .provider
+            .get_function(&record.function, &record.namespace, false)
+            .await,
+        Ok(None)
+    )
 }
 
 /// POSTs the function's answer to `url`, retrying a few times on errors and 5xx.

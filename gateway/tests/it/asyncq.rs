@@ -106,6 +106,76 @@ async fn a_call_is_on_disk_before_the_202_and_its_result_is_called_back() {
 }
 
 #[tokio::test]
+async fn a_call_whose_function_this_board_has_not_heard_of_yet_waits_for_it() {
+    use bramble_gateway::provider::Provider as _;
+    // In a cluster the board that runs a call may learn of a deploy made through another board
+    // a moment after that board accepted a call for it. Here: accepted while the function
+    // existed, then this board's provider no longer knows it when the call runs.
+    let fixture = Fixture::start().await;
+    let provider = MemProvider::new(Some(fixture.addr));
+    provider.add_function("late", "openfaas-fn");
+    provider.add_function("gone", "openfaas-fn");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    fast_retries(&mut config);
+    config.async_retry.unknown_function_grace = Duration::from_secs(2);
+    let gateway = Gateway::new(Arc::clone(&provider), config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let g = Arc::clone(&gateway);
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let (callback_addr, mut callbacks) = callback_receiver(StatusCode::OK).await;
+    let callback_url = format!("http://{callback_addr}/cb");
+    for name in ["late", "gone"] {
+        let r = send_with(
+            &client(),
+            &format!("http://{addr}/async-function/{name}"),
+            "POST",
+            &[("x-callback-url", &callback_url)],
+            axum::body::Body::from("payload"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{name}");
+        provider.delete(name, "openfaas-fn").await.unwrap();
+    }
+    // `late` comes back once the board has found it unknown (its lookup after the 404: the
+    // second of its name, the first was the acceptance's); `gone` never does.
+    gateway.start_workers();
+    let p = Arc::clone(&provider);
+    let comes_back = tokio::spawn(async move {
+        while lookups_of(&p, "late") < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        p.add_function("late", "openfaas-fn");
+    });
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let cb = next_callback(&mut callbacks).await;
+        statuses.insert(
+            cb.header("x-function-name").to_owned(),
+            cb.header("x-function-status").to_owned(),
+        );
+    }
+    comes_back.abort();
+    assert_eq!(statuses["late"], "200", "{statuses:?}");
+    assert_eq!(statuses["gone"], "404", "{statuses:?}");
+    assert!(
+        lookups_of(&provider, "gone") > 2,
+        "gone was looked up again before its 404"
+    );
+    wait_queue_empty(dir.path()).await;
+}
+
+/// How often the gateway asked `provider` whether function `name` exists.
+fn lookups_of(provider: &MemProvider, name: &str) -> usize {
+    provider
+        .calls()
+        .iter()
+        .filter(|c| *c == &format!("get_function {name} openfaas-fn usage=false"))
+        .count()
+}
+
+#[tokio::test]
 async fn queued_calls_are_readable_by_their_owner_only() {
     use std::os::unix::fs::PermissionsExt as _;
     // The usual umask: with it, files and directories made without an explicit mode are
