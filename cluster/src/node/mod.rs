@@ -654,8 +654,8 @@ fn io_error(e: tokio::task::JoinError) -> IdentityError {
 /// second joins, a stream without a leader yet) gets no answer at all, while the next one is
 /// answered in milliseconds: each attempt waits 1 s for its answer, one more after each
 /// unanswered attempt (up to [`crate::kv::DEFAULT_TIMEOUT`]), so a slow board still gets one.
-/// Measured on the second board's join (2.9.10 and 2.10.27): 11–15 s with one 5 s wait per
-/// request, the first board's move of its data (~4 s) plus ~1 s with this.
+/// Measured on the second board's join (2.9.10 and 2.10.27): 11–15 s with a 5 s wait per
+/// unanswered request; 2–4 s with this (and the first board's data moved in 1.3–1.7 s).
 struct Patience {
     within: Duration,
 }
