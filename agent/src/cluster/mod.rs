@@ -423,14 +423,38 @@ async fn join_handler(State(single): State<Arc<Single>>, Json(body): Json<JoinBo
         Ok(command) => command,
         Err(message) => return Refusal::new(400, message).into_response(),
     };
-    match single.join(&command).await {
-        Ok(answer) => {
-            single.restart_soon();
-            Json(answer).into_response()
+    // A cluster that cannot store a new board now is electing leaders (right after another
+    // board joined, or one died): asked again for a while, like `cluster.join` at start.
+    let started = std::time::Instant::now();
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match single.join(&command).await {
+            Ok(answer) => {
+                single.restart_soon();
+                return Json(answer).into_response();
+            }
+            Err(refusal) if refusal.status == 503 && started.elapsed() + wait < JOIN_PATIENCE => {
+                tracing::info!(reason = %refusal.message, "the cluster cannot take this board yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(8));
+            }
+            Err(mut refusal) => {
+                if refusal.status == 503 {
+                    refusal.message = format!(
+                        "{} (asked for {} s)",
+                        refusal.message,
+                        started.elapsed().as_secs()
+                    );
+                }
+                return refusal.into_response();
+            }
         }
-        Err(refusal) => refusal.into_response(),
     }
 }
+
+/// How long `bramble cluster join` (`POST /system/cluster/join`) keeps asking a cluster that
+/// cannot store the new board now.
+const JOIN_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Single {
     /// Joins the cluster of `command`, keeps the state and the cluster's API login.
