@@ -278,133 +278,109 @@ async fn export_consumers(
 }
 
 /// Writes `snapshot` into the account, with `replicas` replicas per stream, skipping what is
-/// there already. The streams are written side by side: each new stream waits for its leader
-/// to be elected (~0.5 s), and the cluster's JetStream is down for the board that moves its
-/// data until all are in (8 streams: ~4 s one after the other).
+/// there already.
 pub async fn import(
     js: &jetstream::Context,
     snapshot: &Snapshot,
     replicas: usize,
 ) -> Result<ImportReport, MigrationError> {
-    let reports = futures::future::try_join_all(
-        snapshot
-            .streams
-            .iter()
-            .map(|stream_data| import_stream(js, stream_data, replicas)),
-    )
-    .await?;
-    verify(js, snapshot).await?;
-    Ok(reports
-        .into_iter()
-        .fold(ImportReport::default(), |sum, one| ImportReport {
-            streams: sum.streams + one.streams,
-            keys_written: sum.keys_written + one.keys_written,
-            keys_kept: sum.keys_kept + one.keys_kept,
-            messages_written: sum.messages_written + one.messages_written,
-            messages_skipped: sum.messages_skipped + one.messages_skipped,
-        }))
-}
-
-/// Writes one stream of a snapshot (see [`import`]).
-async fn import_stream(
-    js: &jetstream::Context,
-    stream_data: &StreamData,
-    replicas: usize,
-) -> Result<ImportReport, MigrationError> {
     let mut report = ImportReport::default();
-    let mut config = stream_data.config.clone();
-    config.num_replicas = replicas.max(1);
-    let name = config.name.clone();
-    let stream = match js.get_stream(&name).await {
-        Ok(s) => s,
-        Err(e) if jserr::cause(&e) == Cause::Code(jserr::STREAM_NOT_FOUND) => {
-            report.streams += 1;
-            js.create_stream(config)
-                .await
-                .map_err(js_err(format!("creating stream {name}")))?
-        }
-        Err(e) => return Err(js_err(format!("opening stream {name}"))(e)),
-    };
-    match &stream_data.data {
-        Data::Kv(pairs) => {
-            let bucket_name = name.trim_start_matches("KV_");
-            let bucket =
-                Bucket::open(js, bucket_name)
+    for stream_data in &snapshot.streams {
+        let mut config = stream_data.config.clone();
+        config.num_replicas = replicas.max(1);
+        let name = config.name.clone();
+        let stream = match js.get_stream(&name).await {
+            Ok(s) => s,
+            Err(e) if jserr::cause(&e) == Cause::Code(jserr::STREAM_NOT_FOUND) => {
+                report.streams += 1;
+                js.create_stream(config)
                     .await
-                    .map_err(|source| MigrationError::Kv {
-                        op: format!("opening bucket {bucket_name}"),
-                        source,
-                    })?;
-            for pair in pairs {
-                match bucket
-                    .create(&pair.key, Bytes::from(pair.value.clone()))
-                    .await
-                {
-                    Ok(_) => report.keys_written += 1,
-                    Err(KvError::Conflict { .. }) => report.keys_kept += 1,
-                    Err(source) => {
-                        return Err(MigrationError::Kv {
-                            op: format!("writing {bucket_name}/{}", pair.key),
+                    .map_err(js_err(format!("creating stream {name}")))?
+            }
+            Err(e) => return Err(js_err(format!("opening stream {name}"))(e)),
+        };
+        match &stream_data.data {
+            Data::Kv(pairs) => {
+                let bucket_name = name.trim_start_matches("KV_");
+                let bucket =
+                    Bucket::open(js, bucket_name)
+                        .await
+                        .map_err(|source| MigrationError::Kv {
+                            op: format!("opening bucket {bucket_name}"),
                             source,
-                        });
-                    }
-                }
-            }
-        }
-        Data::Messages {
-            messages,
-            consumers,
-        } => {
-            let present = present_ids(&stream).await?;
-            for message in messages {
-                let id = message_id(message);
-                if present.contains(&id) {
-                    report.messages_skipped += 1;
-                    continue;
-                }
-                let mut headers = HeaderMap::new();
-                if let Some(old) = &message.headers {
-                    for (name, values) in old.iter() {
-                        if AsRef::<str>::as_ref(name).starts_with("Nats-Expected") {
-                            continue;
-                        }
-                        for value in values {
-                            headers.append(name.clone(), value.clone());
+                        })?;
+                for pair in pairs {
+                    match bucket
+                        .create(&pair.key, Bytes::from(pair.value.clone()))
+                        .await
+                    {
+                        Ok(_) => report.keys_written += 1,
+                        Err(KvError::Conflict { .. }) => report.keys_kept += 1,
+                        Err(source) => {
+                            return Err(MigrationError::Kv {
+                                op: format!("writing {bucket_name}/{}", pair.key),
+                                source,
+                            });
                         }
                     }
                 }
-                if headers.get(async_nats::header::NATS_MESSAGE_ID).is_none() {
-                    headers.insert(MIGRATED_FROM, id.as_str());
-                }
-                js.publish_with_headers(
-                    message.subject.clone(),
-                    headers,
-                    Bytes::from(message.payload.clone()),
-                )
-                .await
-                .map_err(js_err(format!(
-                    "writing message {} of {name}",
-                    message.sequence
-                )))?
-                .await
-                .map_err(js_err(format!(
-                    "writing message {} of {name}",
-                    message.sequence
-                )))?;
-                report.messages_written += 1;
             }
-            for consumer_config in consumers {
-                let mut consumer_config = consumer_config.clone();
-                consumer_config.num_replicas = 0;
-                let durable = consumer_config.durable_name.clone().unwrap_or_default();
-                stream
-                    .get_or_create_consumer(&durable, consumer_config)
+            Data::Messages {
+                messages,
+                consumers,
+            } => {
+                let present = present_ids(&stream).await?;
+                for message in messages {
+                    let id = message_id(message);
+                    if present.contains(&id) {
+                        report.messages_skipped += 1;
+                        continue;
+                    }
+                    let mut headers = HeaderMap::new();
+                    if let Some(old) = &message.headers {
+                        for (name, values) in old.iter() {
+                            if AsRef::<str>::as_ref(name).starts_with("Nats-Expected") {
+                                continue;
+                            }
+                            for value in values {
+                                headers.append(name.clone(), value.clone());
+                            }
+                        }
+                    }
+                    if headers.get(async_nats::header::NATS_MESSAGE_ID).is_none() {
+                        headers.insert(MIGRATED_FROM, id.as_str());
+                    }
+                    js.publish_with_headers(
+                        message.subject.clone(),
+                        headers,
+                        Bytes::from(message.payload.clone()),
+                    )
                     .await
-                    .map(|_: consumer::Consumer<consumer::Config>| ())
-                    .map_err(js_err(format!("creating consumer {durable} of {name}")))?;
+                    .map_err(js_err(format!(
+                        "writing message {} of {name}",
+                        message.sequence
+                    )))?
+                    .await
+                    .map_err(js_err(format!(
+                        "writing message {} of {name}",
+                        message.sequence
+                    )))?;
+                    report.messages_written += 1;
+                }
+                for consumer_config in consumers {
+                    let mut consumer_config = consumer_config.clone();
+                    consumer_config.num_replicas = 0;
+                    let durable = consumer_config.durable_name.clone().unwrap_or_default();
+                    stream
+                        .get_or_create_consumer(&durable, consumer_config)
+                        .await
+                        .map(|_: consumer::Consumer<consumer::Config>| ())
+                        .map_err(js_err(format!("creating consumer {durable} of {name}")))?;
+                }
             }
         }
     }
+    verify(js, snapshot).await?;
     Ok(report)
 }
 

@@ -404,23 +404,15 @@ impl ClusterNode {
     async fn bring_up(self: Arc<Self>) {
         let started = std::time::Instant::now();
         let mut reported = None::<std::time::Instant>;
-        let mut patience = Patience::default();
         let buckets = loop {
-            let attempt = patience
-                .ask(
-                    &format!("{BOARDS_BUCKET}/{CLUSTER_BUCKET}"),
-                    Box::pin(self.open_buckets()),
-                )
-                .await;
-            match attempt {
+            match self.open_buckets().await {
                 Ok(buckets) => break buckets,
                 Err(e) => {
-                    tracing::debug!(error = %bramble_base::error_chain(&e), waited = ?started.elapsed(), "opening the cluster's buckets");
                     if reported.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
                         tracing::warn!(error = %bramble_base::error_chain(&e), waited = ?started.elapsed(), "the cluster does not answer yet; functions on this board keep running");
                         reported = Some(std::time::Instant::now());
                     }
-                    patience.pause(&e).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         };
@@ -428,14 +420,11 @@ impl ClusterNode {
         let me = self.me.borrow().clone();
         // A board removed while it was away finds neither its record nor its place.
         let known = loop {
-            match patience
-                .ask(BOARDS_BUCKET, boards.entry_from_leader(&me.name))
-                .await
-            {
+            match boards.entry_from_leader(&me.name).await {
                 Ok(entry) => break entry.is_some(),
                 Err(e) => {
-                    tracing::debug!(error = %bramble_base::error_chain(&e), waited = ?started.elapsed(), "reading this board's record");
-                    patience.pause(&e).await;
+                    tracing::debug!(error = %bramble_base::error_chain(&e), "reading this board's record");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         };
@@ -646,54 +635,5 @@ fn io_error(e: tokio::task::JoinError) -> IdentityError {
         action: "reading",
         path: PathBuf::from("cluster"),
         source: std::io::Error::other(e),
-    }
-}
-
-/// How a board asks the cluster the reads it needs to come up. A request sent while the
-/// cluster's JetStream is forming (the first board moving its data into the cluster as the
-/// second joins, a stream without a leader yet) gets no answer at all, while the next one is
-/// answered in milliseconds: each attempt waits 1 s for its answer, one more after each
-/// unanswered attempt (up to [`crate::kv::DEFAULT_TIMEOUT`]), so a slow board still gets one.
-/// Measured on the second board's join (2.9.10 and 2.10.27): 11–15 s with a 5 s wait per
-/// unanswered request; 2–4 s with this (and the first board's data moved in 1.3–1.7 s).
-struct Patience {
-    within: Duration,
-}
-
-impl Default for Patience {
-    fn default() -> Self {
-        Patience {
-            within: Duration::from_secs(1),
-        }
-    }
-}
-
-impl Patience {
-    /// `request`, given up as [`KvError::Timeout`] when unanswered within the current bound.
-    async fn ask<T>(
-        &mut self,
-        bucket: &str,
-        request: impl Future<Output = Result<T, KvError>>,
-    ) -> Result<T, KvError> {
-        match tokio::time::timeout(self.within, request).await {
-            Ok(answer) => answer,
-            Err(_) => {
-                let waited = self.within;
-                self.within =
-                    (self.within + Duration::from_secs(1)).min(crate::kv::DEFAULT_TIMEOUT);
-                Err(KvError::Timeout {
-                    bucket: bucket.to_owned(),
-                    waited,
-                })
-            }
-        }
-    }
-
-    /// Before the next attempt after `error`: none after a timeout (it waited already), half a
-    /// second after an answer that says no (no bucket yet, no quorum).
-    async fn pause(&self, error: &KvError) {
-        if !matches!(error, KvError::Timeout { .. }) {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
     }
 }
