@@ -423,40 +423,58 @@ async fn join_handler(State(single): State<Arc<Single>>, Json(body): Json<JoinBo
         Ok(command) => command,
         Err(message) => return Refusal::new(400, message).into_response(),
     };
-    // A cluster that cannot store a new board now is electing leaders (right after another
-    // board joined, or one died): asked again for a while, like `cluster.join` at start.
-    let started = std::time::Instant::now();
-    let mut wait = Duration::from_secs(1);
-    loop {
-        match single.join(&command).await {
-            Ok(answer) => {
-                single.restart_soon();
-                return Json(answer).into_response();
-            }
-            Err(refusal) if refusal.status == 503 && started.elapsed() + wait < JOIN_PATIENCE => {
-                tracing::info!(reason = %refusal.message, "the cluster cannot take this board yet; trying again");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(8));
-            }
-            Err(mut refusal) => {
-                if refusal.status == 503 {
+    match single
+        .join_patiently(&command, &[503], Some(JOIN_PATIENCE))
+        .await
+    {
+        Ok(answer) => {
+            single.restart_soon();
+            Json(answer).into_response()
+        }
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// How long `bramble cluster join` (`POST /system/cluster/join`) keeps asking a cluster that
+/// cannot store the new board now (it is electing leaders: right after another board joined,
+/// or one died).
+const JOIN_PATIENCE: Duration = Duration::from_secs(30);
+
+impl Single {
+    /// [`Single::join`], asked again (1, 2, 4, 8 s apart, then every 8 s) while the answer is
+    /// a refusal with one of the `passing` statuses, for at most `patience` (`None`: until it
+    /// is another answer). A refusal given up on says how long it was asked.
+    async fn join_patiently(
+        &self,
+        command: &JoinCommand,
+        passing: &[u16],
+        patience: Option<Duration>,
+    ) -> Result<serde_json::Value, Refusal> {
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match self.join(command).await {
+                Err(refusal)
+                    if passing.contains(&refusal.status)
+                        && patience.is_none_or(|p| started.elapsed() + wait < p) =>
+                {
+                    tracing::warn!(reason = %refusal.message, "cannot join the cluster yet; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(8));
+                }
+                Err(mut refusal) if passing.contains(&refusal.status) => {
                     refusal.message = format!(
                         "{} (asked for {} s)",
                         refusal.message,
                         started.elapsed().as_secs()
                     );
+                    return Err(refusal);
                 }
-                return refusal.into_response();
+                answer => return answer,
             }
         }
     }
-}
 
-/// How long `bramble cluster join` (`POST /system/cluster/join`) keeps asking a cluster that
-/// cannot store the new board now.
-const JOIN_PATIENCE: Duration = Duration::from_secs(30);
-
-impl Single {
     /// Joins the cluster of `command`, keeps the state and the cluster's API login.
     async fn join(&self, command: &JoinCommand) -> Result<serde_json::Value, Refusal> {
         let board = self.board_name();
@@ -563,22 +581,10 @@ async fn join_at_start(single: Arc<Single>, command: JoinCommand) {
         tracing::info!(cluster = %command.token.cluster, "this board left cluster {} earlier: cluster.join is not acted on again (`bramble cluster join` joins explicitly)", command.token.cluster);
         return;
     }
-    let mut wait = Duration::from_secs(1);
-    loop {
-        match single.join(&command).await {
-            Ok(_) => {
-                single.restart_soon();
-                return;
-            }
-            Err(refusal) if [502, 503].contains(&refusal.status) => {
-                tracing::warn!(reason = %refusal.message, "cannot join the cluster yet; trying again");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(30));
-            }
-            Err(refusal) => {
-                tracing::error!(reason = %refusal.message, "the cluster refused this board (cluster.join)");
-                return;
-            }
+    match single.join_patiently(&command, &[502, 503], None).await {
+        Ok(_) => single.restart_soon(),
+        Err(refusal) => {
+            tracing::error!(reason = %refusal.message, "the cluster refused this board (cluster.join)");
         }
     }
 }
