@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bramble_gateway::Gateway;
 use http::StatusCode;
 
 use crate::common::*;
@@ -21,13 +20,8 @@ async fn a_call_is_on_disk_before_the_202_and_its_result_is_called_back() {
     provider.add_function("fn", "openfaas-fn");
     let dir = tempfile::tempdir().unwrap();
     // A gateway whose workers are not started yet: what is on disk is all there is.
-    let mut config = test_config(dir.path());
-    fast_retries(&mut config);
-    let gateway = Gateway::new(Arc::clone(&provider), config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let g = Arc::clone(&gateway);
-    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let h = Harness::idle_in(Arc::clone(&provider), dir.path(), fast_retries).await;
+    let (gateway, addr) = (&h.gateway, h.addr);
     let (callback_addr, mut callbacks) = callback_receiver(StatusCode::OK).await;
 
     let url = format!("http://{addr}/async-function/fn/headers?x=1");
@@ -116,14 +110,12 @@ async fn a_call_whose_function_this_board_has_not_heard_of_yet_waits_for_it() {
     provider.add_function("late", "openfaas-fn");
     provider.add_function("gone", "openfaas-fn");
     let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    fast_retries(&mut config);
-    config.async_retry.unknown_function_grace = Duration::from_secs(2);
-    let gateway = Gateway::new(Arc::clone(&provider), config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let g = Arc::clone(&gateway);
-    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let h = Harness::idle_in(Arc::clone(&provider), dir.path(), |c| {
+        fast_retries(c);
+        c.async_retry.unknown_function_grace = Duration::from_secs(2);
+    })
+    .await;
+    let (gateway, addr) = (&h.gateway, h.addr);
     let (callback_addr, mut callbacks) = callback_receiver(StatusCode::OK).await;
     let callback_url = format!("http://{callback_addr}/cb");
     for name in ["late", "gone"] {
@@ -192,11 +184,8 @@ async fn queued_calls_are_readable_by_their_owner_only() {
     let provider = MemProvider::new(None);
     provider.add_function("fn", "openfaas-fn");
     // Workers not started: the record stays on disk to be looked at.
-    let gateway = Gateway::new(provider, test_config(&queue)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let g = Arc::clone(&gateway);
-    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let h = Harness::idle_in(provider, &queue, |_| {}).await;
+    let addr = h.addr;
     let r = send_with(
         &client(),
         &format!("http://{addr}/async-function/fn"),

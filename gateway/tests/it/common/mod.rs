@@ -683,10 +683,21 @@ impl Harness {
         queue_dir: &std::path::Path,
         tweak: impl FnOnce(&mut GatewayConfig),
     ) -> Harness {
+        let h = Self::idle_in(provider, queue_dir, tweak).await;
+        h.gateway.start_workers();
+        h
+    }
+
+    /// A gateway on `queue_dir` (kept by the caller) whose async workers are not started yet
+    /// (`gateway.start_workers()`): an accepted call stays on disk until then.
+    pub async fn idle_in(
+        provider: Arc<MemProvider>,
+        queue_dir: &std::path::Path,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Harness {
         let mut config = test_config(queue_dir);
         tweak(&mut config);
         let gateway = Gateway::new(Arc::clone(&provider), config).expect("gateway");
-        gateway.start_workers();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
