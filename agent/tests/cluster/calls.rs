@@ -4,10 +4,11 @@
 //! running anything again.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::ConnectInfo;
 use bramble_testkit::http;
 use bramble_testkit::lan::Lan;
 
@@ -17,8 +18,19 @@ use crate::board::{Board, deploy_constrained, shelf, wait_for, wait_within};
 /// Calls accepted before the power cut.
 const CALLS: usize = 40;
 
-/// Callbacks received: call id → (bodies received, function status).
-pub(crate) type Received = Arc<Mutex<BTreeMap<String, (Vec<String>, String)>>>;
+/// The callbacks of one call.
+#[derive(Debug, Default)]
+pub(crate) struct Callback {
+    /// The body of each callback (one per run of the call).
+    pub bodies: Vec<String>,
+    /// `X-Function-Status` of the first.
+    pub status: String,
+    /// The address each came from: the board that ran the call.
+    pub from: Vec<IpAddr>,
+}
+
+/// Callbacks received: call id → its callbacks.
+pub(crate) type Received = Arc<Mutex<BTreeMap<String, Callback>>>;
 
 /// An HTTP server on the test's LAN address recording every callback.
 pub(crate) async fn callback_receiver(
@@ -29,7 +41,9 @@ pub(crate) async fn callback_receiver(
     let addr = listener.local_addr()?;
     let seen = Arc::clone(&received);
     let app = axum::Router::new().fallback(
-        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        move |ConnectInfo(peer): ConnectInfo<SocketAddr>,
+              headers: axum::http::HeaderMap,
+              body: axum::body::Bytes| {
             let seen = Arc::clone(&seen);
             async move {
                 let text = |name: &str| {
@@ -40,16 +54,24 @@ pub(crate) async fn callback_receiver(
                         .to_owned()
                 };
                 let mut seen = seen.lock().unwrap();
-                let entry = seen
-                    .entry(text("x-call-id"))
-                    .or_insert_with(|| (Vec::new(), text("x-function-status")));
-                entry.0.push(String::from_utf8_lossy(&body).into_owned());
+                let entry = seen.entry(text("x-call-id")).or_insert_with(|| Callback {
+                    status: text("x-function-status"),
+                    ..Callback::default()
+                });
+                entry
+                    .bodies
+                    .push(String::from_utf8_lossy(&body).into_owned());
+                entry.from.push(peer.ip());
                 "ok"
             }
         },
     );
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
     });
     Ok((addr, received))
 }
@@ -119,11 +141,13 @@ pub(crate) async fn accepted_calls_run_after_the_accepting_boards_power_cut() ->
     {
         let seen = received.lock().unwrap();
         for id in &accepted {
-            let (bodies, status) = &seen[id];
-            assert_eq!(status, "200", "{id}");
-            assert_eq!(bodies[0], "slept 500 ms", "{id}: the function's answer");
+            assert_eq!(seen[id].status, "200", "{id}");
+            assert_eq!(
+                seen[id].bodies[0], "slept 500 ms",
+                "{id}: the function's answer"
+            );
         }
-        let twice: Vec<_> = seen.iter().filter(|(_, (b, _))| b.len() > 1).collect();
+        let twice: Vec<_> = seen.iter().filter(|(_, c)| c.bodies.len() > 1).collect();
         println!(
             "measured: calls run twice (a board died while running them): {}",
             twice.len()
@@ -132,8 +156,8 @@ pub(crate) async fn accepted_calls_run_after_the_accepting_boards_power_cut() ->
 
     // b1 comes back: the calls ran elsewhere, so its copies go, and nothing runs again.
     let copies = kept(&boards[1]);
-    let runs = |seen: &BTreeMap<String, (Vec<String>, String)>| -> usize {
-        seen.values().map(|(b, _)| b.len()).sum()
+    let runs = |seen: &BTreeMap<String, Callback>| -> usize {
+        seen.values().map(|c| c.bodies.len()).sum()
     };
     let before = runs(&received.lock().unwrap());
     boards[1].start();
@@ -235,7 +259,7 @@ pub(crate) async fn accepted_calls_run_after_the_accepting_boards_power_cut() ->
     );
     let seen = received.lock().unwrap();
     for id in &second {
-        assert_eq!(seen[id].1, "200", "{id}: {:?}", seen[id]);
+        assert_eq!(seen[id].status, "200", "{id}: {:?}", seen[id]);
     }
     Ok(())
 }

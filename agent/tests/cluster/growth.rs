@@ -5,7 +5,7 @@
 //! without a restart), and calls accepted along the way. A board whose own function collides
 //! with one of the cluster's keeps it outside the cluster.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bramble_testkit::http;
@@ -185,9 +185,41 @@ pub(crate) async fn one_board_grows_to_five_and_back_to_three() -> TestResult {
     })
     .await;
     calls.extend(accept_calls(&boards[4], "hello", 8, 500, &callback, "five").await?);
+    // b4 accepts more calls of `solo` (on b1) than the five boards run at once (4 each), and
+    // leaves right after: from then on it takes no call from the queue, finishes those it
+    // runs, and waits until the others ran the rest.
+    let leaving = accept_calls(&boards[4], "solo", 40, 3000, &callback, "leaving").await?;
+    calls.extend(leaving.iter().cloned());
 
     // Back to three: a JetStream board (b2) and a member (b4) leave; b3 takes JetStream over.
+    let left = Instant::now();
     boards[4].cluster_ok(&["leave"]);
+    println!(
+        "measured: b4 left in {:?}, the 40 calls of 3 s it accepted all run",
+        left.elapsed()
+    );
+    {
+        let seen = received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ran: Vec<&crate::calls::Callback> =
+            leaving.iter().filter_map(|id| seen.get(id)).collect();
+        assert_eq!(ran.len(), leaving.len(), "b4 left before its calls ran");
+        let on_b4 = ran
+            .iter()
+            .filter(|c| c.from.contains(&IpAddr::from(boards[4].address)))
+            .count();
+        println!("measured: {on_b4} of them ran on b4, which took no more once leaving");
+        assert!(
+            on_b4 <= 4,
+            "b4 ran {on_b4} calls: it kept taking calls from the queue while it left"
+        );
+        let twice: Vec<_> = ran.iter().filter(|c| c.bodies.len() > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "calls run twice across b4's leave: {twice:?}"
+        );
+    }
     boards[2].cluster_ok(&["leave"]);
     let three = || alive(&["b0", "b1", "b3"]);
     for b in [&boards[0], &boards[1], &boards[3]] {
@@ -236,7 +268,7 @@ pub(crate) async fn one_board_grows_to_five_and_back_to_three() -> TestResult {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     for id in &calls {
-        assert_eq!(seen[id].1, "200", "{id}: {:?}", seen[id]);
+        assert_eq!(seen[id].status, "200", "{id}: {:?}", seen[id]);
     }
     println!(
         "measured: 1 → 3 → 5 → 3 boards with {} calls: {:?}",

@@ -174,7 +174,7 @@ pub fn serve<P: Provider>(
             routes_ready.await;
             tracing::info!(workers, "running async calls from the cluster's queue");
             pull(
-                node.board(),
+                &node,
                 parts.calls.clone(),
                 parts.done.clone(),
                 gateway,
@@ -196,17 +196,25 @@ pub fn serve<P: Provider>(
     node.keep(task);
 }
 
-/// Pulls calls from the shared consumer and runs each in its own task.
+/// Pulls calls from the shared consumer and runs each in its own task. A leaving board takes
+/// none (it waits until it is no longer leaving: a refused leave), and hands one it was given
+/// as it began to leave straight back to the queue for another board.
 async fn pull<P: Provider>(
-    board: String,
+    node: &Arc<ClusterNode>,
     queue: CallQueue,
     done: Bucket,
     gateway: Arc<Gateway<P>>,
     workers: usize,
 ) {
+    let board = node.board();
+    let mut me = node.me();
     let slots = Arc::new(Semaphore::new(workers.max(1)));
     let mut worker = None;
     loop {
+        let leaving = me.borrow_and_update().leaving;
+        if leaving && me.wait_for(|info| !info.leaving).await.is_err() {
+            return;
+        }
         let Some(current) = worker.as_ref() else {
             match queue.worker_for_all().await {
                 Ok(w) => worker = Some(w),
@@ -222,14 +230,22 @@ async fn pull<P: Provider>(
         };
         match current.fetch(1, PULL_WAIT).await {
             Ok(calls) => {
-                if let Some(call) = calls.into_iter().next() {
-                    let (board, done, gateway) =
-                        (board.clone(), done.clone(), Arc::clone(&gateway));
-                    tokio::spawn(async move {
-                        run(&board, call, &done, &gateway).await;
-                        drop(slot);
-                    });
+                let Some(call) = calls.into_iter().next() else {
+                    continue;
+                };
+                if node.leaving() {
+                    let call_id = call.call_id.clone();
+                    if let Err(e) = call.retry(None).await {
+                        tracing::debug!(%call_id, error = %bramble_base::error_chain(&e), "handing a call back as this board leaves; another board gets it after the ack wait");
+                    }
+                    continue;
                 }
+                let running = Running::start(node);
+                let (board, done, gateway) = (board.clone(), done.clone(), Arc::clone(&gateway));
+                tokio::spawn(async move {
+                    run(&board, call, &done, &gateway).await;
+                    drop((slot, running));
+                });
             }
             Err(e) => {
                 tracing::debug!(error = %bramble_base::error_chain(&e), "pulling calls; retrying");
@@ -239,6 +255,23 @@ async fn pull<P: Provider>(
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+/// One call from the queue this board runs, counted in [`ClusterNode::running_calls`] (a
+/// leaving board waits for them) until dropped.
+struct Running(watch::Sender<usize>);
+
+impl Running {
+    fn start(node: &ClusterNode) -> Running {
+        node.running_calls.send_modify(|n| *n += 1);
+        Running(node.running_calls.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

@@ -1,12 +1,13 @@
 //! Leaving a cluster (`bramble cluster leave`) and forgetting a dead board
 //! (`bramble cluster remove NAME`).
 //!
-//! A board leaves in this order: it says it is leaving (nothing new is placed on it), waits
-//! until its functions run elsewhere and the async calls it accepted have run (it keeps their
-//! records until then, and alone it would run what is left itself), takes itself out of the JetStream layout (promoting a
-//! board without JetStream in its place when there is one), deletes its record, stops its
-//! heartbeats and its nats-server (having handed over what its server leads: streams, the
-//! meta group), removes its cluster state and restarts in single-board mode.
+//! A board leaves in this order: it says it is leaving (nothing new is placed on it, and it
+//! takes no more calls from the queue), waits until its functions run elsewhere, the calls it
+//! was running have finished and the async calls it accepted have run (it keeps their records
+//! until then, and alone it would run what is left itself), takes itself out of the JetStream
+//! layout (promoting a board without JetStream in its place when there is one), deletes its
+//! record, stops its heartbeats and its nats-server (having handed over what its server leads:
+//! streams, the meta group), removes its cluster state and restarts in single-board mode.
 //! The board holding the placer's lease then removes its JetStream peer from the meta group.
 //!
 //! A cluster cannot shrink to a single JetStream board yet: with two JetStream boards and no
@@ -103,15 +104,11 @@ pub async fn leave(node: &Arc<ClusterNode>, force: bool) -> Result<Left, Refusal
         .map(|plan| plan.for_board(&me).into_iter().map(|w| w.key).collect())
         .unwrap_or_default();
     // Nothing new is placed here from now on; the layout is no longer followed.
-    node.leaving
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    node.update_me(|info| info.leaving = true);
+    node.set_leaving(true);
     let record = node.me().borrow().clone();
     let marked = parts.membership.update(&record).await;
     if let Err(e) = marked {
-        node.leaving
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        node.update_me(|info| info.leaving = false);
+        node.set_leaving(false);
         return Err(Refusal::new(
             503,
             format!(
@@ -127,9 +124,7 @@ pub async fn leave(node: &Arc<ClusterNode>, force: bool) -> Result<Left, Refusal
         Err(refusal) => Err(refusal),
     };
     if let Err(refusal) = drained {
-        node.leaving
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        node.update_me(|info| info.leaving = false);
+        node.set_leaving(false);
         let record = node.me().borrow().clone();
         let _ = parts.membership.update(&record).await;
         return Err(refusal);
@@ -160,9 +155,7 @@ pub async fn leave(node: &Arc<ClusterNode>, force: bool) -> Result<Left, Refusal
         match changed {
             Ok(_) => {}
             Err(ChangeError::Kv(e)) => {
-                node.leaving
-                    .store(false, std::sync::atomic::Ordering::SeqCst);
-                node.update_me(|info| info.leaving = false);
+                node.set_leaving(false);
                 return Err(kv_refusal(&e));
             }
             Err(ChangeError::Refused(never)) => match never {},
@@ -237,9 +230,22 @@ async fn drained(
 
 /// Waits (at most `bound`) until every async call this board accepted has run: the cluster
 /// runs them, and this board keeps each record until then (single again, it would run what is
-/// left itself, for functions it no longer has).
+/// left itself, for functions it no longer has). The calls this board itself is running from
+/// the queue finish first (it takes no new one while leaving); one still running at the bound
+/// is left to the queue, which gives it to another board once this one stops answering for it.
 async fn calls_run(node: &ClusterNode, bound: Duration) -> Result<(), Refusal> {
     let deadline = tokio::time::Instant::now() + bound;
+    let mut running = node.running_calls.subscribe();
+    let finished = tokio::time::timeout_at(deadline, running.wait_for(|n| *n == 0))
+        .await
+        .is_ok();
+    if !finished {
+        let n = *running.borrow();
+        tracing::warn!(
+            running = n,
+            "calls from the queue still run here; leaving anyway: another board runs them again"
+        );
+    }
     loop {
         let kept = match node.kept_calls().await {
             None | Some(Ok(0)) => return Ok(()),

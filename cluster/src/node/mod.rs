@@ -172,6 +172,8 @@ pub struct ClusterNode {
     leaving: std::sync::atomic::AtomicBool,
     /// How many async calls this board accepted are not done yet (set by [`calls::serve`]).
     kept_calls: std::sync::OnceLock<KeptCalls>,
+    /// How many calls from the cluster's queue this board is running now.
+    running_calls: watch::Sender<usize>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -260,6 +262,7 @@ impl ClusterNode {
             removed: watch::Sender::new(false),
             leaving: std::sync::atomic::AtomicBool::new(false),
             kept_calls: std::sync::OnceLock::new(),
+            running_calls: watch::Sender::new(0),
             tasks: Mutex::new(Vec::new()),
         });
         let bring_up = tokio::spawn(Arc::clone(&node).bring_up());
@@ -574,6 +577,14 @@ impl ClusterNode {
     /// True while the board leaves its cluster.
     pub fn leaving(&self) -> bool {
         self.leaving.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Marks the board leaving (or back from a refused leave): nothing new is placed on it and
+    /// it takes no call from the queue meanwhile; its record says so once written.
+    pub(crate) fn set_leaving(&self, leaving: bool) {
+        self.leaving
+            .store(leaving, std::sync::atomic::Ordering::SeqCst);
+        self.update_me(|info| info.leaving = leaving);
     }
 
     /// Runs this board's part of the plan on `local` (its own provider) for as long as the node
