@@ -407,15 +407,23 @@ impl ClusterNode {
     async fn bring_up(self: Arc<Self>) {
         let started = std::time::Instant::now();
         let mut reported = None::<std::time::Instant>;
+        let mut patience = Patience::default();
         let buckets = loop {
-            match self.open_buckets().await {
+            let attempt = patience
+                .ask(
+                    &format!("{BOARDS_BUCKET}/{CLUSTER_BUCKET}"),
+                    Box::pin(self.open_buckets()),
+                )
+                .await;
+            match attempt {
                 Ok(buckets) => break buckets,
                 Err(e) => {
+                    tracing::debug!(error = %bramble_base::error_chain(&e), waited = ?started.elapsed(), "opening the cluster's buckets");
                     if reported.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
                         tracing::warn!(error = %bramble_base::error_chain(&e), waited = ?started.elapsed(), "the cluster does not answer yet; functions on this board keep running");
                         reported = Some(std::time::Instant::now());
                     }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    patience.pause(&e).await;
                 }
             }
         };
@@ -423,11 +431,14 @@ impl ClusterNode {
         let me = self.me.borrow().clone();
         // A board removed while it was away finds neither its record nor its place.
         let known = loop {
-            match boards.entry_from_leader(&me.name).await {
+            match patience
+                .ask(BOARDS_BUCKET, boards.entry_from_leader(&me.name))
+                .await
+            {
                 Ok(entry) => break entry.is_some(),
                 Err(e) => {
-                    tracing::debug!(error = %bramble_base::error_chain(&e), "reading this board's record");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tracing::debug!(error = %bramble_base::error_chain(&e), waited = ?started.elapsed(), "reading this board's record");
+                    patience.pause(&e).await;
                 }
             }
         };
@@ -646,5 +657,55 @@ fn io_error(e: tokio::task::JoinError) -> IdentityError {
         action: "reading",
         path: PathBuf::from("cluster"),
         source: std::io::Error::other(e),
+    }
+}
+
+/// How a board asks the cluster the reads it needs to come up. A request sent while the
+/// cluster's JetStream is forming (the first board moving its data into the cluster as the
+/// second joins, a stream without a leader yet) gets no answer at all, while the next one is
+/// answered in milliseconds: each attempt waits 1 s for its answer, one more after each
+/// unanswered attempt (up to [`crate::kv::DEFAULT_TIMEOUT`]), so a slow board still gets one.
+/// Measured on the second board's join: 11–15 s with a 5 s wait per unanswered request;
+/// 5.8–6.4 s with this on 2.9.10, 4.3 s on 2.10.27 (most of it the first board moving its
+/// streams into the cluster one after the other, 4–5 s).
+struct Patience {
+    within: Duration,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Patience {
+            within: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Patience {
+    /// `request`, given up as [`KvError::Timeout`] when unanswered within the current bound.
+    async fn ask<T>(
+        &mut self,
+        bucket: &str,
+        request: impl Future<Output = Result<T, KvError>>,
+    ) -> Result<T, KvError> {
+        match tokio::time::timeout(self.within, request).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let waited = self.within;
+                self.within =
+                    (self.within + Duration::from_secs(1)).min(crate::kv::DEFAULT_TIMEOUT);
+                Err(KvError::Timeout {
+                    bucket: bucket.to_owned(),
+                    waited,
+                })
+            }
+        }
+    }
+
+    /// Before the next attempt after `error`: none after a timeout (it waited already), half a
+    /// second after an answer that says no (no bucket yet, no quorum).
+    async fn pause(&self, error: &KvError) {
+        if !matches!(error, KvError::Timeout { .. }) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
