@@ -7,9 +7,13 @@
 //! CPU and messages per second of an idle JetStream board and of an idle member, and a KV write
 //! from a member. Prints a table.
 //!
+//! The same for the leaf-node shape (`LeafConfig`, not configured by bramble yet): the three
+//! JetStream boards route to each other and are the hub; every other board is a standalone
+//! server with one leaf link to a hub board.
+//!
 //! `sudo cargo bench -p bramble-cluster --bench fleet` (the nats-server on PATH, or
 //! `BRAMBLE_NATS_SERVER=$(cluster/scripts/nats-server-trixie)` for 2.10; `BRAMBLE_FLEET=10,25`
-//! for other sizes).
+//! for other sizes, `BRAMBLE_FLEET_SHAPE=mesh` or `leaf` for one shape).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -51,6 +55,44 @@ fn cpu_seconds(pid: u32) -> TestResult<f64> {
     Ok(ticks / 100.0)
 }
 
+/// How the boards' servers connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// bramble's: one full mesh of routes.
+    Mesh,
+    /// The JetStream boards a routed hub, every other board a leaf of it.
+    Leaf,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Mesh => "full mesh",
+            Shape::Leaf => "leaf nodes",
+        }
+    }
+}
+
+/// Leaf links of board `i`'s server.
+async fn leaf_links(shelf: &mut Shelf, i: usize) -> TestResult<usize> {
+    let varz = shelf.monitor_json(i, "/varz").await?;
+    Ok(varz["leafnodes"].as_u64().unwrap_or(0) as usize)
+}
+
+/// Per server, whether it is connected as `shape` wants.
+async fn connected(shelf: &mut Shelf, n: usize, shape: Shape) -> TestResult<Vec<bool>> {
+    let mut linked = Vec::with_capacity(n);
+    for i in 0..n {
+        let peers = shelf.route_peers(i).await?.0;
+        linked.push(match shape {
+            Shape::Mesh => peers == n - 1,
+            Shape::Leaf if JS.contains(&i) => peers == JS.len() - 1,
+            Shape::Leaf => leaf_links(shelf, i).await? == 1,
+        });
+    }
+    Ok(linked)
+}
+
 /// (messages in, messages out) of board `i`'s server so far.
 async fn messages(shelf: &mut Shelf, i: usize) -> TestResult<(u64, u64)> {
     let varz = shelf.monitor_json(i, "/varz").await?;
@@ -60,11 +102,17 @@ async fn messages(shelf: &mut Shelf, i: usize) -> TestResult<(u64, u64)> {
     ))
 }
 
-async fn fleet(n: usize, rows: &mut Vec<(String, String)>) -> TestResult {
+async fn fleet(n: usize, shape: Shape, rows: &mut Vec<(String, String)>) -> TestResult {
     let mut shelf = Shelf::new(n)?;
     let started = Instant::now();
     let configs = (0..n)
-        .map(|i| (i, shelf.config(i, Some(JS), JS.contains(&i))))
+        .map(|i| {
+            let config = match shape {
+                Shape::Mesh => shelf.config(i, Some(JS), JS.contains(&i)),
+                Shape::Leaf => shelf.leaf_config(i, JS),
+            };
+            (i, config)
+        })
         .collect();
     shelf.start_all(configs).await?;
     for &i in JS {
@@ -72,28 +120,26 @@ async fn fleet(n: usize, rows: &mut Vec<(String, String)>) -> TestResult {
     }
     shelf.wait_meta_peers(JS, Duration::from_secs(60)).await?;
     loop {
-        let mut peers = Vec::with_capacity(n);
-        for i in 0..n {
-            peers.push(shelf.route_peers(i).await?.0);
-        }
-        if peers.iter().all(|&p| p == n - 1) {
+        let linked = connected(&mut shelf, n, shape).await?;
+        if linked.iter().all(|&l| l) {
             break;
         }
         if started.elapsed() > Duration::from_secs(120) {
-            let worst = (0..n).min_by_key(|&i| peers[i]).unwrap_or(0);
+            let worst = linked.iter().position(|&l| !l).unwrap_or(0);
             eprintln!(
                 "board {} log:\n{}",
                 shelf.boards[worst].name,
                 shelf.boards[worst].server().log_tail(200)
             );
             return Err(format!(
-                "{n} servers did not form a full mesh in 120 s: peers per server {peers:?}"
+                "{n} servers did not connect as a {} in 120 s: connected {linked:?}",
+                shape.name()
             )
             .into());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mesh = started.elapsed();
+    let connected_at = started.elapsed();
 
     // Every board's membership, on the board.
     let mut members: Vec<Membership> = Vec::new();
@@ -174,26 +220,36 @@ async fn fleet(n: usize, rows: &mut Vec<(String, String)>) -> TestResult {
     samples.sort();
     let at = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
 
-    let (_, connections) = shelf.route_peers(member).await?;
+    let links = |routes: usize, leaves: usize| match (routes, leaves) {
+        (r, 0) => format!("{r} routes"),
+        (0, l) => format!("{l} leaf links"),
+        (r, l) => format!("{r} routes + {l} leaf links"),
+    };
+    let member_links = links(
+        shelf.route_peers(member).await?.1,
+        leaf_links(&mut shelf, member).await?,
+    );
+    let hub_links = links(
+        shelf.route_peers(0).await?.1,
+        leaf_links(&mut shelf, 0).await?,
+    );
+    let at_n = format!("{n} boards, {}", shape.name());
     rows.push((
-        format!("{n} boards: full route mesh / everyone sees everyone alive"),
+        format!("{at_n}: connected / everyone sees everyone alive"),
         format!(
             "{:.1} s / {:.1} s after the servers start",
-            mesh.as_secs_f64(),
+            connected_at.as_secs_f64(),
             everyone_alive.as_secs_f64()
         ),
     ));
     rows.push((
-        format!("{n} boards: route connections per server"),
-        connections.to_string(),
+        format!("{at_n}: connections of a JetStream board / of a member"),
+        format!("{hub_links} / {member_links}"),
     ));
+    rows.push((format!("{at_n}: a JetStream board idle"), idle[0].clone()));
+    rows.push((format!("{at_n}: a member idle"), idle[1].clone()));
     rows.push((
-        format!("{n} boards: a JetStream board idle"),
-        idle[0].clone(),
-    ));
-    rows.push((format!("{n} boards: a member idle"), idle[1].clone()));
-    rows.push((
-        format!("{n} boards: KV put R3 from a member, 256 B"),
+        format!("{at_n}: KV put R3 from a member, 256 B"),
         format!("p50 {:.2} ms, p99 {:.2} ms", at(0.5), at(0.99)),
     ));
     drop(members);
@@ -236,14 +292,25 @@ fn main() {
         );
         std::process::exit(2);
     }
+    let shapes: Vec<Shape> = match std::env::var("BRAMBLE_FLEET_SHAPE").ok().as_deref() {
+        None | Some("") => vec![Shape::Mesh, Shape::Leaf],
+        Some("mesh") => vec![Shape::Mesh],
+        Some("leaf") => vec![Shape::Leaf],
+        Some(other) => {
+            eprintln!("cluster fleet bench: BRAMBLE_FLEET_SHAPE: mesh or leaf, not {other:?}");
+            std::process::exit(2);
+        }
+    };
     let runtime = bramble_testkit::harness::bench_runtime("cluster fleet bench");
     let result = runtime.block_on(async {
         let mut rows = Vec::new();
         for &n in &sizes {
-            let from = rows.len();
-            fleet(n, &mut rows).await?;
-            for (what, value) in &rows[from..] {
-                eprintln!("{what}: {value}");
+            for &shape in &shapes {
+                let from = rows.len();
+                fleet(n, shape, &mut rows).await?;
+                for (what, value) in &rows[from..] {
+                    eprintln!("{what}: {value}");
+                }
             }
         }
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(rows)
@@ -251,7 +318,8 @@ fn main() {
     match result {
         Ok(rows) => report::print_table(
             &format!(
-                "{}: JetStream on 3 boards, the others members; heartbeats every 1 s; network \
+                "{}: JetStream on 3 boards, the others members (full mesh: routed to every board; \
+                 leaf nodes: one link to a JetStream board); heartbeats every 1 s; network \
                  namespaces on one 2-core x86_64 machine",
                 report::server_version(&shelf::binary())
             ),

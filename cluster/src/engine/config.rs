@@ -103,6 +103,8 @@ pub struct EngineConfig {
     pub system: Credentials,
     /// The cluster block: `None` for a standalone server.
     pub cluster: Option<RouteConfig>,
+    /// Leaf-node connections (`None`: none; bramble's shelves are one full mesh).
+    pub leaf: Option<LeafConfig>,
     /// JetStream on this board: `None` when the board does not carry JetStream.
     pub jetstream: Option<JetStreamConfig>,
     /// `GOMEMLIMIT` in bytes.
@@ -132,6 +134,49 @@ pub struct RouteConfig {
     pub credentials: Credentials,
     /// Mutual TLS for routes under the cluster CA.
     pub tls: RouteTls,
+}
+
+/// Leaf-node connections, the shape NATS offers beyond one LAN's full mesh: members connect
+/// to a hub (the JetStream boards) over one link each instead of routing to every board, and
+/// messages cross a link only where someone listens. Not configured by bramble yet; the
+/// fleet benchmark measures it beside the full mesh.
+#[derive(Clone, Debug)]
+pub enum LeafConfig {
+    /// Accepts leaf connections on `listen` (the board's LAN address), bound to the `BRAMBLE`
+    /// account.
+    Hub {
+        /// The leaf listener.
+        listen: SocketAddr,
+        /// The user leaves connect as.
+        credentials: Credentials,
+        /// Mutual TLS under the cluster CA.
+        tls: RouteTls,
+    },
+    /// Connects to one of `hubs` (the `BRAMBLE` account across the link).
+    Member {
+        /// Leaf listeners of the hub's boards.
+        hubs: Vec<SocketAddr>,
+        /// The user to connect as.
+        credentials: Credentials,
+        /// Mutual TLS under the cluster CA.
+        tls: RouteTls,
+    },
+}
+
+impl LeafConfig {
+    fn credentials(&self) -> &Credentials {
+        match self {
+            LeafConfig::Hub { credentials, .. } | LeafConfig::Member { credentials, .. } => {
+                credentials
+            }
+        }
+    }
+
+    fn tls(&self) -> &RouteTls {
+        match self {
+            LeafConfig::Hub { tls, .. } | LeafConfig::Member { tls, .. } => tls,
+        }
+    }
 }
 
 /// PEM files of route TLS.
@@ -210,6 +255,7 @@ impl EngineConfig {
             client,
             system,
             cluster: None,
+            leaf: None,
             jetstream: Some(JetStreamConfig::default()),
             gomemlimit: DEFAULT_GOMEMLIMIT,
             ready_timeout: Duration::from_secs(20),
@@ -324,19 +370,7 @@ impl EngineConfig {
                 quote(&cluster.credentials.user),
                 quote(&cluster.credentials.password)
             ));
-            line("  tls {".into());
-            line(format!("    ca_file: {}", quote_path(&cluster.tls.ca_file)));
-            line(format!(
-                "    cert_file: {}",
-                quote_path(&cluster.tls.cert_file)
-            ));
-            line(format!(
-                "    key_file: {}",
-                quote_path(&cluster.tls.key_file)
-            ));
-            line("    verify: true".into());
-            line("    timeout: 3".into());
-            line("  }".into());
+            line(tls_block(&cluster.tls, "  ", true));
             let mut routes = String::from("  routes: [");
             for (i, route) in cluster.routes.iter().enumerate() {
                 let sep = if i == 0 { "" } else { "," };
@@ -348,6 +382,53 @@ impl EngineConfig {
             }
             routes.push_str("\n  ]");
             line(routes);
+            line("}".into());
+        }
+        if let Some(leaf) = &self.leaf {
+            // Without a JetStream domain, nats-server denies JetStream's API and KV subjects
+            // on a leaf link unless the account's default domain is the empty one, on both
+            // ends: a member then uses the hub's JetStream as a member of the mesh does.
+            line(String::new());
+            line(format!("default_js_domain: {{ {ACCOUNT}: \"\" }}"));
+            line(String::new());
+            line("leafnodes {".into());
+            match leaf {
+                LeafConfig::Hub {
+                    listen,
+                    credentials,
+                    tls,
+                } => {
+                    line(format!("  listen: \"{listen}\""));
+                    line("  no_advertise: true".into());
+                    line(format!(
+                        "  authorization {{ user: {}, password: {}, account: {ACCOUNT}, timeout: 2 }}",
+                        quote(&credentials.user),
+                        quote(&credentials.password)
+                    ));
+                    line(tls_block(tls, "  ", true));
+                }
+                LeafConfig::Member {
+                    hubs,
+                    credentials,
+                    tls,
+                } => {
+                    let urls: Vec<String> = hubs
+                        .iter()
+                        .map(|hub| {
+                            format!(
+                                "\"nats-leaf://{}:{}@{hub}\"",
+                                credentials.user, credentials.password
+                            )
+                        })
+                        .collect();
+                    line("  remotes: [".into());
+                    line(format!("    {{ urls: [ {} ]", urls.join(", ")));
+                    line(format!("      account: {ACCOUNT}"));
+                    line(tls_block(tls, "      ", false));
+                    line("    }".into());
+                    line("  ]".into());
+                }
+            }
             line("}".into());
         }
         Ok(out)
@@ -404,8 +485,46 @@ impl EngineConfig {
                 check_path(path)?;
             }
         }
+        if let Some(leaf) = &self.leaf {
+            check_credentials(leaf.credentials())?;
+            match leaf {
+                LeafConfig::Hub { listen, .. } => {
+                    if listen.port() == 0 || listen.ip().is_unspecified() {
+                        return Err(ConfigError::Invalid(
+                            "the leaf listener needs the board's own LAN address and a port".into(),
+                        ));
+                    }
+                }
+                LeafConfig::Member { hubs, .. } => {
+                    if hubs.is_empty() {
+                        return Err(ConfigError::Invalid(
+                            "a leaf member needs at least one hub".into(),
+                        ));
+                    }
+                }
+            }
+            let tls = leaf.tls();
+            for path in [&tls.ca_file, &tls.cert_file, &tls.key_file] {
+                check_path(path)?;
+            }
+        }
         Ok(())
     }
+}
+
+/// A `tls { … }` block of `tls`'s files at `indent` (`verify`: require the peer's certificate,
+/// on the accepting side).
+fn tls_block(tls: &RouteTls, indent: &str, verify: bool) -> String {
+    let mut block = format!("{indent}tls {{\n");
+    let _ = writeln!(block, "{indent}  ca_file: {}", quote_path(&tls.ca_file));
+    let _ = writeln!(block, "{indent}  cert_file: {}", quote_path(&tls.cert_file));
+    let _ = writeln!(block, "{indent}  key_file: {}", quote_path(&tls.key_file));
+    if verify {
+        let _ = writeln!(block, "{indent}  verify: true");
+    }
+    let _ = writeln!(block, "{indent}  timeout: 3");
+    let _ = write!(block, "{indent}}}");
+    block
 }
 
 /// A configuration bramble will not write.
@@ -624,6 +743,58 @@ mod tests {
         let mut c = config();
         c.monitor_port = c.client_port;
         assert!(matches!(c.render(V29), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn leaf_hub_and_member_bind_the_account_with_credentials_and_tls() {
+        let creds = Credentials {
+            user: "leaf".into(),
+            password: "fedcba9876543210XYZ".into(),
+        };
+        let tls = config().cluster.map(|c| c.tls).unwrap();
+        let mut hub = config();
+        hub.leaf = Some(LeafConfig::Hub {
+            listen: "10.0.0.1:7425".parse().unwrap(),
+            credentials: creds.clone(),
+            tls: tls.clone(),
+        });
+        let text = hub.render(V29).unwrap();
+        let leaf = &text[text.find("leafnodes {").unwrap()..];
+        assert!(leaf.contains("listen: \"10.0.0.1:7425\""), "{leaf}");
+        assert!(
+            leaf.contains(
+                "authorization { user: \"leaf\", password: \"fedcba9876543210XYZ\", account: BRAMBLE"
+            ),
+            "{leaf}"
+        );
+        assert!(leaf.contains("verify: true"), "{leaf}");
+
+        let mut member = config();
+        member.cluster = None;
+        member.jetstream = None;
+        member.leaf = Some(LeafConfig::Member {
+            hubs: vec![
+                "10.0.0.1:7425".parse().unwrap(),
+                "10.0.0.2:7425".parse().unwrap(),
+            ],
+            credentials: creds.clone(),
+            tls: tls.clone(),
+        });
+        let text = member.render(V210).unwrap();
+        let leaf = &text[text.find("leafnodes {").unwrap()..];
+        assert!(
+            leaf.contains("\"nats-leaf://leaf:fedcba9876543210XYZ@10.0.0.2:7425\""),
+            "{leaf}"
+        );
+        assert!(leaf.contains("account: BRAMBLE"), "{leaf}");
+        assert!(leaf.contains("cert_file: "), "{leaf}");
+
+        member.leaf = Some(LeafConfig::Member {
+            hubs: Vec::new(),
+            credentials: creds,
+            tls,
+        });
+        assert!(matches!(member.render(V29), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

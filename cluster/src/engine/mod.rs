@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{
-    Backoff, ConfigError, Credentials, EngineConfig, JetStreamConfig, RouteConfig, RouteTls,
-    SyncPolicy,
+    Backoff, ConfigError, Credentials, EngineConfig, JetStreamConfig, LeafConfig, RouteConfig,
+    RouteTls, SyncPolicy,
 };
 pub use error::EngineError;
 pub use monitor::{Health, HealthCheck, Monitor, MonitorError};

@@ -15,6 +15,7 @@ mod desired;
 mod engine;
 mod growth;
 mod kv;
+mod leaf;
 mod liveness;
 mod partition;
 mod queue;
@@ -104,6 +105,10 @@ fn main() {
         trial(
             "kv_ensure_replicas_grows_and_shrinks_in_place",
             kv::ensure_replicas_in_place,
+        ),
+        trial(
+            "leaf_members_use_the_hub_and_survive_its_power_cut",
+            leaf::members_use_the_hub_and_survive_its_power_cut,
         ),
         trial(
             "liveness_killed_board_is_suspect_then_dead",

@@ -14,13 +14,17 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bramble_cluster::engine::monitor::MetaCluster;
 use bramble_cluster::engine::{
-    EngineConfig, EngineError, HealthCheck, JetStreamConfig, NatsServer, RouteConfig, RouteTls,
+    EngineConfig, EngineError, HealthCheck, JetStreamConfig, LeafConfig, NatsServer, RouteConfig,
+    RouteTls,
 };
 use bramble_cluster::identity::{BoardIdentity, ClusterIdentity};
 use bramble_cluster::kv::{Bucket, BucketConfig};
 use bramble_cluster::membership::{BoardInfo, HardwareSummary, MemoryBudget};
 
 use bramble_testkit::lan::Lan;
+
+/// The leaf listener's port on a hub board (benches).
+pub const LEAF_PORT: u16 = 7425;
 
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -168,6 +172,36 @@ impl Shelf {
             tls: board.tls.clone(),
         });
         config
+    }
+
+    /// Board `i`'s leaf listener, when it is a hub (benches).
+    pub fn leaf(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.boards[i].addr, LEAF_PORT)
+    }
+
+    /// Board `i` in the leaf-node shape: a board of `hubs` routes to the other hubs, carries
+    /// JetStream and accepts leaf connections; any other is a standalone server connected as a
+    /// leaf to one of the hubs (same credentials and CA as routes).
+    pub fn leaf_config(&self, i: usize, hubs: &[usize]) -> EngineConfig {
+        let credentials = self.cluster.route.clone();
+        let tls = self.boards[i].tls.clone();
+        if hubs.contains(&i) {
+            let mut config = self.config(i, Some(hubs), true);
+            config.leaf = Some(LeafConfig::Hub {
+                listen: self.leaf(i),
+                credentials,
+                tls,
+            });
+            config
+        } else {
+            let mut config = self.config(i, None, false);
+            config.leaf = Some(LeafConfig::Member {
+                hubs: hubs.iter().map(|&h| self.leaf(h)).collect(),
+                credentials,
+                tls,
+            });
+            config
+        }
     }
 
     /// Every board of `members` in a cluster with every other, JetStream on `js` of them.
