@@ -175,6 +175,7 @@ pub async fn answer(
             clustered: true,
             routes,
             founder: false,
+            joining: true,
         },
         api: node.settings().api.clone(),
     })

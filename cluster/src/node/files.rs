@@ -46,6 +46,12 @@ pub struct NodeFile {
     /// them, so that a board that joins never makes an empty bucket before the first board's
     /// data is moved into the cluster.
     pub founder: bool,
+    /// Set when the board joins, cleared once it has found its record in the cluster: until
+    /// then a missing record means the cluster's data is still being moved (the first board
+    /// moves its JetStream data into the cluster as the second joins), not that this board
+    /// was removed while away.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joining: bool,
 }
 
 /// Everything a board in a cluster keeps.
@@ -163,6 +169,7 @@ mod tests {
                 clustered: false,
                 routes: vec![],
                 founder: true,
+                joining: false,
             },
         };
         files.save(dir.path()).unwrap();

@@ -43,6 +43,7 @@ pub fn create(state_dir: &Path, founding: &Founding) -> Result<JoinToken, Identi
             clustered: false,
             routes: Vec::new(),
             founder: true,
+            joining: false,
         },
     };
     files.save(state_dir)?;

@@ -429,19 +429,36 @@ impl ClusterNode {
         };
         let (boards, cluster) = buckets;
         let me = self.me.borrow().clone();
-        // A board removed while it was away finds neither its record nor its place.
+        // A board removed while it was away finds neither its record nor its place; a board
+        // that has just joined may not find its record yet.
+        let joining = self.files().node.joining;
         let known = loop {
             match patience
                 .ask(BOARDS_BUCKET, boards.entry_from_leader(&me.name))
                 .await
             {
-                Ok(entry) => break entry.is_some(),
+                Ok(Some(_)) => break true,
+                Ok(None) if joining && started.elapsed() < JOINING_PATIENCE => {
+                    tracing::debug!(waited = ?started.elapsed(), "this board's record is not in the cluster yet (its data is still being moved in?)");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Ok(None) => break false,
                 Err(e) => {
                     tracing::debug!(error = %bramble_base::error_chain(&e), waited = ?started.elapsed(), "reading this board's record");
                     patience.pause(&e).await;
                 }
             }
         };
+        if known && joining {
+            let files = self.update_node_file(|n| n.joining = false);
+            let state_dir = self.settings.state_dir.clone();
+            let saved = tokio::task::spawn_blocking(move || files.node.save(&state_dir)).await;
+            if !matches!(saved, Ok(Ok(()))) {
+                tracing::warn!(
+                    "cannot note in node.json that this board found its record; it will wait for it again at its next start"
+                );
+            }
+        }
         if !known {
             tracing::error!(board = %me.name, cluster = %self.cluster(), "this board was removed from its cluster while it was away: run `bramble cluster leave` to return it to single-board mode");
             self.removed.send_replace(true);
@@ -659,6 +676,10 @@ fn io_error(e: tokio::task::JoinError) -> IdentityError {
         source: std::io::Error::other(e),
     }
 }
+
+/// How long a board that has just joined waits for its record to show in the cluster before
+/// it concludes it was removed.
+const JOINING_PATIENCE: Duration = Duration::from_secs(120);
 
 /// How a board asks the cluster the reads it needs to come up. A request sent while the
 /// cluster's JetStream is forming (the first board moving its data into the cluster as the
