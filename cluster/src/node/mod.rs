@@ -526,6 +526,12 @@ impl ClusterNode {
                 }
             }
         };
+        // Nothing is answered from a mirror still filling: a board that has just joined would
+        // say "not found" of functions the cluster has (seen: a scale through a board right
+        // after its join, 404).
+        if !desired.mirror().wait_current(MIRROR_PATIENCE).await {
+            tracing::warn!(waited = ?started.elapsed(), "the cluster's functions, namespaces and secrets are not all here yet; answering from what is");
+        }
         let plan = placer::follow(cluster.clone());
         let parts = Arc::new(Parts {
             boards,
@@ -676,6 +682,10 @@ fn io_error(e: tokio::task::JoinError) -> IdentityError {
         source: std::io::Error::other(e),
     }
 }
+
+/// How long a board coming up waits for its mirror of the desired state to hold every value
+/// before it answers from it.
+const MIRROR_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long a board that has just joined waits for its record to show in the cluster before
 /// it concludes it was removed.
