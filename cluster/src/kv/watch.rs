@@ -94,7 +94,7 @@ impl Bucket {
     /// starting with each key's latest value, and [`Change::Current`] once those have all been
     /// delivered — checked against the number of keys the stream leader counted when the
     /// watch started; a short snapshot (see [`Bucket::keys`]) yields
-    /// [`KvError::Incomplete`] instead, and the watch should be started again. The stream
+    /// [`KvError::Incomplete`] instead of its values, and the watch should be started again. The stream
     /// ends (or yields an error) when the watch breaks; [`follow`] handles all of this.
     pub async fn watch_all(
         &self,
@@ -287,6 +287,10 @@ pub fn follow(bucket: Bucket) -> tokio::sync::mpsc::Receiver<Change> {
 
 /// Turns a KV watch into [`Change`]s. `expected`: the number of keys (subjects) the snapshot
 /// must hold before [`Change::Current`] (`None`: a resumed watch, current from the start).
+/// The first snapshot's values are held back until it is known complete: a short one is
+/// dropped whole ([`KvError::Incomplete`]), since what it holds may be older than the stream's
+/// values (seen: a board's layout follower given the layout before the last join, right after
+/// the streams grew to three replicas, dropped a JetStream board's route).
 fn changes(
     bucket: String,
     watch: kv::Watch,
@@ -300,31 +304,37 @@ fn changes(
     };
     let mut current_sent = already_current;
     let mut seen = std::collections::HashSet::new();
+    let mut snapshot: Vec<Result<Change, KvError>> = Vec::new();
     let entries = watch.flat_map(move |item| {
         let mut out: Vec<Result<Change, KvError>> = Vec::with_capacity(2);
         match item {
             Ok(entry) => {
                 let last = entry.delta == 0;
-                if !current_sent {
-                    seen.insert(entry.key.clone());
-                }
-                out.push(Ok(match entry.operation {
+                let change = match entry.operation {
                     kv::Operation::Put => Change::Put {
-                        key: entry.key,
+                        key: entry.key.clone(),
                         value: entry.value,
                         revision: entry.revision,
                     },
                     kv::Operation::Delete | kv::Operation::Purge => Change::Delete {
-                        key: entry.key,
+                        key: entry.key.clone(),
                         revision: entry.revision,
                     },
-                }));
+                };
+                if current_sent {
+                    out.push(Ok(change));
+                } else {
+                    seen.insert(entry.key);
+                    snapshot.push(Ok(change));
+                }
                 if !current_sent && last {
                     current_sent = true;
                     let expected = expected.unwrap_or(0);
                     if seen.len() as u64 >= expected {
+                        out.append(&mut snapshot);
                         out.push(Ok(Change::Current));
                     } else {
+                        snapshot.clear();
                         out.push(Err(KvError::Incomplete {
                             bucket: bucket.clone(),
                             seen: seen.len() as u64,
