@@ -28,9 +28,7 @@ mod shelf;
 
 use std::time::{Duration, Instant};
 
-use bramble_cluster::membership::{
-    BOARDS_BUCKET, BoardInfo, BoardState, Membership, MembershipConfig,
-};
+use bramble_cluster::membership::{BoardState, Membership};
 use bytes::Bytes;
 
 use shelf::{Shelf, TestResult};
@@ -144,20 +142,7 @@ async fn fleet(n: usize, shape: Shape, rows: &mut Vec<(String, String)>) -> Test
     // Every board's membership, on the board.
     let mut members: Vec<Membership> = Vec::new();
     for i in 0..n {
-        let bucket = shelf.boards[i].bucket(BOARDS_BUCKET, JS.len()).await?;
-        let client = shelf.boards[i].client();
-        let me = BoardInfo {
-            jetstream: JS.contains(&i),
-            ..shelf.board_info(i)
-        };
-        members.push(
-            shelf.boards[i]
-                .run(async move {
-                    Membership::start(client, bucket, "shelf", me, MembershipConfig::default())
-                        .await
-                })
-                .await??,
-        );
+        members.push(shelf.membership(i, JS.contains(&i), JS.len()).await?);
     }
     let mut views: Vec<_> = members.iter().map(Membership::watch).collect();
     let deadline = Instant::now() + Duration::from_secs(120);

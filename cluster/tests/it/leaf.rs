@@ -5,9 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bramble_cluster::membership::{
-    BOARDS_BUCKET, BoardInfo, BoardState, Membership, MembershipConfig,
-};
+use bramble_cluster::membership::BoardState;
 use bytes::Bytes;
 
 use crate::shelf::{Shelf, TestResult};
@@ -84,20 +82,7 @@ pub async fn members_use_the_hub_and_survive_its_power_cut() -> TestResult {
     // Heartbeats cross leaf → hub → leaf: every board sees every other alive.
     let mut members = Vec::new();
     for i in 0..5 {
-        let bucket = shelf.boards[i].bucket(BOARDS_BUCKET, HUBS.len()).await?;
-        let client = shelf.boards[i].client();
-        let me = BoardInfo {
-            jetstream: HUBS.contains(&i),
-            ..shelf.board_info(i)
-        };
-        members.push(
-            shelf.boards[i]
-                .run(async move {
-                    Membership::start(client, bucket, "shelf", me, MembershipConfig::default())
-                        .await
-                })
-                .await??,
-        );
+        members.push(shelf.membership(i, HUBS.contains(&i), HUBS.len()).await?);
     }
     for m in &members {
         let mut view = m.watch();

@@ -19,7 +19,9 @@ use bramble_cluster::engine::{
 };
 use bramble_cluster::identity::{BoardIdentity, ClusterIdentity};
 use bramble_cluster::kv::{Bucket, BucketConfig};
-use bramble_cluster::membership::{BoardInfo, HardwareSummary, MemoryBudget};
+use bramble_cluster::membership::{
+    BOARDS_BUCKET, BoardInfo, HardwareSummary, Membership, MembershipConfig, MemoryBudget,
+};
 
 use bramble_testkit::lan::Lan;
 
@@ -258,6 +260,27 @@ impl Shelf {
             self.boards[i].client = Some(client);
         }
         Ok(())
+    }
+
+    /// Starts bramble's membership on board `i` (default settings), its record saying whether
+    /// it carries JetStream, the `boards` bucket with `replicas`.
+    pub async fn membership(
+        &mut self,
+        i: usize,
+        jetstream: bool,
+        replicas: usize,
+    ) -> TestResult<Membership> {
+        let bucket = self.boards[i].bucket(BOARDS_BUCKET, replicas).await?;
+        let client = self.boards[i].client();
+        let me = BoardInfo {
+            jetstream,
+            ..self.board_info(i)
+        };
+        Ok(self.boards[i]
+            .run(async move {
+                Membership::start(client, bucket, "shelf", me, MembershipConfig::default()).await
+            })
+            .await??)
     }
 
     /// Board `i`'s record as its membership writes it (an arm64 board with a GPIO chip, an
