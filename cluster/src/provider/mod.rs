@@ -142,6 +142,9 @@ impl Unreachable {
 }
 
 /// How a call is served.
+/// How often a call waits to find a function placed on this board a moment ago.
+const PLACED_HERE_POLL: Duration = Duration::from_millis(100);
+
 enum Mode {
     /// No cluster: the board's own provider.
     Single,
@@ -247,6 +250,37 @@ impl<L: Provider> ClusterProvider<L> {
                 None => Mode::Unreached,
             },
         }
+    }
+
+    /// This board's endpoint of a function the routes send here. Placed here a moment ago (a
+    /// scale, a deploy), the function may not be on this board yet — its runner deploys it —
+    /// and the board's own provider does not know it: while the cluster has the function, ask
+    /// again until `wait` is over (then 503, which a queued call retries), never 404.
+    async fn endpoint_placed_here(
+        &self,
+        name: &str,
+        namespace: &str,
+        wait: Duration,
+    ) -> ProviderResult<Endpoint> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.local.endpoint(name, namespace, wait).await {
+                Err(ProviderError::NotFound(_)) if self.cluster_has(namespace, name) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ProviderError::Unavailable(format!(
+                            "function {name} is placed on this board and not started here yet; try again"
+                        )));
+                    }
+                    tokio::time::sleep(PLACED_HERE_POLL).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the cluster's desired state has `name.namespace`.
+    fn cluster_has(&self, namespace: &str, name: &str) -> bool {
+        matches!(self.mode(), Mode::Cluster(_, parts) if parts.desired.snapshot().function(namespace, name).is_some())
     }
 
     /// Checks a deployment as a single board would, then against the placement; returns the
@@ -613,7 +647,7 @@ impl<L: Provider> Provider for ClusterProvider<L> {
         };
         match elsewhere {
             Some(endpoint) => Ok(endpoint),
-            None => self.local.endpoint(name, namespace, wait).await,
+            None => self.endpoint_placed_here(name, namespace, wait).await,
         }
     }
 
