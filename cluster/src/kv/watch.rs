@@ -93,9 +93,9 @@ impl Bucket {
     /// The current values, then every change, as a stream: puts and deletes of every key,
     /// starting with each key's latest value, and [`Change::Current`] once those have all been
     /// delivered — checked against the number of keys the stream leader counted when the
-    /// watch started; a short snapshot (see [`Bucket::keys`]) yields
-    /// [`KvError::Incomplete`] instead of its values, and the watch should be started again. The stream
-    /// ends (or yields an error) when the watch breaks; [`follow`] handles all of this.
+    /// watch started; a short snapshot (see [`Bucket::keys`]) yields [`KvError::Incomplete`]
+    /// instead of its values, and the watch should be started again. The stream ends (or
+    /// yields an error) when the watch breaks; [`follow`] handles all of this.
     pub async fn watch_all(
         &self,
     ) -> Result<impl Stream<Item = Result<Change, KvError>> + Send + use<>, KvError> {
@@ -310,21 +310,23 @@ fn changes(
         match item {
             Ok(entry) => {
                 let last = entry.delta == 0;
+                if !current_sent {
+                    seen.insert(entry.key.clone());
+                }
                 let change = match entry.operation {
                     kv::Operation::Put => Change::Put {
-                        key: entry.key.clone(),
+                        key: entry.key,
                         value: entry.value,
                         revision: entry.revision,
                     },
                     kv::Operation::Delete | kv::Operation::Purge => Change::Delete {
-                        key: entry.key.clone(),
+                        key: entry.key,
                         revision: entry.revision,
                     },
                 };
                 if current_sent {
                     out.push(Ok(change));
                 } else {
-                    seen.insert(entry.key);
                     snapshot.push(Ok(change));
                 }
                 if !current_sent && last {

@@ -141,10 +141,10 @@ impl Unreachable {
     }
 }
 
-/// How a call is served.
 /// How often a call waits to find a function placed on this board a moment ago.
 const PLACED_HERE_POLL: Duration = Duration::from_millis(100);
 
+/// How a call is served.
 enum Mode {
     /// No cluster: the board's own provider.
     Single,
@@ -264,9 +264,10 @@ impl<L: Provider> ClusterProvider<L> {
     ) -> ProviderResult<Endpoint> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match self.local.endpoint(name, namespace, wait).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.local.endpoint(name, namespace, left).await {
                 Err(ProviderError::NotFound(_)) if self.cluster_has(namespace, name) => {
-                    if tokio::time::Instant::now() >= deadline {
+                    if left.is_zero() {
                         return Err(ProviderError::Unavailable(format!(
                             "function {name} is placed on this board and not started here yet; try again"
                         )));
