@@ -345,8 +345,20 @@ pub(crate) async fn deploy_on_one_board_invoke_on_every_board() -> TestResult {
     );
     assert_eq!(invocations(&boards[1], "pressed"), 0);
 
-    // A board leaves: what runs on it runs elsewhere before it goes. `mover` runs on b1 or b2.
+    // Called through b0 the moment its deploy through b0 answers, a function that runs on b1
+    // or b2 answers from there: b0 waits for it to be placed and started elsewhere (a cold
+    // start), not for the call's whole timeout (it did, 30 s, while it looked for the
+    // replica on itself only).
     deploy_constrained(&boards[0], &[("mover", "node!=b0")]);
+    let deployed = Instant::now();
+    let (status, text) = call_function(&boards[0], "mover");
+    assert_eq!(status, 200, "{text}\n{}", boards[0].log_tail());
+    let first = deployed.elapsed();
+    assert!(first < Duration::from_secs(10), "{first:?}");
+    assert_ne!(answered_on(&boards, &text), "b0", "{text}");
+    println!("measured: deploy through b0 → first answer through b0 from another board: {first:?}");
+
+    // A board leaves: what runs on it runs elsewhere before it goes. `mover` runs on b1 or b2.
     wait_for("mover ready", || available_of(&boards[0], "mover") == 1).await;
     let from = placed(&boards[0], "mover")[0].0.clone();
     let to = if from == "b1" { "b2" } else { "b1" };

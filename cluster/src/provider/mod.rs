@@ -141,7 +141,7 @@ impl Unreachable {
     }
 }
 
-/// How often a call waits to find a function placed on this board a moment ago.
+/// How often a call of a function placed here a moment ago (or nowhere yet) looks again.
 const PLACED_HERE_POLL: Duration = Duration::from_millis(100);
 
 /// How a call is served.
@@ -252,27 +252,54 @@ impl<L: Provider> ClusterProvider<L> {
         }
     }
 
-    /// This board's endpoint of a function the routes send here. Placed here a moment ago (a
-    /// scale, a deploy), the function may not be on this board yet — its runner deploys it —
-    /// and the board's own provider does not know it: while the cluster has the function, ask
-    /// again until `wait` is over (then 503, which a queued call retries), never 404.
-    async fn endpoint_placed_here(
+    /// Where the routes send a call: `Ok(None)` for this board (placed here, or placed
+    /// nowhere yet), another board's endpoint, or the reason none can take it.
+    fn route(&self, name: &str, namespace: &str) -> ProviderResult<Option<Endpoint>> {
+        let skip = self.unreachable.now();
+        let routes = self.routes.borrow();
+        match routes.find(namespace, name) {
+            None | Some(Route::Here) => Ok(None),
+            Some(Route::Refused(message)) => Err(ProviderError::Unavailable(message.clone())),
+            Some(Route::Elsewhere(remote)) => Ok(remote
+                .pick(|b| skip.as_ref().is_some_and(|skip| skip.contains(&b.name)))
+                .map(|board| Endpoint {
+                    upstream: Upstream::Board(board.clone()),
+                    timeout: remote.timeout,
+                    in_flight: None,
+                })),
+        }
+    }
+    /// The endpoint of a call on a board in a cluster: where the routes send it (`via_routes`:
+    /// a client's call; a call another board sent here is answered here, one hop at most).
+    /// Deployed or scaled a moment ago, the function may be placed nowhere yet, or here and
+    /// not on this board yet (its runner deploys it; the board's own provider does not know
+    /// it): while the cluster has the function, look again — at the routes, which may have
+    /// placed it elsewhere meanwhile, and here — until `wait` is over (then 503, which a
+    /// queued call retries), never 404.
+    async fn wait_for_endpoint(
         &self,
         name: &str,
         namespace: &str,
         wait: Duration,
+        via_routes: bool,
     ) -> ProviderResult<Endpoint> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = None;
         loop {
+            if via_routes && let Some(elsewhere) = self.route(name, namespace)? {
+                return Ok(elsewhere);
+            }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.local.endpoint(name, namespace, left).await {
                 Err(ProviderError::NotFound(_)) if self.cluster_has(namespace, name) => {
                     if left.is_zero() {
                         return Err(ProviderError::Unavailable(format!(
-                            "function {name} is placed on this board and not started here yet; try again"
+                            "function {name} is not started on a board that can answer yet; try again"
                         )));
                     }
-                    tokio::time::sleep(PLACED_HERE_POLL).await;
+                    // A change of the routes, or the next look here, whichever comes first.
+                    let changes = changes.get_or_insert_with(|| self.routes.subscribe());
+                    let _ = tokio::time::timeout(PLACED_HERE_POLL, changes.changed()).await;
                 }
                 other => return other,
             }
@@ -628,28 +655,7 @@ impl<L: Provider> Provider for ClusterProvider<L> {
         if self.node.get().is_none() {
             return self.local.endpoint(name, namespace, wait).await;
         }
-        let skip = self.unreachable.now();
-        let elsewhere = {
-            let routes = self.routes.borrow();
-            match routes.find(namespace, name) {
-                // Not placed yet (deployed a moment ago), or placed here: this board answers.
-                None | Some(Route::Here) => None,
-                Some(Route::Refused(message)) => {
-                    return Err(ProviderError::Unavailable(message.clone()));
-                }
-                Some(Route::Elsewhere(remote)) => remote
-                    .pick(|b| skip.as_ref().is_some_and(|skip| skip.contains(&b.name)))
-                    .map(|board| Endpoint {
-                        upstream: Upstream::Board(board.clone()),
-                        timeout: remote.timeout,
-                        in_flight: None,
-                    }),
-            }
-        };
-        match elsewhere {
-            Some(endpoint) => Ok(endpoint),
-            None => self.endpoint_placed_here(name, namespace, wait).await,
-        }
+        self.wait_for_endpoint(name, namespace, wait, true).await
     }
 
     fn unreachable(&self, board: &BoardAddr) {
@@ -664,7 +670,10 @@ impl<L: Provider> Provider for ClusterProvider<L> {
         namespace: &str,
         wait: Duration,
     ) -> ProviderResult<Endpoint> {
-        self.local.endpoint(name, namespace, wait).await
+        if self.node.get().is_none() {
+            return self.local.endpoint(name, namespace, wait).await;
+        }
+        self.wait_for_endpoint(name, namespace, wait, false).await
     }
 
     async fn usage(&self) -> HashMap<(String, String), UsageSample> {

@@ -18,7 +18,7 @@ use bramble_cluster::engine::{
     RouteTls,
 };
 use bramble_cluster::identity::{BoardIdentity, ClusterIdentity};
-use bramble_cluster::kv::{Bucket, BucketConfig};
+use bramble_cluster::kv::{self, Bucket, BucketConfig};
 use bramble_cluster::membership::{
     BOARDS_BUCKET, BoardInfo, HardwareSummary, Membership, MembershipConfig, MemoryBudget,
 };
@@ -97,9 +97,18 @@ impl Board {
         jetstream::new(self.client())
     }
 
-    /// Opens (or creates) a bucket through this board.
+    /// Opens (or creates) a bucket through this board. Its creation is the tests' setup, not
+    /// what they check: it waits up to 30 s for an answer (on a loaded machine, the first
+    /// stream of a cluster that has just formed took longer than a write's 5 s); the bucket
+    /// then answers within [`kv::DEFAULT_TIMEOUT`] as bramble's do.
     pub async fn bucket(&self, name: &str, replicas: usize) -> TestResult<Bucket> {
-        Ok(Bucket::open_or_create(&self.js(), &BucketConfig::new(name, replicas)).await?)
+        let mut js = self.js();
+        js.set_timeout(Duration::from_secs(30));
+        Ok(
+            Bucket::open_or_create(&js, &BucketConfig::new(name, replicas))
+                .await?
+                .with_timeout(kv::DEFAULT_TIMEOUT),
+        )
     }
 
     pub fn pid(&self) -> Option<u32> {
