@@ -286,12 +286,24 @@ impl<L: Provider> ClusterProvider<L> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = None;
         loop {
-            if via_routes && let Some(elsewhere) = self.route(name, namespace)? {
-                return Ok(elsewhere);
-            }
+            // A call sent here waits only while this board's routes also place the function
+            // here (or nowhere yet): one moved away since gets 503 at once.
+            let may_start_here = if via_routes {
+                if let Some(elsewhere) = self.route(name, namespace)? {
+                    return Ok(elsewhere);
+                }
+                true
+            } else {
+                matches!(
+                    self.routes.borrow().find(namespace, name),
+                    None | Some(Route::Here)
+                )
+            };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.local.endpoint(name, namespace, left).await {
-                Err(ProviderError::NotFound(_)) if self.cluster_has(namespace, name) => {
+                Err(ProviderError::NotFound(_))
+                    if may_start_here && self.cluster_has(namespace, name) =>
+                {
                     if left.is_zero() {
                         return Err(ProviderError::Unavailable(format!(
                             "function {name} is not started on a board that can answer yet; try again"
