@@ -63,6 +63,10 @@ pub const ROUTE_PING_MAX: u32 = 3;
 pub const DISCOVERED_ROUTE_RETRIES: u32 = 60;
 /// Default `GOMEMLIMIT` for the server: 48 MiB (the Go runtime collects harder near it).
 pub const DEFAULT_GOMEMLIMIT: u64 = 48 * 1024 * 1024;
+/// Default `GOGC` for the server: 50 (Go's default is 100). A board's idle server holds
+/// 0.8–1.6 MiB less of its own memory (measured on three JetStream boards: 5.7–7.5 MiB
+/// against 6.5–9.1); 25 saved nothing more.
+pub const DEFAULT_GOGC: u32 = 50;
 /// Default JetStream memory store limit: bramble keeps everything on file storage.
 pub const DEFAULT_MAX_MEMORY_STORE: u64 = 8 * 1024 * 1024;
 
@@ -109,6 +113,8 @@ pub struct EngineConfig {
     pub jetstream: Option<JetStreamConfig>,
     /// `GOMEMLIMIT` in bytes.
     pub gomemlimit: u64,
+    /// `GOGC`: how much the server's heap grows, in percent, before it collects.
+    pub gogc: u32,
     /// How long to wait for the server to become ready after a start.
     pub ready_timeout: Duration,
     /// Restart backoff after the server dies: first delay, doubled up to `max`.
@@ -258,6 +264,7 @@ impl EngineConfig {
             leaf: None,
             jetstream: Some(JetStreamConfig::default()),
             gomemlimit: DEFAULT_GOMEMLIMIT,
+            gogc: DEFAULT_GOGC,
             ready_timeout: Duration::from_secs(20),
             restart: Backoff::default(),
         }

@@ -4,7 +4,7 @@
 //! is refused), renders the configuration file from the typed [`EngineConfig`] for that
 //! version (see [`config`]), has nats-server check it (`-t`), stops a server a crashed bramble
 //! left behind (pid file + command line), checks the listeners' ports, spawns the server with
-//! `GOMEMLIMIT`, and returns once `/healthz?js-enabled-only=true` answers ok. A supervisor task
+//! `GOMEMLIMIT` and `GOGC`, and returns once `/healthz?js-enabled-only=true` answers ok. A supervisor task
 //! then restarts the server when it dies (doubling backoff, reset after a minute of uptime) and
 //! publishes the [`EngineState`]. [`NatsServer::restart_with`] applies a new configuration (a
 //! cluster block, JetStream on/off: these need a restart), [`NatsServer::stop`] ends it.

@@ -213,13 +213,14 @@ pub(crate) struct Process {
     pub(crate) pid: u32,
 }
 
-/// Spawns the server with `GOMEMLIMIT` set and its log piped into `log` (and `tracing`).
+/// Spawns the server with `GOMEMLIMIT` and `GOGC` set and its log piped into `log` (and `tracing`).
 pub(crate) fn spawn(config: &EngineConfig, log: &LogTail) -> Result<Process, EngineError> {
     let mut command = Command::new(&config.binary);
     command
         .arg("-c")
         .arg(config.config_file())
         .env("GOMEMLIMIT", format!("{}B", config.gomemlimit))
+        .env("GOGC", config.gogc.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
