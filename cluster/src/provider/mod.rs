@@ -269,6 +269,7 @@ impl<L: Provider> ClusterProvider<L> {
                 })),
         }
     }
+
     /// The endpoint of a call on a board in a cluster: where the routes send it (`via_routes`:
     /// a client's call; a call another board sent here is answered here, one hop at most).
     /// Deployed or scaled a moment ago, the function may be placed nowhere yet, or here and
