@@ -284,39 +284,46 @@ impl<L: Provider> ClusterProvider<L> {
         wait: Duration,
         via_routes: bool,
     ) -> ProviderResult<Endpoint> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut changes = None;
+        let mut left = wait;
+        // Set at the first miss only (a hit, the common case, reads no clock): when the wait
+        // ends, and the routes' changes that end each round early.
+        let mut waiting: Option<(tokio::time::Instant, watch::Receiver<Arc<Routes>>)> = None;
         loop {
-            // A call sent here waits only while this board's routes also place the function
-            // here (or nowhere yet): one moved away since gets 503 at once.
-            let may_start_here = if via_routes {
-                if let Some(elsewhere) = self.route(name, namespace)? {
-                    return Ok(elsewhere);
-                }
-                true
-            } else {
-                matches!(
-                    self.routes.borrow().find(namespace, name),
-                    None | Some(Route::Here)
-                )
-            };
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if via_routes && let Some(elsewhere) = self.route(name, namespace)? {
+                return Ok(elsewhere);
+            }
             match self.local.endpoint(name, namespace, left).await {
+                // A call sent here waits only while this board's routes also place the
+                // function here (or nowhere yet): one moved away since gets 503 at once.
                 Err(ProviderError::NotFound(_))
-                    if may_start_here && self.cluster_has(namespace, name) =>
+                    if self.cluster_has(namespace, name)
+                        && (via_routes || self.routed_here(namespace, name)) =>
                 {
                     if left.is_zero() {
                         return Err(ProviderError::Unavailable(format!(
                             "function {name} is not started on a board that can answer yet; try again"
                         )));
                     }
+                    // A miss answers at once: the wait starts here.
+                    let (deadline, changes) = waiting.get_or_insert_with(|| {
+                        (tokio::time::Instant::now() + wait, self.routes.subscribe())
+                    });
                     // A change of the routes, or the next look here, whichever comes first.
-                    let changes = changes.get_or_insert_with(|| self.routes.subscribe());
                     let _ = tokio::time::timeout(PLACED_HERE_POLL, changes.changed()).await;
+                    left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 }
                 other => return other,
             }
         }
+    }
+
+    /// Whether this board's routes send calls of `name.namespace` here (or it is placed
+    /// nowhere yet).
+    fn routed_here(&self, namespace: &str, name: &str) -> bool {
+        matches!(
+            self.routes.borrow().find(namespace, name),
+            None | Some(Route::Here)
+        )
     }
 
     /// Whether the cluster's desired state has `name.namespace`.
