@@ -11,6 +11,8 @@ use async_nats::jetstream::stream::{
 
 /// Stream not found.
 pub(crate) const STREAM_NOT_FOUND: u64 = 10059;
+/// No message at that sequence (removed, or never written).
+pub(crate) const NO_MESSAGE_FOUND: u64 = 10037;
 /// JetStream cluster not available (no meta leader / no quorum).
 pub(crate) const CLUSTER_NOT_AVAILABLE: u64 = 10008;
 /// Insufficient resources (for example more replicas than JetStream servers).
@@ -51,10 +53,15 @@ pub(crate) fn cause(error: &(dyn std::error::Error + 'static)) -> Cause {
                 _ => {}
             }
         }
-        if let Some(e) = e.downcast_ref::<LastRawMessageError>()
-            && let LastRawMessageErrorKind::JetStream(js) = e.kind()
-        {
-            return Cause::Code(js.error_code().0);
+        if let Some(e) = e.downcast_ref::<LastRawMessageError>() {
+            match e.kind() {
+                LastRawMessageErrorKind::JetStream(js) => return Cause::Code(js.error_code().0),
+                // The client turns this code into a kind of its own.
+                LastRawMessageErrorKind::NoMessageFound => {
+                    return Cause::Code(NO_MESSAGE_FOUND);
+                }
+                _ => {}
+            }
         }
         if let Some(e) = e.downcast_ref::<ConsumerError>() {
             match e.kind() {

@@ -44,8 +44,6 @@ use crate::kv::{Bucket, KvError};
 /// Header naming a migrated message's sequence in the old stream (for messages without a
 /// `Nats-Msg-Id`), so a repeated import skips it.
 const MIGRATED_FROM: &str = "Bramble-Migrated-From";
-/// The JetStream error code of "no message found".
-const NO_MESSAGE_FOUND: u64 = 10037;
 
 /// Everything JetStream held, in a form that can be written back.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -250,7 +248,7 @@ async fn export_messages(
                 headers: (!m.headers.is_empty()).then_some(m.headers),
                 payload: m.payload.to_vec(),
             }),
-            Err(e) if jserr::cause(&e) == Cause::Code(NO_MESSAGE_FOUND) => {}
+            Err(e) if jserr::cause(&e) == Cause::Code(jserr::NO_MESSAGE_FOUND) => {}
             Err(e) => {
                 return Err(MigrationError::JetStream {
                     op: format!("reading message {sequence}"),
@@ -416,7 +414,7 @@ async fn present_ids(stream: &stream::Stream) -> Result<HashSet<String>, Migrati
                     }
                 }
             }
-            Err(e) if jserr::cause(&e) == Cause::Code(NO_MESSAGE_FOUND) => {}
+            Err(e) if jserr::cause(&e) == Cause::Code(jserr::NO_MESSAGE_FOUND) => {}
             Err(e) => return Err(js_err(format!("reading message {sequence}"))(e)),
         }
     }

@@ -8,6 +8,7 @@ use futures::{Stream, StreamExt as _};
 
 use super::error::{classify, nats};
 use super::{Bucket, Change, KvError};
+use crate::jserr::{self, Cause};
 
 impl Bucket {
     /// Every key with a value (not deleted).
@@ -122,6 +123,52 @@ impl Bucket {
         Ok(changes(self.name.clone(), watch, None))
     }
 
+    /// The changes from `revision` on (inclusive), at most `limit` revisions, read message by
+    /// message from the stream leader, without a consumer: what [`follow`] delivers while it
+    /// cannot create a watch. Revisions no longer in the stream (a key's older values) are
+    /// skipped, as a watch skips them.
+    pub async fn changes_from_leader(
+        &self,
+        revision: u64,
+        limit: u64,
+    ) -> Result<Vec<Change>, KvError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.stream_name())
+            .await
+            .map_err(|e| classify(&self.name, "reading", e))?;
+        let last = self.last_revision().await?;
+        let prefix = format!("$KV.{}.", self.name);
+        let mut changes = Vec::new();
+        for sequence in revision..=last.min(revision.saturating_add(limit.saturating_sub(1))) {
+            let message = match stream.get_raw_message(sequence).await {
+                Ok(message) => message,
+                Err(e) if jserr::cause(&e) == Cause::Code(jserr::NO_MESSAGE_FOUND) => continue,
+                Err(e) => return Err(classify(&self.name, "reading", e)),
+            };
+            let Some(key) = message.subject.strip_prefix(prefix.as_str()) else {
+                continue;
+            };
+            let deleted = message
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|v| v.as_str() == "DEL" || v.as_str() == "PURGE");
+            changes.push(if deleted {
+                Change::Delete {
+                    key: key.to_owned(),
+                    revision: sequence,
+                }
+            } else {
+                Change::Put {
+                    key: key.to_owned(),
+                    value: message.payload,
+                    revision: sequence,
+                }
+            });
+        }
+        Ok(changes)
+    }
+
     /// The bucket's latest revision (the stream's last sequence), from the stream leader.
     pub async fn last_revision(&self) -> Result<u64, KvError> {
         let stream = self
@@ -149,13 +196,18 @@ const WATCH_CREATE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a silent watch asks the stream leader whether it missed something.
 const STALL_CHECK: Duration = Duration::from_secs(2);
 
+/// The most revisions read from the stream leader at once while a watch cannot be created.
+const CATCH_UP_BATCH: u64 = 256;
+
 /// Follows every change of `bucket` for as long as the returned receiver is kept: the current
 /// values, [`Change::Current`] once, then every change. When the watch breaks (a leader change,
 /// a partition), it is re-established from the revision after the last one delivered, with a
 /// backoff (up to 2 s); a short first snapshot ([`KvError::Incomplete`]) is read again from
 /// the start; a watch that stays silent while the stream leader has newer revisions (two
-/// checks 2 s apart) is re-established too. The receiver sees every change in order, a value possibly twice after such a
-/// re-read (apply changes idempotently: by key, or by revision).
+/// checks 2 s apart) is re-established too; while a watch cannot be created, the changes are
+/// read from the stream leader message by message between attempts. The receiver sees every
+/// change in order, a value possibly twice after such a re-read (apply changes idempotently:
+/// by key, or by revision).
 pub fn follow(bucket: Bucket) -> tokio::sync::mpsc::Receiver<Change> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
@@ -267,6 +319,30 @@ pub fn follow(bucket: Bucket) -> tokio::sync::mpsc::Receiver<Change> {
                 }
                 Err(e) => {
                     tracing::debug!(bucket = bucket.name(), error = %bramble_base::error_chain(&e), "cannot watch; retrying");
+                    // On 2.9.10, after the stream leader's board dies, creating a consumer
+                    // can go unanswered for over 15 s (seen in tests) while the new leader
+                    // answers reads: meanwhile, read the changes from the leader.
+                    if let Some(from) = next
+                        && current_sent
+                    {
+                        let read = bucket.changes_from_leader(from, CATCH_UP_BATCH);
+                        if let Ok(Ok(changes)) = tokio::time::timeout(STALL_CHECK, read).await {
+                            if !changes.is_empty() {
+                                tracing::debug!(
+                                    bucket = bucket.name(),
+                                    from,
+                                    read = changes.len(),
+                                    "read changes from the stream leader while the watch cannot be created"
+                                );
+                            }
+                            for change in changes {
+                                next = change.revision().map(|r| r + 1).or(next);
+                                if tx.send(change).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
                 }
             }
             if tx.is_closed() {

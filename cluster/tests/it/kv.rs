@@ -182,6 +182,36 @@ pub async fn watch_mirrors_converge() -> TestResult {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // What `follow` reads while it cannot create a watch: the same state, from the leader,
+    // revision by revision (older values of a key skipped), at most `limit` at once.
+    let changes = buckets[1].changes_from_leader(1, 1000).await?;
+    let mut read = BTreeMap::new();
+    let mut last = 0;
+    for change in &changes {
+        let revision = change.revision().ok_or("a change without a revision")?;
+        assert!(revision > last, "revisions out of order: {changes:?}");
+        last = revision;
+        match change {
+            Change::Put { key, value, .. } => {
+                read.insert(key.clone(), value.clone());
+            }
+            Change::Delete { key, .. } => {
+                read.remove(key);
+            }
+            Change::Current => {}
+        }
+    }
+    assert_eq!(read, truth);
+    assert_eq!(last, buckets[1].last_revision().await?);
+    let first = changes[0].revision().ok_or("no revision")?;
+    let two = buckets[2].changes_from_leader(first, 2).await?;
+    assert_eq!(two, changes[..2]);
+    assert!(
+        buckets[0]
+            .changes_from_leader(last + 1, 1000)
+            .await?
+            .is_empty()
+    );
     Ok(())
 }
 
