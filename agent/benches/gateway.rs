@@ -7,7 +7,8 @@
 //! - cold start through the gateway (request to a scaled-to-zero function → first byte), next
 //!   to the runtime's bare start of a stopped container (→ first HTTP answer);
 //! - the function's own path: a 1 MiB POST echoed by the replica, straight to its address,
-//!   next to the same image in a bare container without limits.
+//!   next to the same image in bare containers: without limits, and with each of bramble's
+//!   default limits alone.
 //!
 //! `cargo bench -p bramble-agent --bench gateway` as root, with `wrk` installed
 //! (`BRAMBLE_BENCH_SECS`, default 10, is the length of each measured run;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bramble_runtime::image::no_progress;
-use bramble_runtime::{ContainerSpec, Runtime};
+use bramble_runtime::{ContainerSpec, Limits, Runtime};
 use bramble_testkit::stats::{Summary, ms};
 use bramble_testkit::{Node, TestEnv, cpu_time, fixture_image, harness, wrk};
 
@@ -35,7 +36,9 @@ fn main() {
 
 async fn bench() -> Result<()> {
     let env = TestEnv::new("gwbench")?;
-    let runtime = Runtime::new(env.config.clone())?;
+    // The node's own network (its IP leases too): the bench's containers sit on its bridge
+    // beside the function's, with addresses of their own.
+    let runtime = Runtime::new(bramble_testkit::node::runtime_config_of(&env))?;
     let (archive, _) = fixture_image(env.scratch(), "fixture:bench")?;
     let image = runtime
         .images()
@@ -147,28 +150,56 @@ async fn bench() -> Result<()> {
         runtime.stop("bare0", Duration::from_secs(5)).await?;
     }
     // The function's own path: a 1 MiB POST echoed, straight to the replica's address (no
-    // gateway), next to the same image in a bare container (same bridge, no limits).
-    let task = runtime.start("bare0").await?;
-    first_answer(&client, SocketAddr::from((task.ip, 8080))).await?;
-    let mut own = Vec::new();
-    for (name, url) in [
+    // gateway), next to the same image in bare containers on the same bridge (same network
+    // namespace set-up, isolation rules and output capture): one without limits and one with
+    // each of the limits bramble gives a function by default, so what each costs shows. The
+    // containers take turns, five rounds, so a drift of the machine falls on all of them.
+    let defaults = bramble_agent::config::Defaults::default();
+    let memory = defaults.memory.bytes();
+    let mut paths = vec![("function (bramble's defaults)", ip)];
+    for (id, name, limits) in [
+        ("own0", "bare container, no limits", Limits::default()),
         (
-            "function (bramble's defaults)",
-            format!("http://{ip}:8080/echo"),
+            "own1",
+            "bare + the default memory limit (128 MiB)",
+            Limits {
+                memory_bytes: memory,
+                ..Limits::default()
+            },
         ),
         (
-            "bare container, no limits",
-            format!("http://{}:8080/echo", task.ip),
+            "own2",
+            "bare + the default process limit (512)",
+            Limits {
+                pids: Some(defaults.pids),
+                ..Limits::default()
+            },
         ),
     ] {
-        wrk::post_bytes(&url, 1, Duration::from_secs(1), 1 << 20, scratch.path())?;
-        own.push((
-            name,
-            wrk::post_bytes(&url, 1, seconds, 1 << 20, scratch.path())?,
-        ));
+        runtime
+            .create(&ContainerSpec {
+                id: id.into(),
+                image: image.name.clone(),
+                hostname: id.into(),
+                limits,
+                ..Default::default()
+            })
+            .await?;
+        let task = runtime.start(id).await?;
+        first_answer(&client, SocketAddr::from((task.ip, 8080))).await?;
+        paths.push((name, task.ip));
     }
-    runtime.stop("bare0", Duration::from_secs(5)).await?;
-    runtime.delete("bare0", Duration::from_secs(5)).await?;
+    let mut own: Vec<Vec<wrk::WrkRun>> = vec![Vec::new(); paths.len()];
+    for _ in 0..5 {
+        for ((_, ip), runs) in paths.iter().zip(&mut own) {
+            let url = format!("http://{ip}:8080/echo");
+            wrk::post_bytes(&url, 1, Duration::from_secs(1), 1 << 20, scratch.path())?;
+            runs.push(wrk::post_bytes(&url, 1, seconds, 1 << 20, scratch.path())?);
+        }
+    }
+    for id in ["bare0", "own0", "own1", "own2"] {
+        runtime.delete(id, Duration::from_secs(5)).await?;
+    }
 
     println!(
         "gateway benchmark: wrk, 2 threads, keep-alive, {}-byte POST, {} s per run, {}",
@@ -200,15 +231,19 @@ async fn bench() -> Result<()> {
     }
     println!();
     println!(
-        "| 1 MiB POST echoed, one connection, to the replica's address | p50 | p99 | requests/s |"
+        "| 1 MiB POST echoed, one connection, to the replica's address (median of 5 runs) | p50 | p99 | requests/s |"
     );
     println!("|---|---|---|---|");
-    for (name, run) in &own {
+    for ((name, _), runs) in paths.iter().zip(&own) {
+        let p50 = Summary::of(&runs.iter().map(|r| r.p50).collect::<Vec<_>>()).p50;
+        let p99 = Summary::of(&runs.iter().map(|r| r.p99).collect::<Vec<_>>()).p50;
+        let mut rps: Vec<f64> = runs.iter().map(|r| r.requests_per_second).collect();
+        rps.sort_by(f64::total_cmp);
         println!(
             "| {name} | {:.3} ms | {:.3} ms | {:.0} |",
-            ms(run.p50),
-            ms(run.p99),
-            run.requests_per_second
+            ms(p50),
+            ms(p99),
+            rps.get(rps.len() / 2).copied().unwrap_or_default()
         );
     }
     println!();

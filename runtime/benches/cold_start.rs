@@ -49,6 +49,10 @@ struct Samples {
     ctr: Vec<Duration>,
     bare: Vec<Duration>,
     restart: Vec<Duration>,
+    restart_prepare: Vec<Duration>,
+    restart_create: Vec<Duration>,
+    restart_start: Vec<Duration>,
+    restart_ready: Vec<Duration>,
     delete: Vec<Duration>,
 }
 
@@ -83,7 +87,8 @@ async fn bench(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
         // Scale from zero: the container and its network stay, only the task is new.
         runtime.stop(&id, Duration::from_secs(5)).await?;
         let w0 = Instant::now();
-        runtime.start(&id).await?;
+        let restarted = runtime.start(&id).await?;
+        let wr = Instant::now();
         first_answer(addr).await?;
         let w1 = Instant::now();
         let t4 = Instant::now();
@@ -116,6 +121,10 @@ async fn bench(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
         samples.ready.push(t3 - t2);
         samples.total.push(t3 - t0);
         samples.restart.push(w1 - w0);
+        samples.restart_prepare.push(restarted.steps.prepare);
+        samples.restart_create.push(restarted.steps.create);
+        samples.restart_start.push(restarted.steps.start);
+        samples.restart_ready.push(w1 - wr);
         samples.delete.push(t5 - t4);
         samples.ctr.push(c1 - c0);
         samples.bare.push(b1 - b0);
@@ -149,6 +158,19 @@ async fn bench(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
         (
             "**start of a stopped container → first HTTP 200** (scale from zero)",
             &samples.restart,
+        ),
+        (
+            "– of it: the snapshot's mounts, network namespace, output FIFOs",
+            &samples.restart_prepare,
+        ),
+        (
+            "– of it: Tasks.Create (shim, runc create) ∥ CNI attach",
+            &samples.restart_create,
+        ),
+        ("– of it: Tasks.Start (runc start)", &samples.restart_start),
+        (
+            "– of it: the function's process → its first HTTP 200",
+            &samples.restart_ready,
         ),
         (
             "bramble delete (grace stop, snapshot, container, CNI detach)",

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-pub use container::{Container, ContainerSpec, Secret, Started, TaskState, TaskStatus};
+pub use container::{Container, ContainerSpec, Secret, StartSteps, Started, TaskState, TaskStatus};
 pub use error::{Error, Result};
 pub use events::TaskEvent;
 pub use image::{Image, ImageService, PullPolicy, RegistryConfig};

@@ -16,8 +16,8 @@ use bramble_gateway::types::ImageSummary;
 use bramble_runtime::image::reference::ImageRef;
 use bramble_runtime::logs::Logs;
 use bramble_runtime::{
-    Container, ContainerSpec, Error, PullPolicy, Result, Started, TaskEvent, TaskState, TaskStatus,
-    Usage,
+    Container, ContainerSpec, Error, PullPolicy, Result, StartSteps, Started, TaskEvent, TaskState,
+    TaskStatus, Usage,
 };
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -313,7 +313,11 @@ impl Containers for FakeRuntime {
                 };
             });
         }
-        Ok(Started { pid, ip })
+        Ok(Started {
+            pid,
+            ip,
+            steps: StartSteps::default(),
+        })
     }
 
     async fn wait_ready(

@@ -14,7 +14,7 @@ use containerd_client::services::v1::{
 };
 
 use super::spec::{ContainerSpec, hosts_file, merge_env, stage_secrets, write_file};
-use super::{Container, Started, TaskState, TaskStatus};
+use super::{Container, StartSteps, Started, TaskState, TaskStatus};
 use crate::error::{Error, Result};
 use crate::image::remove_snapshot_quietly;
 use crate::logs::LogStream;
@@ -227,7 +227,11 @@ impl Runtime {
             if task.status == TaskStatus::Running {
                 self.attach_logs(id, false).await?;
                 let ip = self.network().attach(id).await?.ip;
-                return Ok(Started { pid: task.pid, ip });
+                return Ok(Started {
+                    pid: task.pid,
+                    ip,
+                    steps: StartSteps::default(),
+                });
             }
             self.delete_task(id).await?;
         }
@@ -242,6 +246,7 @@ impl Runtime {
                 },
             });
         }
+        let began = Instant::now();
         let conn = &self.inner.conn;
         let mut snapshots = conn.snapshots();
         let request = MountsRequest {
@@ -271,6 +276,7 @@ impl Runtime {
             ..Default::default()
         };
         let mut tasks = conn.tasks();
+        let prepared = Instant::now();
         let result = async {
             let create_task = async {
                 let deadline = Instant::now() + INTERRUPTED_CREATE_WAIT;
@@ -294,6 +300,7 @@ impl Runtime {
             };
             let (attached, created) = tokio::join!(self.network().attach(id), create_task);
             let (attachment, _) = (attached?, created?);
+            let created = Instant::now();
             let hostname = std::fs::read_to_string(dir.join("hostname"))
                 .map_err(|e| Error::io(format!("reading {}", dir.join("hostname").display()), e))?;
             write_file(
@@ -308,9 +315,22 @@ impl Runtime {
             let started = conn
                 .call("Tasks.Start", tasks.start(conn.request(start)))
                 .await?;
+            let steps = StartSteps {
+                prepare: prepared - began,
+                create: created - prepared,
+                start: created.elapsed(),
+            };
+            tracing::debug!(
+                container = id,
+                prepare_us = steps.prepare.as_micros(),
+                create_us = steps.create.as_micros(),
+                start_us = steps.start.as_micros(),
+                "task started"
+            );
             Ok(Started {
                 pid: started.pid,
                 ip: attachment.ip,
+                steps,
             })
         }
         .await;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use containerd_client::types::v1::Status as CtrStatus;
 use serde::Serialize;
@@ -33,6 +34,21 @@ pub struct Started {
     pub pid: u32,
     /// The function's address on the bridge.
     pub ip: Ipv4Addr,
+    /// Where the start's time went (zero for a task that was already running).
+    #[serde(skip)]
+    pub steps: StartSteps,
+}
+
+/// The steps of [`Runtime::start`](crate::Runtime::start), timed: what a cold start spends
+/// before the function's own process runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartSteps {
+    /// The snapshot's mounts, the network namespace and the output FIFOs.
+    pub prepare: Duration,
+    /// containerd's `Tasks.Create` (shim start, `runc create`), with the CNI attach beside it.
+    pub create: Duration,
+    /// containerd's `Tasks.Start` (`runc start`: the function's process is let go).
+    pub start: Duration,
 }
 
 /// A container's task.
