@@ -300,7 +300,7 @@ impl Runtime {
             };
             let (attached, created) = tokio::join!(self.network().attach(id), create_task);
             let (attachment, _) = (attached?, created?);
-            let created = Instant::now();
+            let task_created = Instant::now();
             let hostname = std::fs::read_to_string(dir.join("hostname"))
                 .map_err(|e| Error::io(format!("reading {}", dir.join("hostname").display()), e))?;
             write_file(
@@ -317,8 +317,8 @@ impl Runtime {
                 .await?;
             let steps = StartSteps {
                 prepare: prepared - began,
-                create: created - prepared,
-                start: created.elapsed(),
+                create: task_created - prepared,
+                start: task_created.elapsed(),
             };
             tracing::debug!(
                 container = id,
