@@ -327,10 +327,7 @@ impl Bucket {
             .await
         {
             Ok(message) => {
-                let deleted = message
-                    .headers
-                    .get("KV-Operation")
-                    .is_some_and(|v| v.as_str() == "DEL" || v.as_str() == "PURGE");
+                let deleted = is_delete_marker(&message.headers);
                 Ok((!deleted).then(|| Entry {
                     value: message.payload,
                     revision: message.sequence,
@@ -615,6 +612,13 @@ pub(crate) async fn create_stream(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether a bucket's message is a delete (or purge) marker rather than a value.
+pub(crate) fn is_delete_marker(headers: &async_nats::HeaderMap) -> bool {
+    headers
+        .get("KV-Operation")
+        .is_some_and(|v| v.as_str() == "DEL" || v.as_str() == "PURGE")
 }
 
 #[cfg(test)]

@@ -149,11 +149,7 @@ impl Bucket {
             let Some(key) = message.subject.strip_prefix(prefix.as_str()) else {
                 continue;
             };
-            let deleted = message
-                .headers
-                .get("KV-Operation")
-                .is_some_and(|v| v.as_str() == "DEL" || v.as_str() == "PURGE");
-            changes.push(if deleted {
+            changes.push(if super::is_delete_marker(&message.headers) {
                 Change::Delete {
                     key: key.to_owned(),
                     revision: sequence,
